@@ -1,0 +1,212 @@
+"""Generic webhooks: any app that can POST JSON talks to an OCS bot through this channel.
+
+Inbound: ``POST /webhooks/{channel}`` signed with Standard Webhooks; the body is documented in
+``docs/WEBHOOKS.md``. Outbound: each reply part is POSTed to the channel's callback URL, signed
+the same way with a ``webhook-id`` that stays the same on every retry, so the receiver can drop
+repeats.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.base import ChannelAdapter, InboundFile, InboundRequest
+from adapters.webhook import signing
+from gateway.config import WebhookChannelConfig
+from gateway.errors import (
+    AttachmentUnavailable,
+    DeliveryRejected,
+    PayloadInvalid,
+    RecipientGone,
+    RetryLater,
+)
+from gateway.models import (
+    Attachment,
+    ConversationKey,
+    Inbound,
+    InboundKind,
+    Outgoing,
+    ParsedRequest,
+    Reply,
+    Route,
+)
+
+__all__ = ["WebhookAdapter", "WebhookMessage"]
+
+#: OCS takes files up to 50 MB (CONTRACT §3.3); fetching more would only fail later.
+MAX_ATTACHMENT_BYTES = 50 * 1024 * 1024
+#: Reply files up to this size travel inside the callback, so the receiver needs no OCS key.
+INLINE_FILE_BYTES = 5 * 1024 * 1024
+
+
+class _Sender(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1, max_length=200)
+    name: str | None = Field(default=None, max_length=320)
+
+
+class _AttachmentIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str
+    name: str | None = None
+    content_type: str = "application/octet-stream"
+
+    @model_validator(mode="after")
+    def _http(self) -> _AttachmentIn:
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError("attachment url must be http(s)")
+        return self
+
+
+class WebhookMessage(BaseModel):
+    """The documented inbound body."""
+
+    model_config = ConfigDict(extra="ignore")
+    conversation_id: str = Field(min_length=1, max_length=200)
+    sender: _Sender
+    text: str = ""
+    attachments: list[_AttachmentIn] = Field(default_factory=list, max_length=10)
+    context: dict[str, Any] = Field(default_factory=dict)
+    reset: bool = False
+
+    @model_validator(mode="after")
+    def _says_something(self) -> WebhookMessage:
+        if not self.reset and not self.text.strip() and not self.attachments:
+            raise ValueError("a message needs text or attachments (or reset: true)")
+        if "\n" in self.conversation_id:
+            raise ValueError("conversation_id cannot contain a newline")
+        return self
+
+
+class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
+    kind = "webhook"
+    inbound_path = "/webhooks/{channel}"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._key = signing.decode_secret(self.config.secret.reveal())
+
+    # -- edge -----------------------------------------------------------------------------
+
+    async def verify(self, request: InboundRequest) -> None:
+        signing.verify(self._key, request.headers, request.body)
+
+    async def parse(self, request: InboundRequest) -> ParsedRequest:
+        try:
+            message = WebhookMessage.model_validate_json(request.body)
+        except ValidationError as exc:
+            raise PayloadInvalid(_reason(exc)) from None
+        event_id = request.headers["webhook-id"]
+        inbound = Inbound(
+            key=ConversationKey(self.name, message.conversation_id),
+            event_id=event_id,
+            kind=InboundKind.RESET if message.reset else InboundKind.MESSAGE,
+            sender_id=message.sender.id,
+            sender_name=message.sender.name,
+            text=message.text,
+            attachments=tuple(
+                Attachment(ref=a.url, name=a.name or urlsplit(a.url).path.rsplit("/", 1)[-1] or "file", content_type=a.content_type)
+                for a in message.attachments
+            ),
+            context=message.context,
+            route={"conversation_id": message.conversation_id, "in_reply_to": event_id},
+            received_at=request.received_at,
+        )
+        return ParsedRequest(inbounds=(inbound,))
+
+    # -- workers --------------------------------------------------------------------------
+
+    def render(self, reply: Reply) -> list[Outgoing]:
+        """One part for the text, one per file: the receiver gets files as they are ready."""
+        count = (1 if reply.text else 0) + len(reply.attachments)
+        hints = {"kind": str(reply.kind), "in_reply_to": reply.in_reply_to or "", "parts": str(count)}
+        parts = [Outgoing(text=reply.text, plain=reply.text, hints=hints)] if reply.text else []
+        parts += [Outgoing(attachment=a, hints=hints) for a in reply.attachments]
+        return parts
+
+    async def send(self, route: Route, outgoing: Outgoing) -> str:
+        delivery_id = route.get("delivery_id") or f"msg_{time.time_ns()}"
+        payload: dict[str, Any] = {
+            "type": "message",
+            "conversation_id": route["conversation_id"],
+            "in_reply_to": outgoing.hints.get("in_reply_to") or None,
+            "kind": outgoing.hints.get("kind", "answer"),
+            "text": outgoing.text,
+            "attachments": [await self._attachment(outgoing)] if outgoing.attachment else [],
+            "part": int(delivery_id.rsplit(".", 1)[-1]) + 1 if "." in delivery_id else 1,
+            "parts": int(outgoing.hints.get("parts", "1")),
+        }
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        url = self.config.callback_url
+        if urlsplit(url).hostname not in self.config.callback_allowlist:
+            raise DeliveryRejected(f"callback host of {url} is not on the allowlist")
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.sign(self._key, delivery_id, timestamp, body),
+        }
+        try:
+            response = await self.services.http.post(url, content=body, headers=headers, timeout=15.0)
+        except httpx.TransportError as exc:
+            raise RetryLater(5.0, f"callback unreachable: {type(exc).__name__}") from exc
+        return _classify(response, delivery_id)
+
+    async def _attachment(self, outgoing: Outgoing) -> dict[str, Any]:
+        att = outgoing.attachment
+        assert att is not None
+        item: dict[str, Any] = {"name": att.name, "content_type": att.content_type, "size": att.size, "url": att.content_url}
+        if att.size <= INLINE_FILE_BYTES and self.services.fetch_ocs_file is not None:
+            item["content_base64"] = base64.b64encode(await self.services.fetch_ocs_file(att)).decode()
+        return item
+
+    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
+        try:
+            async with self.services.http.stream("GET", attachment.ref, timeout=30.0) as response:
+                if response.status_code >= 500:
+                    raise RetryLater(10.0, f"attachment host answered {response.status_code}")
+                if response.status_code >= 400:
+                    raise AttachmentUnavailable(f"the file URL answered HTTP {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_ATTACHMENT_BYTES:
+                        raise AttachmentUnavailable("the file is larger than 50 MB")
+                    chunks.append(chunk)
+                content_type = attachment.content_type
+                if content_type == "application/octet-stream":
+                    content_type = response.headers.get("content-type", content_type).split(";")[0]
+        except httpx.TransportError as exc:
+            raise RetryLater(10.0, f"attachment host unreachable: {type(exc).__name__}") from exc
+        return InboundFile(name=attachment.name, content_type=content_type, data=b"".join(chunks))
+
+
+def _classify(response: httpx.Response, delivery_id: str) -> str:
+    status = response.status_code
+    if status < 300:
+        return delivery_id
+    if status == 410:  # Standard Webhooks: 410 Gone means unsubscribe
+        raise RecipientGone("callback answered 410 Gone")
+    if status == 429 or status >= 500 or status == 408:
+        try:
+            retry_after = float(response.headers.get("retry-after", "5"))
+        except ValueError:
+            retry_after = 5.0
+        raise RetryLater(retry_after, f"callback answered {status}")
+    raise DeliveryRejected(f"callback answered {status}: {response.text[:200]}")
+
+
+def _reason(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

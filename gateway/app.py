@@ -1,0 +1,126 @@
+"""The HTTP edge. For every platform request it does four things, then answers: verify, parse,
+claim and store, enqueue (STYLE.md §7). It never waits for the bot, and never answers 200 for a
+message that is not stored."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+from dramatiq.brokers.redis import RedisBroker
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters import InboundRequest, adapter_class
+from gateway.config import GatewayConfig
+from gateway.errors import InboundError, StoreUnavailable, UnknownChannel
+from gateway.inbox import admit
+from gateway.limits import BodySizeLimit
+from gateway.services import Services
+from workers.broker import ADVANCE, enqueue, make_broker
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ocsgw.edge")
+
+
+def create_app(
+    config: GatewayConfig,
+    redis_url: str,
+    *,
+    broker: RedisBroker | None = None,
+    extra_routes: list[BaseRoute] | None = None,
+) -> Starlette:
+    """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await Services.open(config, redis_url)
+        app.state.services = services
+        app.state.broker = broker or make_broker(redis_url, with_asyncio=False)
+        # Adapter routes (Slack's OAuth install) need the services, which exist only now.
+        for adapter in services.adapters.values():
+            app.router.routes.extend(adapter.routes())
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/", _banner(config), methods=["GET"]),
+        Route("/healthz", _health, methods=["GET"]),
+    ]
+    for kind in sorted({c.type for c in config.channels.values()}):
+        routes.append(Route(adapter_class(kind).inbound_path, _ingest(kind), methods=["POST"]))
+    routes += extra_routes or []
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)],
+        exception_handlers={InboundError: _inbound_error, StoreUnavailable: _store_unavailable},  # type: ignore[dict-item]
+        lifespan=lifespan,
+    )
+
+
+def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
+    async def ingest(request: Request) -> Response:
+        services: Services = request.app.state.services
+        channel = request.path_params["channel"]
+        adapter = services.adapters.get(channel)
+        if adapter is None or adapter.kind != kind:
+            raise UnknownChannel(f"no {kind} channel named {channel!r}")
+        inbound_request = InboundRequest(
+            channel=channel,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=await request.body(),
+            query=dict(request.query_params),
+            received_at=time.time(),
+        )
+        await adapter.verify(inbound_request)
+        parsed = await adapter.parse(inbound_request)
+        for inbound in parsed.inbounds:
+            stored = await admit(services.redis, services.keys, inbound, dedup_ttl_s=services.config.worker.dedup_ttl_s)
+            if not stored:
+                log.info("duplicate event channel=%s event=%s", channel, inbound.event_id)
+                continue
+            try:
+                enqueue(request.app.state.broker, ADVANCE, str(inbound.key))
+            except (RedisError, OSError):
+                # Stored and listed as active: the sweeper enqueues it when Redis is back.
+                log.warning("enqueue failed after store conv=%s; the sweeper will pick it up", inbound.key)
+        return JSONResponse(parsed.response if parsed.response is not None else {"ok": True})
+
+    return ingest
+
+
+def _banner(config: GatewayConfig) -> Callable[[Request], Awaitable[Response]]:
+    async def banner(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return JSONResponse(
+            {"service": "ocs-gateway", "channels": {name: dict(a.describe()) for name, a in services.adapters.items()}}
+        )
+
+    return banner
+
+
+async def _health(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        await services.redis.ping()
+    except (RedisError, OSError) as exc:
+        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _inbound_error(request: Request, exc: InboundError) -> Response:
+    return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=exc.status)
+
+
+async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    log.error("refusing inbound: %s", exc)
+    # Telegram honours Retry-After on our errors; Slack and webhook senders retry on any 5xx.
+    return JSONResponse({"error": "temporarily unable to store the message; retry"}, status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,98 @@
+"""Every Redis key the gateway uses, documented once (dramatiq's ``dispatch.lua`` habit).
+
+All keys start with the namespace (default ``ocsgw``); ``{conv}`` is a ``ConversationKey`` as
+``channel/conversation``.
+
+===============================  ======  ===================================================
+key                              type    meaning
+===============================  ======  ===================================================
+``seen:{channel}:{id}``          string  an inbound event id (or alias) already taken; TTL
+                                         ``dedup_ttl_s``
+``inbox:{conv}``                 list    the conversation's waiting inbound events, oldest
+                                         first (JSON ``Inbound``); the head is the current turn
+``turn:{conv}``                  hash    the turn ledger of the head inbox item: state, OCS
+                                         ids, reply, delivered parts, attempts, next step time
+``conv:{conv}``                  hash    the conversation: route, gone flag, OCS session id,
+                                         token, started_at, poll cursor, last activity
+``lease:{conv}``                 string  the worker step that holds the conversation; PX TTL
+``active``                       zset    conversations with work, scored by when their next
+                                         step is due (the sweeper's list)
+``botpoll``                      zset    conversations with an OCS session, scored by when
+                                         their next bot-initiated-message poll is due
+``fp:{conv}``                    zset    fingerprints of replies already delivered, scored by
+                                         time, so the session poll does not repeat them
+``dlq``                          zset    dead-letter ids by time parked
+``dlq:{id}``                     string  a dead letter (JSON: inbound, error, OCS ids, ledger)
+``oauth:{bot}``                  string  the cached OCS access token (JSON); TTL to expiry
+``demo:replies:{conversation}``  list    replies received by the demo callback receiver
+``slack:install:{channel}:{team}``  hash  a Slack workspace installation (bot token, ids)
+``slack:state:{state}``          string  a pending Slack OAuth ``state``; TTL 10 min
+===============================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.models import ConversationKey
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every key with the namespace prefix."""
+
+    namespace: str = "ocsgw"
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def seen(self, channel: str, event_id: str) -> str:
+        return self._k("seen", channel, event_id)
+
+    def inbox(self, conv: ConversationKey) -> str:
+        return self._k("inbox", str(conv))
+
+    def turn(self, conv: ConversationKey) -> str:
+        return self._k("turn", str(conv))
+
+    def conversation(self, conv: ConversationKey) -> str:
+        return self._k("conv", str(conv))
+
+    def lease(self, conv: ConversationKey) -> str:
+        return self._k("lease", str(conv))
+
+    def fingerprints(self, conv: ConversationKey) -> str:
+        return self._k("fp", str(conv))
+
+    @property
+    def active(self) -> str:
+        return self._k("active")
+
+    @property
+    def botpoll(self) -> str:
+        return self._k("botpoll")
+
+    @property
+    def dlq(self) -> str:
+        return self._k("dlq")
+
+    def dead_letter(self, letter_id: str) -> str:
+        return self._k("dlq", letter_id)
+
+    def oauth_token(self, bot: str) -> str:
+        return self._k("oauth", bot)
+
+    def demo_replies(self, conversation: str) -> str:
+        return self._k("demo", "replies", conversation)
+
+    def slack_installation(self, channel: str, team: str) -> str:
+        return self._k("slack", "install", channel, team)
+
+    def slack_oauth_state(self, state: str) -> str:
+        return self._k("slack", "state", state)
+
+    def custom(self, *parts: str) -> str:
+        """A key for adapter-private state, still under the namespace (document it above)."""
+        return self._k(*parts)

@@ -1,0 +1,75 @@
+"""The long-lived objects one process needs, built once on its event loop: Redis, the pooled
+HTTP client, one OCS client per bot and one adapter per channel. The web app and the worker
+runtime both hold one ``Services``; nothing else keeps state between requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from adapters import AdapterServices, ChannelAdapter, adapter_class
+from gateway.config import GatewayConfig
+from gateway.conversations import ConversationStore
+from gateway.dead_letters import DeadLetterStore
+from gateway.keys import Keys
+from gateway.ledger import TurnLedger
+from gateway.models import ReplyAttachment
+from gateway.ocs_client import OCSClient
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    config: GatewayConfig
+    redis: aioredis.Redis
+    http: httpx.AsyncClient
+    keys: Keys
+    ocs: dict[str, OCSClient]
+    adapters: dict[str, ChannelAdapter[Any]]
+    conversations: ConversationStore
+    ledger: TurnLedger
+    dead_letters: DeadLetterStore
+
+    @classmethod
+    async def open(cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw") -> Services:
+        keys = Keys(namespace)
+        redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
+        # modest pool serves thousands of conversations.
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        ocs = {name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys) for name, bot in config.bots.items()}
+        adapters: dict[str, ChannelAdapter[Any]] = {}
+        for name, channel in config.channels.items():
+            client = ocs[channel.bot]
+            lent = AdapterServices(config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client))
+            adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
+        services = cls(
+            config, redis, http, keys, ocs, adapters,
+            ConversationStore(redis, keys), TurnLedger(redis, keys), DeadLetterStore(redis, keys),
+        )
+        for adapter in adapters.values():
+            await adapter.startup()
+        return services
+
+    def ocs_for(self, channel: str) -> OCSClient:
+        return self.ocs[self.config.channels[channel].bot]
+
+    async def aclose(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.aclose()
+        await self.http.aclose()
+        await self.redis.aclose()
+
+
+def _fetcher(client: OCSClient):  # type: ignore[no-untyped-def]
+    async def fetch(attachment: ReplyAttachment) -> bytes:
+        return await client.download_file(attachment.content_url)
+
+    return fetch

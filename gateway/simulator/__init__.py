@@ -1,0 +1,27 @@
+"""A faithful fake of the Open Chat Studio Chat API (see /work/shared/ocs/CONTRACT.md §8)."""
+
+from gateway.simulator.app import create_simulator_app
+from gateway.simulator.state import (
+    DEMO_CHATBOT_ID,
+    SimChatbot,
+    SimFile,
+    SimMessage,
+    SimOAuthApp,
+    SimSession,
+    SimTask,
+    SimulatorKnobs,
+    SimulatorState,
+)
+
+__all__ = [
+    "DEMO_CHATBOT_ID",
+    "SimChatbot",
+    "SimFile",
+    "SimMessage",
+    "SimOAuthApp",
+    "SimSession",
+    "SimTask",
+    "SimulatorKnobs",
+    "SimulatorState",
+    "create_simulator_app",
+]

@@ -1,0 +1,207 @@
+"""Shared fixtures: a real Redis (started here when REDIS_URL is unset), the OCS simulator on
+loopback, and a whole gateway stack (web edge + in-process worker) wired to them.
+
+See tests/HARNESS.md for how channel tests use these.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from adapters.webhook import signing
+from gateway.app import create_app
+from gateway.config import GatewayConfig, Secret
+from gateway.embedded_redis import EmbeddedRedis
+from gateway.simulator import DEMO_CHATBOT_ID, SimulatorKnobs, SimulatorState, create_simulator_app
+from tests.support.receiver import CallbackReceiver
+from tests.support.servers import UvicornThread, free_port
+from workers.process import WorkerProcess
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+#: Fast pacing so that the suite runs in seconds; every guarantee is still exercised.
+FAST_TUNING: dict[str, Any] = {
+    "threads": 4,
+    "poll_first_s": 0.05,
+    "poll_growth": 1.5,
+    "poll_max_s": 0.25,
+    "lease_ttl_s": 3.0,
+    "stall_grace_s": 1.5,
+    "sweep_interval_s": 0.25,
+    "max_attempts": 5,
+    "backoff_base_s": 0.1,
+    "backoff_max_s": 1.0,
+    "botpoll_interval_s": 1.0,
+}
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="ocsgw-redis-") as data_dir:
+        with EmbeddedRedis(data_dir, persist=False) as started:
+            yield started
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """A clean database for every test (tests run one at a time)."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@dataclass
+class SimServer:
+    url: str
+    state: SimulatorState
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    state = SimulatorState.demo(url, SimulatorKnobs(reply_latency_s=0.05))
+    with UvicornThread(create_simulator_app(state), port=port):
+        yield SimServer(url, state)
+
+
+@dataclass
+class Stack:
+    """A running gateway: ``url`` is the edge, ``sim`` the OCS simulator, ``receiver`` the
+    webhook channel's callback app."""
+
+    url: str
+    sim: SimServer
+    receiver: CallbackReceiver
+    redis: redis.Redis
+    config: GatewayConfig
+    redis_url: str
+    worker: WorkerProcess | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+
+    def post_webhook(
+        self,
+        body: dict[str, Any] | bytes,
+        *,
+        channel: str = "hooks",
+        msg_id: str | None = None,
+        timestamp: int | None = None,
+        secret: str = WEBHOOK_SECRET,
+    ) -> httpx.Response:
+        raw = body if isinstance(body, bytes) else httpx.Request("POST", "/", json=body).content
+        msg_id = msg_id or f"msg_{time.time_ns()}"
+        ts = int(time.time()) if timestamp is None else timestamp
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": signing.sign(signing.decode_secret(secret), msg_id, ts, raw),
+        }
+        return self.http.post(f"{self.url}/webhooks/{channel}", content=raw, headers=headers)
+
+    def say(self, conversation: str, text: str, **kwargs: Any) -> httpx.Response:
+        body = {"conversation_id": conversation, "sender": {"id": f"user-{conversation}", "name": "Ada"}, "text": text}
+        body.update(kwargs.pop("extra", {}))
+        return self.post_webhook(body, **kwargs)
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stack_config(sim_url: str, receiver_url: str, **overrides: Any) -> GatewayConfig:
+    data: dict[str, Any] = {
+        "bots": {
+            "demo": {
+                "base_url": sim_url,
+                "chatbot_id": DEMO_CHATBOT_ID,
+                "auth": "oauth",
+                "client_id": "demo-client",
+                "client_secret": Secret("demo-secret"),
+                "task_timeout_s": 20,
+            }
+        },
+        "channels": {
+            "hooks": {
+                "type": "webhook",
+                "bot": "demo",
+                "secret": Secret(WEBHOOK_SECRET),
+                "callback_url": f"{receiver_url}/callback",
+            }
+        },
+        "worker": dict(FAST_TUNING),
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return GatewayConfig.from_mapping(data)
+
+
+@pytest.fixture
+def make_stack(redis_url: str, sim: SimServer) -> Iterator[Callable[..., Stack]]:
+    """``make_stack(channels={...}, bots={...}, worker={...}, start_worker=True)``: a running
+    gateway. Overrides merge into the default config (one webhook channel ``hooks`` on bot
+    ``demo``)."""
+    running: list[tuple[Stack, UvicornThread, CallbackReceiver, UvicornThread]] = []
+
+    def build(*, start_worker: bool = True, **overrides: Any) -> Stack:
+        receiver = CallbackReceiver(WEBHOOK_SECRET)
+        receiver_server = UvicornThread(receiver.app())
+        receiver_url = receiver_server.start()
+        config = stack_config(sim.url, receiver_url, **overrides)
+        edge = UvicornThread(create_app(config, redis_url))
+        url = edge.start()
+        stack = Stack(url, sim, receiver, redis.Redis.from_url(redis_url), config, redis_url)
+        if start_worker:
+            stack.worker = WorkerProcess(config, redis_url)
+            stack.worker.start()
+        running.append((stack, edge, receiver, receiver_server))
+        return stack
+
+    yield build
+    for stack, edge, _, receiver_server in running:
+        stack.stop_worker()
+        edge.stop()
+        receiver_server.stop()
+        stack.redis.close()
+        stack.http.close()
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack()

@@ -1,0 +1,52 @@
+"""A callback receiver for webhook channels: verifies each Standard Webhooks signature and
+records the body, like a customer's app would."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from adapters.webhook import signing
+
+__all__ = ["CallbackReceiver"]
+
+
+@dataclass
+class CallbackReceiver:
+    secret: str
+    #: Status codes to answer with before accepting (e.g. [503, 503] fails twice).
+    fail_with: list[int] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    webhook_ids: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def app(self) -> Starlette:
+        key = signing.decode_secret(self.secret)
+
+        async def receive(request: Request) -> Response:
+            body = await request.body()
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            signing.verify(key, headers, body)  # raises: a bad signature fails the test loudly
+            with self._lock:
+                self.attempts += 1
+                if self.fail_with:
+                    return Response(status_code=self.fail_with.pop(0))
+                if headers["webhook-id"] in self.webhook_ids:
+                    return JSONResponse({"duplicate": True})  # what a careful receiver does
+                self.webhook_ids.append(headers["webhook-id"])
+                self.received.append(json.loads(body))
+            return JSONResponse({"ok": True})
+
+        return Starlette(routes=[Route("/callback", receive, methods=["POST"])])
+
+    def texts(self, conversation_id: str | None = None) -> list[str]:
+        with self._lock:
+            return [m["text"] for m in self.received if conversation_id in (None, m["conversation_id"]) and m["text"]]
