@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +18,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-# The package is not installed and tests/ has no __init__.py, so a bare `pytest` puts only
-# tests/ on sys.path; drop this once pyproject sets `pythonpath = ["."]`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.simulator import (  # noqa: E402
+from gateway.simulator import (
     SimChatbot,
     SimOAuthApp,
     SimulatorKnobs,
