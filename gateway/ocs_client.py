@@ -14,6 +14,7 @@ stored session (``workers/turns.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class OCSClient:
         self._redis = redis
         self._keys = keys
         self._token: tuple[str, float] | None = None  # (token, expires_at) memo of the Redis copy
+        # Concurrent turns that find no token wait for one fetch instead of each minting one.
+        self._token_lock = asyncio.Lock()
 
     # -- one request ----------------------------------------------------------------------
 
@@ -111,6 +114,13 @@ class OCSClient:
     # -- credentials ----------------------------------------------------------------------
 
     async def _access_token(self, *, refresh: bool = False) -> str:
+        stale = self._token[0] if refresh and self._token else None
+        async with self._token_lock:
+            if stale is not None and self._token and self._token[0] != stale:
+                return self._token[0]  # another turn refreshed it while we waited
+            return await self._fetch_token(refresh=refresh)
+
+    async def _fetch_token(self, *, refresh: bool) -> str:
         now = time.time()
         if not refresh and self._token and self._token[1] - TOKEN_MARGIN_S > now:
             return self._token[0]
