@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _serve_args(run)
     run.set_defaults(func=_run)
     web = sub.add_parser("web", help="the HTTP edge only (Procfile: web)")
-    _serve_args(web)
+    _serve_args(web, host=os.environ.get("HOST", "0.0.0.0"))
     web.set_defaults(func=_web)
     sub.add_parser("worker", help="the Dramatiq workers only (Procfile: worker)").set_defaults(func=_worker)
     sub.add_parser("check-config", help="load the config and report problems").set_defaults(func=_check)
@@ -82,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+def _serve_args(parser: argparse.ArgumentParser, *, host: str | None = None) -> None:
+    # `run` is the laptop command (loopback); `web` is the Procfile command (all interfaces).
+    parser.add_argument("--host", default=host or os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
 

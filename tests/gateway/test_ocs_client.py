@@ -1,0 +1,199 @@
+"""The OCS client against the simulator: what goes over the wire, and how each failure is
+translated (CONTRACT §2, §4, §7)."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config import BotConfig, Secret
+from gateway.errors import OCSAuthFailed, OCSRateLimited, OCSRejected, OCSUnavailable, SessionExpired
+from gateway.keys import Keys
+from gateway.ocs_client import USER_AGENT, OCSClient
+from gateway.simulator import DEMO_CHATBOT_ID, SimChatbot, SimulatorKnobs, SimulatorState, create_simulator_app
+
+BASE = "http://ocs.test"
+
+
+@pytest.fixture
+def state() -> SimulatorState:
+    return SimulatorState.demo(BASE, SimulatorKnobs(reply_latency_s=0.0))
+
+
+@pytest.fixture
+async def wire(state: SimulatorState, redis_url: str) -> AsyncIterator[tuple[OCSClient, list[httpx.Request]]]:
+    sent: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_simulator_app(state)), event_hooks={"request": [record]})
+    redis = aioredis.Redis.from_url(redis_url)
+    bot = BotConfig(base_url=BASE, chatbot_id=DEMO_CHATBOT_ID, client_id="demo-client", client_secret=Secret("demo-secret"))
+    yield OCSClient(name="demo", bot=bot, http=http, redis=redis, keys=Keys()), sent
+    await http.aclose()
+    await redis.aclose()
+
+
+async def test_start_sends_bearer_and_user_agent_but_never_origin_or_referer(wire) -> None:
+    client, sent = wire
+    session = await client.start_session(remote_id="telegram:42", name="Ada")
+    start = next(r for r in sent if r.url.path == "/api/chat/start/")
+    assert start.headers["authorization"].startswith("Bearer ")
+    assert start.headers["user-agent"] == USER_AGENT
+    assert "origin" not in start.headers and "referer" not in start.headers
+    assert session.session_token
+
+
+async def test_session_calls_send_the_session_token_and_no_credentials(wire, state: SimulatorState) -> None:
+    client, sent = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    task = await client.send_message(session, "hi", context={"source": "test"})
+    result = await client.poll_task(session, task)
+    assert result.status == "complete"
+    assert result.message is not None and result.message["content"] == "Echo #1: hi"
+    for request in sent:
+        if request.url.path.startswith(f"/api/chat/{session.session_id}/"):
+            assert request.headers["x-session-token"] == session.session_token
+            assert "authorization" not in request.headers
+            assert "x-embed-key" not in request.headers
+    assert state.sessions[session.session_id].state["remote_context"] == {"source": "test"}
+
+
+async def test_empty_participant_name_is_omitted_not_sent_blank(wire) -> None:
+    client, sent = wire
+    await client.start_session(remote_id="x:1", name="")
+    start = next(r for r in sent if r.url.path == "/api/chat/start/")
+    assert b"participant_name" not in start.content
+
+
+async def test_token_is_fetched_once_and_shared_through_redis(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    await client.start_session(remote_id="x:1", name=None)
+    await client.start_session(remote_id="x:2", name=None)
+    twin = OCSClient(name="demo", bot=client.bot, http=client._http, redis=client._redis, keys=Keys())
+    await twin.start_session(remote_id="x:3", name=None)
+    assert state.token_requests == 1
+
+
+async def test_token_is_refreshed_once_on_401(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    await client.start_session(remote_id="x:1", name=None)
+    state.tokens.clear()  # revoked on the server: our cached token is now refused
+    await client.start_session(remote_id="x:2", name=None)
+    assert state.token_requests == 2
+
+
+async def test_chatbot_not_allowlisted_raises_auth_failed_after_one_refresh(state: SimulatorState, wire) -> None:
+    client, _ = wire
+    state.oauth_apps["demo-client"].allowed_chatbots.clear()
+    with pytest.raises(OCSAuthFailed) as caught:
+        await client.start_session(remote_id="x:1", name=None)
+    assert caught.value.body["code"] == "chat_access_denied"
+    assert state.token_requests == 2
+
+
+async def test_wrong_client_secret_is_rejected(wire) -> None:
+    client, _ = wire
+    bad = OCSClient(
+        name="other",
+        bot=BotConfig(base_url=BASE, chatbot_id=DEMO_CHATBOT_ID, client_id="demo-client", client_secret=Secret("wrong")),
+        http=client._http, redis=client._redis, keys=Keys(),
+    )
+    with pytest.raises(OCSRejected) as caught:
+        await bad.start_session(remote_id="x:1", name=None)
+    assert caught.value.status == 401
+
+
+async def test_keyless_mode_sends_no_credentials(state: SimulatorState, wire) -> None:
+    client, sent = wire
+    state.add_chatbot(SimChatbot(id="11111111-2222-4333-8444-555555555555", keyless_allowed=True))
+    keyless = OCSClient(
+        name="k", bot=BotConfig(base_url=BASE, chatbot_id="11111111-2222-4333-8444-555555555555", auth="keyless"),
+        http=client._http, redis=client._redis, keys=Keys(),
+    )
+    await keyless.start_session(remote_id="x:1", name=None)
+    start = [r for r in sent if r.url.path == "/api/chat/start/"][-1]
+    assert "authorization" not in start.headers and "x-embed-key" not in start.headers
+
+
+async def test_embed_key_mode_sends_key_and_its_origin_only_at_start(state: SimulatorState, wire) -> None:
+    client, sent = wire
+    state.add_chatbot(SimChatbot(id="22222222-2222-4333-8444-555555555555", embed_key="ek_1", allowed_domains=["shop.example"]))
+    embed = OCSClient(
+        name="e",
+        bot=BotConfig(
+            base_url=BASE, chatbot_id="22222222-2222-4333-8444-555555555555", auth="embed_key",
+            embed_key=Secret("ek_1"), embed_origin="https://shop.example",
+        ),
+        http=client._http, redis=client._redis, keys=Keys(),
+    )
+    session = await embed.start_session(remote_id="x:1", name=None)
+    await embed.send_message(session, "hi")
+    start, message = [r for r in sent if r.url.path.startswith("/api/chat/")][-2:]
+    assert start.headers["x-embed-key"] == "ek_1" and start.headers["origin"] == "https://shop.example"
+    assert "x-embed-key" not in message.headers and "origin" not in message.headers
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(503, OCSUnavailable), (500, OCSUnavailable), (429, OCSRateLimited), (400, OCSRejected), (404, OCSRejected)],
+)
+async def test_status_codes_map_to_typed_errors(wire, state: SimulatorState, status: int, error: type) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    state.fail_next("message", status, count=1, **({"retry_after": 7} if status == 429 else {}))
+    with pytest.raises(error) as caught:
+        await client.send_message(session, "hi")
+    if status == 429:
+        assert caught.value.retry_after_s == 7
+
+
+async def test_expired_session_raises_session_expired(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    state.expire_session(session.session_id)
+    with pytest.raises(SessionExpired) as caught:
+        await client.send_message(session, "hi")
+    assert caught.value.code == "session_expired"
+
+
+async def test_unreachable_ocs_is_unavailable(redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    async with httpx.AsyncClient() as http:
+        client = OCSClient(
+            name="down", bot=BotConfig(base_url="http://127.0.0.1:9", chatbot_id=DEMO_CHATBOT_ID, auth="keyless"),
+            http=http, redis=redis, keys=Keys(),
+        )
+        with pytest.raises(OCSUnavailable):
+            await client.start_session(remote_id="x:1", name=None)
+    await redis.aclose()
+
+
+async def test_session_poll_pages_forward_with_the_exclusive_cursor(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    for n in range(3):
+        state.push_bot_message(session.session_id, f"note {n}")
+    first = await client.poll_session(session, since=None, limit=2)
+    assert [m["content"] for m in first.messages] == ["note 0", "note 1"] and first.has_more
+    second = await client.poll_session(session, since=first.messages[-1]["created_at"], limit=2)
+    assert [m["content"] for m in second.messages] == ["note 2"] and not second.has_more
+
+
+async def test_upload_then_message_with_attachment_ids(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    ids = await client.upload(session, [("photo.png", b"\x89PNG\r\n\x1a\n" + b"0" * 32, "image/png")])
+    await client.send_message(session, "[photo]", attachment_ids=ids)
+    assert [f.name for f in state.uploaded_files(session.session_id)] == ["photo.png"]
+
+
+async def test_end_session_needs_the_bearer_and_marks_pending_review(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    assert await client.end_session(session.session_id) is True
+    assert state.sessions[session.session_id].status == "pending-review"
