@@ -1,0 +1,57 @@
+"""Files both ways on the webhook channel: a user's file by URL reaches OCS as an upload; a file
+the bot attaches reaches the callback, its bytes fetched with the OCS Bearer token."""
+
+from __future__ import annotations
+
+import base64
+
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.conftest import Stack, wait_for
+from tests.support.servers import UvicornThread
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def _file_server() -> UvicornThread:
+    async def photo(request: object) -> Response:
+        return Response(PNG, media_type="image/png")
+
+    async def missing(request: object) -> Response:
+        return Response("gone", status_code=404)
+
+    return UvicornThread(Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing)]))
+
+
+def test_attachment_by_url_is_uploaded_to_ocs_with_the_message(stack: Stack) -> None:
+    with _file_server() as files:
+        stack.say("c1", "see photo", extra={"attachments": [{"url": f"{files}/photo.png", "content_type": "image/png"}]})
+        wait_for(lambda: stack.receiver.texts("c1"), what="a reply")
+    (uploaded,) = stack.sim.state.uploaded_files()
+    assert uploaded.name == "photo.png" and uploaded.data == PNG
+    assert stack.receiver.texts("c1")[0].startswith("Echo #1: see photo")
+    assert "photo.png" in stack.receiver.texts("c1")[0]
+
+
+def test_unfetchable_attachment_does_not_sink_the_text(stack: Stack) -> None:
+    with _file_server() as files:
+        stack.say("c1", "and this", extra={"attachments": [{"url": f"{files}/missing.pdf"}]})
+        wait_for(lambda: stack.receiver.texts("c1"), what="a reply")
+    assert stack.sim.state.uploaded_files() == []
+    (session,) = stack.sim.state.list_sessions()
+    (sent,) = stack.sim.state.user_messages(session.id)
+    assert sent.startswith("and this") and "missing.pdf could not be attached" in sent
+
+
+def test_reply_attachment_reaches_the_callback_inline(stack: Stack) -> None:
+    stack.sim.state.knobs.reply_attachments = True
+    stack.say("c1", "send me the roster")
+    wait_for(lambda: len(stack.receiver.received) == 2, what="text and file callbacks")
+    text, file_part = stack.receiver.received
+    assert text["text"] == "Echo #1: send me the roster" and text["parts"] == 2
+    (attachment,) = file_part["attachments"]
+    stored = next(f for f in stack.sim.state.files.values() if f.name == attachment["name"])
+    assert base64.b64decode(attachment["content_base64"]) == stored.data
+    assert file_part["part"] == 2
