@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from adapters import InboundRequest, adapter_class
 from gateway.config import GatewayConfig
-from gateway.errors import InboundError, StoreUnavailable, UnknownChannel
+from gateway.errors import InboundError, RetryLater, StoreUnavailable, UnknownChannel
 from gateway.inbox import admit
 from gateway.limits import BodySizeLimit
 from gateway.services import Services
@@ -61,7 +61,11 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)],
-        exception_handlers={InboundError: _inbound_error, StoreUnavailable: _store_unavailable},  # type: ignore[dict-item]
+        exception_handlers={  # type: ignore[arg-type]
+            InboundError: _inbound_error,
+            StoreUnavailable: _store_unavailable,
+            RetryLater: _platform_unavailable,
+        },
         lifespan=lifespan,
     )
 
@@ -124,3 +128,11 @@ async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Respons
     log.error("refusing inbound: %s", exc)
     # Telegram honours Retry-After on our errors; Slack and webhook senders retry on any 5xx.
     return JSONResponse({"error": "temporarily unable to store the message; retry"}, status_code=503, headers={"Retry-After": "5"})
+
+
+async def _platform_unavailable(request: Request, exc: RetryLater) -> Response:
+    """An adapter needed the platform to read the request (Telegram's getMe for group gating)
+    and it is down: ask for a retry rather than answer 500."""
+    log.warning("platform unavailable while parsing: %s", exc)
+    retry_after = str(max(int(exc.retry_after_s), 1))
+    return JSONResponse({"error": "platform temporarily unavailable; retry"}, status_code=503, headers={"Retry-After": retry_after})

@@ -251,11 +251,11 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
             print(f"dlq {args.action} needs an id (see: ocs-gateway dlq list)", file=sys.stderr)
             return 2
         if args.action == "show":
-            letter = await store.get(args.id)
-            if letter is None:
+            found = await store.get(args.id)
+            if found is None:
                 print(f"no dead letter {args.id}", file=sys.stderr)
                 return 1
-            print(json.dumps(json.loads(letter.to_json()), indent=2, ensure_ascii=False))
+            print(json.dumps(json.loads(found.to_json()), indent=2, ensure_ascii=False))
             return 0
         if args.action == "drop":
             return 0 if await store.drop(args.id) else 1

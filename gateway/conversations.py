@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys
+from gateway.keys import Keys, as_text
 from gateway.models import ConversationKey, Route
 from gateway.ocs_client import OCSSession
 
@@ -35,7 +35,7 @@ class ConversationStore:
         self._keys = keys
 
     async def load(self, conv: ConversationKey) -> ConversationRecord:
-        raw = {k.decode(): v.decode() for k, v in (await self._redis.hgetall(self._keys.conversation(conv))).items()}
+        raw = {as_text(k): as_text(v) for k, v in (await self._redis.hgetall(self._keys.conversation(conv))).items()}
         session = None
         if all(raw.get(f) for f in _SESSION_FIELDS):
             session = OCSSession(raw["session_id"], raw["session_token"], raw["chatbot_id"], float(raw["started_at"]))

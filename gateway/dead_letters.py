@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys
+from gateway.keys import Keys, as_text
 from gateway.models import ConversationKey, Inbound
 
 __all__ = ["DeadLetter", "DeadLetterStore"]
@@ -49,7 +49,7 @@ class DeadLetterStore:
 
     async def list(self, *, limit: int = 100) -> list[DeadLetter]:
         ids = await self._redis.zrange(self._keys.dlq, 0, limit - 1)
-        letters = [await self.get(i.decode()) for i in ids]
+        letters = [await self.get(as_text(i)) for i in ids]
         return [letter for letter in letters if letter is not None]
 
     async def get(self, letter_id: str) -> DeadLetter | None:

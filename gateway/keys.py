@@ -27,6 +27,13 @@ key                              type    meaning
 ``demo:replies:{conversation}``  list    replies received by the demo callback receiver
 ``slack:install:{channel}:{team}``  hash  a Slack workspace installation (bot token, ids)
 ``slack:state:{state}``          string  a pending Slack OAuth ``state``; TTL 10 min
+``slack:thread:{channel}:{team}:{chan}:{thread_ts}``  string  a Slack thread the bot is part of
+                                         (plain replies there reach it); TTL 30 days
+``slack:pace:{channel}:{team}:{chan}``  string  next free chat.postMessage slot in a Slack
+                                         channel (``gateway.pacing``); PX TTL
+``tg:pace:{channel}:chat:{id}``  string  next free send slot (ms) for one Telegram chat
+                                         (``gateway.pacing``); PX TTL
+``tg:pace:{channel}:bot``        string  next free send slot (ms) for the whole bot; PX TTL
 ===============================  ======  ===================================================
 """
 
@@ -36,7 +43,12 @@ from dataclasses import dataclass
 
 from gateway.models import ConversationKey
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "as_text"]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (our clients return bytes; typed stubs say bytes | str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)

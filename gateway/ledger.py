@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys
+from gateway.keys import Keys, as_text
 from gateway.models import ConversationKey, Inbound, Outgoing, Reply
 
 __all__ = ["Turn", "TurnLedger", "TurnState"]
@@ -66,8 +66,8 @@ class Turn:
         return {"session_id": self.session_id, "task_id": self.task_id}
 
 
-def _encode(turn: Turn, fields: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _encode(turn: Turn, fields: dict[str, Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
     for name, value in fields.items():
         if name == "reply":
             out[name] = json.dumps(value.to_dict()) if value else ""
@@ -88,7 +88,7 @@ class TurnLedger:
         self._keys = keys
 
     async def load(self, conv: ConversationKey) -> Turn | None:
-        raw = {k.decode(): v.decode() for k, v in (await self._redis.hgetall(self._keys.turn(conv))).items()}
+        raw = {as_text(k): as_text(v) for k, v in (await self._redis.hgetall(self._keys.turn(conv))).items()}
         if not raw.get("id"):
             return None
         return Turn(

@@ -11,7 +11,7 @@ import time
 import redis
 
 from gateway.config import WorkerTuning
-from gateway.keys import Keys
+from gateway.keys import Keys, as_text
 from workers.broker import ADVANCE, POLL_SESSION, enqueue
 
 __all__ = ["Housekeeping"]
@@ -48,12 +48,12 @@ class Housekeeping(threading.Thread):
         # A conversation whose next step is overdue lost its scheduled message (a killed worker
         # held it); give it a new one and push its deadline out, so it is not rescued twice.
         for raw in self._redis.zrangebyscore(self._keys.active, "-inf", now - grace, start=0, num=500):
-            conv = raw.decode()
+            conv = as_text(raw)
             self._redis.zadd(self._keys.active, {conv: now + grace}, xx=True)
             log.info("rescuing stalled conversation %s", conv)
             enqueue(self._broker, ADVANCE, conv)  # type: ignore[arg-type]
         budget = self._tuning.botpoll_budget_per_tick
         for raw in self._redis.zrangebyscore(self._keys.botpoll, "-inf", now, start=0, num=budget):
-            conv = raw.decode()
+            conv = as_text(raw)
             self._redis.zadd(self._keys.botpoll, {conv: now + self._tuning.botpoll_interval_s}, xx=True)
             enqueue(self._broker, POLL_SESSION, conv)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from gateway.errors import (
     SessionExpired,
 )
 from gateway.fingerprints import mark_delivered
+from gateway.keys import as_text
 from gateway.ledger import Turn, TurnState
 from gateway.lease import Lease
 from gateway.models import ConversationKey, InboundKind, Reply, ReplyAttachment, ReplyKind
@@ -117,7 +118,7 @@ class TurnEngine:
             head = await self.s.redis.lindex(self.s.keys.inbox(conv), 0)
             if head is None:
                 return _Outcome("idle")
-            turn = await self.s.ledger.begin(conv, head.decode())
+            turn = await self.s.ledger.begin(conv, as_text(head))
         now = time.time()
         if turn.next_at > now + 0.005:
             return _Outcome("wait", turn.next_at, schedule=False)
