@@ -1,0 +1,51 @@
+"""Fetching a user's file from Telegram: getFile, then a GET of the file path.
+
+The cloud Bot API serves files up to 20 MiB and answers "file is too big" beyond that
+(PROTOCOLS §1.5, ``MAX_DOWNLOAD_FILE_SIZE = 20 << 20``). We check the size the update told us
+before asking, and again from getFile, so an oversized file costs no call and no bytes.
+"""
+
+from __future__ import annotations
+
+from telegram import Bot
+from telegram.error import BadRequest, TelegramError
+
+from adapters.base import InboundFile
+from adapters.telegram.outbound import translate
+from gateway.errors import AttachmentUnavailable, RetryLater
+from gateway.models import Attachment
+
+__all__ = ["DOWNLOAD_LIMIT_BYTES", "download"]
+
+#: The Bot API's download limit (20 MiB, PROTOCOLS §1.5).
+DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
+
+
+async def download(bot: Bot, attachment: Attachment) -> InboundFile:
+    """Download the file behind ``attachment.ref`` (a Telegram file_id).
+
+    Raises:
+        AttachmentUnavailable: over 20 MiB, or Telegram does not know the file.
+        RetryLater: Telegram is unreachable or rate limiting.
+    """
+    _check_size(attachment.size, attachment.name)
+    try:
+        file = await bot.get_file(attachment.ref)
+        _check_size(file.file_size, attachment.name)
+        data = bytes(await file.download_as_bytearray())
+    except BadRequest as exc:
+        raise AttachmentUnavailable(f"telegram: {exc.message}") from exc
+    except TelegramError as exc:
+        error = translate(exc)
+        if isinstance(error, RetryLater):
+            raise error from exc
+        raise AttachmentUnavailable(f"telegram: {exc.message}") from exc
+    _check_size(len(data), attachment.name)
+    return InboundFile(name=attachment.name, content_type=attachment.content_type, data=data)
+
+
+def _check_size(size: int | None, name: str) -> None:
+    if size is not None and size > DOWNLOAD_LIMIT_BYTES:
+        raise AttachmentUnavailable(
+            f"{name} is {size / (1024 * 1024):.1f} MiB; Telegram bots can download at most 20 MiB"
+        )

@@ -1,0 +1,249 @@
+"""Telegram webhook updates → ``Inbound`` events: the secret check, the parse, group gating and
+the conversation keys.
+
+Everything here is pure (no I/O): the adapter fetches the bot's own identity (getMe) and writes
+membership changes to Redis; this module only decides.
+
+What we drop, and why (PROTOCOLS §1.4): edited messages and channel posts (OCS has no "edit"),
+messages from other bots (loops are possible again since Bot-to-Bot mode) except the anonymous
+group admin, automatic forwards from a linked channel, service messages, and in groups anything
+not addressed to the bot unless the channel answers everything. Dropped updates are still
+answered 200 by the edge: a non-2xx makes Telegram retry and stalls the chat's queue (§1.3).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from telegram import Chat, Message, Update, User
+
+from adapters.telegram.addressing import BotIdentity, addressed, parse_command, strip_leading_mention
+from adapters.telegram.content import message_content
+from gateway.config import TelegramChannelConfig
+from gateway.errors import PayloadInvalid, SignatureInvalid
+from gateway.models import ConversationKey, Inbound, InboundKind
+
+__all__ = [
+    "SECRET_HEADER",
+    "BotIdentity",
+    "MembershipChange",
+    "check_secret",
+    "conversation_id",
+    "membership_change",
+    "needs_identity",
+    "read_update",
+    "to_inbound",
+]
+
+log = logging.getLogger(__name__)
+
+#: Sent by Telegram on every webhook POST when setWebhook had a secret_token (PROTOCOLS §1.3).
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+#: Senders with ``is_bot`` set who stand for people: an anonymous group admin (GroupAnonymousBot,
+#: real sender in ``sender_chat``, PROTOCOLS §1.4) and a user posting as their channel (Channel_Bot).
+_HUMAN_PROXY_BOTS = frozenset({1087968824, 136817688})
+_GROUP_TYPES = frozenset({Chat.GROUP, Chat.SUPERGROUP})
+_CHAT_TYPES = frozenset({Chat.PRIVATE, *_GROUP_TYPES})
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """The bot was blocked/removed (``gone``) or let back in, in the chat of ``key``."""
+
+    key: ConversationKey
+    gone: bool
+
+
+def check_secret(headers: Mapping[str, str], secret: str) -> None:
+    """Raise SignatureInvalid unless the secret-token header matches, compared in constant time."""
+    sent = headers.get(SECRET_HEADER)
+    if sent is None:
+        raise SignatureInvalid(f"missing {SECRET_HEADER} header")
+    if not hmac.compare_digest(sent.encode("utf-8"), secret.encode("utf-8")):
+        raise SignatureInvalid(f"wrong {SECRET_HEADER}")
+
+
+def read_update(body: bytes) -> Update | None:
+    """Parse a webhook body; None for an update PTB cannot model (answered 200, then dropped).
+
+    Raises:
+        PayloadInvalid: the body is not a JSON object with an integer ``update_id``.
+    """
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadInvalid(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        raise PayloadInvalid("not a Telegram Update: needs an object with an integer update_id")
+    try:
+        return Update.de_json(data, None)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        # Legacy shapes (a "from" without is_bot, SOURCES.md) fail PTB's constructors. Telegram
+        # must still get a 2xx, or it redelivers and holds the chat's queue (PROTOCOLS §1.3).
+        log.warning("telegram update %s has a shape PTB cannot read; ignored", data["update_id"])
+        return None
+
+
+def needs_identity(update: Update) -> bool:
+    """Whether deciding on this update needs the bot's own id and username (groups, commands)."""
+    message = update.message  # a button press is always for us: no identity needed
+    if message is None:
+        return False
+    return message.chat.type in _GROUP_TYPES or (message.text or "").startswith("/")
+
+
+def conversation_id(
+    chat_id: int, *, thread_id: int | None = None, speaker_id: int | None = None
+) -> str:
+    """The ``ConversationKey.conversation`` of a chat, forum topic and (per_speaker) speaker."""
+    parts = [f"chat:{chat_id}"]
+    if thread_id is not None:
+        parts.append(f"topic:{thread_id}")
+    if speaker_id is not None:
+        parts.append(f"user:{speaker_id}")
+    return ":".join(parts)
+
+
+def membership_change(update: Update, channel: str) -> MembershipChange | None:
+    """The bot's own membership change: blocked/kicked/left → gone, let back in → not gone.
+
+    Only the chat-level conversation is marked; topic and per-speaker conversations of a group
+    learn it on their next send (403 → RecipientGone).
+    """
+    member = update.my_chat_member
+    if member is None:
+        return None
+    status = member.new_chat_member.status
+    key = ConversationKey(channel, conversation_id(member.chat.id))
+    if status in ("kicked", "left"):
+        return MembershipChange(key, gone=True)
+    if status in ("member", "administrator", "creator", "restricted"):
+        return MembershipChange(key, gone=False)
+    return None
+
+
+def to_inbound(
+    update: Update,
+    *,
+    channel: str,
+    config: TelegramChannelConfig,
+    me: BotIdentity | None,
+    received_at: float = 0.0,
+) -> Inbound | None:
+    """The event for OCS in ``update``, or None when the update is not for the bot."""
+    if update.callback_query is not None:
+        return _from_button(update, channel=channel, config=config, received_at=received_at)
+    message = update.message  # edited_message, channel_post...: never for OCS
+    if message is None or message.migrate_to_chat_id or message.migrate_from_chat_id:
+        if message is not None:
+            log.info("telegram chat %s migrated to %s", message.chat.id, message.migrate_to_chat_id)
+        return None
+    sender = message.from_user
+    if sender is None or message.is_automatic_forward or message.chat.type not in _CHAT_TYPES:
+        return None
+    if sender.is_bot and sender.id not in _HUMAN_PROXY_BOTS:
+        if (me is not None and sender.id == me.id) or config.ignore_other_bots:
+            return None
+
+    group = message.chat.type in _GROUP_TYPES
+    content = message_content(message)
+    command = parse_command(message, me)
+    if command is not None and command.for_other_bot:
+        return None  # "/cmd@OtherBot": not ours, even when answering everything
+    if group and config.group_answer == "mentions" and command is None and not addressed(message, me):
+        return None
+    if content.empty and command is None:
+        return None  # service message: joins, pins, topic edits...
+
+    speaker = message.sender_chat.id if message.sender_chat and sender.id in _HUMAN_PROXY_BOTS else sender.id
+    thread = message.message_thread_id if message.is_topic_message else None
+    key, route = _place(channel, config, message.chat, thread=thread, speaker=speaker, message_id=message.message_id)
+
+    kind, text, context = InboundKind.MESSAGE, content.text, {"telegram_chat_type": message.chat.type}
+    if command is not None:
+        if command.name == "reset":
+            kind, text = InboundKind.RESET, ""
+        elif command.name == "start":
+            text = "/start"
+            if command.args:
+                context["start_payload"] = command.args
+        else:
+            text = command.text
+    elif group:
+        text = strip_leading_mention(text, me)
+    return Inbound(
+        key=key,
+        event_id=str(update.update_id),
+        kind=kind,
+        sender_id=str(speaker),
+        text=text,
+        sender_name=_sender_name(message, sender),
+        attachments=content.attachments,
+        context=context,
+        route=route,
+        received_at=received_at,
+    )
+
+
+def _place(
+    channel: str,
+    config: TelegramChannelConfig,
+    chat: Chat,
+    *,
+    thread: int | None,
+    speaker: int,
+    message_id: int,
+) -> tuple[ConversationKey, dict[str, str]]:
+    """The conversation key and the reply route of a message in ``chat``.
+
+    Groups get one conversation per forum topic, optionally per speaker, and answers that reply
+    to the question (so they thread under it); a private chat is one conversation, no reply.
+    """
+    group = chat.type in _GROUP_TYPES
+    conversation = conversation_id(
+        chat.id,
+        thread_id=thread if group else None,
+        speaker_id=speaker if group and config.group_conversation == "per_speaker" else None,
+    )
+    route = {"chat_id": str(chat.id), "chat_type": chat.type}
+    if group and thread is not None:
+        route["message_thread_id"] = str(thread)
+    if group:
+        route["reply_to"] = str(message_id)
+    return ConversationKey(channel, conversation), route
+
+
+def _sender_name(message: Message, sender: User) -> str:
+    if sender.id in _HUMAN_PROXY_BOTS and message.sender_chat is not None:
+        return message.author_signature or message.sender_chat.title or sender.full_name
+    return sender.full_name
+
+
+def _from_button(
+    update: Update, *, channel: str, config: TelegramChannelConfig, received_at: float
+) -> Inbound | None:
+    """An inline-button press, read as the user sending the button's data as text."""
+    query = update.callback_query
+    if query is None or not query.data or query.message is None:
+        return None
+    chat = query.message.chat
+    if chat.type not in _CHAT_TYPES:
+        return None
+    message = query.message
+    thread = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
+    key, route = _place(channel, config, chat, thread=thread, speaker=query.from_user.id, message_id=message.message_id)
+    return Inbound(
+        key=key,
+        event_id=str(update.update_id),
+        kind=InboundKind.MESSAGE,
+        sender_id=str(query.from_user.id),
+        text=query.data,
+        sender_name=query.from_user.full_name,
+        context={"telegram_chat_type": chat.type, "telegram_callback_data": query.data},
+        route=route,
+        received_at=received_at,
+    )

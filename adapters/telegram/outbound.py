@@ -1,0 +1,165 @@
+"""Sending to Telegram: messages, files and typing, paced, with PTB errors translated into ours.
+
+PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2, STYLE
+§5); ``translate`` maps its classes onto ``gateway.errors`` in one table, keeping the cause. Mind
+the PTB wart: ``BadRequest`` and ``TimedOut`` subclass ``NetworkError``, so they are matched
+before it, or a permanent 400 would be retried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from telegram import Bot, InputFile, ReplyParameters
+from telegram.constants import ChatAction
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+
+from gateway.errors import DeliveryError, DeliveryRejected, RecipientGone, RetryLater
+from gateway.keys import Keys
+from gateway.models import Outgoing, ReplyAttachment, Route
+from gateway.pacing import reserve_slot
+
+__all__ = [
+    "UPLOAD_LIMIT_BYTES",
+    "pace",
+    "send_file",
+    "send_link",
+    "send_text",
+    "send_typing",
+    "translate",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bot API upload limit for documents (50 MB); bigger files go out as a link instead.
+UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
+#: sendPhoto takes at most 10 MB and only these formats; other images go as documents.
+_PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
+_PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
+#: Flood limits (PROTOCOLS §1.5): about 1 message/s per chat, ~30/s per bot; we keep under both.
+CHAT_INTERVAL_S = 1.0
+BOT_INTERVAL_S = 1 / 25
+#: A pacing wait shorter than this is slept; a longer one goes back to the queue (RetryLater).
+MAX_PACING_SLEEP_S = 1.5
+#: After a network failure or a timeout, try again this much later.
+NETWORK_RETRY_S = 5.0
+
+
+def translate(exc: TelegramError) -> DeliveryError:
+    """The gateway error for a PTB error (raise it ``from exc``)."""
+    if isinstance(exc, RetryAfter):
+        return RetryLater(_seconds(exc), "telegram flood control (429)")
+    if isinstance(exc, ChatMigrated):
+        return RecipientGone("group moved to a supergroup", new_chat_id=str(exc.new_chat_id))
+    if isinstance(exc, Forbidden):
+        # 403: blocked by the user, kicked from the group, user deactivated (PROTOCOLS §1.2).
+        return RecipientGone(exc.message)
+    if isinstance(exc, BadRequest):
+        if "chat not found" in exc.message.lower():
+            return RecipientGone(exc.message)
+        return DeliveryRejected(exc.message)
+    if isinstance(exc, InvalidToken):
+        return DeliveryRejected("Telegram rejected the bot token: check the channel's token")
+    if isinstance(exc, (TimedOut, NetworkError)):
+        # Includes 5xx. A timed-out send may have gone through; one duplicate beats a loss.
+        return RetryLater(NETWORK_RETRY_S, f"telegram unreachable: {exc.message}")
+    return DeliveryRejected(f"telegram: {exc.message}")
+
+
+def _seconds(exc: RetryAfter) -> float:
+    # PTB 22 returns an int or a timedelta depending on PTB_TIMEDELTA and warns about the change.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value: Any = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+async def pace(redis: aioredis.Redis, keys: Keys, channel: str, chat_id: str) -> None:
+    """Wait for this chat's and this bot's next send slot (shared by every worker).
+
+    Raises:
+        RetryLater: the wait is long; the worker should come back rather than hold a thread.
+    """
+    chat_wait = await reserve_slot(redis, keys.custom("tg", "pace", channel, "chat", chat_id), CHAT_INTERVAL_S)
+    bot_wait = await reserve_slot(redis, keys.custom("tg", "pace", channel, "bot"), BOT_INTERVAL_S)
+    wait = max(chat_wait, bot_wait)
+    if wait >= MAX_PACING_SLEEP_S:
+        raise RetryLater(wait, "pacing sends to stay under Telegram's flood limits")
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
+def _target(route: Route) -> dict[str, Any]:
+    """chat_id, topic and reply-to of a route as Bot API arguments."""
+    args: dict[str, Any] = {"chat_id": int(route["chat_id"])}
+    if route.get("message_thread_id"):
+        args["message_thread_id"] = int(route["message_thread_id"])
+    if route.get("reply_to"):
+        # Without allow_sending_without_reply a deleted question makes the answer fail (400).
+        args["reply_parameters"] = ReplyParameters(int(route["reply_to"]), allow_sending_without_reply=True)
+    return args
+
+
+def _entities_refused(exc: BadRequest) -> bool:
+    return "can't parse entities" in exc.message.lower()
+
+
+async def send_text(bot: Bot, route: Route, outgoing: Outgoing) -> str:
+    """Send one text chunk; if Telegram refuses its HTML, send the plain twin instead.
+
+    Raises:
+        TelegramError: anything else; the caller translates it.
+    """
+    target = _target(route)
+    parse_mode = outgoing.hints.get("parse_mode")
+    try:
+        message = await bot.send_message(text=outgoing.text, parse_mode=parse_mode, **target)
+    except BadRequest as exc:
+        if not parse_mode or not _entities_refused(exc):
+            raise
+        # Our renderer should never produce bad HTML; if it does, words beat formatting.
+        log.warning("telegram refused %s formatting (%s); sent as plain text", parse_mode, exc.message)
+        message = await bot.send_message(text=outgoing.plain or outgoing.text, **target)
+    return str(message.message_id)
+
+
+async def send_link(bot: Bot, route: Route, attachment: ReplyAttachment) -> str:
+    """Stand-in for a file over the upload limit: its name and URL as a text message."""
+    text = f"{attachment.name} ({attachment.size // (1024 * 1024)} MB): {attachment.content_url}"
+    message = await bot.send_message(text=text, **_target(route))
+    return str(message.message_id)
+
+
+async def send_file(bot: Bot, route: Route, attachment: ReplyAttachment, data: bytes) -> str:
+    """Upload a file: as a photo when Telegram can show it inline, else as a document."""
+    target = _target(route)
+    upload = InputFile(data, filename=attachment.name)
+    if attachment.content_type.lower() in _PHOTO_TYPES and len(data) <= _PHOTO_LIMIT_BYTES:
+        message = await bot.send_photo(photo=upload, **target)
+    else:
+        message = await bot.send_document(document=upload, **target)
+    return str(message.message_id)
+
+
+async def send_typing(bot: Bot, route: Route) -> None:
+    """Show "typing…" for about 5 s (PROTOCOLS §1.5); failures are only logged."""
+    target = _target(route)
+    target.pop("reply_parameters", None)
+    try:
+        await bot.send_chat_action(action=ChatAction.TYPING, **target)
+    except TelegramError as exc:
+        log.debug("telegram typing indicator failed for chat %s: %s", route.get("chat_id"), exc.message)
