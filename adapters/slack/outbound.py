@@ -1,0 +1,146 @@
+"""``Reply`` → Slack: render to mrkdwn parts, post them in the thread at a pace Slack accepts, and
+show a reaction while OCS works.
+
+Pacing: ``chat.postMessage`` allows about one message per second per channel (§2.6); every worker
+books its slot through ``gateway.pacing.reserve_slot`` on a per-channel key. A short wait is slept
+through; a long one becomes ``RetryLater`` so no worker is held for seconds. A 429 becomes
+``RetryLater(Retry-After)``: the worker retries this part before the next, which pauses the
+conversation and keeps its order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from adapters.slack.api import SlackApi, slack_errors
+from adapters.slack.files import MAX_UPLOAD_BYTES, upload_file
+from adapters.slack.format import escape, markdown_to_mrkdwn, mrkdwn_to_plain, split_message
+from adapters.slack.threads import ThreadTracker
+from adapters.slack.workspaces import Workspaces
+from gateway.errors import DeliveryError, RetryLater
+from gateway.keys import Keys
+from gateway.models import Outgoing, Reply, ReplyAttachment, Route
+from gateway.pacing import reserve_slot
+
+__all__ = ["PACE_INTERVAL_S", "WORKING_REACTION", "SlackSender", "render"]
+
+log = logging.getLogger(__name__)
+
+#: Slack's documented rate for chat.postMessage in one channel (§2.6).
+PACE_INTERVAL_S = 1.0
+#: Waits up to this long are slept through; longer ones are handed back to the worker.
+MAX_INLINE_WAIT_S = 1.5
+#: The reaction put on the user's message while OCS works, removed when the answer is out.
+WORKING_REACTION = "hourglass_flowing_sand"
+
+FetchOCSFile = Callable[[ReplyAttachment], Awaitable[bytes]]
+
+
+def render(reply: Reply) -> list[Outgoing]:
+    """Markdown → mrkdwn messages of at most 3,000 characters, then one part per attachment."""
+    parts = [Outgoing(text=chunk, plain=mrkdwn_to_plain(chunk)) for chunk in split_message(markdown_to_mrkdwn(reply.text))]
+    parts.extend(Outgoing(attachment=attachment) for attachment in reply.attachments)
+    return parts
+
+
+class SlackSender:
+    """Sends rendered parts of one channel."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        api: SlackApi,
+        workspaces: Workspaces,
+        threads: ThreadTracker,
+        redis: aioredis.Redis,
+        keys: Keys,
+        fetch_ocs_file: FetchOCSFile | None,
+    ) -> None:
+        self._name = name
+        self._api = api
+        self._workspaces = workspaces
+        self._threads = threads
+        self._redis = redis
+        self._keys = keys
+        self._fetch_ocs_file = fetch_ocs_file
+
+    async def send(self, route: Route, outgoing: Outgoing) -> str:
+        """Post one part; returns its ``ts`` (a message) or file id (an upload).
+
+        Raises:
+            RetryLater: paced out, rate limited (429 ``Retry-After``) or Slack failing.
+            RecipientGone: channel gone/archived, bot removed, app uninstalled or token revoked.
+            DeliveryRejected: Slack refuses this message for good (``msg_too_long``...).
+        """
+        team, channel = route["team"], route["channel"]
+        token = await self._workspaces.token_for(team, route.get("enterprise", ""))
+        await self._pace(team, channel)
+        if outgoing.attachment is not None:
+            part_id = await self._send_attachment(token, route, outgoing.attachment)
+        else:
+            part_id = await self._post(token, route, outgoing.text)
+        thread_ts = route.get("thread_ts")
+        if thread_ts and not channel.startswith("D"):
+            await self._threads.join(team, channel, thread_ts)  # follow-ups need no mention
+        return part_id
+
+    async def _post(self, token: str, route: Route, text: str) -> str:
+        with slack_errors("chat.postMessage"):
+            response = await self._api.client().chat_postMessage(
+                token=token,
+                channel=route["channel"],
+                thread_ts=route.get("thread_ts") or None,
+                text=text,
+                mrkdwn=True,
+                # Link previews of every URL the bot cites would bury the answer.
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        return str(response.get("ts") or "")
+
+    async def _send_attachment(self, token: str, route: Route, attachment: ReplyAttachment) -> str:
+        if attachment.size > MAX_UPLOAD_BYTES or self._fetch_ocs_file is None:
+            return await self._post(token, route, _link_text(attachment))
+        data = await self._fetch_ocs_file(attachment)
+        if len(data) > MAX_UPLOAD_BYTES:
+            return await self._post(token, route, _link_text(attachment))
+        return await upload_file(self._api.client(), token=token, route=route, attachment=attachment, data=data)
+
+    async def _pace(self, team: str, channel: str) -> None:
+        key = self._keys.custom("slack", "pace", self._name, team, channel)
+        wait_s = await reserve_slot(self._redis, key, PACE_INTERVAL_S)
+        if wait_s > MAX_INLINE_WAIT_S:
+            raise RetryLater(wait_s, "pacing: about one message per second per channel")
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+
+    # -- working state ----------------------------------------------------------------------------
+
+    async def show_working(self, route: Route) -> None:
+        """React with ⏳ on the user's message. Best effort: a failure never fails the turn."""
+        await self._reaction("reactions_add", route)
+
+    async def clear_working(self, route: Route) -> None:
+        """Remove the ⏳ reaction. Best effort."""
+        await self._reaction("reactions_remove", route)
+
+    async def _reaction(self, method: str, route: Route) -> None:
+        if not route.get("reply_to"):
+            return  # slash commands and pushes have no user message to react to
+        try:
+            token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
+            with slack_errors(method):
+                call = getattr(self._api.client(), method)
+                await call(token=token, channel=route["channel"], timestamp=route["reply_to"], name=WORKING_REACTION)
+        except DeliveryError as exc:
+            # already_reacted / no_reaction / missing reactions:write: the answer matters, not this.
+            log.debug("slack %s on %s skipped: %s", method, self._name, exc)
+
+
+def _link_text(attachment: ReplyAttachment) -> str:
+    return f"📎 <{attachment.content_url}|{escape(attachment.name)}> ({attachment.size // 1024} KB)"

@@ -1,0 +1,188 @@
+"""Multi-workspace OAuth install through the real routes (our app, then the fake Slack's authorize
+page, then our redirect), uninstall clean-up, and the app manifest."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import yaml
+from starlette.applications import Starlette
+
+from adapters.slack.cli import BOT_EVENTS, BOT_SCOPES, manifest
+from gateway.config import GatewayConfig, Secret
+from gateway.errors import ConfigError, RecipientGone
+from gateway.models import Outgoing
+from tests.adapters._slack import MakeEnv, SlackEnv, gateway_config, make_slack
+from tests.fakes.slack_api import FakeSlack, fake_slack
+
+__all__ = ["fake_slack", "make_slack"]
+
+GATEWAY = "https://gw.example.com"
+
+
+async def oauth_env(make_slack: MakeEnv, fake: FakeSlack) -> tuple[SlackEnv, httpx.AsyncClient]:
+    env = await make_slack(client_id=fake.client_id, client_secret=Secret(fake.client_secret))
+    app = Starlette(routes=env.adapter.routes())
+    browser = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=GATEWAY)
+    return env, browser
+
+
+async def install(fake: FakeSlack, browser: httpx.AsyncClient, team: str) -> httpx.Response:
+    """An admin clicks the install link, picks ``team`` on Slack's page and comes back."""
+    start = await browser.get("/slack/sl/install")
+    assert start.status_code == 302
+    fake.next_install_team = team
+    async with httpx.AsyncClient() as slack_site:
+        consent = await slack_site.get(start.headers["location"])
+    assert consent.status_code == 302, consent.text
+    back = consent.headers["location"]
+    assert back.startswith(f"{GATEWAY}/slack/sl/oauth_redirect?")
+    return await browser.get(back)
+
+
+async def test_install_link_redirects_to_slack_with_state_and_scopes(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        response = await browser.get("/slack/sl/install")
+    location = httpx.URL(response.headers["location"])
+    assert str(location).startswith(f"{fake_slack.url}/oauth/v2/authorize?")
+    assert location.params["client_id"] == fake_slack.client_id
+    assert location.params["scope"].split(",") == list(BOT_SCOPES)
+    assert location.params["redirect_uri"] == f"{GATEWAY}/slack/sl/oauth_redirect"
+    state = location.params["state"]
+    assert await env.redis.get(env.keys.slack_oauth_state(state)) == b"sl"
+    assert 0 < await env.redis.ttl(env.keys.slack_oauth_state(state)) <= 600
+    assert f"ocsgw_slack_state={state}" in response.headers["set-cookie"]
+
+
+async def test_two_workspaces_install_and_each_gets_its_own_token(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        for team in ("TA", "TB"):
+            done = await install(fake_slack, browser, team)
+            assert done.status_code == 200 and f"Team {team}" in done.text
+    tokens = {ws.team_id: ws for ws in fake_slack.workspaces.values()}
+    for team in ("TA", "TB"):
+        installation = await env.adapter._workspaces.store.find(team)
+        assert installation is not None
+        # bot_id is not in oauth.v2.access: it came from auth.test with the new token (§2.7)
+        assert (installation.bot_token, installation.bot_id, installation.bot_user_id) == (
+            tokens[team].token, tokens[team].bot_id, tokens[team].user_id,
+        )  # fmt: skip
+    assert [c.token for c in fake_slack.calls("auth.test")] == [tokens["TA"].token, tokens["TB"].token]
+    route = {"channel": "C1", "thread_ts": "1.1", "reply_to": "1.1"}
+    await env.adapter.send({**route, "team": "TA"}, Outgoing(text="hello A"))
+    await env.adapter.send({**route, "team": "TB"}, Outgoing(text="hello B"))
+    posted = {c.params["text"]: c.token for c in fake_slack.calls("chat.postMessage")}
+    assert posted == {"hello A": tokens["TA"].token, "hello B": tokens["TB"].token}
+
+
+async def test_an_install_link_works_once(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        start = await browser.get("/slack/sl/install")
+        fake_slack.next_install_team = "TA"
+        async with httpx.AsyncClient() as slack_site:
+            back = (await slack_site.get(start.headers["location"])).headers["location"]
+        assert (await browser.get(back)).status_code == 200
+        browser.cookies.set("ocsgw_slack_state", httpx.URL(back).params["state"], domain="gw.example.com")
+        again = await browser.get(back)
+    assert again.status_code == 400 and "expired" in again.text
+
+
+async def test_install_finished_in_another_browser_is_refused(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        start = await browser.get("/slack/sl/install")
+        fake_slack.next_install_team = "TA"
+        async with httpx.AsyncClient() as slack_site:
+            back = (await slack_site.get(start.headers["location"])).headers["location"]
+        browser.cookies.clear()
+        response = await browser.get(back)
+    assert response.status_code == 400 and "browser" in response.text
+    assert await env.adapter._workspaces.store.find("TA") is None
+
+
+async def test_cancelled_or_refused_install_stores_nothing(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        start = await browser.get("/slack/sl/install")
+        state = httpx.URL(start.headers["location"]).params["state"]
+        cancelled = await browser.get("/slack/sl/oauth_redirect", params={"error": "access_denied", "state": state})
+        assert cancelled.status_code == 200 and "cancelled" in cancelled.text
+        start = await browser.get("/slack/sl/install")
+        state = httpx.URL(start.headers["location"]).params["state"]
+        refused = await browser.get("/slack/sl/oauth_redirect", params={"code": "made-up", "state": state})
+    assert refused.status_code == 400 and "invalid_code" in refused.text
+    assert fake_slack.calls("oauth.v2.access")[0].error == "invalid_code"
+
+
+async def test_single_workspace_channel_has_no_install_routes(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env = await make_slack(bot_token=Secret("xoxb-one"))
+    assert env.adapter.routes() == []
+    assert env.adapter.describe()["mode"] == "single-workspace"
+
+
+# -- leaving ------------------------------------------------------------------------------------
+
+
+async def test_uninstall_deletes_the_workspace_and_stops_sends(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        for team in ("TA", "TB"):
+            await install(fake_slack, browser, team)
+    body = {"type": "event_callback", "team_id": "TA", "event_id": "EvU1", "event": {"type": "app_uninstalled"}}
+    await env.adapter.verify(env.request(body))
+    assert (await env.adapter.parse(env.request(body))).inbounds == ()
+    assert await env.redis.exists(env.keys.slack_installation("sl", "TA")) == 0
+    assert await env.adapter._workspaces.store.find("TB") is not None
+    with pytest.raises(RecipientGone):
+        await env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="anyone?"))
+    await env.adapter.parse(env.request(body))  # Slack's retry of the same event is harmless
+
+
+async def test_revoked_bot_token_deletes_the_workspace_but_user_tokens_do_not(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        await install(fake_slack, browser, "TA")
+
+    def revoked(tokens: dict[str, list[str]]) -> dict[str, object]:
+        event = {"type": "tokens_revoked", "tokens": tokens}
+        return {"type": "event_callback", "team_id": "TA", "event_id": "EvR", "event": event}
+
+    await env.adapter.parse(env.request(revoked({"oauth": ["U1"]})))
+    assert await env.adapter._workspaces.store.find("TA") is not None
+    await env.adapter.parse(env.request(revoked({"bot": ["UTABOT"]})))
+    assert await env.adapter._workspaces.store.find("TA") is None
+
+
+# -- manifest -------------------------------------------------------------------------------------
+
+
+def test_manifest_names_the_request_url_scopes_events_and_redirect(fake_slack: FakeSlack) -> None:
+    config = gateway_config(fake_slack, "support", client_id="cid", client_secret=Secret("s"), slash_command="/reset")
+    text = manifest(config, "support")
+    data = yaml.safe_load(text)
+    events = data["settings"]["event_subscriptions"]
+    assert events["request_url"] == f"{GATEWAY}/slack/support/events"
+    assert events["bot_events"] == list(BOT_EVENTS)
+    assert data["oauth_config"]["scopes"]["bot"] == [*BOT_SCOPES, "commands"]
+    assert data["oauth_config"]["redirect_urls"] == [f"{GATEWAY}/slack/support/oauth_redirect"]
+    assert data["features"]["slash_commands"][0]["command"] == "/reset"
+    assert data["features"]["slash_commands"][0]["url"] == f"{GATEWAY}/slack/support/events"
+    assert data["features"]["app_home"]["messages_tab_enabled"] is True
+
+
+def test_manifest_without_public_url_says_what_to_replace(fake_slack: FakeSlack) -> None:
+    config = gateway_config(fake_slack, "support", bot_token=Secret("xoxb-1"), public_url=None)
+    text = manifest(config, "support")
+    assert text.startswith("#") and "public_url is not set" in text
+    data = yaml.safe_load(text)
+    assert "redirect_urls" not in data["oauth_config"] and "slash_commands" not in data["features"]
+    assert "commands" not in data["oauth_config"]["scopes"]["bot"]
+
+
+def test_manifest_of_a_non_slack_channel_is_a_config_error() -> None:
+    config = GatewayConfig.from_mapping({"bots": {}, "channels": {}})
+    with pytest.raises(ConfigError, match="not a slack channel"):
+        manifest(config, "nope")
