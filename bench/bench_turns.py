@@ -130,6 +130,20 @@ def _in_flight(client: redis.Redis, convs: list[str]) -> int:
     return sum(1 for state in pipe.execute() if state == b"sent")
 
 
+def _summary(design: str, receiver: Receiver, started: dict[str, float], elapsed: float, peak: int) -> dict[str, Any]:
+    latencies = [receiver.replies[c] - started[c] for c in started if c in receiver.replies]
+    return {
+        "design": design,
+        "turns": len(started),
+        "delivered": receiver.count(),
+        "seconds": round(elapsed, 2),
+        "turns_per_s": round(len(started) / elapsed, 2),
+        "peak_in_flight": peak,
+        "latency_p50_s": round(statistics.median(latencies), 2),
+        "latency_p95_s": round(statistics.quantiles(latencies, n=20)[18], 2),
+    }
+
+
 def run_ours(redis_url: str, sim_url: str, turns: int, tmp: Path, tag: str) -> dict[str, Any]:
     redis.Redis.from_url(redis_url).flushdb()
     receiver = Receiver()
@@ -153,17 +167,7 @@ def run_ours(redis_url: str, sim_url: str, turns: int, tmp: Path, tag: str) -> d
     worker.terminate()
     worker.wait(timeout=30)
     receiver.server.should_exit = True
-    latencies = [receiver.replies[c] - started[c] for c in convs if c in receiver.replies]
-    return {
-        "design": "ocs-gateway (turn state machine, delayed messages)",
-        "turns": turns,
-        "delivered": receiver.count(),
-        "seconds": round(elapsed, 2),
-        "turns_per_s": round(turns / elapsed, 2),
-        "peak_in_flight": peak,
-        "latency_p50_s": round(statistics.median(latencies), 2),
-        "latency_p95_s": round(statistics.quantiles(latencies, n=20)[18], 2),
-    }
+    return _summary("ocs-gateway (turn state machine, delayed messages)", receiver, started, elapsed, peak)
 
 
 def run_baseline(redis_url: str, sim_url: str, turns: int) -> dict[str, Any]:
@@ -187,17 +191,7 @@ def run_baseline(redis_url: str, sim_url: str, turns: int) -> dict[str, Any]:
     worker.terminate()
     worker.wait(timeout=30)
     receiver.server.should_exit = True
-    latencies = [receiver.replies[c] - started[c] for c in started if c in receiver.replies]
-    return {
-        "design": "baseline: one Dramatiq thread held per turn (8 threads)",
-        "turns": turns,
-        "delivered": receiver.count(),
-        "seconds": round(elapsed, 2),
-        "turns_per_s": round(turns / elapsed, 2),
-        "peak_in_flight": 8,
-        "latency_p50_s": round(statistics.median(latencies), 2),
-        "latency_p95_s": round(statistics.quantiles(latencies, n=20)[18], 2),
-    }
+    return _summary("baseline: one Dramatiq thread held per turn (8 threads)", receiver, started, elapsed, 8)
 
 
 def main() -> None:

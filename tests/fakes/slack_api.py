@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +34,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.support.servers import UvicornThread
 
 __all__ = [
     "Call",
@@ -138,8 +138,7 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: UvicornThread | None = None
         self.url = ""
 
     @property
@@ -150,25 +149,14 @@ class FakeSlack:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FakeSlack:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self._app(), log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake Slack server did not start")
-            time.sleep(0.01)
+        self._server = UvicornThread(self._app())
+        self.url = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> FakeSlack:
         return self.start()

@@ -12,7 +12,7 @@ import redis
 
 from gateway.app import create_app
 from gateway.embedded_redis import EmbeddedRedis
-from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, stack_config
+from tests.conftest import SimServer, Stack, stack_config
 from tests.support.servers import UvicornThread
 
 BODY = {"conversation_id": "c1", "sender": {"id": "u1"}, "text": "hi"}
