@@ -178,6 +178,10 @@ def test_exhausted_turn_is_dead_lettered_with_a_note_then_replayed(
     monkeypatch.setenv("HOOK_SECRET", WEBHOOK_SECRET)
     assert cli.main(["--config", str(config), "dlq", "list"]) == 0
     assert letter.id in capsys.readouterr().out
+    assert cli.main(["--config", str(config), "dlq", "show", letter.id]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert json.loads(shown["inbound"])["text"] == "doomed" and shown["ocs"]["session_id"]
+    assert cli.main(["--config", str(config), "dlq", "show", "no-such-id"]) == 1
     assert cli.main(["--config", str(config), "dlq", "replay", letter.id]) == 0
     wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the replayed answer")
     assert stack.receiver.texts("c1")[1] == "Echo #1: doomed"
@@ -188,5 +192,22 @@ async def _letters(url: str) -> list:
     client = aioredis.Redis.from_url(url)
     try:
         return await DeadLetterStore(client, Keys()).list()
+    finally:
+        await client.aclose()
+
+
+def test_dropped_dead_letter_is_gone(stack: Stack) -> None:
+    stack.sim.state.fail_next("message", 503, count=stack.config.worker.max_attempts)
+    stack.say("c1", "drop me")
+    wait_for(lambda: stack.receiver.texts("c1"), what="the failure notice")
+    (letter,) = asyncio.run(_letters(stack.redis_url))
+    assert asyncio.run(_drop(stack.redis_url, letter.id)) is True
+    assert asyncio.run(_letters(stack.redis_url)) == []
+
+
+async def _drop(url: str, letter_id: str) -> bool:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return await DeadLetterStore(client, Keys()).drop(letter_id)
     finally:
         await client.aclose()
