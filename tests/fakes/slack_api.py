@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.support.servers import UvicornThread
+from tests.support.servers import ServedApp
 
 __all__ = [
     "Call",
@@ -117,7 +117,7 @@ class _ApiError(Exception):
         self.error, self.status, self.retry_after = error, status, retry_after
 
 
-class FakeSlack:
+class FakeSlack(ServedApp):
     """The fake Slack server and its knobs; use as a (sync or async) context manager."""
 
     def __init__(self, *, client_id: str = "fake-client-id", client_secret: str = "fake-client-secret") -> None:
@@ -138,7 +138,6 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: UvicornThread | None = None
         self.url = ""
 
     @property
@@ -149,26 +148,12 @@ class FakeSlack:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FakeSlack:
-        self._server = UvicornThread(self._app())
-        self.url = self._server.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
 
     def __enter__(self) -> FakeSlack:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeSlack:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- knobs ----------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.servers import UvicornThread
+from tests.support.servers import ServedApp
 
 __all__ = ["Call", "FakeBot", "FakeTelegram", "Upload", "fake_telegram", "message_update", "telegram_html_text"]
 
@@ -105,7 +105,7 @@ class _Failure:
     times: int
 
 
-class FakeTelegram:
+class FakeTelegram(ServedApp):
     """The fake Bot API server and its knobs; use as a (sync or async) context manager."""
 
     def __init__(self) -> None:
@@ -118,32 +118,17 @@ class FakeTelegram:
         self._reject_html = 0
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
-        self._server: UvicornThread | None = None
         self.url = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FakeTelegram:
-        self._server = UvicornThread(self._app())
-        self.url = self._server.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        self._server = None
 
     def __enter__(self) -> FakeTelegram:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeTelegram:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- knobs ----------------------------------------------------------------------------------
 

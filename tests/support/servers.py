@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["UvicornThread", "free_port"]
+__all__ = ["ServedApp", "UvicornThread", "free_port"]
 
 
 def free_port() -> int:
@@ -48,4 +48,37 @@ class UvicornThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServedApp:
+    """Lifecycle for a fake platform server: subclasses build their app in ``_app()``; ``url`` is
+    set while it serves. Usable as a (sync or async) context manager."""
+
+    url: str = ""
+    _server: UvicornThread | None = None
+
+    def _app(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        self._server = UvicornThread(self._app())
+        self.url = self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Any:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
         self.stop()
