@@ -146,10 +146,14 @@ class TurnEngine:
 
     async def _dispatch(self, conv: ConversationKey, turn: Turn, lease: Lease) -> _Outcome:
         record = await self.s.conversations.load(conv)
-        if record.gone and turn.inbound.kind is not InboundKind.RESET:
-            # No more sends to a user who blocked us (or a removed app); the message is dropped.
-            await self.s.ledger.finish(conv, turn)
-            return _CONTINUE
+        if record.gone:
+            if turn.inbound.kind is not InboundKind.PUSH and turn.state is TurnState.RECEIVED:
+                # They wrote to us again (a callback that came back, a re-invited app): reachable.
+                await self.s.conversations.set_gone(conv, False)
+            else:
+                # No more sends to a user who blocked us (or a removed app); the message is dropped.
+                await self.s.ledger.finish(conv, turn)
+                return _CONTINUE
         if turn.state is TurnState.RECEIVED:
             return await self._start(conv, turn, record.session)
         if turn.state is TurnState.SENDING:
@@ -181,7 +185,6 @@ class TurnEngine:
             if session is not None:
                 await self.s.ocs_for(conv.channel).end_session(session.session_id)
             await self.s.conversations.forget_session(conv)
-            await self.s.conversations.set_gone(conv, False)
             await self.s.adapters[conv.channel].forget_conversation(inbound.route)
             reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
             await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply)
@@ -302,6 +305,9 @@ class TurnEngine:
             return await self._too_slow(conv, turn)
         turn = await self._show_working(conv, turn)
         wait = min(self.tuning.poll_first_s * self.tuning.poll_growth ** (turn.polls + 1), self.tuning.poll_max_s)
+        refresh = self.s.adapters[conv.channel].working_refresh_s
+        if refresh:
+            wait = min(wait, refresh)  # wake in time to keep the typing indicator alive
         await self.s.ledger.update(conv, turn, polls=turn.polls + 1, next_at=now + wait)
         return _Outcome("wait", now + wait)
 

@@ -211,3 +211,16 @@ async def _drop(url: str, letter_id: str) -> bool:
         return await DeadLetterStore(client, Keys()).drop(letter_id)
     finally:
         await client.aclose()
+
+
+def test_callback_410_stops_pushes_until_the_user_writes_again(stack: Stack) -> None:
+    stack.say("c1", "first")
+    wait_for(lambda: stack.receiver.texts("c1"), what="the first answer")
+    stack.receiver.fail_with = [410]
+    (session,) = stack.sim.state.list_sessions()
+    stack.sim.state.push_bot_message(session.id, "nobody home")
+    wait_for(lambda: stack.redis.hget("ocsgw:conv:hooks/c1", "gone") == b"1", timeout=10, what="gone after 410")
+    stack.say("c1", "I'm back")
+    wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the answer after returning")
+    assert stack.receiver.texts("c1") == ["Echo #1: first", "Echo #2: I'm back"]
+    assert stack.redis.hget("ocsgw:conv:hooks/c1", "gone") is None
