@@ -208,3 +208,16 @@ def test_two_bots_side_by_side(fake_telegram: FakeTelegram, make_stack: Callable
     assert replies(fake_telegram, 1, token=TOKEN) == ["Echo #1: to the clinic"]
     first_ok = {c.token: c.at for c in reversed(fake_telegram.calls("sendMessage")) if c.status == 200}
     assert first_ok[OTHER_TOKEN] < first_ok[TOKEN]  # the throttled bot did not hold the other back
+
+
+def test_typing_stays_alive_while_ocs_works_and_stops_with_the_reply(tg_stack: Stack, fake_telegram: FakeTelegram) -> None:
+    tg_stack.sim.state.knobs.reply_latency_s = 4.6  # longer than one typing indicator (~5 s, refreshed at 4 s)
+    say(tg_stack, 1, "take your time")
+    replies(fake_telegram, 1)
+    typing = fake_telegram.calls("sendChatAction")
+    [answer] = fake_telegram.sent_messages(USER)
+    assert len(typing) >= 2
+    assert typing[1].at - typing[0].at >= 3.9  # refreshed, not spammed
+    assert all(call.at < answer.at for call in typing)  # nothing after the reply
+    time.sleep(4.5)
+    assert len(fake_telegram.calls("sendChatAction")) == len(typing)
