@@ -149,9 +149,21 @@ def _print_demo_banner(base_url: str) -> None:
     print(
         f"\nocs-gateway is running at {base_url} with a demo channel wired to the built-in OCS simulator.\n"
         "Paste this in another terminal to send a signed message and see the bot's reply:\n\n"
-        f"    ocs-gateway send \"Hello, bot!\" --url {base_url}\n",
+        f"    {_command_name()} send \"Hello, bot!\" --url {base_url}\n",
         flush=True,
     )
+
+
+def _command_name() -> str:
+    """How the user reached us (``.venv/bin/ocs-gateway`` from scripts/run), so the pasted
+    command works without activating the virtualenv."""
+    invoked = sys.argv[0]
+    if Path(invoked).name == "ocs-gateway":
+        try:
+            return str(Path(invoked).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return invoked
+    return "ocs-gateway"
 
 
 def _web(args: argparse.Namespace) -> int:
