@@ -128,13 +128,14 @@ def _run(args: argparse.Namespace) -> int:
         redis_url = embedded.start()
         log.info("started an embedded Redis at %s (data in %s)", redis_url, embedded.data_dir)
     extra = []
+    demo = config is None
     if config is None:
         config = demo_config(base_url, DATA_DIR, redis_url)
         extra = demo_routes(base_url, demo_secret(DATA_DIR))
     worker = WorkerProcess(config, redis_url)
     worker.start()
     app = create_app(config, redis_url, extra_routes=extra)
-    if config.demo:
+    if demo:
         _print_demo_banner(base_url)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -271,8 +271,6 @@ class GatewayConfig(_Model):
     redis_url: EnvStr | None = None
     public_url: HttpUrl | None = None
     max_body_bytes: int = 1_048_576
-    #: Mount the OCS simulator at /sim and the demo reply inbox (the offline quickstart).
-    demo: bool = False
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     worker: WorkerTuning = WorkerTuning()

@@ -37,7 +37,6 @@ def demo_config(base_url: str, data_dir: Path, redis_url: str | None) -> Gateway
     return GatewayConfig.from_mapping(
         {
             "redis_url": redis_url,
-            "demo": True,
             "bots": {
                 "simulator": {
                     "base_url": f"{base_url}/sim",

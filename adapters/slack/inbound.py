@@ -29,7 +29,7 @@ from gateway.config import SlackChannelConfig
 from gateway.errors import PayloadInvalid, SignatureInvalid
 from gateway.models import Attachment, ConversationKey, Inbound, InboundKind, ParsedRequest
 
-__all__ = ["SIGNATURE_WINDOW_S", "EventParser", "conversation_for", "verify_signature"]
+__all__ = ["EventParser", "SIGNATURE_WINDOW_S", "conversation_for", "verify_signature"]
 
 log = logging.getLogger(__name__)
 

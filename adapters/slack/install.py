@@ -31,7 +31,7 @@ from gateway.config import SlackChannelConfig
 from gateway.errors import DeliveryError, DeliveryRejected, RetryLater
 from gateway.keys import Keys
 
-__all__ = ["STATE_TTL_S", "OAuthInstaller", "authorize_url_base"]
+__all__ = ["OAuthInstaller", "STATE_TTL_S", "authorize_url_base"]
 
 log = logging.getLogger(__name__)
 

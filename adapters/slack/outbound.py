@@ -26,7 +26,7 @@ from gateway.keys import Keys
 from gateway.models import Outgoing, Reply, ReplyAttachment, Route
 from gateway.pacing import reserve_slot
 
-__all__ = ["PACE_INTERVAL_S", "WORKING_REACTION", "SlackSender", "render"]
+__all__ = ["PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from adapters.telegram.markup import VERBATIM_PREFIXES, Run, Tag, markdown_to_runs
 
-__all__ = ["TEXT_LIMIT_UTF16", "Chunk", "render_markdown", "utf16_len"]
+__all__ = ["Chunk", "TEXT_LIMIT_UTF16", "render_markdown", "utf16_len"]
 
 #: sendMessage text limit (PROTOCOLS §1.5; PTB ``MessageLimit.MAX_TEXT_LENGTH``).
 TEXT_LIMIT_UTF16 = 4096

@@ -28,9 +28,9 @@ from gateway.errors import PayloadInvalid, SignatureInvalid
 from gateway.models import ConversationKey, Inbound, InboundKind
 
 __all__ = [
-    "SECRET_HEADER",
     "BotIdentity",
     "MembershipChange",
+    "SECRET_HEADER",
     "check_secret",
     "conversation_id",
     "membership_change",

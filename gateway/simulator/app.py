@@ -29,6 +29,8 @@ from gateway.simulator.state import (
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+__all__ = ["create_simulator_app"]
+
 DENIED_CHAT = {"error": "Authentication required to chat with this chatbot", "code": "chat_access_denied"}
 NOT_PROVIDED = {"detail": "Authentication credentials were not provided."}
 NO_PERMISSION = {"detail": "You do not have permission to perform this action."}

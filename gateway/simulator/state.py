@@ -28,6 +28,24 @@ TaskOutcome = Literal["complete", "user_error", "internal_error"]
 Role = Literal["user", "assistant", "system"]
 
 # §2.3: the nine scopes a client-credentials app may request.
+__all__ = [
+    "DEMO_CHATBOT_ID",
+    "ForcedFailure",
+    "RateInfo",
+    "SimChatbot",
+    "SimFile",
+    "SimMessage",
+    "SimOAuthApp",
+    "SimReceived",
+    "SimSession",
+    "SimTask",
+    "SimToken",
+    "SimulatorKnobs",
+    "SimulatorState",
+    "format_timestamp",
+    "utc_now",
+]
+
 ALL_SCOPES = frozenset({
     "chatbots:read", "chatbots:interact", "chat:start", "sessions:read", "sessions:write",
     "files:read", "participants:read", "participants:write", "usage:read",

@@ -1,0 +1,36 @@
+"""Every module states what other packages may use: ``__all__`` exists, is sorted, and names only
+what the module defines (httpx's export test, STYLE.md §13)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+import pytest
+
+import adapters
+import gateway
+import workers
+
+
+def _modules() -> list[ModuleType]:
+    found = []
+    for package in (gateway, adapters, workers):
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+            found.append(importlib.import_module(info.name))
+    return found
+
+
+@pytest.mark.parametrize("module", _modules(), ids=lambda m: m.__name__)
+def test_all_is_sorted_and_complete(module: ModuleType) -> None:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        assert not [n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])
+                    and getattr(vars(module)[n], "__module__", None) == module.__name__], (
+            f"{module.__name__} defines public names but has no __all__"
+        )
+        return
+    assert list(names) == sorted(names), f"{module.__name__}.__all__ is not sorted"
+    missing = [name for name in names if not hasattr(module, name)]
+    assert not missing, f"{module.__name__}.__all__ names what it does not define: {missing}"
