@@ -66,10 +66,6 @@ def create_app(
     )
 
 
-#: One table from our errors to HTTP answers (STYLE.md §7); never a 200 for what failed.
-_ERROR_STATUSES: dict[Any, Any] = {}
-
-
 def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
     async def ingest(request: Request) -> Response:
         services: Services = request.app.state.services
@@ -126,16 +122,25 @@ async def _inbound_error(request: Request, exc: InboundError) -> Response:
 
 async def _store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
     log.error("refusing inbound: %s", exc)
-    # Telegram honours Retry-After on our errors; Slack and webhook senders retry on any 5xx.
-    return JSONResponse({"error": "temporarily unable to store the message; retry"}, status_code=503, headers={"Retry-After": "5"})
+    return _retry_response("temporarily unable to store the message; retry", 5)
 
 
 async def _platform_unavailable(request: Request, exc: RetryLater) -> Response:
     """An adapter needed the platform to read the request (Telegram's getMe for group gating)
     and it is down: ask for a retry rather than answer 500."""
     log.warning("platform unavailable while parsing: %s", exc)
-    retry_after = str(max(int(exc.retry_after_s), 1))
-    return JSONResponse({"error": "platform temporarily unavailable; retry"}, status_code=503, headers={"Retry-After": retry_after})
+    return _retry_response("platform temporarily unavailable; retry", exc.retry_after_s)
 
 
-_ERROR_STATUSES.update({InboundError: _inbound_error, StoreUnavailable: _store_unavailable, RetryLater: _platform_unavailable})
+def _retry_response(message: str, retry_after_s: float) -> Response:
+    # Telegram honours Retry-After on our errors; Slack and webhook senders retry on any 5xx.
+    headers = {"Retry-After": str(max(int(retry_after_s), 1))}
+    return JSONResponse({"error": message}, status_code=503, headers=headers)
+
+
+#: One table from our errors to HTTP answers (STYLE.md §7); never a 200 for what failed.
+_ERROR_STATUSES: dict[Any, Any] = {
+    InboundError: _inbound_error,
+    StoreUnavailable: _store_unavailable,
+    RetryLater: _platform_unavailable,
+}

@@ -43,19 +43,7 @@ def markdown_to_mrkdwn(markdown: str) -> list[str]:
 def split_message(blocks: list[str], limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     """Pack blocks into messages of at most ``limit`` characters, splitting only between blocks,
     then between lines, then between words; a code block split in two stays fenced in both."""
-    messages: list[str] = []
-    current = ""
-    for block in blocks:
-        for piece in _fit(block, limit):
-            candidate = f"{current}\n\n{piece}" if current else piece
-            if len(candidate) <= limit:
-                current = candidate
-            else:
-                messages.append(current)
-                current = piece
-    if current:
-        messages.append(current)
-    return messages
+    return _join([piece for block in blocks for piece in _fit(block, limit)], "\n\n", limit)
 
 
 # -- blocks ---------------------------------------------------------------------------------------
@@ -178,14 +166,23 @@ def _fit(block: str, limit: int) -> list[str]:
 def _pack(text: str, separator: str, limit: int) -> list[str]:
     """Greedy packing of ``text`` split on ``separator`` (lines, then words, then characters)."""
     pieces: list[str] = []
-    current = ""
+    run: list[str] = []
     for part in text.split(separator):
         if len(part) > limit:
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.extend(_pack(part, " ", limit) if separator == "\n" else _cut(part, limit))
-            continue
+            pieces += _join(run, separator, limit)
+            run = []
+            pieces += _pack(part, " ", limit) if separator == "\n" else _cut(part, limit)
+        else:
+            run.append(part)
+    return pieces + _join(run, separator, limit)
+
+
+def _join(parts: list[str], separator: str, limit: int) -> list[str]:
+    """Greedily join parts (each at most ``limit`` long) with ``separator`` into pieces of at
+    most ``limit`` characters, keeping their order."""
+    pieces: list[str] = []
+    current = ""
+    for part in parts:
         candidate = f"{current}{separator}{part}" if current else part
         if len(candidate) <= limit:
             current = candidate
