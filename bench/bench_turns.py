@@ -1,18 +1,23 @@
-"""Turns in flight and turns/s for ONE worker process against the OCS simulator.
+"""Capacity of ONE worker process (the asyncio turn runner) against the OCS simulator, with the
+thread-per-turn design as the baseline in the same run.
 
-Everything is real and local: an embedded redis-server, the simulator (``ocs-gateway sim``) in its
-own process with a fixed reply latency, one ``ocs-gateway worker`` process with production
-tuning, and a callback receiver. Turns are injected the way the edge stores them (``admit`` +
-enqueue), one per conversation, all at once.
+Everything is real and local, each part in its own process so the worker's CPU is its own: an
+embedded redis-server, the simulator (``serve-sim`` below: ``SimulatorState.demo`` under uvicorn,
+50 ms round trip on every exchange, fixed bot latency), a callback receiver (``serve-receiver``:
+verifies every signature, records each callback's arrival), and ``ocs-gateway worker``
+subprocesses with production tuning (the OCS request budget raised out of the way, no
+bot-initiated polls). Turns are admitted the way the edge stores them (one ``Admitter`` EVALSHA per
+event, the Dramatiq wake-up included), one conversation each, all at once.
 
-The baseline, measured in the same run on the same Redis and simulator, is the design we did not
-build: a Dramatiq actor that holds its thread for the whole turn (start, send, poll with sleeps,
-callback), 8 threads — what "Dramatiq actors that wait for OCS" would give.
+Phases, in one run: one worker (turns/s, peak turns waiting on OCS, RSS, Redis commands per turn),
+the same worker idle after that work, two workers (ratio to one), the baseline (a Dramatiq actor
+holding one of 8 threads for a whole turn), and a worker idle on an empty Redis.
 
-    python bench/bench_turns.py                      # 1000 turns at 2 s latency, baseline 64 turns
-    python bench/bench_turns.py --capacity 1200      # also: peak in flight at 30 s latency
+    python bench/bench_turns.py                          # 5000 turns at 2 s latency, baseline 64
+    python bench/bench_turns.py --turns 2000 --idle-s 20 --capacity 5000
 
-Prints a JSON summary; docs/PERFORMANCE.md records the figures as ratios.
+The harness helpers here (processes, config, injection, counters) are shared with
+bench_reply_delay.py and bench_budget.py. Prints a JSON summary.
 """
 
 from __future__ import annotations
@@ -27,62 +32,116 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
-import redis.asyncio as aioredis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.webhook import signing  # noqa: E402
 from gateway.embedded_redis import EmbeddedRedis, _free_port  # noqa: E402
-from gateway.inbox import admit  # noqa: E402
+from gateway.inbox import Admitter, WakeQueue  # noqa: E402
 from gateway.keys import Keys  # noqa: E402
 from gateway.models import ConversationKey, Inbound, InboundKind  # noqa: E402
 from gateway.simulator import DEMO_CHATBOT_ID  # noqa: E402
-from workers.broker import ADVANCE, enqueue, make_broker  # noqa: E402
+from workers.broker import ADVANCE, NAMESPACE, QUEUE  # noqa: E402
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+__all__ = [
+    "HOOK_SECRET",
+    "Reply",
+    "Stack",
+    "commandstats",
+    "inject",
+    "main",
+    "percentile",
+    "rss_mb",
+    "serve_receiver",
+    "serve_sim",
+    "stack",
+    "write_config",
+]
 
-
-class Receiver:
-    """Counts callbacks and when they came (verifying each signature, as a real receiver)."""
-
-    def __init__(self) -> None:
-        self.replies: dict[str, float] = {}
-        self.lock = threading.Lock()
-        key = signing.decode_secret(SECRET)
-
-        async def callback(request: Request) -> JSONResponse:
-            body = await request.body()
-            signing.verify(key, {k.lower(): v for k, v in request.headers.items()}, body)
-            with self.lock:
-                self.replies.setdefault(json.loads(body)["conversation_id"], time.monotonic())
-            return JSONResponse({"ok": True})
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(Starlette(routes=[Route("/cb", callback, methods=["POST"])]), port=self.port, log_level="error")
-        )
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.replies)
+HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+#: Out of the way of a capacity run (the budget has its own benchmark).
+UNLIMITED_BUDGET = {"requests_per_window": 100_000_000, "session_requests_per_window": 1_000_000,
+                    "starts_per_window": 100_000_000}
+_SCRIPT = str(Path(__file__).resolve())
 
 
-def _wait_http(url: str) -> None:
-    deadline = time.monotonic() + 20
+# -- the simulator and the receiver, each served in a process of its own ---------------------
+
+def serve_sim(port: int) -> None:
+    """The simulator, plus ``GET /_bench/tasks``: ``{task_id: [user text, completed_at|null]}``,
+    so a benchmark can tie a task to the turn that sent it."""
+    import uvicorn
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gateway.simulator import SimulatorState, create_simulator_app
+
+    state = SimulatorState.demo(f"http://127.0.0.1:{port}")
+    app = create_simulator_app(state)
+
+    async def tasks(request: Request) -> JSONResponse:
+        done = state.completed_tasks()
+        return JSONResponse({tid: [task.text, done.get(tid)] for tid, task in list(state.tasks.items())})
+
+    app.router.routes.append(Route("/_bench/tasks", tasks, methods=["GET"]))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def serve_receiver(port: int) -> None:
+    """A callback receiver: verifies each signature and records ``[conversation_id, in_reply_to,
+    arrival epoch s, text]`` per callback; ``GET /count``, ``GET /replies``."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from adapters.webhook import signing
+
+    key = signing.decode_secret(HOOK_SECRET)
+    got: list[list[Any]] = []
+
+    async def callback(request: Request) -> JSONResponse:
+        arrived = time.time()  # the request line and headers are in: the send's first byte is long past
+        body = await request.body()
+        signing.verify(key, {k.lower(): v for k, v in request.headers.items()}, body)
+        data = json.loads(body)
+        got.append([data["conversation_id"], data.get("in_reply_to"), arrived, data.get("text", "")])
+        return JSONResponse({"ok": True})
+
+    async def count(request: Request) -> JSONResponse:
+        return JSONResponse({"count": len(got)})
+
+    async def replies(request: Request) -> JSONResponse:
+        return JSONResponse(got)
+
+    app = Starlette(routes=[
+        Route("/cb", callback, methods=["POST"]),
+        Route("/count", count, methods=["GET"]),
+        Route("/replies", replies, methods=["GET"]),
+    ])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+@dataclass(frozen=True)
+class Reply:
+    conversation: str
+    in_reply_to: str | None
+    arrived: float
+    text: str
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=1)
@@ -92,148 +151,346 @@ def _wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _config(tmp: Path, redis_url: str, sim_url: str, receiver_port: int) -> Path:
-    path = tmp / "gateway.yaml"
-    path.write_text(
-        f"redis_url: {redis_url}\n"
-        f"bots:\n  sim:\n    base_url: {sim_url}\n    chatbot_id: {DEMO_CHATBOT_ID}\n"
-        "    client_id: demo-client\n    client_secret: ${BENCH_OCS_SECRET}\n    task_timeout_s: 600\n"
-        "channels:\n  bench:\n    type: webhook\n    bot: sim\n    secret: ${BENCH_HOOK_SECRET}\n"
-        f"    callback_url: http://127.0.0.1:{receiver_port}/cb\n"
-        # Production tuning, except that nothing polls for bot-initiated messages mid-run.
-        "worker:\n  botpoll_interval_s: 3600\n"
-    )
+@dataclass
+class Stack:
+    """The processes of one benchmark run, and how to read them."""
+
+    tmp: Path
+    redis_url: str
+    sim_url: str
+    receiver_url: str
+    http: httpx.Client
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    # simulator
+    def knobs(self, **knobs: Any) -> dict[str, Any]:
+        response = self.http.post(f"{self.sim_url}/_simulator/knobs", json=knobs)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def sim_counts(self) -> dict[str, int]:
+        stats = self.http.get(f"{self.sim_url}/_simulator/stats").json()
+        return {**stats["request_counts"], "waf_blocked": stats["waf_blocked"]}
+
+    def sim_tasks(self) -> dict[str, tuple[str, float | None]]:
+        return {tid: (text, done) for tid, (text, done) in self.http.get(f"{self.sim_url}/_bench/tasks", timeout=60).json().items()}
+
+    # receiver
+    def reply_count(self) -> int:
+        return int(self.http.get(f"{self.receiver_url}/count").json()["count"])
+
+    def replies(self) -> list[Reply]:
+        return [Reply(*row) for row in self.http.get(f"{self.receiver_url}/replies", timeout=60).json()]
+
+    # workers
+    def start_worker(self, config: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "BENCH_OCS_SECRET": "demo-secret", "BENCH_HOOK_SECRET": HOOK_SECRET, "LOG_LEVEL": "WARNING"}
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(config), "worker"], cwd=ROOT, env=env)
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        self.workers.clear()
+
+    def wait_replies(self, total: int, timeout: float, on_tick: Callable[[], None] | None = None, tick_s: float = 0.2) -> int:
+        """Until the receiver has ``total`` callbacks (or the timeout); returns the count."""
+        deadline = time.monotonic() + timeout
+        count = self.reply_count()
+        while count < total and time.monotonic() < deadline:
+            if on_tick is not None:
+                on_tick()
+            time.sleep(tick_s)
+            count = self.reply_count()
+        return count
+
+
+@contextmanager
+def stack(rtt_s: float = 0.05) -> Iterator[Stack]:
+    """Redis, the simulator (``rtt_s`` on every exchange) and the receiver, torn down on exit."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        with EmbeddedRedis(tmp / "redis", persist=False) as redis_url:
+            sim_port, receiver_port = _free_port(), _free_port()
+            procs = [
+                subprocess.Popen([sys.executable, _SCRIPT, "serve-sim", str(sim_port)], cwd=ROOT),
+                subprocess.Popen([sys.executable, _SCRIPT, "serve-receiver", str(receiver_port)], cwd=ROOT),
+            ]
+            s = Stack(tmp, redis_url, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}",
+                      httpx.Client(timeout=30))
+            try:
+                _wait_http(f"{s.sim_url}/_simulator/stats")
+                _wait_http(f"{s.receiver_url}/count")
+                s.knobs(rtt_s=rtt_s)
+                yield s
+            finally:
+                s.stop_workers()
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=30)
+                s.http.close()
+
+
+def write_config(s: Stack, name: str, bots: Mapping[str, Mapping[str, Any]], worker: Mapping[str, Any]) -> Path:
+    """A gateway config: one webhook channel per bot (named like the bot) calling back the
+    receiver; ``bots`` maps a name to extra bot settings (``budget``, ...)."""
+    lines = [f"redis_url: {s.redis_url}", "bots:"]
+    for bot, extra in bots.items():
+        lines += [f"  {bot}:", f"    base_url: {s.sim_url}", f"    chatbot_id: {DEMO_CHATBOT_ID}",
+                  "    client_id: demo-client", "    client_secret: ${BENCH_OCS_SECRET}"]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in extra.items()]
+    lines.append("channels:")
+    for bot in bots:
+        lines += [f"  {bot}:", "    type: webhook", f"    bot: {bot}", "    secret: ${BENCH_HOOK_SECRET}",
+                  f"    callback_url: {s.receiver_url}/cb"]
+    lines.append("worker:")
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in worker.items()]
+    path = s.tmp / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
-async def _inject(redis_url: str, convs: list[str], started: dict[str, float]) -> None:
+# -- driving and measuring -------------------------------------------------------------------
+
+def _inbound(channel: str, conv: str, text: str, event_id: str) -> Inbound:
+    return Inbound(key=ConversationKey(channel, conv), event_id=event_id, kind=InboundKind.MESSAGE, sender_id=conv,
+                   text=text, route={"conversation_id": conv, "in_reply_to": event_id}, received_at=time.time())
+
+
+async def inject(redis_url: str, items: Sequence[tuple[str, str, str, str]], *, rate: float | None = None,
+                 queue: str = QUEUE, concurrency: int = 64) -> dict[str, float]:
+    """Admit ``(channel, conversation, text, event_id)`` items as the edge does; ``rate`` per
+    second, or all at once. Returns each event id's admission time (epoch s)."""
+    import redis.asyncio as aioredis
+
     client = aioredis.Redis.from_url(redis_url)
-    broker = make_broker(redis_url, with_asyncio=False)
-    keys = Keys()
-    for conv in convs:
-        inbound = Inbound(
-            key=ConversationKey("bench", conv), event_id=f"evt-{conv}", kind=InboundKind.MESSAGE,
-            sender_id=conv, text=f"hello from {conv}", route={"conversation_id": conv, "in_reply_to": f"evt-{conv}"},
-        )
-        await admit(client, keys, inbound, dedup_ttl_s=3600)
-        started[conv] = time.monotonic()
-        enqueue(broker, ADVANCE, str(inbound.key))
-    broker.close()
-    await client.aclose()
+    admitter = Admitter(client, Keys(), dedup_ttl_s=3600, wake=WakeQueue.new(namespace=NAMESPACE, queue=queue, actor=ADVANCE))
+    admitted: dict[str, float] = {}
+    gate = asyncio.Semaphore(concurrency)
+    start = time.monotonic()
+
+    async def one(n: int, item: tuple[str, str, str, str]) -> None:
+        channel, conv, text, event_id = item
+        if rate:
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        async with gate:
+            await admitter(_inbound(channel, conv, text, event_id))
+            admitted[event_id] = time.time()
+
+    try:
+        await asyncio.gather(*(one(n, item) for n, item in enumerate(items)))
+    finally:
+        await client.aclose()
+    return admitted
 
 
-def _in_flight(client: redis.Redis, convs: list[str]) -> int:
-    """Turns OCS has accepted whose reply we are waiting for (ledger state ``sent``)."""
-    pipe = client.pipeline(transaction=False)
-    for conv in convs:
-        pipe.hget(f"ocsgw:turn:bench/{conv}", "state")
-    return sum(1 for state in pipe.execute() if state == b"sent")
+def inject_in_thread(redis_url: str, items: Sequence[tuple[str, str, str, str]], *, rate: float | None = None) -> tuple[threading.Thread, dict[str, float]]:
+    admitted: dict[str, float] = {}
+    thread = threading.Thread(target=lambda: admitted.update(asyncio.run(inject(redis_url, items, rate=rate))), daemon=True)
+    thread.start()
+    return thread, admitted
 
 
-def _summary(design: str, receiver: Receiver, started: dict[str, float], elapsed: float, peak: int) -> dict[str, Any]:
-    latencies = [receiver.replies[c] - started[c] for c in started if c in receiver.replies]
-    return {
-        "design": design,
-        "turns": len(started),
-        "delivered": receiver.count(),
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since start-up (commands run inside scripts included), minus INFO."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"}
+
+
+def _delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+
+
+def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def _turn_times(replies: Sequence[Reply], admitted: Mapping[str, float]) -> dict[str, float]:
+    times = [r.arrived - admitted[r.in_reply_to] for r in replies if r.in_reply_to in admitted]
+    return {"p50_s": round(statistics.median(times), 2), "p95_s": round(percentile(times, 95), 2)} if times else {}
+
+
+def _admit_cost(s: Stack, turns: int = 200) -> dict[str, float]:
+    """Redis commands one admission costs (the edge's share, subtracted from the worker's):
+    admissions onto a queue no worker reads, in a database then flushed."""
+    client = s.redis
+    client.flushdb()
+    before = commandstats(client)
+    items = [("bench", f"calib-{n}", "calibration", f"calib-{n}") for n in range(turns)]
+    asyncio.run(inject(s.redis_url, items, queue="bench-calibration"))
+    cost = _delta(commandstats(client), before)
+    client.flushdb()
+    return {k: v / turns for k, v in cost.items()}
+
+
+def _capacity_config(s: Stack, name: str, latency_s: float) -> Path:
+    bot = {"budget": UNLIMITED_BUDGET, "task_timeout_s": max(600.0, latency_s * 5)}
+    return write_config(s, name, {"bench": bot}, {"botpoll_interval_s": 3600})
+
+
+def _warm_up(s: Stack, tag: str) -> None:
+    """One turn through every worker's path (OAuth token, schedule, connections) before counting."""
+    count = s.reply_count()
+    asyncio.run(inject(s.redis_url, [("bench", f"{tag}-warm", "warm up", f"{tag}-warm")]))
+    if s.wait_replies(count + 1, 60) < count + 1:
+        raise RuntimeError("the warm-up turn got no reply in 60 s: is the worker running?")
+
+
+def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: str,
+                admit_cost: Mapping[str, float], idle_s: float = 0.0) -> dict[str, Any]:
+    """``turns`` first messages at once into ``processes`` worker processes."""
+    s.redis.flushdb()
+    s.knobs(reply_latency_s=latency_s, reply_latency=None)
+    config = _capacity_config(s, f"{tag}-config", latency_s)
+    workers = [s.start_worker(config) for _ in range(processes)]
+    _warm_up(s, tag)
+    client = s.redis
+    base_replies, base_sim, base_redis = s.reply_count(), s.sim_counts(), commandstats(client)
+    items = [("bench", f"{tag}-{n}", f"hello from {tag}-{n}", f"{tag}-{n}") for n in range(turns)]
+    t0 = time.time()
+    injector, admitted = inject_in_thread(s.redis_url, items)
+    peak_waiting, peak_rss = 0, 0.0
+
+    def sample() -> None:
+        nonlocal peak_waiting, peak_rss
+        sent = s.sim_counts()["message"] - base_sim["message"]
+        peak_waiting = max(peak_waiting, sent - (s.reply_count() - base_replies))
+        peak_rss = max(peak_rss, sum(rss_mb(w.pid) for w in workers))
+
+    got = s.wait_replies(base_replies + turns, 900, sample, tick_s=0.25) - base_replies
+    injector.join()
+    replies = [r for r in s.replies() if r.in_reply_to in admitted]
+    last = max((r.arrived for r in replies), default=time.time())
+    elapsed = last - t0
+    redis_delta = _delta(commandstats(client), base_redis)
+    sim_delta = _delta(s.sim_counts(), base_sim)
+    worker_cmds = {k: v - admit_cost.get(k, 0.0) * turns for k, v in redis_delta.items()}
+    result: dict[str, Any] = {
+        "worker_processes": processes,
+        "turns": turns,
+        "delivered": got,
+        "admission_s": round(max(admitted.values()) - t0, 2),
         "seconds": round(elapsed, 2),
-        "turns_per_s": round(len(started) / elapsed, 2),
-        "peak_in_flight": peak,
-        "latency_p50_s": round(statistics.median(latencies), 2),
-        "latency_p95_s": round(statistics.quantiles(latencies, n=20)[18], 2),
+        "turns_per_s": round(got / elapsed, 1),
+        "peak_waiting_on_ocs": peak_waiting,
+        "turn_time": _turn_times(replies, admitted),
+        "worker_rss_peak_mb": round(peak_rss, 1),
+        "worker_rss_hwm_mb": round(sum(rss_mb(w.pid, "VmHWM") for w in workers), 1),
+        "redis_commands_per_turn": round(sum(worker_cmds.values()) / turns, 1),
+        "redis_scripts_per_turn": round(sum(v for k, v in worker_cmds.items() if k in ("evalsha", "eval")) / turns, 1),
+        "redis_top_commands_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in worker_cmds.items()),
+                                                   key=lambda kv: -kv[1])[:12]),
+        "ocs_requests_per_turn": {k: round(v / turns, 2) for k, v in sim_delta.items()},
+    }
+    if idle_s:
+        time.sleep(3)  # leases released, last acks
+        result["idle_after_work"] = _idle(s, idle_s)
+    s.stop_workers()
+    return result
+
+
+def _idle(s: Stack, seconds: float) -> dict[str, Any]:
+    client = s.redis
+    before_redis, before_sim = commandstats(client), s.sim_counts()
+    time.sleep(seconds)
+    redis_delta = _delta(commandstats(client), before_redis)
+    return {
+        "seconds": seconds,
+        "redis_commands_per_s": round(sum(redis_delta.values()) / seconds, 2),
+        "redis_commands": redis_delta,
+        "ocs_requests": _delta(s.sim_counts(), before_sim),
     }
 
 
-def run_ours(redis_url: str, sim_url: str, turns: int, tmp: Path, tag: str) -> dict[str, Any]:
-    redis.Redis.from_url(redis_url).flushdb()
-    receiver = Receiver()
-    config = _config(tmp, redis_url, sim_url, receiver.port)
-    env = {**os.environ, "BENCH_OCS_SECRET": "demo-secret", "BENCH_HOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
-    worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(config), "worker"], cwd=ROOT, env=env)
-    time.sleep(1.5)
-    convs = [f"{tag}-{n}" for n in range(turns)]
-    started: dict[str, float] = {}
-    client = redis.Redis.from_url(redis_url)
-    t0 = time.monotonic()
-    injector = threading.Thread(target=lambda: asyncio.run(_inject(redis_url, convs, started)))
-    injector.start()
-    peak = 0
-    deadline = t0 + 900
-    while receiver.count() < turns and time.monotonic() < deadline:
-        peak = max(peak, _in_flight(client, convs))
-        time.sleep(0.1)
-    elapsed = max(receiver.replies.values()) - t0
-    injector.join()
-    worker.terminate()
-    worker.wait(timeout=30)
-    receiver.server.should_exit = True
-    return _summary("ocs-gateway (turn state machine, delayed messages)", receiver, started, elapsed, peak)
+def run_idle_empty(s: Stack, seconds: float) -> dict[str, Any]:
+    s.redis.flushdb()
+    s.start_worker(_capacity_config(s, "idle-config", 2.0))
+    time.sleep(5)  # start-up done (its first sweep and renewal have run)
+    result = _idle(s, seconds)
+    s.stop_workers()
+    return result
 
 
-def run_baseline(redis_url: str, sim_url: str, turns: int) -> dict[str, Any]:
-    redis.Redis.from_url(redis_url).flushdb()
-    receiver = Receiver()
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
-    args = [sys.executable, str(ROOT / "bench" / "thread_per_turn.py"), redis_url, sim_url, f"http://127.0.0.1:{receiver.port}/cb", SECRET]
-    worker = subprocess.Popen(args, cwd=ROOT, env=env)
-    time.sleep(1.5)
-    from bench.thread_per_turn import enqueue_turn  # noqa: PLC0415
+def run_baseline(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
+    from bench.thread_per_turn import enqueue_turn
 
-    t0 = time.monotonic()
-    started: dict[str, float] = {}
+    s.redis.flushdb()
+    s.knobs(reply_latency_s=latency_s, reply_latency=None)
+    args = [sys.executable, str(ROOT / "bench" / "thread_per_turn.py"), s.redis_url, s.sim_url, f"{s.receiver_url}/cb", HOOK_SECRET]
+    worker = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"})
+    s.workers.append(worker)
+    time.sleep(2)
+    base = s.reply_count()
+    t0 = time.time()
     for n in range(turns):
-        started[f"base-{n}"] = time.monotonic()
-        enqueue_turn(redis_url, f"base-{n}")
-    deadline = t0 + 900
-    while receiver.count() < turns and time.monotonic() < deadline:
-        time.sleep(0.1)
-    elapsed = max(receiver.replies.values()) - t0
-    worker.terminate()
-    worker.wait(timeout=30)
-    receiver.server.should_exit = True
-    return _summary("baseline: one Dramatiq thread held per turn (8 threads)", receiver, started, elapsed, 8)
+        enqueue_turn(s.redis_url, f"base-{n}")
+    got = s.wait_replies(base + turns, 900) - base
+    replies = [r for r in s.replies() if r.conversation.startswith("base-")]
+    elapsed = max(r.arrived for r in replies) - t0
+    s.stop_workers()
+    return {"design": "one Dramatiq thread held per turn, 8 threads", "turns": turns, "delivered": got,
+            "seconds": round(elapsed, 2), "turns_per_s": round(got / elapsed, 2), "peak_waiting_on_ocs": 8,
+            "turn_time": _turn_times([Reply(r.conversation, r.conversation, r.arrived, r.text) for r in replies],
+                                     {f"base-{n}": t0 for n in range(turns)})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--turns", type=int, default=1000)
+    parser.add_argument("--turns", type=int, default=5000)
     parser.add_argument("--baseline-turns", type=int, default=64)
     parser.add_argument("--latency", type=float, default=2.0)
-    parser.add_argument("--capacity", type=int, default=0, help="also measure peak in flight with N turns at 30 s latency")
+    parser.add_argument("--rtt", type=float, default=0.05)
+    parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--capacity", type=int, default=0, help="also: N turns at 30 s latency (peak waiting on OCS)")
+    parser.add_argument("--skip-two", action="store_true")
     args = parser.parse_args()
-    results: dict[str, Any] = {"latency_s": args.latency}
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        with EmbeddedRedis(tmp / "redis", persist=False) as redis_url:
-            sim_port = _free_port()
-            sim = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "sim", "--port", str(sim_port), "--latency", str(args.latency)],
-                cwd=ROOT, stdout=subprocess.DEVNULL,
-            )
-            sim_url = f"http://127.0.0.1:{sim_port}"
-            try:
-                _wait_http(sim_url)
-                results["ours"] = run_ours(redis_url, sim_url, args.turns, tmp, "t")
-                results["baseline"] = run_baseline(redis_url, sim_url, args.baseline_turns)
-            finally:
-                sim.terminate()
-                sim.wait()
-            if args.capacity:
-                sim = subprocess.Popen(
-                    [sys.executable, "-m", "gateway.cli", "sim", "--port", str(sim_port), "--latency", "30"],
-                    cwd=ROOT, stdout=subprocess.DEVNULL,
-                )
-                try:
-                    _wait_http(sim_url)
-                    results["capacity_at_30s_latency"] = run_ours(redis_url, sim_url, args.capacity, tmp, "cap")
-                finally:
-                    sim.terminate()
-                    sim.wait()
-    ours, base = results["ours"], results["baseline"]
-    results["ratio_turns_per_s"] = round(ours["turns_per_s"] / base["turns_per_s"], 1)
-    results["ratio_peak_in_flight"] = round(ours["peak_in_flight"] / base["peak_in_flight"], 1)
+    results: dict[str, Any] = {"latency_s": args.latency, "rtt_s": args.rtt, "cpus": os.cpu_count()}
+    with stack(args.rtt) as s:
+        cost = _admit_cost(s)
+        results["admit_redis_commands"] = round(sum(cost.values()), 2)
+        results["one"] = run_workers(s, processes=1, turns=args.turns, latency_s=args.latency, tag="one",
+                                     admit_cost=cost, idle_s=args.idle_s)
+        print(json.dumps(results["one"]), file=sys.stderr, flush=True)
+        if not args.skip_two:
+            results["two"] = run_workers(s, processes=2, turns=args.turns, latency_s=args.latency, tag="two", admit_cost=cost)
+            print(json.dumps(results["two"]), file=sys.stderr, flush=True)
+        results["baseline"] = run_baseline(s, args.baseline_turns, args.latency)
+        results["idle_empty"] = run_idle_empty(s, args.idle_s)
+        if args.capacity:
+            results["capacity_30s"] = run_workers(s, processes=1, turns=args.capacity, latency_s=30.0, tag="cap", admit_cost=cost)
+    one, base = results["one"], results["baseline"]
+    results["ratio_turns_per_s_vs_baseline"] = round(one["turns_per_s"] / base["turns_per_s"], 1)
+    if "two" in results:
+        results["ratio_two_vs_one"] = round(results["two"]["turns_per_s"] / one["turns_per_s"], 2)
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "serve-sim":
+        serve_sim(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "serve-receiver":
+        serve_receiver(int(sys.argv[2]))
+    else:
+        main()

@@ -1,6 +1,7 @@
 """The HTTP edge. For every platform request it does four things, then answers: verify, parse,
-claim and store, enqueue (STYLE.md §7). It never waits for the bot, and never answers 200 for a
-message that is not stored."""
+claim and store, enqueue (STYLE.md §7) — the last two in one Redis round trip
+(``gateway/inbox.py``). It never waits for the bot, never makes a synchronous Redis call on its
+event loop, and never answers 200 for a message that is not stored."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from starlette.routing import BaseRoute, Route
 from adapters import InboundRequest, adapter_class
 from gateway.config import GatewayConfig
 from gateway.errors import InboundError, RetryLater, StoreUnavailable, UnknownChannel
-from gateway.inbox import admit
+from gateway.inbox import Admitter, WakeQueue
 from gateway.limits import BodySizeLimit
+from gateway.redis_check import check_redis
 from gateway.services import Services
-from workers.broker import ADVANCE, enqueue, make_broker
+from workers.broker import ADVANCE, NAMESPACE, QUEUE
 
 __all__ = ["create_app"]
 
@@ -37,12 +39,24 @@ def create_app(
     broker: RedisBroker | None = None,
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
-    """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator."""
+    """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator;
+    ``broker`` only lends its namespace and id to the messages the edge writes itself."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await Services.open(config, redis_url)
+        try:
+            # Refuses an evicting Redis (and a non-durable one if so configured) before any 200.
+            await check_redis(services.redis, require_durable=config.require_durable_redis)
+        except BaseException:
+            await services.aclose()
+            raise
+        wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
+        if broker is not None:
+            wake = WakeQueue(broker.namespace, QUEUE, ADVANCE, broker.broker_id)
         app.state.services = services
-        app.state.broker = broker or make_broker(redis_url, with_asyncio=False)
+        app.state.admitter = Admitter(
+            services.redis, services.keys, dedup_ttl_s=config.worker.dedup_ttl_s, wake=wake
+        )
         # Adapter routes (Slack's OAuth install) need the services, which exist only now.
         for adapter in services.adapters.values():
             app.router.routes.extend(adapter.routes())
@@ -82,16 +96,11 @@ def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
         )
         await adapter.verify(inbound_request)
         parsed = await adapter.parse(inbound_request)
+        admitter: Admitter = request.app.state.admitter
         for inbound in parsed.inbounds:
-            stored = await admit(services.redis, services.keys, inbound, dedup_ttl_s=services.config.worker.dedup_ttl_s)
-            if not stored:
+            # Stored, listed as active and queued in one script: no half-done admission to repair.
+            if not await admitter(inbound):
                 log.info("duplicate event channel=%s event=%s", channel, inbound.event_id)
-                continue
-            try:
-                enqueue(request.app.state.broker, ADVANCE, str(inbound.key))
-            except (RedisError, OSError):
-                # Stored and listed as active: the sweeper enqueues it when Redis is back.
-                log.warning("enqueue failed after store conv=%s; the sweeper will pick it up", inbound.key)
         return JSONResponse(parsed.response if parsed.response is not None else {"ok": True})
 
     return ingest
@@ -112,7 +121,9 @@ async def _health(request: Request) -> Response:
     try:
         await services.redis.ping()
     except (RedisError, OSError) as exc:
-        return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+        # The reason names Redis's host and port: for the log, not for whoever asks.
+        log.warning("health check: Redis unreachable: %s", exc)
+        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

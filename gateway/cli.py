@@ -8,16 +8,21 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import httpx
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
+from gateway.redaction import install_redaction
+
+if TYPE_CHECKING:
+    from gateway.dead_letters import DeadLetterStore
 
 __all__ = ["main"]
 
@@ -31,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # One line per HTTP call is noise in production logs; our own modules log the ids.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Token shapes from the first line on; the config's own secrets join once it is loaded.
+    install_redaction()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -65,10 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(func=_send)
 
-    dlq = sub.add_parser("dlq", help="dead letters: list | show ID | replay ID | drop ID")
-    dlq.add_argument("action", choices=["list", "show", "replay", "drop"])
+    dlq = sub.add_parser("dlq", help="dead letters: list | count | show ID | replay ID | drop ID")
+    dlq.add_argument("action", choices=["list", "count", "show", "replay", "drop"])
     dlq.add_argument("id", nargs="?")
+    dlq.add_argument("--limit", type=int, default=50, help="list: letters per page, newest first (default 50)")
+    dlq.add_argument("--channel", help="list/count: only this channel")
+    dlq.add_argument("--since", help="list/count: parked since a span back (1h, 2d) or a date (2026-11-01, UTC)")
+    dlq.add_argument("--cursor", help="list: continue after a previous page (printed with it)")
+    dlq.add_argument("--all", action="store_true", help="list: every page, not one")
     dlq.set_defaults(func=_dlq)
+
+    sub.add_parser("budget", help="OCS request budget: used / limit per bucket, resets in, blocks").set_defaults(
+        func=_budget
+    )
 
     telegram = sub.add_parser("telegram", help="set-webhook | webhook-info for a Telegram channel")
     telegram.add_argument("action", choices=["set-webhook", "webhook-info"])
@@ -95,6 +111,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     config = load_config(args.config)
     if config is None:
         raise ConfigError("no configuration: write gateway.yaml (see docs/CONFIG.md) or set OCS_GATEWAY_CONFIG")
+    install_redaction(config)
     return config
 
 
@@ -132,13 +149,15 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         config = demo_config(base_url, DATA_DIR, redis_url)
         extra = demo_routes(base_url, demo_secret(DATA_DIR))
+    install_redaction(config)
     worker = WorkerProcess(config, redis_url)
     worker.start()
     app = create_app(config, redis_url, extra_routes=extra)
     if demo:
         _print_demo_banner(base_url)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # log_config=None: uvicorn's loggers go through the root handlers and their redaction.
+        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)
     finally:
         worker.stop()
         if embedded:
@@ -173,7 +192,10 @@ def _web(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     config = _config(args)
-    uvicorn.run(create_app(config, _redis_url(config)), host=args.host, port=args.port, log_level="info", proxy_headers=True)
+    uvicorn.run(
+        create_app(config, _redis_url(config)), host=args.host, port=args.port, log_level="info", proxy_headers=True,
+        log_config=None,  # the access log goes through the root handlers and their redaction
+    )  # fmt: skip
     return 0
 
 
@@ -252,13 +274,26 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.keys import Keys
     from workers.broker import ADVANCE, enqueue, make_broker
 
+    from gateway.dead_letters import since_from_text
+
+    try:
+        since = since_from_text(args.since, now=time.time()) if args.since else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.limit < 1:
+        print("--limit must be at least 1", file=sys.stderr)
+        return 2
     redis = aioredis.Redis.from_url(_redis_url(config))
-    store = DeadLetterStore(redis, Keys())
+    store = DeadLetterStore(redis, Keys(), retention_days=config.dead_letter_retention_days)
     try:
         if args.action == "list":
-            for letter in await store.list():
-                parked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.parked_at))
-                print(f"{letter.id}  {parked}Z  {letter.conversation}  {letter.error[:80]}")
+            return await _dlq_list(store, args, since)
+        if args.action == "count":
+            counts = await store.count(since=since)
+            for (channel, stage), n in sorted(counts.items()):
+                if args.channel is None or channel == args.channel:
+                    print(f"{n:>7}  {channel}  {stage}")
             return 0
         if not args.id:
             print(f"dlq {args.action} needs an id (see: ocs-gateway dlq list)", file=sys.stderr)
@@ -272,7 +307,11 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
             return 0
         if args.action == "drop":
             return 0 if await store.drop(args.id) else 1
-        conv = await store.replay(args.id)
+        try:
+            conv = await store.replay(args.id)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         if conv is None:
             print(f"no dead letter {args.id}", file=sys.stderr)
             return 1
@@ -282,6 +321,52 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
         return 0
     finally:
         await redis.aclose()
+
+
+def _budget(args: argparse.Namespace) -> int:
+    config = _config(args)
+    return asyncio.run(_budget_async(config))
+
+
+async def _budget_async(config: GatewayConfig) -> int:
+    import redis.asyncio as aioredis
+
+    from gateway.budget import RequestBudget, format_usage
+    from gateway.keys import Keys
+
+    redis = aioredis.Redis.from_url(_redis_url(config))
+    try:
+        budget = RequestBudget(redis, Keys(), lambda bot: config.bots[bot].budget)
+        print(format_usage(await budget.usage()))
+        return 0
+    finally:
+        await redis.aclose()
+
+
+async def _dlq_list(store: DeadLetterStore, args: argparse.Namespace, since: float | None) -> int:
+    """Print letters newest first; one page, or every page with ``--all``. The command for the
+    next page goes to stderr so that stdout stays one letter per line."""
+    cursor = args.cursor
+    while True:
+        try:
+            page = await store.list(limit=args.limit, cursor=cursor, channel=args.channel, since=since)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        for letter in page:
+            parked = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.parked_at))
+            print(f"{letter.id}  {parked}Z  {letter.conversation}  {letter.stage}  {letter.error[:80]}")
+        cursor = page.next_cursor
+        if cursor is None:
+            return 0
+        if not args.all:
+            command = ["ocs-gateway", "dlq", "list", "--limit", str(args.limit), "--cursor", cursor]
+            if args.channel:
+                command += ["--channel", args.channel]
+            if since is not None:  # absolute, so that "1h" does not move between pages
+                command += ["--since", repr(since)]
+            print("more: " + " ".join(shlex.quote(part) for part in command), file=sys.stderr)
+            return 0
 
 
 def _telegram(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "BotConfig",
+    "BudgetLimits",
     "ChannelConfig",
     "GatewayConfig",
     "Secret",
@@ -133,6 +134,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+class BudgetLimits(_Model):
+    """How many OCS requests the gateway may make (CONTRACT §3; ``gateway.budget``).
+
+    Windows are aligned fixed windows like OCS's own limiter. Bots that share a base URL share
+    its bucket (the hosted WAF counts the egress IP), so give them the same ``window_s``.
+    """
+
+    #: Per OCS base URL, all bots and processes together: the hosted WAF rule (§3.2).
+    requests_per_window: int = Field(default=2000, ge=1)
+    #: Per OCS session: the ``chat_api`` throttle (§3.1).
+    session_requests_per_window: int = Field(default=300, ge=1)
+    #: Session starts per channel (OAuth/embed-key starts share one bucket, §3.1).
+    starts_per_window: int = Field(default=300, ge=1)
+    window_s: int = Field(default=300, ge=1)
+    #: When a bucket runs short, lower priorities yield first: bot-initiated polls may use at
+    #: most this share of it, sends and starts at most send_share, waiting turns all of it.
+    background_share: float = Field(default=0.6, gt=0.0, le=1.0)
+    send_share: float = Field(default=0.9, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _background_yields_first(self) -> BudgetLimits:
+        if self.background_share > self.send_share:
+            raise ValueError("background_share must not exceed send_share (bot-initiated polls yield first)")
+        return self
+
+
 class BotConfig(_Model):
     """One OCS chatbot and how the gateway is admitted to it (CONTRACT §2.4)."""
 
@@ -148,8 +175,13 @@ class BotConfig(_Model):
     embed_origin: HttpUrl | None = None
     #: Our own limit on waiting for one reply: OCS polls an unknown task as "processing" forever.
     task_timeout_s: float = 180.0
+    #: After the hosted WAF refuses a request (its HTML 403, CONTRACT §3.2), every process pauses
+    #: its requests to this OCS this long; the WAF says nothing more precise.
+    waf_backoff_s: float = Field(default=60.0, gt=0)
     #: Read-only management key used to download reply attachments in non-OAuth modes.
     api_key: SecretRef | None = None
+    #: This bot's share of OCS's request limits (per base URL, session, start channel).
+    budget: BudgetLimits = BudgetLimits()
 
     @field_validator("chatbot_id")
     @classmethod
@@ -175,6 +207,9 @@ class _ChannelBase(_Model):
     reset_notice: str = "Conversation reset. Send a message to start again."
     #: Sent when OCS takes longer than the bot's task_timeout_s; the answer follows later.
     slow_notice: str = "This is taking longer than usual; I'll send the answer as soon as it is ready."
+    #: How long a reply keeps being retried while the platform (or callback) is down or
+    #: throttling, backing off exponentially, before it is parked in the dead-letter store.
+    delivery_retry_budget_s: float = Field(default=3600.0, gt=0)
 
 
 class WebhookChannelConfig(_ChannelBase):
@@ -244,16 +279,23 @@ ChannelConfig = Annotated[
 class WorkerTuning(_Model):
     """How the workers pace themselves; the defaults suit production, tests shrink them."""
 
-    threads: int = 8
-    #: First task poll after this, then each wait grows by poll_growth up to poll_max_s.
-    poll_first_s: float = 1.0
-    poll_growth: float = 1.5
+    #: Dramatiq threads: they only hand conversations to the turn runner, so a few suffice.
+    threads: int = 4
+    #: The longest gap between two task polls; the gaps themselves follow the bot's learned
+    #: completion times (workers/poll_schedule.py).
     poll_max_s: float = 5.0
-    #: A step's hold on its conversation; a killed worker's hold lapses after this.
+    #: A process's hold on a conversation it owns, renewed every third of it; a killed
+    #: process's conversations are adopted by another once it lapses.
     lease_ttl_s: float = 30.0
-    #: A turn whose next step is this late is taken over by the sweeper.
+    #: A conversation whose next step is this late, with no owner, is adopted by the sweeper.
     stall_grace_s: float = 10.0
     sweep_interval_s: float = 2.0
+    #: Conversations one process owns at once (waiting turns included) and steps it runs at once.
+    max_in_flight: int = Field(default=10_000, ge=1)
+    max_concurrent_steps: int = Field(default=256, ge=1)
+    #: A send whose outcome is unknown is sent again only if the session's history still lacks
+    #: it after this long (OCS records the message when its worker picks the task up).
+    reconcile_grace_s: float = 30.0
     #: Attempts of one step (OCS 5xx, platform errors) before the turn is dead-lettered.
     max_attempts: int = 8
     backoff_base_s: float = 2.0
@@ -261,8 +303,12 @@ class WorkerTuning(_Model):
     #: Typing indicators are refreshed this often while OCS works.
     working_refresh_s: float = 4.0
     dedup_ttl_s: int = 7 * 24 * 3600
-    #: Bot-initiated messages: poll a session at most this often, only if active recently.
+    #: Bot-initiated messages: poll a session every botpoll_interval_s while its user was active
+    #: in the last botpoll_recent_s, then less often as the silence grows (up to
+    #: botpoll_max_interval_s), and not at all after botpoll_active_window_s.
     botpoll_interval_s: float = 30.0
+    botpoll_recent_s: float = 300.0
+    botpoll_max_interval_s: float = 1800.0
     botpoll_active_window_s: float = 24 * 3600
     botpoll_budget_per_tick: int = 50
 
@@ -271,6 +317,12 @@ class GatewayConfig(_Model):
     redis_url: EnvStr | None = None
     public_url: HttpUrl | None = None
     max_body_bytes: int = 1_048_576
+    #: Dead letters older than this are dropped (gateway/dead_letters.py).
+    dead_letter_retention_days: float = Field(default=14.0, gt=0)
+    #: Refuse to start unless Redis fsyncs before replying (appendonly yes + appendfsync always).
+    require_durable_redis: bool = False
+    #: Private hosts/CIDRs (optionally ``:port``) that attachment downloads may reach (gateway/fetching.py).
+    fetch_allowlist: tuple[str, ...] = ()
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     worker: WorkerTuning = WorkerTuning()
@@ -284,6 +336,14 @@ class GatewayConfig(_Model):
                 known = ", ".join(sorted(self.bots)) or "none defined"
                 raise ValueError(f"channel {name!r} uses bot {channel.bot!r}, which is not under bots: ({known})")
         return self
+
+    @field_validator("fetch_allowlist")
+    @classmethod
+    def _fetch_allowlist_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from gateway.fetching import AddressPolicy  # late: fetching imports the OCS client
+
+        AddressPolicy.from_allowlist(value)
+        return value
 
     def bot_for(self, channel: str) -> BotConfig:
         return self.bots[self.channels[channel].bot]

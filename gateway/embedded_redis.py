@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 import redis
 
@@ -45,12 +47,23 @@ class EmbeddedRedis:
             restarts.
         port: a fixed port, or None for a free one.
         persist: write an append-only file (off for throwaway test servers).
+        fsync: ``always`` (the default) makes Redis fsync the append-only file before it
+            replies, so the edge's 200 means "on disk" (gateway/redis_check.py); ``everysec``
+            only for the benchmark's comparison.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        persist: bool = True,
+        fsync: Literal["always", "everysec"] = "always",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or _free_port()
         self.persist = persist
+        self.fsync = fsync
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +75,7 @@ class EmbeddedRedis:
         args = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--save", "", "--protected-mode", "yes",
-            "--appendonly", "yes" if self.persist else "no",
+            "--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync,
         ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -85,6 +98,13 @@ class EmbeddedRedis:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, no final fsync."""
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=10)
         self._process = None
 
     def __enter__(self) -> str:

@@ -18,6 +18,7 @@
     │   └── OCSRejected             any other 4xx: permanent, carries status and body
     ├── DeliveryError               sending to a platform
     │   ├── RetryLater              platform 429/5xx: retry after ``retry_after_s``
+    │   │   └── PacingWait          our own pacing: not a failure, never counted as an attempt
     │   ├── RecipientGone           blocked, kicked, uninstalled: stop sending to them
     │   └── DeliveryRejected        a request that cannot succeed: dead letter
     └── AttachmentUnavailable       a user's file cannot be fetched (too large, login page)
@@ -37,11 +38,13 @@ __all__ = [
     "DeliveryRejected",
     "GatewayError",
     "InboundError",
+    "OCSAmbiguous",
     "OCSAuthFailed",
     "OCSError",
     "OCSRateLimited",
     "OCSRejected",
     "OCSUnavailable",
+    "PacingWait",
     "PayloadInvalid",
     "PayloadTooLarge",
     "RecipientGone",
@@ -103,12 +106,23 @@ class OCSUnavailable(OCSError):
     """Raised on OCS 5xx, timeouts and connection errors: worth retrying with backoff."""
 
 
-class OCSRateLimited(OCSError):
-    """Raised on OCS 429; wait ``retry_after_s`` before the next call."""
+class OCSAmbiguous(OCSUnavailable):
+    """Raised when a request that changes OCS state left and no answer came back (the connection
+    dropped or timed out while reading): OCS may or may not have acted on it, so it must be
+    settled from the session history, never simply sent again."""
 
-    def __init__(self, retry_after_s: float, detail: str = "rate limited") -> None:
+
+class OCSRateLimited(OCSError):
+    """Raised on OCS 429 or the hosted WAF's HTML 403; wait ``retry_after_s``.
+
+    ``scope`` says whose limit it was: ``session`` (OCS's per-session bucket), ``service`` (the
+    channel or the WAF's per-IP rule: every request to that OCS must wait).
+    """
+
+    def __init__(self, retry_after_s: float, detail: str = "rate limited", *, scope: str = "session") -> None:
         super().__init__(f"{detail} (retry after {retry_after_s:g} s)")
         self.retry_after_s = retry_after_s
+        self.scope = scope
 
 
 class SessionExpired(OCSError):
@@ -146,10 +160,23 @@ class DeliveryError(GatewayError):
 class RetryLater(DeliveryError):
     """Raised when the platform asks us to wait (429) or is failing (5xx, network)."""
 
+    #: True when the wait is our own pacing (``PacingWait``) rather than the platform failing.
+    pacing = False
+
     def __init__(self, retry_after_s: float, reason: str = "") -> None:
         super().__init__(f"retry after {retry_after_s:g} s: {reason}")
         self.retry_after_s = retry_after_s
         self.reason = reason
+
+
+class PacingWait(RetryLater):
+    """Raised when a send must wait for its pacing slot (``gateway.pacing``): nothing failed,
+    so the engine waits ``retry_after_s`` without counting an attempt."""
+
+    pacing = True
+
+    def __init__(self, retry_after_s: float, reason: str = "pacing") -> None:
+        super().__init__(retry_after_s, reason)
 
 
 class RecipientGone(DeliveryError):

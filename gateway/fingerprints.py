@@ -14,7 +14,9 @@ from typing import Any, Mapping
 
 import redis.asyncio as aioredis
 
-__all__ = ["mark_delivered", "was_delivered"]
+from gateway.lease import Op
+
+__all__ = ["delivered_ops", "mark_delivered", "was_delivered"]
 
 CONTENT_WINDOW_S = 600
 KEEP_S = 7 * 24 * 3600
@@ -26,6 +28,15 @@ def _exact(message: Mapping[str, Any]) -> str:
 
 def _content(message: Mapping[str, Any]) -> str:
     return "c:" + hashlib.sha1(str(message.get("content")).encode()).hexdigest()
+
+
+def delivered_ops(key: str, message: Mapping[str, Any], *, now: float) -> list[Op]:
+    """``mark_delivered`` as fenced writes, for the owner of the conversation."""
+    return [
+        Op("ZADD", key, (now, _exact(message), now, _content(message))),
+        Op("ZREMRANGEBYSCORE", key, (0, now - KEEP_S)),
+        Op("EXPIRE", key, (KEEP_S,)),
+    ]
 
 
 async def mark_delivered(redis: aioredis.Redis, key: str, message: Mapping[str, Any]) -> None:

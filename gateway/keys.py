@@ -21,8 +21,10 @@ key                              type    meaning
                                          their next bot-initiated-message poll is due
 ``fp:{conv}``                    zset    fingerprints of replies already delivered, scored by
                                          time, so the session poll does not repeat them
-``dlq``                          zset    dead-letter ids by time parked
-``dlq:{id}``                     string  a dead letter (JSON: inbound, error, OCS ids, ledger)
+``dlq``                          zset    dead-letter ids by time parked; ids older than the
+                                         retention are pruned on park and list
+``dlq:{id}``                     string  a dead letter (JSON: inbound, error, OCS ids, ledger,
+                                         stage, reply, parts); TTL ``dead_letter_retention_days``
 ``oauth:{bot}``                  string  the cached OCS access token (JSON); TTL to expiry
 ``demo:replies:{conversation}``  list    replies received by the demo callback receiver
 ``slack:install:{channel}:{team}``  hash  a Slack workspace installation (bot token, ids)
@@ -34,6 +36,17 @@ key                              type    meaning
 ``tg:pace:{channel}:chat:{id}``  string  next free send slot (ms) for one Telegram chat
                                          (``gateway.pacing``); PX TTL
 ``tg:pace:{channel}:bot``        string  next free send slot (ms) for the whole bot; PX TTL
+``latency:{bot}``                hash    how long OCS took to complete a task, for the poll
+                                         schedule (``workers.poll_schedule``): ``n``
+                                         observations, ``b<i>`` forward-decayed bucket counts;
+                                         TTL 30 days from the last record
+``budget:{scope}:{name}:{start}``  hash  OCS requests booked in one aligned window
+                                         (``gateway.budget``): ``n`` used, ``limit``, ``name``;
+                                         scope ``url`` (name: sha1 of the origin, 12 hex),
+                                         ``session`` (OCS session id) or ``starts`` (channel);
+                                         expires at the window's end
+``budget:block:{scope}:{name}``  hash    OCS said stop (429, WAF 403): ``reason``, ``name``;
+                                         PX TTL = the time to wait
 ===============================  ======  ===================================================
 """
 
@@ -104,6 +117,23 @@ class Keys:
 
     def slack_oauth_state(self, state: str) -> str:
         return self._k("slack", "state", state)
+
+    def latency(self, bot: str) -> str:
+        return self._k("latency", bot)
+
+    @property
+    def budget_prefix(self) -> str:
+        """Every budget key starts with this (``ocs-gateway budget`` scans it)."""
+        return self._k("budget", "")
+
+    def budget_bucket(self, scope: str, name: str, window_start: int | None = None) -> str:
+        """One window's bucket; without ``window_start``, the prefix the budget script completes
+        with the window it reads from Redis ``TIME``."""
+        base = self._k("budget", scope, name)
+        return base if window_start is None else f"{base}:{window_start}"
+
+    def budget_block(self, scope: str, name: str) -> str:
+        return self._k("budget", "block", scope, name)
 
     def custom(self, *parts: str) -> str:
         """A key for adapter-private state, still under the namespace (document it above)."""

@@ -93,9 +93,11 @@ class Inbound:
     received_at: float = 0.0
 
     def to_json(self) -> str:
+        """The stored form. Raises ValueError on NaN/Infinity: JSON has no such numbers, so a
+        message holding one could never be sent to OCS and would block its conversation."""
         data = asdict(self)
         data["key"] = str(self.key)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Inbound:

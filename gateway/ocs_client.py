@@ -23,8 +23,10 @@ from typing import Any, Literal, Mapping, Sequence
 import httpx
 import redis.asyncio as aioredis
 
+from gateway.budget import Priority, RequestBudget
 from gateway.config import BotConfig
 from gateway.errors import (
+    OCSAmbiguous,
     OCSAuthFailed,
     OCSRateLimited,
     OCSRejected,
@@ -39,6 +41,12 @@ USER_AGENT = "ocs-gateway/0.1 (+https://github.com/ocs-gateway/ocs-gateway)"
 #: Refresh the cached token this long before OCS says it expires (§7.1: expires_in − 5 min).
 TOKEN_MARGIN_S = 300
 _SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_required"}
+#: What OCS answers on a session-bound route when the session no longer exists or its chatbot
+#: was archived (the permission check fails before the view's 404, CONTRACT §4.2, §8 rule 2).
+_SESSION_GONE = "Authentication credentials were not provided."
+#: Transport failures after which the request may have reached OCS (it was written, the answer
+#: never came): only these make a state-changing call ambiguous.
+_MAYBE_DELIVERED = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,19 @@ class OCSClient:
             token endpoint is rate limited per IP and fail-closed).
     """
 
-    def __init__(self, *, name: str, bot: BotConfig, http: httpx.AsyncClient, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        bot: BotConfig,
+        http: httpx.AsyncClient,
+        redis: aioredis.Redis,
+        keys: Keys,
+        budget: RequestBudget | None = None,
+    ) -> None:
         self.name = name
         self.bot = bot
+        self.budget = budget
         self._http = http
         self._redis = redis
         self._keys = keys
@@ -86,11 +104,38 @@ class OCSClient:
 
     # -- one request ----------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        priority: Priority = Priority.WAITING,
+        session_id: str | None = None,
+        start_channel: str | None = None,
+        changes_state: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request, inside the shared request budget.
+
+        ``changes_state``: the request makes OCS act (a user message); a failure after it left is
+        then ``OCSAmbiguous``, not ``OCSUnavailable``.
+        """
+        if self.budget is not None:
+            grant = await self.budget.acquire(
+                bot=self.name, base_url=self.bot.base_url, priority=priority,
+                session_id=session_id, start_channel=start_channel,
+            )
+            if not grant.granted:
+                raise OCSRateLimited(grant.wait_s, f"request budget ({grant.scope})", scope="budget")
         url = f"{self.bot.base_url}{path}"
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         try:
             response = await self._http.request(method, url, headers=all_headers, **kwargs)
+        except _MAYBE_DELIVERED as exc:
+            if changes_state:
+                raise OCSAmbiguous(f"{method} {path}: no answer ({type(exc).__name__})") from exc
+            raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
             raise OCSUnavailable(f"{method} {path}: timed out") from exc
         except httpx.TransportError as exc:
@@ -100,16 +145,36 @@ class OCSClient:
             return response
         body = _body(response)
         if status == 429:
-            raise OCSRateLimited(_retry_after(response, body), str(body))
+            scope = "service" if session_id is None else "session"
+            wait = _retry_after(response, body)
+            await self._block(scope, wait, session_id)
+            raise OCSRateLimited(wait, str(body), scope=scope)
+        if status == 403 and not isinstance(body, dict):
+            # Not OCS speaking: the hosted WAF's block page. Everyone waits, nothing is refused.
+            wait = self.bot.waf_backoff_s
+            await self._block("service", wait, None)
+            raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope="service")
         if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response  # a task that failed inside OCS: the caller reads it (§4.3)
+        if status in (502, 504) and changes_state:
+            raise OCSAmbiguous(f"{method} {path}: HTTP {status} from a proxy")
         if status >= 500:
             raise OCSUnavailable(f"{method} {path}: HTTP {status}")
         if status == 403 and isinstance(body, dict) and body.get("code") in _SESSION_CODES:
             raise SessionExpired(str(body["code"]))
+        if status == 403 and session_id is not None and isinstance(body, dict) and body.get("detail") == _SESSION_GONE:
+            raise SessionExpired("session_gone")
         if status == 400 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response
         raise OCSRejected(status, body)
+
+    async def _block(self, scope: str, seconds: float, session_id: str | None) -> None:
+        if self.budget is None:
+            return
+        if scope == "session" and session_id is not None:
+            await self.budget.block_session(session_id, seconds)
+        else:
+            await self.budget.block(self.bot.base_url, seconds, reason="OCS asked us to wait")
 
     # -- credentials ----------------------------------------------------------------------
 
@@ -153,16 +218,16 @@ class OCSClient:
         await self._redis.set(key, json.dumps([token, expires_at]), ex=ttl)
         return token
 
-    async def _management_headers(self) -> dict[str, str]:
+    async def _management_headers(self, *, refresh: bool = False) -> dict[str, str]:
         if self.bot.auth == "oauth":
-            return {"Authorization": f"Bearer {await self._access_token()}"}
+            return {"Authorization": f"Bearer {await self._access_token(refresh=refresh)}"}
         if self.bot.api_key is not None:
             return {"X-api-key": self.bot.api_key.reveal()}
         return {}
 
     # -- chat API ---------------------------------------------------------------------------
 
-    async def start_session(self, *, remote_id: str, name: str | None) -> OCSSession:
+    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "") -> OCSSession:
         """``POST /api/chat/start/`` (§4.1); refreshes the OAuth token once on a 401.
 
         Raises:
@@ -181,7 +246,10 @@ class OCSClient:
                 headers["X-Embed-Key"] = self.bot.embed_key.reveal()
                 headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (§2.4.1)
             try:
-                response = await self._call("POST", "/api/chat/start/", headers=headers, json=body)
+                response = await self._call(
+                    "POST", "/api/chat/start/", headers=headers, json=body,
+                    priority=Priority.SEND, start_channel=channel or self.name,
+                )
             except OCSRejected as exc:
                 if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
                     continue
@@ -213,14 +281,16 @@ class OCSClient:
         if context:
             body["context"] = dict(context)
         response = await self._call(
-            "POST", f"/api/chat/{session.session_id}/message/", headers=self._session_headers(session), json=body
+            "POST", f"/api/chat/{session.session_id}/message/", headers=self._session_headers(session), json=body,
+            priority=Priority.SEND, session_id=session.session_id, changes_state=True,
         )
         return str(response.json()["task_id"])
 
     async def poll_task(self, session: OCSSession, task_id: str) -> TaskResult:
         """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
         response = await self._call(
-            "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", headers=self._session_headers(session)
+            "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", headers=self._session_headers(session),
+            priority=Priority.WAITING, session_id=session.session_id,
         )
         data = _body(response)
         if not isinstance(data, dict):
@@ -231,13 +301,16 @@ class OCSClient:
             return TaskResult("complete", message=data["message"])
         return TaskResult("processing")
 
-    async def poll_session(self, session: OCSSession, *, since: str | None, limit: int = 50) -> SessionPage:
+    async def poll_session(
+        self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING
+    ) -> SessionPage:
         """``GET /api/chat/{sid}/poll/`` (§4.4): messages with ``created_at > since``, oldest first."""
         params: dict[str, Any] = {"limit": limit}
         if since:
             params["since"] = since  # httpx URL-encodes it, so a "+00:00" never becomes a space
         response = await self._call(
-            "GET", f"/api/chat/{session.session_id}/poll/", headers=self._session_headers(session), params=params
+            "GET", f"/api/chat/{session.session_id}/poll/", headers=self._session_headers(session), params=params,
+            priority=priority, session_id=session.session_id,
         )
         data = response.json()
         return SessionPage(data.get("messages", []), bool(data.get("has_more")), str(data.get("session_status", "active")))
@@ -246,7 +319,8 @@ class OCSClient:
         """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
         parts = [("files", (name, data, content_type)) for name, data, content_type in files]
         response = await self._call(
-            "POST", f"/api/chat/{session.session_id}/upload/", headers=self._session_headers(session), files=parts
+            "POST", f"/api/chat/{session.session_id}/upload/", headers=self._session_headers(session), files=parts,
+            priority=Priority.SEND, session_id=session.session_id,
         )
         return [int(item["id"]) for item in response.json()["files"]]
 
@@ -256,16 +330,25 @@ class OCSClient:
         Returns False where the bot's credentials cannot end sessions (embed key, keyless):
         the gateway then only forgets the session, which has the same effect for the user.
         """
-        headers = await self._management_headers()
-        if not headers:
-            return False
-        try:
-            await self._call("POST", f"/api/sessions/{session_id}/end_experiment_session/", headers=headers, json={})
-        except OCSRejected as exc:
-            if exc.status == 404:
-                return False  # already gone on the OCS side
-            raise
-        return True
+        for attempt in (1, 2):
+            headers = await self._management_headers(refresh=attempt == 2)
+            if not headers:
+                return False
+            try:
+                await self._call(
+                    "POST", f"/api/sessions/{session_id}/end_experiment_session/", headers=headers, json={},
+                    priority=Priority.SEND,
+                )
+            except OCSRejected as exc:
+                if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
+                    continue  # a stale cached token: refresh once, as start does
+                if exc.status in (401, 403, 404):
+                    # Gone already, or these credentials may not end sessions (no sessions:write):
+                    # forgetting the session locally gives the user the same fresh start.
+                    return False
+                raise
+            return True
+        return False
 
     async def download_file(self, content_url: str) -> bytes:
         """Reply attachments need the Bearer token with ``files:read``, not the session token

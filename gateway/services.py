@@ -11,13 +11,14 @@ import httpx
 import redis.asyncio as aioredis
 
 from adapters import AdapterServices, ChannelAdapter, adapter_class
+from gateway.budget import RequestBudget
 from gateway.config import GatewayConfig
 from gateway.conversations import ConversationStore
 from gateway.dead_letters import DeadLetterStore
 from gateway.keys import Keys
 from gateway.ledger import TurnLedger
 from gateway.models import ReplyAttachment
-from gateway.ocs_client import OCSClient
+from gateway.ocs_client import USER_AGENT, OCSClient
 
 __all__ = ["Services"]
 
@@ -33,6 +34,7 @@ class Services:
     conversations: ConversationStore
     ledger: TurnLedger
     dead_letters: DeadLetterStore
+    budget: RequestBudget
 
     @classmethod
     async def open(cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw") -> Services:
@@ -41,10 +43,16 @@ class Services:
         # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
         # modest pool serves thousands of conversations.
         http = httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(30.0, connect=10.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
-        ocs = {name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys) for name, bot in config.bots.items()}
+        # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
+        budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget)
+        ocs = {
+            name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget)
+            for name, bot in config.bots.items()
+        }
         adapters: dict[str, ChannelAdapter[Any]] = {}
         for name, channel in config.channels.items():
             client = ocs[channel.bot]
@@ -52,7 +60,8 @@ class Services:
             adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
         services = cls(
             config, redis, http, keys, ocs, adapters,
-            ConversationStore(redis, keys), TurnLedger(redis, keys), DeadLetterStore(redis, keys),
+            ConversationStore(redis, keys), TurnLedger(redis, keys),
+            DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget,
         )
         for adapter in adapters.values():
             await adapter.startup()

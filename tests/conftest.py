@@ -30,8 +30,6 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #: Fast pacing so that the suite runs in seconds; every guarantee is still exercised.
 FAST_TUNING: dict[str, Any] = {
     "threads": 4,
-    "poll_first_s": 0.05,
-    "poll_growth": 1.5,
     "poll_max_s": 0.25,
     "lease_ttl_s": 3.0,
     "stall_grace_s": 1.5,

@@ -1,2 +1,3 @@
-"""The Dramatiq side: broker setup, the actors that move conversations forward, and the
-housekeeping loop that rescues stalled turns and polls for bot-initiated messages."""
+"""The worker side: the turn runner (an event loop that owns conversations and drives their
+turns), the turn engine, bot-initiated message polls, and the Dramatiq actors that hand
+conversations to the runner."""

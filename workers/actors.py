@@ -1,5 +1,9 @@
 """The Dramatiq actors. Messages carry a conversation key and nothing else (dramatiq's best
-practice: pass ids, make every actor safe to run twice); the state lives in the ledger."""
+practice: pass ids, make every actor safe to run twice); the state lives in Redis.
+
+An actor does not run the turn: it hands the conversation to this process's turn runner and
+returns, so a Dramatiq thread is busy for microseconds per message, not for a turn.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,25 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from gateway.models import ConversationKey
-from workers.botpoll import poll_for_bot_messages
 from workers.broker import ADVANCE, POLL_SESSION, QUEUE
-from workers.runtime import WorkerRuntime
+from workers.runner import TurnRunner
 
 __all__ = ["declare_actors"]
 
-#: Unexpected errors (a Redis blip, a bug) are retried by Dramatiq; expected ones are handled in
-#: the turn engine, which records them in the ledger.
-_RETRY: dict[str, Any] = {"max_retries": 12, "min_backoff": 1_000, "max_backoff": 60_000}
+#: A hand-over fails only when the runner is stopping or full for long: Dramatiq retries it.
+_RETRY: dict[str, Any] = {"max_retries": 20, "min_backoff": 500, "max_backoff": 30_000}
 
 
-def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> None:
-    """Register the actors on ``broker``, bound to this process's runtime."""
+def declare_actors(broker: RedisBroker, runner: Any) -> None:
+    """Register the actors on ``broker``; ``runner()`` returns this process's running
+    ``TurnRunner``."""
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, **_RETRY)  # type: ignore[call-overload, misc]
-    async def advance_conversation(conv: str) -> None:
-        engine = await runtime.engine()
-        await engine.advance(ConversationKey.parse(conv))
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, **_RETRY)  # type: ignore[misc]
+    def advance_conversation(conv: str) -> None:
+        current: TurnRunner = runner()
+        current.offer(conv)
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, **_RETRY)  # type: ignore[call-overload, misc]
-    async def poll_session(conv: str) -> None:
-        key = ConversationKey.parse(conv)
-        if await poll_for_bot_messages(await runtime.services(), runtime.config.worker, key):
-            runtime.schedule(key, 0.0)
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, **_RETRY)  # type: ignore[misc]
+    def poll_session(conv: str) -> None:
+        current: TurnRunner = runner()
+        current.offer(conv, botpoll=True)

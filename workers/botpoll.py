@@ -2,100 +2,121 @@
 session poll reveals (CONTRACT §6.5). This looks once into one conversation's session and
 queues what is new behind the user's messages, so order and retries are the turn engine's.
 
-It runs under the conversation's lease and only when no turn is running, so it never races a
-turn for the same answer; answers that turns already delivered are skipped by fingerprint.
+It runs while the runner owns the conversation and only when no turn is running, so it never
+races a turn for the same answer; answers that turns already delivered are skipped by
+fingerprint. These polls are the first to yield when the OCS request budget is short
+(``Priority.BACKGROUND``), and they thin out as a user stays silent: every
+``botpoll_interval_s`` while the user was active in the last ``botpoll_recent_s``, then in
+proportion to the silence up to ``botpoll_max_interval_s``, and never after
+``botpoll_active_window_s``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
+from dataclasses import replace
+from typing import Any, Mapping
 
+from gateway.budget import Priority
+from gateway.clock import RedisClock
 from gateway.config import WorkerTuning
 from gateway.errors import OCSRateLimited, OCSRejected, OCSUnavailable, SessionExpired
-from gateway.fingerprints import mark_delivered, was_delivered
-from gateway.lease import Lease
-from gateway.models import ConversationKey, Inbound, InboundKind
+from gateway.fingerprints import delivered_ops, was_delivered
+from gateway.lease import Op
+from gateway.models import Inbound, InboundKind
 from gateway.services import Services
+from workers.turns import Hold
 
-__all__ = ["poll_for_bot_messages"]
+__all__ = ["BotPoller", "botpoll_interval"]
 
 log = logging.getLogger("ocsgw.botpoll")
 _MAX_PAGES = 5
 
 
-async def poll_for_bot_messages(services: Services, tuning: WorkerTuning, conv: ConversationKey) -> bool:
-    """Queue new assistant messages of ``conv``'s session; True when any were queued."""
-    s = services
-    lease = await Lease.acquire(s.redis, s.keys.lease(conv), ttl_s=tuning.lease_ttl_s)
-    if lease is None:
-        return False
-    try:
-        return await _poll(s, tuning, conv)
-    finally:
-        await lease.release()
+def botpoll_interval(tuning: WorkerTuning, silent_s: float) -> float | None:
+    """Seconds until the next look into a session whose user has been silent ``silent_s``;
+    None when it is no longer worth the OCS budget."""
+    if silent_s > tuning.botpoll_active_window_s:
+        return None
+    if silent_s <= tuning.botpoll_recent_s:
+        return tuning.botpoll_interval_s
+    grown = tuning.botpoll_interval_s * silent_s / tuning.botpoll_recent_s
+    return min(grown, max(tuning.botpoll_max_interval_s, tuning.botpoll_interval_s))
 
 
-async def _poll(s: Services, tuning: WorkerTuning, conv: ConversationKey) -> bool:
-    now = time.time()
-    next_key = s.keys.botpoll
-    if await s.redis.exists(s.keys.turn(conv)) or await s.redis.llen(s.keys.inbox(conv)):
-        return False  # a turn is running; its end reschedules the poll
-    record = await s.conversations.load(conv)
-    if record.session is None or record.gone or conv.channel not in s.adapters:
-        await s.redis.zrem(next_key, str(conv))
-        return False
-    if now - record.last_active > tuning.botpoll_active_window_s:
-        await s.redis.zrem(next_key, str(conv))  # quiet for long: stop spending the OCS budget
-        return False
-    if now - record.last_polled < tuning.botpoll_interval_s * 0.9:
-        await s.redis.zadd(next_key, {str(conv): record.last_polled + tuning.botpoll_interval_s})
-        return False  # never more than once per interval per session (§4.4)
-    ocs = s.ocs_for(conv.channel)
-    cursor = record.cursor
-    fresh = []
-    try:
-        for _ in range(_MAX_PAGES):
-            page = await ocs.poll_session(record.session, since=cursor)
-            for message in page.messages:
-                cursor = str(message.get("created_at") or cursor)
-                if message.get("role") != "assistant":
-                    continue
-                if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
-                    fresh.append(message)
-            if not page.has_more:
-                break
-    except SessionExpired:
-        await s.conversations.forget_session(conv)
-        return False
-    except OCSRateLimited as exc:
-        await s.redis.zadd(next_key, {str(conv): now + max(exc.retry_after_s, tuning.botpoll_interval_s)})
-        return False
-    except (OCSUnavailable, OCSRejected) as exc:
-        log.warning("session poll failed conv=%s: %s", conv, exc)
-        await s.redis.zadd(next_key, {str(conv): now + tuning.botpoll_interval_s * 2})
-        return False
-    route = {k: v for k, v in record.route.items() if k != "reply_to"}
-    for message in fresh:
-        push = Inbound(
-            key=conv,
-            event_id=f"push:{uuid.uuid4().hex}",
-            kind=InboundKind.PUSH,
-            sender_id="ocs",
-            text=str(message.get("content") or ""),
-            context={"attachments": list(message.get("attachments") or [])},
-            route=route,
-            received_at=now,
-        )
-        await s.redis.rpush(s.keys.inbox(conv), push.to_json())
-        await mark_delivered(s.redis, s.keys.fingerprints(conv), message)
-    if cursor:
-        await s.conversations.set_cursor(conv, cursor)
-    else:
-        await s.conversations.mark_polled(conv)
-    await s.redis.zadd(next_key, {str(conv): now + tuning.botpoll_interval_s})
-    if fresh:
-        await s.redis.zadd(s.keys.active, {str(conv): now})
-        log.info("queued %d bot-initiated message(s) conv=%s", len(fresh), conv)
-    return bool(fresh)
+class BotPoller:
+    def __init__(self, services: Services, tuning: WorkerTuning, clock: RedisClock) -> None:
+        self.services = services
+        self.tuning = tuning
+        self.clock = clock
+
+    async def poll(self, hold: Hold) -> bool:
+        """Queue new assistant messages of the held conversation's session; True if any."""
+        s = self.services
+        conv = hold.conv
+        member = str(conv)
+        snapshot = await s.ledger.load(conv)
+        hold.turn, hold.record, hold.head, hold.stale = snapshot.turn, snapshot.record, snapshot.head, False
+        record = snapshot.record
+        if snapshot.turn is not None or snapshot.head is not None:
+            return False  # a turn is running; its end reschedules the poll
+        now = self.clock.now()
+        interval = botpoll_interval(self.tuning, now - record.last_active)
+        if record.session is None or record.gone or conv.channel not in s.adapters or interval is None:
+            await hold.lease.run([Op("ZREM", s.keys.botpoll, (member,))])
+            return False
+        if now - record.last_polled < interval * 0.9:
+            await hold.lease.run([Op("ZADD", s.keys.botpoll, (record.last_polled + interval, member))])
+            return False  # never more than once per interval per session (§4.4)
+        ocs = s.ocs_for(conv.channel)
+        cursor = record.cursor
+        fresh: list[Mapping[str, Any]] = []
+        try:
+            for _ in range(_MAX_PAGES):
+                hold.lease.check()
+                page = await ocs.poll_session(record.session, since=cursor, priority=Priority.BACKGROUND)
+                for message in page.messages:
+                    cursor = str(message.get("created_at") or cursor)
+                    if message.get("role") != "assistant":
+                        continue
+                    if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
+                        fresh.append(message)
+                if not page.has_more:
+                    break
+        except SessionExpired:
+            await hold.lease.run(s.conversations.forget_session_ops(conv))
+            hold.record = replace(record, session=None, cursor=None, user_messages=None)
+            return False
+        except OCSRateLimited as exc:
+            await hold.lease.run([Op("ZADD", s.keys.botpoll, (now + max(exc.retry_after_s, interval), member))])
+            return False
+        except (OCSUnavailable, OCSRejected) as exc:
+            log.warning("session poll failed conv=%s: %s", conv, exc)
+            await hold.lease.run([Op("ZADD", s.keys.botpoll, (now + interval * 2, member))])
+            return False
+        route = {k: v for k, v in record.route.items() if k != "reply_to"}
+        ops: list[Op] = []
+        for message in fresh:
+            push = Inbound(
+                key=conv,
+                event_id=f"push:{uuid.uuid4().hex}",
+                kind=InboundKind.PUSH,
+                sender_id="ocs",
+                text=str(message.get("content") or ""),
+                context={"attachments": [a for a in message.get("attachments") or () if isinstance(a, Mapping)]},
+                route=route,
+                received_at=now,
+            )
+            ops.append(Op("RPUSH", s.keys.inbox(conv), (push.to_json(),)))
+            ops.extend(delivered_ops(s.keys.fingerprints(conv), message, now=now))
+        ops.extend(s.conversations.polled_ops(conv, cursor=cursor, now=now))
+        ops.append(Op("ZADD", s.keys.botpoll, (now + interval, member)))
+        if fresh:
+            ops.append(Op("ZADD", s.keys.active, (now, member)))
+        await hold.lease.run(ops)
+        hold.record = replace(record, cursor=cursor or record.cursor, last_polled=now)
+        if fresh:
+            hold.stale = True
+            log.info("queued %d bot-initiated message(s) conv=%s", len(fresh), conv)
+        return bool(fresh)

@@ -1,4 +1,4 @@
-"""Running the workers of one process: Dramatiq's threads, the actors, housekeeping."""
+"""One worker process: the turn runner's event loop, and Dramatiq's threads that feed it."""
 
 from __future__ import annotations
 
@@ -7,59 +7,54 @@ import signal
 import threading
 
 import dramatiq
-from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.middleware import Middleware
 
 from gateway.config import GatewayConfig
-from gateway.keys import Keys
+from gateway.services import Services
 from workers.actors import declare_actors
 from workers.broker import QUEUE, make_broker
-from workers.housekeeping import Housekeeping
-from workers.runtime import WorkerRuntime
+from workers.runner import RunnerThread, TurnRunner
 
 __all__ = ["WorkerProcess", "run_worker"]
 
 log = logging.getLogger("ocsgw.worker")
 
-
-class _CloseServices(Middleware):
-    """Closes the runtime's connections on Dramatiq's event loop before that loop stops.
-
-    Added after the AsyncIO middleware, so its ``after_worker_shutdown`` runs first (Dramatiq
-    runs after-hooks in reverse order).
-    """
-
-    def __init__(self, runtime: WorkerRuntime) -> None:
-        self.runtime = runtime
-
-    def after_worker_shutdown(self, broker: object, worker: object) -> None:
-        loop_thread = get_event_loop_thread()
-        if loop_thread is not None:
-            try:
-                loop_thread.run_coroutine(self.runtime.aclose())
-            except Exception:  # noqa: BLE001 - shutting down: log, never block the exit
-                log.warning("closing worker services failed", exc_info=True)
+#: Dramatiq's consumers poll Redis when the queue is empty, backing off up to this (ms): an idle
+#: worker then costs about one Redis call a second per consumer, and a message that arrives
+#: after a quiet spell waits at most this long.
+_IDLE_POLL_MS = 1000
 
 
 class WorkerProcess:
-    """Dramatiq worker threads plus housekeeping, started and stopped as one."""
+    """The turn runner and Dramatiq's consumer threads, started and stopped as one."""
 
     def __init__(self, config: GatewayConfig, redis_url: str) -> None:
-        self.broker = make_broker(redis_url)
-        self.runtime = WorkerRuntime(config, redis_url, self.broker)
-        self.broker.add_middleware(_CloseServices(self.runtime))
-        declare_actors(self.broker, self.runtime)
-        self.worker = dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=config.worker.threads, worker_timeout=100)
-        self.housekeeping = Housekeeping(redis_url=redis_url, broker=self.broker, tuning=config.worker, keys=Keys())
+        self.config = config
+        self.broker = make_broker(redis_url, with_asyncio=False)
+        self.runner_thread = RunnerThread(lambda: Services.open(config, redis_url), config.worker)
+        declare_actors(self.broker, self._runner)
+        self.worker = dramatiq.Worker(
+            self.broker, queues={QUEUE}, worker_threads=config.worker.threads, worker_timeout=_IDLE_POLL_MS
+        )
+
+    def _runner(self) -> TurnRunner:
+        runner = self.runner_thread.runner
+        if runner is None:
+            raise RuntimeError("the turn runner is not running")
+        return runner
+
+    @property
+    def runner(self) -> TurnRunner:
+        return self._runner()
 
     def start(self) -> None:
+        self.runner_thread.start()
+        self.runner_thread.wait_ready()
         self.worker.start()
-        self.housekeeping.start()
-        log.info("worker started: %d threads on queue %s", self.worker.worker_threads, QUEUE)
+        log.info("worker started: turn runner + %d Dramatiq threads on queue %s", self.worker.worker_threads, QUEUE)
 
     def stop(self, timeout_ms: int = 10_000) -> None:
-        self.housekeeping.stop()
-        self.worker.stop(timeout=timeout_ms)
+        self.worker.stop(timeout=timeout_ms)  # no new hand-overs
+        self.runner_thread.stop(timeout_ms / 1000)  # gives held conversations back
         self.broker.close()
 
 

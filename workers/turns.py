@@ -1,233 +1,366 @@
-"""The turn engine: moves one conversation forward, one recorded step at a time.
+"""The turn engine: the steps of one conversation's turns, each recorded before the next.
 
-A turn never holds a thread while OCS thinks. Each call of ``advance`` takes the conversation's
-lease, performs the steps that can run now (start the session, upload, send, poll once,
-deliver), records each in the ledger, and when it must wait it records when (``next_at``),
-schedules itself for then, and returns. So one worker process keeps thousands of turns in
-flight: a waiting turn is a delayed message in Redis and a hash, nothing more.
+The engine is driven by the turn runner (``workers/runner.py``), which owns the conversation
+through its lease and calls ``step`` until the conversation is idle or must wait. A step does
+one thing that can be done now (start the session, send, poll the task once, deliver) and
+returns what to do next: continue, wait until a time, or nothing left. Waiting is the runner's
+business (a timer on its event loop): the engine never sleeps and never holds a thread.
 
-Any number of ``advance`` messages may exist for a conversation (the edge sends one per
-message, the sweeper one per stall, Dramatiq redelivers after a crash): the lease lets one run
-at a time, and a call that arrives before ``next_at`` does nothing, so they never multiply.
+Every write goes through the lease (``Lease.run``), so a process that lost the conversation can
+never overwrite the new owner. Between writes the owner keeps the turn in memory (``Hold``): a
+task poll that finds the bot still thinking writes nothing at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Literal, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping
 
+from gateway.clock import RedisClock
+from gateway.conversations import ConversationRecord
 from gateway.config import WorkerTuning
 from gateway.errors import (
     AttachmentUnavailable,
     DeliveryRejected,
+    OCSAmbiguous,
     OCSAuthFailed,
     OCSRateLimited,
     OCSRejected,
     OCSUnavailable,
+    PacingWait,
     RecipientGone,
     RetryLater,
     SessionExpired,
 )
-from gateway.fingerprints import mark_delivered
-from gateway.keys import as_text
+from gateway.fingerprints import delivered_ops
+from gateway.lease import Lease, LeaseLost, Op
 from gateway.ledger import Turn, TurnState
-from gateway.lease import Lease
 from gateway.models import ConversationKey, InboundKind, Reply, ReplyAttachment, ReplyKind
 from gateway.ocs_client import OCSSession
+from gateway.budget import Priority
 from gateway.services import Services
+from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
-__all__ = ["TurnEngine", "reply_from_ocs"]
+__all__ = ["Hold", "Outcome", "TurnEngine", "reply_from_ocs"]
 
 log = logging.getLogger("ocsgw.turns")
 
-#: A step is bounded: after this many steps in one call the conversation yields its thread.
-_MAX_STEPS = 24
-#: A message whose send was interrupted is looked for in the history for this long before it
-#: is sent again (OCS writes the user message when its worker picks the task up, §4.2).
-_SENDING_GRACE_S = 20.0
+#: How often a bot's learned completion times are read again from Redis.
+_SCHEDULE_REFRESH_S = 30.0
+#: While a settled-but-unanswered send waits for its reply in the history, look this often.
+_HISTORY_POLL_S = 1.0
+_HISTORY_PAGE = 200
+#: Tries of a platform file download that keeps failing before the text goes without it.
+_ATTACHMENT_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class Outcome:
     kind: Literal["continue", "wait", "idle"]
+    #: For "wait": when to step again, on the shared clock (``RedisClock.now``).
     at: float = 0.0
-    schedule: bool = True
 
 
-_CONTINUE = _Outcome("continue")
+CONTINUE = Outcome("continue")
+IDLE = Outcome("idle")
+
+
+@dataclass
+class Hold:
+    """A conversation this process owns: its lease and what it last read or wrote."""
+
+    conv: ConversationKey
+    lease: Lease
+    turn: Turn | None = None
+    record: ConversationRecord | None = None
+    head: str | None = None
+    #: The memory may be behind Redis (after an error, or new inbox items): read before stepping.
+    stale: bool = True
+    #: Unexpected failures in a row (reset by any step that completes).
+    failures: int = 0
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
-    attachments = tuple(
-        ReplyAttachment(
-            name=str(a.get("name", "file")),
-            content_type=str(a.get("content_type", "application/octet-stream")),
-            size=int(a.get("size") or 0),
-            content_url=str(a.get("content_url", "")),
-        )
-        for a in message.get("attachments") or ()
-    )
+    """A reply from an OCS message; fields OCS may add later are ignored, odd values coerced."""
+    attachments = tuple(_attachment(a) for a in message.get("attachments") or () if isinstance(a, Mapping))
     return Reply(text=str(message.get("content") or ""), kind=kind, attachments=attachments, in_reply_to=in_reply_to)
+
+
+def _attachment(data: Mapping[str, Any]) -> ReplyAttachment:
+    try:
+        size = int(data.get("size") or 0)
+    except (TypeError, ValueError):
+        size = 0
+    return ReplyAttachment(
+        name=str(data.get("name") or "file"),
+        content_type=str(data.get("content_type") or "application/octet-stream"),
+        size=size,
+        content_url=str(data.get("content_url") or ""),
+    )
 
 
 class TurnEngine:
     """Parameters:
     services: the process's services.
     tuning: pacing and retry settings.
-    schedule: enqueues ``advance(conv)`` after a delay in seconds (a Dramatiq delayed message).
+    clock: the shared clock every stored time is read from.
     """
 
-    def __init__(self, services: Services, tuning: WorkerTuning, schedule: Callable[[ConversationKey, float], None]) -> None:
-        self.s = services
+    def __init__(self, services: Services, tuning: WorkerTuning, clock: RedisClock) -> None:
+        self.services = services
         self.tuning = tuning
-        self.schedule = schedule
+        self.clock = clock
+        self.histograms = HistogramStore(services.redis, services.keys)
+        self._schedules: dict[str, tuple[PollSchedule, float]] = {}
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
-    async def advance(self, conv: ConversationKey) -> None:
-        lease = await Lease.acquire(self.s.redis, self.s.keys.lease(conv), ttl_s=self.tuning.lease_ttl_s)
-        if lease is None:
-            return  # another worker is on this conversation; it reschedules as needed
-        idle = False
-        try:
-            for _ in range(_MAX_STEPS):
-                outcome = await self._step(conv, lease)
-                if outcome.kind == "continue":
-                    continue
-                if outcome.kind == "idle":
-                    idle = True
-                    await self.s.redis.zrem(self.s.keys.active, str(conv))
-                else:
-                    await self.s.redis.zadd(self.s.keys.active, {str(conv): outcome.at})
-                    if outcome.schedule:
-                        self.schedule(conv, max(outcome.at - time.time(), 0.0))
-                break
-            else:
-                self.schedule(conv, 0.0)  # more queued work: let other conversations in first
-        finally:
-            await lease.release()
-        if idle and await self.s.redis.llen(self.s.keys.inbox(conv)):
-            self.schedule(conv, 0.0)  # a message arrived between our last look and the release
+    # -- the step -------------------------------------------------------------------------
 
-    # -- one step -------------------------------------------------------------------------
-
-    async def _step(self, conv: ConversationKey, lease: Lease) -> _Outcome:
-        turn = await self.s.ledger.load(conv)
+    async def step(self, hold: Hold) -> Outcome:
+        if hold.stale or hold.record is None:
+            await self._refresh(hold)
+        turn = hold.turn
         if turn is None:
-            head = await self.s.redis.lindex(self.s.keys.inbox(conv), 0)
-            if head is None:
-                return _Outcome("idle")
-            turn = await self.s.ledger.begin(conv, as_text(head))
-        now = time.time()
+            if hold.head is None:
+                return IDLE
+            turn, ops = self.services.ledger.begin(hold.conv, hold.head, now=self.clock.now())
+            await self._write(hold, ops, turn=turn)
+        now = self.clock.now()
         if turn.next_at > now + 0.005:
-            return _Outcome("wait", turn.next_at, schedule=False)
-        if conv.channel not in self.s.adapters:
-            await self._park(conv, turn, f"channel {conv.channel!r} is no longer configured")
-            await self.s.ledger.finish(conv, turn)
-            return _CONTINUE
+            return Outcome("wait", turn.next_at)  # woken early: wait again, nothing lost
+        conv = hold.conv
+        if conv.channel not in self.services.adapters:
+            await self._park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage="config")
+            await self._finish(hold, turn)
+            return CONTINUE
         try:
-            return await self._dispatch(conv, turn, lease)
-        except (OCSUnavailable, OCSRateLimited, RetryLater) as exc:
-            return await self._retry(conv, turn, exc)
+            outcome = await self._dispatch(hold, turn)
+        except OCSRateLimited as exc:
+            # OCS, its WAF or our own budget asked us to wait: a pause, not a failure.
+            outcome = self._pause(hold, exc.retry_after_s)
+        except PacingWait as exc:
+            outcome = self._pause(hold, exc.retry_after_s)
+        except RetryLater as exc:
+            outcome = await self._retry_delivery(hold, exc)
+        except OCSUnavailable as exc:
+            outcome = await self._retry(hold, exc)
         except SessionExpired as exc:
-            # The token died while we waited for the reply: start over in a new session.
-            log.info("session expired mid-turn conv=%s turn=%s", conv, turn.id)
-            await self.s.conversations.forget_session(conv)
-            await self.s.ledger.update(conv, turn, state=TurnState.RECEIVED, last_error=str(exc), attempts=turn.attempts + 1)
-            return _CONTINUE
+            outcome = await self._session_gone(hold, exc)
         except RecipientGone as exc:
             log.info("recipient gone conv=%s reason=%s", conv, exc.reason)
-            await self.s.conversations.set_gone(conv, True)
-            await self.s.ledger.finish(conv, turn)
-            return _CONTINUE
+            current = hold.turn or turn
+            await self._write(hold, self.services.conversations.set_gone_ops(conv, True))
+            hold.record = replace(hold.record, gone=True) if hold.record else None
+            await self._finish(hold, current)
+            outcome = CONTINUE
         except (OCSRejected, OCSAuthFailed, DeliveryRejected) as exc:
-            return await self._fail(conv, turn, f"{type(exc).__name__}: {exc}")
+            outcome = await self._fail(hold, hold.turn or turn, f"{type(exc).__name__}: {exc}")
+        hold.failures = 0
+        return outcome
 
-    async def _dispatch(self, conv: ConversationKey, turn: Turn, lease: Lease) -> _Outcome:
-        record = await self.s.conversations.load(conv)
+    async def fail_unexpected(self, hold: Hold, exc: BaseException) -> Outcome:
+        """A step raised something nobody planned for (a bug, an OCS answer of a new shape): it
+        counts as an attempt, and after ``max_attempts`` the turn is parked and the conversation
+        moves on, so one bad message never blocks the ones behind it."""
+        hold.failures += 1
+        turn_id = hold.turn.id if hold.turn else "-"
+        log.error("unexpected error conv=%s turn=%s (%d in a row)", hold.conv, turn_id, hold.failures, exc_info=exc)
+        hold.stale = True
+        delay = self._backoff(hold.failures)
+        try:
+            await self._refresh(hold)
+        except LeaseLost:
+            raise
+        except Exception:  # noqa: BLE001 - the stored state itself cannot be read
+            if hold.failures >= self.tuning.max_attempts:
+                await self._drop_unreadable(hold, repr(exc))
+                return CONTINUE
+            return Outcome("wait", self.clock.now() + delay)
+        turn = hold.turn
+        if turn is None:
+            if hold.head is not None and hold.failures >= self.tuning.max_attempts:
+                await self._drop_unreadable(hold, repr(exc))
+                return CONTINUE
+            return Outcome("wait", self.clock.now() + delay)
+        attempts = max(turn.attempts + 1, hold.failures)
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        if attempts >= self.tuning.max_attempts or turn.dead_letter:
+            return await self._fail(hold, turn, error)
+        next_at = self.clock.now() + delay
+        turn, ops = self.services.ledger.update(hold.conv, turn, attempts=attempts, last_error=error[:500], next_at=next_at)
+        await self._write(hold, ops, turn=turn)
+        return Outcome("wait", next_at)
+
+    async def _refresh(self, hold: Hold) -> None:
+        snapshot = await self.services.ledger.load(hold.conv)
+        hold.turn, hold.record, hold.head = snapshot.turn, snapshot.record, snapshot.head
+        hold.stale = False
+
+    async def _write(self, hold: Hold, ops: list[Op], *, turn: Turn | None = None) -> list[Any]:
+        try:
+            result = await hold.lease.run(ops)
+        except LeaseLost:
+            raise
+        except BaseException:
+            hold.stale = True  # we cannot tell whether it was written
+            raise
+        if turn is not None:
+            hold.turn = turn
+        return result
+
+    async def _dispatch(self, hold: Hold, turn: Turn) -> Outcome:
+        record = hold.record
+        assert record is not None
         if record.gone:
             if turn.inbound.kind is not InboundKind.PUSH and turn.state is TurnState.RECEIVED:
                 # They wrote to us again (a callback that came back, a re-invited app): reachable.
-                await self.s.conversations.set_gone(conv, False)
+                await self._write(hold, self.services.conversations.set_gone_ops(hold.conv, False))
+                hold.record = record = replace(record, gone=False)
             else:
-                # No more sends to a user who blocked us (or a removed app); the message is dropped.
-                await self.s.ledger.finish(conv, turn)
-                return _CONTINUE
+                await self._finish(hold, turn)  # no more sends to a user who blocked us
+                return CONTINUE
         if turn.state is TurnState.RECEIVED:
-            return await self._start(conv, turn, record.session)
+            return await self._start(hold, turn)
         if turn.state is TurnState.SENDING:
-            return await self._resume_sending(conv, turn, record.session)
+            return await self._settle_sending(hold, turn)
         if turn.state is TurnState.SENT:
-            return await self._poll(conv, turn, record.session)
+            return await self._poll(hold, turn)
         if turn.state is TurnState.REPLIED:
             assert turn.reply is not None
-            parts = self.s.adapters[conv.channel].render(turn.reply)
-            await self.s.ledger.update(conv, turn, state=TurnState.DELIVERING, parts=tuple(parts), delivered=0, attempts=0)
-            return _CONTINUE
+            await self._replied(hold, turn, turn.reply)
+            return CONTINUE
         if turn.state is TurnState.DELIVERING:
-            return await self._deliver(conv, turn, record.route, lease)
-        await self._finish(conv, turn, record.session)
-        return _CONTINUE
+            return await self._deliver(hold, turn)
+        await self._finish(hold, turn)
+        return CONTINUE
 
     # -- states ---------------------------------------------------------------------------
 
-    async def _start(self, conv: ConversationKey, turn: Turn, session: OCSSession | None) -> _Outcome:
-        inbound = turn.inbound
-        channel = self.s.config.channels[conv.channel]
+    async def _start(self, hold: Hold, turn: Turn) -> Outcome:
+        conv, inbound = hold.conv, turn.inbound
+        channel = self.services.config.channels[conv.channel]
         if inbound.kind is InboundKind.PUSH:
-            attachments = [ReplyAttachment(**a) for a in inbound.context.get("attachments", ())]
-            reply = Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=tuple(attachments))
-            await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply)
-            return _CONTINUE
-        await self.s.conversations.touch(conv, inbound.route)
+            attachments = tuple(_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
+            await self._replied(hold, turn, Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=attachments))
+            return CONTINUE
+        touch = self.services.conversations.touch_ops(conv, inbound.route, now=self.clock.now())
         if inbound.kind is InboundKind.RESET:
-            if session is not None:
-                await self.s.ocs_for(conv.channel).end_session(session.session_id)
-            await self.s.conversations.forget_session(conv)
-            await self.s.adapters[conv.channel].forget_conversation(inbound.route)
+            await self._reset(hold, touch)
             reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
-            await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply)
-            return _CONTINUE
-        session = await self._ensure_session(conv, turn, session)
-        turn = await self._show_working(conv, turn)
-        task_id, session = await self._send(conv, turn, session)
-        now = time.time()
-        await self.s.ledger.update(
-            conv, turn, state=TurnState.SENT, session_id=session.session_id, task_id=task_id,
-            sent_at=now, attempts=0, polls=0, next_at=now + self.tuning.poll_first_s,
-        )
-        return _Outcome("wait", now + self.tuning.poll_first_s)
+            await self._replied(hold, turn, reply)
+            return CONTINUE
+        session = await self._ensure_session(hold, turn)
+        turn = await self._show_working(hold, turn)
+        return await self._send(hold, turn, session, touch)
 
-    async def _send(self, conv: ConversationKey, turn: Turn, session: OCSSession) -> tuple[str, OCSSession]:
-        """Upload the files and send the message; on an expired session start a new one and
-        resend once (CONTRACT §7.5)."""
-        ocs = self.s.ocs_for(conv.channel)
+    async def _reset(self, hold: Hold, touch: list[Op]) -> None:
+        record = hold.record
+        assert record is not None
+        if record.session is not None:
+            hold.lease.check()
+            try:
+                await self.services.ocs_for(hold.conv.channel).end_session(record.session.session_id)
+            except OCSRejected as exc:
+                # Whatever OCS thinks of it, the user asked for a fresh start: forget it here.
+                log.warning("could not end OCS session conv=%s: %s", hold.conv, exc)
+        await self._write(hold, [*self.services.conversations.forget_session_ops(hold.conv), *touch])
+        hold.record = replace(record, session=None, cursor=None, user_messages=None)
+        await self.services.adapters[hold.conv.channel].forget_conversation(hold.turn.inbound.route if hold.turn else {})
+
+    async def _ensure_session(self, hold: Hold, turn: Turn) -> OCSSession:
+        record = hold.record
+        assert record is not None
+        ocs = self.services.ocs_for(hold.conv.channel)
+        session = record.session
+        if session is not None and session.chatbot_id == ocs.bot.chatbot_id:
+            return session
+        adapter = self.services.adapters[hold.conv.channel]
+        hold.lease.check()
+        session = await ocs.start_session(
+            remote_id=f"{adapter.kind}:{hold.conv.conversation}", name=turn.inbound.sender_name, channel=hold.conv.channel
+        )
+        await self._write(hold, self.services.conversations.save_session_ops(hold.conv, session))
+        hold.record = replace(record, session=session, cursor=None, user_messages=0)
+        log.info("started OCS session conv=%s session=%s", hold.conv, session.session_id)
+        return session
+
+    async def _send(self, hold: Hold, turn: Turn, session: OCSSession, touch: list[Op]) -> Outcome:
+        """Upload the files and send the message, once. ``sending`` (with the count the session
+        will reach) is recorded first, so a send that dies or gets no answer is settled from the
+        history; an expired or vanished session is replaced and the message resent once."""
+        conv = hold.conv
+        ocs = self.services.ocs_for(conv.channel)
+        ledger, conversations = self.services.ledger, self.services.conversations
         for attempt in (1, 2):
-            ids, notes = await self._upload(conv, turn, session)
+            ids, notes = await self._upload(hold, turn, session)
             inbound = turn.inbound
             text = inbound.text.strip() or ("[attachment]" if inbound.attachments else "(empty message)")
             if notes:
                 text = "\n".join([text, *notes])
-            turn = await self.s.ledger.update(conv, turn, state=TurnState.SENDING, sending_at=time.time(), session_id=session.session_id)
+            base = await self._user_message_count(hold, session)
+            turn, ops = ledger.update(
+                conv, turn, state=TurnState.SENDING, sending_at=self.clock.now(), session_id=session.session_id,
+                expect_count=base + 1, confirmed=False,
+            )
+            await self._write(hold, [*ops, *touch], turn=turn)
+            touch = []
+            hold.lease.check()
             try:
-                return await ocs.send_message(session, text, attachment_ids=ids, context=inbound.context), session
-            except SessionExpired:
+                task_id = await ocs.send_message(session, text, attachment_ids=ids, context=inbound.context)
+            except SessionExpired as exc:
                 if attempt == 2:
                     raise
-                await self.s.conversations.forget_session(conv)
-                session = await self._ensure_session(conv, turn, None)
-            except (OCSUnavailable, OCSRateLimited):
+                log.info("session %s gone (%s) conv=%s: new session, resending", session.session_id, exc.code, conv)
+                turn, ops = ledger.update(conv, turn, state=TurnState.RECEIVED)
+                await self._write(hold, [*ops, *conversations.forget_session_ops(conv)], turn=turn)
+                hold.record = replace(hold.record, session=None, user_messages=None) if hold.record else None
+                session = await self._ensure_session(hold, turn)
+                continue
+            except OCSAmbiguous as exc:
+                # It left and no answer came back: OCS may be running it. Never send it again
+                # blindly; the history will say (``_settle_sending``).
+                log.warning("send without answer conv=%s turn=%s: %s; settling from the history", conv, turn.id, exc)
+                return Outcome("wait", self.clock.now() + min(_HISTORY_POLL_S, self.tuning.reconcile_grace_s))
+            except (OCSUnavailable, OCSRateLimited, OCSRejected):
                 # Not accepted: back to "received", so the retry sends instead of searching.
-                await self.s.ledger.update(conv, turn, state=TurnState.RECEIVED)
+                turn, ops = ledger.update(conv, turn, state=TurnState.RECEIVED)
+                await self._write(hold, ops, turn=turn)
                 raise
+            now = self.clock.now()
+            first = self._schedule(conv).next_delay(0.0, 0)
+            turn, ops = ledger.update(
+                conv, turn, state=TurnState.SENT, task_id=task_id, sent_at=now, attempts=0, polls=0,
+                last_poll_s=0.0, next_at=now + first,
+            )
+            await self._write(hold, [*ops, *conversations.count_ops(conv, base + 1)], turn=turn)
+            hold.record = replace(hold.record, user_messages=base + 1) if hold.record else None
+            return Outcome("wait", now + first)
         raise AssertionError("unreachable")
 
-    async def _upload(self, conv: ConversationKey, turn: Turn, session: OCSSession) -> tuple[list[int], list[str]]:
+    async def _user_message_count(self, hold: Hold, session: OCSSession) -> int:
+        record = hold.record
+        if record is not None and record.user_messages is not None and record.session == session:
+            return record.user_messages
+        # A session from before the gateway counted: count its history once.
+        history = await self._history(hold, session)
+        count = sum(1 for m in history if m.get("role") == "user")
+        await self._write(hold, self.services.conversations.count_ops(hold.conv, count))
+        if record is not None:
+            hold.record = replace(record, user_messages=count)
+        return count
+
+    async def _upload(self, hold: Hold, turn: Turn, session: OCSSession) -> tuple[list[int], list[str]]:
         inbound = turn.inbound
         if not inbound.attachments:
             return [], []
-        adapter = self.s.adapters[conv.channel]
+        adapter = self.services.adapters[hold.conv.channel]
         files: list[tuple[str, bytes, str]] = []
         notes: list[str] = []
         for attachment in inbound.attachments:
@@ -236,166 +369,337 @@ class TurnEngine:
             except AttachmentUnavailable as exc:
                 notes.append(f"[{attachment.name} could not be attached: {exc.reason}]")
                 continue
+            except RetryLater as exc:
+                if turn.attempts + 1 < _ATTACHMENT_TRIES:
+                    raise  # a passing blip: try the whole step again shortly
+                # Still down: the words go through without the file rather than not at all.
+                notes.append(f"[{attachment.name} could not be attached: temporarily unavailable]")
+                log.warning("attachment still unavailable conv=%s: %s", hold.conv, exc)
+                continue
             files.append((got.name, got.data, got.content_type))
         if not files:
             return [], notes
+        hold.lease.check()
         try:
-            return await self.s.ocs_for(conv.channel).upload(session, files), notes
+            return await self.services.ocs_for(hold.conv.channel).upload(session, files), notes
         except OCSRejected as exc:
             # A file type OCS refuses must not sink the words that came with it.
             return [], [*notes, f"[attachments not accepted: {exc.body}]"]
 
-    async def _ensure_session(self, conv: ConversationKey, turn: Turn, session: OCSSession | None) -> OCSSession:
-        ocs = self.s.ocs_for(conv.channel)
-        if session is not None and session.chatbot_id == ocs.bot.chatbot_id:
-            return session
-        adapter = self.s.adapters[conv.channel]
-        session = await ocs.start_session(remote_id=f"{adapter.kind}:{conv.conversation}", name=turn.inbound.sender_name)
-        await self.s.conversations.save_session(conv, session)
-        log.info("started OCS session conv=%s session=%s", conv, session.session_id)
-        return session
-
-    async def _resume_sending(self, conv: ConversationKey, turn: Turn, session: OCSSession | None) -> _Outcome:
-        """A worker died between sending and recording the task id: read the history to learn
-        whether OCS took the message, rather than sending it a second time."""
-        now = time.time()
+    async def _settle_sending(self, hold: Hold, turn: Turn) -> Outcome:
+        """A send whose outcome is unknown (the worker died, or the answer never came back):
+        count the user messages in the session's history. ``expect_count`` of them means OCS
+        has it (its reply is the first assistant message after it); fewer means it has not
+        arrived, and after ``reconcile_grace_s`` it is sent again (OCS writes the user message
+        when its worker picks the task up, §4.2, so a moment's absence proves nothing)."""
+        record = hold.record
+        conv = hold.conv
+        now = self.clock.now()
+        session = record.session if record else None
         if session is None or session.session_id != turn.session_id:
-            await self.s.ledger.update(conv, turn, state=TurnState.RECEIVED)
-            return _CONTINUE
-        since = _iso(turn.sending_at - 120)
-        page = await self.s.ocs_for(conv.channel).poll_session(session, since=since, limit=100)
-        text = turn.inbound.text.strip()
-        seen_user = False
-        for message in page.messages:
-            if message.get("role") == "user" and (not text or str(message.get("content", "")).startswith(text)):
-                seen_user = True
-            elif seen_user and message.get("role") == "assistant":
-                await mark_delivered(self.s.redis, self.s.keys.fingerprints(conv), message)
-                reply = reply_from_ocs(message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
-                await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply)
-                return _CONTINUE
-        timeout = self.s.ocs_for(conv.channel).bot.task_timeout_s
-        if not seen_user and now - turn.sending_at > _SENDING_GRACE_S:
-            await self.s.ledger.update(conv, turn, state=TurnState.RECEIVED)  # never arrived: send
-            return _CONTINUE
-        if seen_user and now - turn.sending_at > timeout:
-            return await self._too_slow(conv, turn)
-        next_at = now + self.tuning.poll_max_s
-        await self.s.ledger.update(conv, turn, next_at=next_at)
-        return _Outcome("wait", next_at)
+            turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
+            await self._write(hold, ops, turn=turn)
+            return CONTINUE
+        history = await self._history(hold, session)
+        users = [i for i, m in enumerate(history) if m.get("role") == "user"]
+        if turn.expect_count and len(users) >= turn.expect_count:
+            after = users[turn.expect_count - 1] + 1
+            answer = next((m for m in history[after:] if m.get("role") == "assistant"), None)
+            count_ops = self.services.conversations.count_ops(conv, turn.expect_count)
+            if hold.record is not None:
+                hold.record = replace(hold.record, user_messages=turn.expect_count)
+            if answer is not None:
+                reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
+                await self._replied(hold, turn, reply, extra=[*count_ops, *delivered_ops(self.services.keys.fingerprints(conv), answer, now=now)])
+                return CONTINUE
+            if now - turn.sending_at > self.services.ocs_for(conv.channel).bot.task_timeout_s:
+                return await self._too_slow(hold, turn)
+            if not turn.confirmed:
+                turn, ops = self.services.ledger.update(conv, turn, confirmed=True)
+                await self._write(hold, [*ops, *count_ops], turn=turn)
+            return self._wait_in_memory(hold, turn, _HISTORY_POLL_S)
+        if now - turn.sending_at > self.tuning.reconcile_grace_s:
+            log.warning("message never reached OCS conv=%s turn=%s: sending it again", conv, turn.id)
+            turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
+            await self._write(hold, ops, turn=turn)
+            return CONTINUE
+        return self._wait_in_memory(hold, turn, _HISTORY_POLL_S)
 
-    async def _poll(self, conv: ConversationKey, turn: Turn, session: OCSSession | None) -> _Outcome:
+    async def _history(self, hold: Hold, session: OCSSession) -> list[Mapping[str, Any]]:
+        ocs = self.services.ocs_for(hold.conv.channel)
+        messages: list[Mapping[str, Any]] = []
+        since: str | None = None
+        while True:
+            hold.lease.check()
+            page = await ocs.poll_session(session, since=since, limit=_HISTORY_PAGE)
+            messages.extend(page.messages)
+            if not page.has_more or not page.messages:
+                return messages
+            since = str(page.messages[-1].get("created_at") or "") or None
+
+    async def _poll(self, hold: Hold, turn: Turn) -> Outcome:
+        conv = hold.conv
+        record = hold.record
+        session = record.session if record else None
         if session is None or session.session_id != turn.session_id:
-            await self.s.ledger.update(conv, turn, state=TurnState.RECEIVED)
-            return _CONTINUE
-        ocs = self.s.ocs_for(conv.channel)
+            turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
+            await self._write(hold, ops, turn=turn)
+            return CONTINUE
+        ocs = self.services.ocs_for(conv.channel)
+        hold.lease.check()
         result = await ocs.poll_task(session, turn.task_id)
-        now = time.time()
+        now = self.clock.now()
+        elapsed = max(now - turn.sent_at, 0.0)
         if result.status == "complete" and result.message is not None:
-            await mark_delivered(self.s.redis, self.s.keys.fingerprints(conv), result.message)
+            self._learn(ocs.name, turn.last_poll_s, elapsed)
             reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
-            await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply)
-            return _CONTINUE
+            fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
+            await self._replied(hold, turn, reply, extra=fingerprints)
+            return CONTINUE
         if result.status == "error":
             # OCS's error text is written for the end user (§4.3): it is the answer.
             reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
-            await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply, last_error=result.error or "")
-            return _CONTINUE
-        if now - turn.sent_at > ocs.bot.task_timeout_s:
-            return await self._too_slow(conv, turn)
-        turn = await self._show_working(conv, turn)
-        wait = min(self.tuning.poll_first_s * self.tuning.poll_growth ** (turn.polls + 1), self.tuning.poll_max_s)
-        refresh = self.s.adapters[conv.channel].working_refresh_s
+            await self._replied(hold, turn, reply, last_error=result.error or "")
+            return CONTINUE
+        if elapsed > ocs.bot.task_timeout_s:
+            return await self._too_slow(hold, turn)
+        turn = await self._show_working(hold, turn)
+        wait = self._schedule(conv).next_delay(elapsed, turn.polls + 1)
+        refresh = self.services.adapters[conv.channel].working_refresh_s
         if refresh:
-            wait = min(wait, refresh)  # wake in time to keep the typing indicator alive
-        await self.s.ledger.update(conv, turn, polls=turn.polls + 1, next_at=now + wait)
-        return _Outcome("wait", now + wait)
+            wait = min(wait, max(refresh - (now - turn.working_at), 0.05))  # keep the indicator alive
+        # Nothing is written for a poll that saw no answer: after a crash the next owner simply
+        # polls again. Only this process's memory moves on.
+        hold.turn = replace(turn, polls=turn.polls + 1, last_poll_s=elapsed, next_at=now + wait)
+        return Outcome("wait", now + wait)
 
-    async def _too_slow(self, conv: ConversationKey, turn: Turn) -> _Outcome:
+    async def _too_slow(self, hold: Hold, turn: Turn) -> Outcome:
         """Our own timeout (an unknown task polls as processing forever, §0.9): tell the user,
         and let the session poll deliver the answer when it lands."""
-        channel = self.s.config.channels[conv.channel]
+        channel = self.services.config.channels[hold.conv.channel]
         reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
-        await self.s.ledger.update(conv, turn, state=TurnState.REPLIED, reply=reply, last_error="task timeout")
-        await self.s.redis.zadd(self.s.keys.botpoll, {str(conv): time.time() + self.tuning.botpoll_interval_s})
-        return _CONTINUE
+        poll_at = self.clock.now() + self.tuning.botpoll_interval_s
+        await self._replied(
+            hold, turn, reply, last_error="task timeout",
+            extra=[Op("ZADD", self.services.keys.botpoll, (poll_at, str(hold.conv)))],
+        )
+        return CONTINUE
 
-    async def _deliver(self, conv: ConversationKey, turn: Turn, last_route: Mapping[str, str], lease: Lease) -> _Outcome:
-        adapter = self.s.adapters[conv.channel]
+    async def _replied(self, hold: Hold, turn: Turn, reply: Reply, *, extra: list[Op] | None = None, last_error: str = "") -> None:
+        """Record the answer and its rendering in one write: from here on OCS is never asked again."""
+        parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
+        changes: dict[str, Any] = {
+            "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
+            "attempts": 0, "failing_since": 0.0, "next_at": 0.0,
+        }
+        if last_error:
+            changes["last_error"] = last_error
+        turn, ops = self.services.ledger.update(hold.conv, turn, **changes)
+        await self._write(hold, [*ops, *(extra or [])], turn=turn)
+
+    async def _deliver(self, hold: Hold, turn: Turn) -> Outcome:
+        conv = hold.conv
+        adapter = self.services.adapters[conv.channel]
+        last_route = hold.record.route if hold.record else {}
         route = dict(turn.inbound.route or last_route)
+        ledger = self.services.ledger
         for index in range(turn.delivered, len(turn.parts)):
-            await lease.renew()
+            if turn.sending_part != index:
+                # Written before the call: after a crash, at most this one part can repeat.
+                turn, ops = ledger.update(conv, turn, sending_part=index)
+                await self._write(hold, ops, turn=turn)
+            hold.lease.check()
             platform_id = await adapter.send({**route, "delivery_id": f"{turn.id}.{index}"}, turn.parts[index])
-            turn = await self.s.ledger.update(
-                conv, turn, delivered=index + 1, platform_ids=(*turn.platform_ids, platform_id), attempts=0
+            following = index + 1 if index + 1 < len(turn.parts) else -1
+            turn, ops = ledger.update(
+                conv, turn, delivered=index + 1, sending_part=following,
+                platform_ids=(*turn.platform_ids, platform_id), failing_since=0.0, attempts=0,
             )
+            await self._write(hold, ops, turn=turn)
         if turn.working_at:
             try:
                 await adapter.clear_working(route)
             except Exception:  # noqa: BLE001 - a leftover indicator must not fail a delivered turn
                 log.warning("clear_working failed conv=%s", conv, exc_info=True)
-        await self.s.ledger.update(conv, turn, state=TurnState.DONE)
-        return _CONTINUE
-
-    async def _finish(self, conv: ConversationKey, turn: Turn, session: OCSSession | None) -> None:
-        await self.s.ledger.finish(conv, turn)
-        if session is not None:
-            # Bot-initiated messages may follow; look for them no sooner than the interval.
-            await self.s.redis.zadd(self.s.keys.botpoll, {str(conv): time.time() + self.tuning.botpoll_interval_s}, nx=True)
+        await self._finish(hold, turn)
         log.info("turn done conv=%s turn=%s parts=%d", conv, turn.id, len(turn.parts))
+        return CONTINUE
+
+    async def _finish(self, hold: Hold, turn: Turn) -> None:
+        """Drop the turn and its inbox item; learn the next head in the same round trip."""
+        conv = hold.conv
+        ops = self.services.ledger.finish(conv, turn)
+        record = hold.record
+        if record is not None and record.session is not None and not record.gone:
+            # Bot-initiated messages may follow; look for them no sooner than the interval.
+            poll_at = self.clock.now() + self.tuning.botpoll_interval_s
+            ops.append(Op("ZADD", self.services.keys.botpoll, ("NX", poll_at, str(conv))))
+        ops.append(Op("LINDEX", self.services.keys.inbox(conv), (0,)))
+        result = await self._write(hold, ops)
+        head = result[-1]
+        hold.turn = None
+        hold.head = head.decode() if isinstance(head, bytes) else (head or None)
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _pause(self, hold: Hold, seconds: float) -> Outcome:
+        """Wait without counting an attempt (rate limits, budget, pacing)."""
+        delay = max(seconds, 0.05) * random.uniform(1.0, 1.2)
+        if hold.turn is not None:
+            hold.turn = replace(hold.turn, next_at=self.clock.now() + delay)
+        return Outcome("wait", self.clock.now() + delay)
+
+    def _backoff(self, attempts: int) -> float:
+        base = min(self.tuning.backoff_base_s * 2 ** max(attempts - 1, 0), self.tuning.backoff_max_s)
+        return base * random.uniform(0.5, 1.0)  # jitter: retries of many turns never march in step
+
+    async def _retry(self, hold: Hold, exc: Exception) -> Outcome:
+        turn = hold.turn
+        assert turn is not None
+        attempts = turn.attempts + 1
+        if attempts >= self.tuning.max_attempts:
+            return await self._fail(hold, turn, f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}")
+        asked = getattr(exc, "retry_after_s", None)
+        delay = max(float(asked or 0.0), self._backoff(attempts))
+        next_at = self.clock.now() + delay
+        log.warning("retry conv=%s turn=%s in %.1fs: %s: %s", hold.conv, turn.id, delay, type(exc).__name__, exc)
+        turn, ops = self.services.ledger.update(
+            hold.conv, turn, attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:500], next_at=next_at
+        )
+        await self._write(hold, ops, turn=turn)
+        return Outcome("wait", next_at)
+
+    async def _retry_delivery(self, hold: Hold, exc: RetryLater) -> Outcome:
+        """The platform or callback is down or throttling: back off exponentially (honouring
+        its retry-after) within the channel's time budget, never by a count of attempts."""
+        turn = hold.turn
+        assert turn is not None
+        if turn.state is not TurnState.DELIVERING:
+            return await self._retry(hold, exc)
+        now = self.clock.now()
+        since = turn.failing_since or now
+        budget = self.services.config.channels[hold.conv.channel].delivery_retry_budget_s
+        if now - since > budget:
+            return await self._fail(hold, turn, f"delivery failing for {now - since:.0f} s: {exc}")
+        attempts = turn.attempts + 1
+        delay = max(exc.retry_after_s, self._backoff(attempts))
+        next_at = now + delay
+        log.warning("delivery retry conv=%s turn=%s in %.1fs: %s", hold.conv, turn.id, delay, exc)
+        turn, ops = self.services.ledger.update(
+            hold.conv, turn, attempts=attempts, failing_since=since, last_error=str(exc)[:500], next_at=next_at
+        )
+        await self._write(hold, ops, turn=turn)
+        return Outcome("wait", next_at)
+
+    async def _session_gone(self, hold: Hold, exc: SessionExpired) -> Outcome:
+        """The session died while we waited (token expired, OCS forgot it): forget it and go
+        again in a new one (the message is resent there: it never got an answer)."""
+        turn = hold.turn
+        assert turn is not None
+        log.info("session gone mid-turn conv=%s turn=%s: %s", hold.conv, turn.id, exc.code)
+        attempts = turn.attempts + 1
+        if attempts >= self.tuning.max_attempts:
+            return await self._fail(hold, turn, f"session kept failing: {exc.code}")
+        turn, ops = self.services.ledger.update(hold.conv, turn, state=TurnState.RECEIVED, last_error=str(exc), attempts=attempts)
+        await self._write(hold, [*ops, *self.services.conversations.forget_session_ops(hold.conv)], turn=turn)
+        if hold.record is not None:
+            hold.record = replace(hold.record, session=None, cursor=None, user_messages=None)
+        return CONTINUE
+
+    async def _fail(self, hold: Hold, turn: Turn, error: str) -> Outcome:
+        """Park the turn in the dead-letter store; tell the user once, if we still can."""
+        log.error("dead-lettered conv=%s turn=%s: %s", hold.conv, turn.id, error)
+        if turn.dead_letter:
+            await self._finish(hold, turn)  # the notice itself failed: nothing more to do
+            return CONTINUE
+        stage = "delivery" if turn.state in (TurnState.REPLIED, TurnState.DELIVERING) else "ocs"
+        letter = await self._park(hold, turn, error, stage=stage)
+        if stage == "delivery" or turn.inbound.kind is InboundKind.PUSH:
+            await self._finish(hold, turn)
+            return CONTINUE
+        notice = Reply(self.services.config.channels[hold.conv.channel].failure_notice, ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+        turn, ops = self.services.ledger.update(hold.conv, turn, dead_letter=letter, last_error=error[:500])
+        hold.turn = turn
+        await self._replied(hold, turn, notice, extra=ops)
+        return CONTINUE
+
+    async def _park(self, hold: Hold, turn: Turn, error: str, *, stage: str) -> str:
+        hold.lease.check()
+        letter = await self.services.dead_letters.park(
+            hold.conv, turn.inbound_raw, error=error, ocs=turn.ocs_ids(), stage=stage,
+            ledger={"turn": turn.id, "state": str(turn.state), "attempts": turn.attempts, "delivered": turn.delivered},
+            reply=turn.reply if stage == "delivery" else None,
+            parts=turn.parts[turn.delivered:] if stage == "delivery" else (),
+        )
+        return letter.id
+
+    async def _drop_unreadable(self, hold: Hold, error: str) -> None:
+        """The head item or its ledger cannot even be read: park it raw and move on."""
+        keys = self.services.keys
+        raw = hold.head or ""
+        hold.lease.check()
+        await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage="unreadable")
+        ops = [Op("DEL", keys.turn(hold.conv))]
+        if raw:
+            ops.append(Op("LREM", keys.inbox(hold.conv), (1, raw)))
+        await self._write(hold, ops)
+        hold.turn, hold.stale = None, True
+        log.error("parked an unreadable inbox item conv=%s", hold.conv)
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _show_working(self, conv: ConversationKey, turn: Turn) -> Turn:
-        adapter = self.s.adapters[conv.channel]
+    def _wait_in_memory(self, hold: Hold, turn: Turn, seconds: float) -> Outcome:
+        at = self.clock.now() + seconds
+        hold.turn = replace(turn, next_at=at)
+        return Outcome("wait", at)
+
+    async def _show_working(self, hold: Hold, turn: Turn) -> Turn:
+        adapter = self.services.adapters[hold.conv.channel]
         refresh = adapter.working_refresh_s
-        now = time.time()
-        if turn.working_at and (refresh is None or now - turn.working_at < refresh):
+        now = self.clock.now()
+        if turn.working_at and (refresh is None or now - turn.working_at < refresh - 0.05):
             return turn
         try:
             await adapter.show_working(turn.inbound.route)
         except Exception:  # noqa: BLE001 - best effort: a typing indicator never fails a turn
-            log.debug("show_working failed conv=%s", conv, exc_info=True)
-        return await self.s.ledger.update(conv, turn, working_at=now)
+            log.debug("show_working failed conv=%s", hold.conv, exc_info=True)
+        if not turn.working_at:
+            turn, ops = self.services.ledger.update(hold.conv, turn, working_at=now)
+            await self._write(hold, ops, turn=turn)  # so a resumed turn still clears it
+            return turn
+        turn = replace(turn, working_at=now)
+        hold.turn = turn
+        return turn
 
-    async def _retry(self, conv: ConversationKey, turn: Turn, exc: Exception) -> _Outcome:
-        attempts = turn.attempts + 1
-        if attempts >= self.tuning.max_attempts:
-            return await self._fail(conv, turn, f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}")
-        asked = getattr(exc, "retry_after_s", None)
-        backoff = min(self.tuning.backoff_base_s * 2 ** (attempts - 1), self.tuning.backoff_max_s)
-        delay = float(asked) if asked is not None else backoff
-        next_at = time.time() + delay
-        log.warning("retry conv=%s turn=%s in %.1fs: %s", conv, turn.id, delay, type(exc).__name__)
-        await self.s.ledger.update(conv, turn, attempts=attempts, last_error=f"{type(exc).__name__}: {exc}", next_at=next_at)
-        return _Outcome("wait", next_at)
+    def _schedule(self, conv: ConversationKey) -> PollSchedule:
+        bot = self.services.config.channels[conv.channel].bot
+        cached = self._schedules.get(bot)
+        if cached is None:
+            cached = (PollSchedule(CompletionHistogram.empty(), max_gap_s=self.tuning.poll_max_s), float("-inf"))
+            self._schedules[bot] = cached
+        if time.monotonic() - cached[1] > _SCHEDULE_REFRESH_S and bot not in self._refreshing:
+            self._refreshing.add(bot)
+            self._spawn(self._load_schedule(bot))
+        return cached[0]
 
-    async def _fail(self, conv: ConversationKey, turn: Turn, error: str) -> _Outcome:
-        """Park the turn in the dead-letter store; tell the user once, if we still can."""
-        log.error("dead-lettered conv=%s turn=%s: %s", conv, turn.id, error)
-        if turn.dead_letter:
-            await self.s.ledger.finish(conv, turn)  # the notice itself failed: nothing more to do
-            return _CONTINUE
-        letter = await self._park(conv, turn, error)
-        user_facing = turn.inbound.kind is not InboundKind.PUSH and turn.state in (
-            TurnState.RECEIVED, TurnState.SENDING, TurnState.SENT,
-        )
-        if not user_facing:
-            await self.s.ledger.finish(conv, turn)
-            return _CONTINUE
-        notice = Reply(self.s.config.channels[conv.channel].failure_notice, ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
-        await self.s.ledger.update(
-            conv, turn, state=TurnState.REPLIED, reply=notice, dead_letter=letter, attempts=0, next_at=0.0, last_error=error
-        )
-        return _CONTINUE
+    async def _load_schedule(self, bot: str) -> None:
+        try:
+            histogram = await self.histograms.load(bot)
+            self._schedules[bot] = (PollSchedule(histogram, max_gap_s=self.tuning.poll_max_s), time.monotonic())
+        except Exception:  # noqa: BLE001 - the schedule we have keeps serving
+            log.warning("could not load completion times of bot %s", bot, exc_info=True)
+        finally:
+            self._refreshing.discard(bot)
 
-    async def _park(self, conv: ConversationKey, turn: Turn, error: str) -> str:
-        letter = await self.s.dead_letters.park(
-            conv, turn.inbound_raw, error=error, ocs=turn.ocs_ids(),
-            ledger={"turn": turn.id, "state": str(turn.state), "attempts": turn.attempts, "delivered": turn.delivered},
-        )
-        return letter.id
+    def _learn(self, bot: str, low_s: float, high_s: float) -> None:
+        # Off the reply's path: the user's answer never waits for the statistics.
+        self._spawn(self.histograms.record(bot, low_s, high_s))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
-def _iso(ts: float) -> str:
-    return (datetime.fromtimestamp(ts, tz=timezone.utc) - timedelta(0)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -11,7 +11,8 @@ the first delivery may have been refused with a 503.
 
 from __future__ import annotations
 
-import json
+import hashlib
+import hmac
 import logging
 import re
 import time
@@ -19,12 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from slack_sdk.signature import Clock, SignatureVerifier
-
 from adapters.base import InboundRequest
 from adapters.slack.format import slack_to_text
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Identity, Workspaces
+from gateway import safe_json
 from gateway.config import SlackChannelConfig
 from gateway.errors import PayloadInvalid, SignatureInvalid
 from gateway.models import Attachment, ConversationKey, Inbound, InboundKind, ParsedRequest
@@ -43,16 +43,7 @@ RevocationHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
 # channel_join, ...) is ignored (§2.5). bot_message is added when other bots are welcome.
 _USER_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
 _LEADING_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>")
-
-
-class _FrozenClock(Clock):
-    """Slack's verifier reads the clock itself; we give it the time the request arrived."""
-
-    def __init__(self, now: float) -> None:
-        self._now = now
-
-    def now(self) -> float:
-        return self._now
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def verify_signature(signing_secret: str, request: InboundRequest) -> None:
@@ -65,21 +56,30 @@ def verify_signature(signing_secret: str, request: InboundRequest) -> None:
     signature = request.headers.get("x-slack-signature", "")
     if not timestamp or not signature:
         raise SignatureInvalid("missing X-Slack-Signature or X-Slack-Request-Timestamp")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise SignatureInvalid("X-Slack-Request-Timestamp is not a number") from None
+    # ASCII digits of a sane length only: int() also takes "١٢" and 4,000 digits, and a huge
+    # int minus a float time raises OverflowError.
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureInvalid("X-Slack-Request-Timestamp is not a number")
     now = request.received_at or time.time()
-    if abs(now - sent_at) > SIGNATURE_WINDOW_S:
+    if abs(now - int(timestamp)) > SIGNATURE_WINDOW_S:
         raise SignatureInvalid("X-Slack-Request-Timestamp is more than 5 minutes away (replay?)")
-    verifier = SignatureVerifier(signing_secret, clock=_FrozenClock(now))
-    if not verifier.is_valid(body=request.body, timestamp=timestamp, signature=signature):
+    # The HMAC runs over the raw bytes: slack_sdk's SignatureVerifier decodes the body as UTF-8
+    # first, so a non-UTF-8 body crashed it before the signature was known to be wrong (issue 8).
+    base = b"v0:" + timestamp.encode() + b":" + request.body
+    expected = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise SignatureInvalid("X-Slack-Signature does not match the body")
 
 
 def conversation_for(*, team: str, channel: str, is_dm: bool, root_ts: str, per_channel: bool) -> str:
     """The conversation id: one per DM (a DM channel is one user with the bot), one per thread in
-    channels (its root ``ts``), or one per channel with ``channel_conversation: per_channel``."""
+    channels (its root ``ts``), or one per channel with ``channel_conversation: per_channel``.
+
+    Raises:
+        PayloadInvalid: a part holds a newline, which a ``ConversationKey`` may not.
+    """
+    if "\n" in team + channel + root_ts:
+        raise PayloadInvalid("team, channel and ts cannot contain a newline")
     if is_dm:
         return f"T:{team}:D:{channel}"
     if per_channel:
@@ -111,10 +111,7 @@ class EventParser:
         content_type = request.headers.get("content-type", "")
         if "x-www-form-urlencoded" in content_type or (request.body[:1] not in (b"{", b"[") and b"=" in request.body):
             return self._form(request)
-        try:
-            envelope = json.loads(request.body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise PayloadInvalid("the body is not JSON") from None
+        envelope = safe_json.loads(request.body)
         if not isinstance(envelope, dict):
             raise PayloadInvalid("the body is not a JSON object")
         kind = envelope.get("type")
@@ -153,9 +150,11 @@ class EventParser:
     async def _message(
         self, event_id: str, event: Mapping[str, Any], team: str, enterprise: str, request: InboundRequest
     ) -> Inbound | None:
-        subtype = str(event.get("subtype") or "")
+        subtype = _text(event, "subtype", where="event.")
         if event.get("hidden") or subtype not in self._subtypes:
             return None
+        for name in ("text", "thread_ts", "channel_type", "user", "bot_id"):
+            _text(event, name, where="event.")  # wrong types are refused here, not half-used below
         channel, ts = event.get("channel"), event.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             raise PayloadInvalid("message event without channel or ts")
@@ -264,14 +263,31 @@ def _installation_team(envelope: Mapping[str, Any]) -> tuple[str, str]:
     # envelope's team in shared channels; Bolt prefers it for the same reason (§2.3, §2.7).
     auths = envelope.get("authorizations")
     first = auths[0] if isinstance(auths, list) and auths and isinstance(auths[0], dict) else {}
-    team = first.get("team_id") or envelope.get("team_id") or ""
-    enterprise = first.get("enterprise_id") or envelope.get("enterprise_id") or ""
-    return str(team), str(enterprise)
+    team = _text(first, "team_id", where="authorizations.0.") or _text(envelope, "team_id")
+    enterprise = _text(first, "enterprise_id", where="authorizations.0.") or _text(envelope, "enterprise_id")
+    return team, enterprise
+
+
+def _text(data: Mapping[str, Any], name: str, *, where: str = "") -> str:
+    """``data[name]`` as text: "" when absent or null.
+
+    Raises:
+        PayloadInvalid: the field is there but not a string.
+    """
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PayloadInvalid(f"{where}{name}: expected a string, got {type(value).__name__}")
+    return value
 
 
 def _attachments(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    files = event.get("files") or []
+    if not isinstance(files, list):
+        raise PayloadInvalid(f"event.files: expected a list, got {type(files).__name__}")
     found = []
-    for item in event.get("files") or ():
+    for item in files:
         url = item.get("url_private_download") if isinstance(item, dict) else None
         if not url or item.get("mode") in ("tombstone", "hidden_by_limit") or item.get("is_external"):
             continue  # deleted, over the free-plan limit, or a link to Drive/Dropbox

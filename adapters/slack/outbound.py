@@ -2,8 +2,9 @@
 show a reaction while OCS works.
 
 Pacing: ``chat.postMessage`` allows about one message per second per channel (§2.6); every worker
-books its slot through ``gateway.pacing.reserve_slot`` on a per-channel key. A short wait is slept
-through; a long one becomes ``RetryLater`` so no worker is held for seconds. A 429 becomes
+takes its slot through ``gateway.pacing.take_slot`` on a per-channel key. A short wait is booked
+and slept through; a long one books nothing and becomes ``PacingWait`` (not counted as a failed
+attempt) so no worker is held for seconds and no other thread's slot is pushed out. A 429 becomes
 ``RetryLater(Retry-After)``: the worker retries this part before the next, which pauses the
 conversation and keeps its order.
 """
@@ -21,10 +22,10 @@ from adapters.slack.files import MAX_UPLOAD_BYTES, upload_file
 from adapters.slack.format import escape, markdown_to_mrkdwn, mrkdwn_to_plain, split_message
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
-from gateway.errors import DeliveryError, RetryLater
+from gateway.errors import DeliveryError, PacingWait
 from gateway.keys import Keys
 from gateway.models import Outgoing, Reply, ReplyAttachment, Route
-from gateway.pacing import reserve_slot
+from gateway.pacing import take_slot
 
 __all__ = ["PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
 
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Slack's documented rate for chat.postMessage in one channel (§2.6).
 PACE_INTERVAL_S = 1.0
-#: Waits up to this long are slept through; longer ones are handed back to the worker.
+#: Waits up to this long are booked and slept through; longer ones book nothing and are handed
+#: back to the worker.
 MAX_INLINE_WAIT_S = 1.5
 #: The reaction put on the user's message while OCS works, removed when the answer is out.
 WORKING_REACTION = "hourglass_flowing_sand"
@@ -73,7 +75,8 @@ class SlackSender:
         """Post one part; returns its ``ts`` (a message) or file id (an upload).
 
         Raises:
-            RetryLater: paced out, rate limited (429 ``Retry-After``) or Slack failing.
+            PacingWait: paced out (a ``RetryLater`` that is no failure; nothing was booked).
+            RetryLater: rate limited (429 ``Retry-After``) or Slack failing.
             RecipientGone: channel gone/archived, bot removed, app uninstalled or token revoked.
             DeliveryRejected: Slack refuses this message for good (``msg_too_long``...).
         """
@@ -113,11 +116,11 @@ class SlackSender:
 
     async def _pace(self, team: str, channel: str) -> None:
         key = self._keys.custom("slack", "pace", self._name, team, channel)
-        wait_s = await reserve_slot(self._redis, key, PACE_INTERVAL_S)
-        if wait_s > MAX_INLINE_WAIT_S:
-            raise RetryLater(wait_s, "pacing: about one message per second per channel")
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        slot = await take_slot(self._redis, key, PACE_INTERVAL_S, max_wait_s=MAX_INLINE_WAIT_S)
+        if not slot.granted:
+            raise PacingWait(slot.wait_s, "pacing: about one message per second per channel")
+        if slot.wait_s > 0:
+            await asyncio.sleep(slot.wait_s)
 
     # -- working state ----------------------------------------------------------------------------
 

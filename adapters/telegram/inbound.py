@@ -13,16 +13,18 @@ answered 200 by the edge: a non-2xx makes Telegram retry and stalls the chat's q
 
 from __future__ import annotations
 
+import functools
 import hmac
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, ParamSpec, TypeVar
 
 from telegram import Chat, Message, Update, User
 
 from adapters.telegram.addressing import BotIdentity, addressed, parse_command, strip_leading_mention
 from adapters.telegram.content import message_content
+from gateway import safe_json
 from gateway.config import TelegramChannelConfig
 from gateway.errors import PayloadInvalid, SignatureInvalid
 from gateway.models import ConversationKey, Inbound, InboundKind
@@ -49,6 +51,44 @@ _HUMAN_PROXY_BOTS = frozenset({1087968824, 136817688})
 _GROUP_TYPES = frozenset({Chat.GROUP, Chat.SUPERGROUP})
 _CHAT_TYPES = frozenset({Chat.PRIVATE, *_GROUP_TYPES})
 
+# What PTB's constructors and our reading of its objects raise on a body of the wrong shape (a
+# string where an object belongs, a date past year 9999...). Only these are turned into 400s.
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError, IndexError)
+
+# The fields the gateway reads, with their Bot API types, checked on the raw JSON before PTB
+# sees it, so that a wrong type is refused by name. A nested table is an object with those
+# fields, ``[table]`` an array of such objects, ``float`` any number. Absent and null fields are
+# PTB's business.
+_Fields = Mapping[str, Any]
+_USER: _Fields = {"id": int, "is_bot": bool, "first_name": str, "last_name": str, "username": str}
+_CHAT: _Fields = {"id": int, "type": str, "title": str, "username": str, "is_forum": bool}
+_ENTITY: _Fields = {"type": str, "offset": int, "length": int, "user": _USER}
+_FILE: _Fields = {"file_id": str, "file_unique_id": str, "file_size": int, "file_name": str, "mime_type": str}
+_POINT: _Fields = {"latitude": float, "longitude": float}
+_MESSAGE: _Fields = {
+    "message_id": int, "date": int, "chat": _CHAT, "from": _USER, "sender_chat": _CHAT,
+    "text": str, "caption": str, "entities": [_ENTITY], "caption_entities": [_ENTITY],
+    "message_thread_id": int, "is_topic_message": bool, "is_automatic_forward": bool,
+    "author_signature": str, "migrate_to_chat_id": int, "migrate_from_chat_id": int,
+    "photo": [_FILE], "document": _FILE, "voice": _FILE, "audio": _FILE, "video": _FILE, "video_note": _FILE,
+    "location": _POINT, "venue": {"location": _POINT, "title": str, "address": str},
+}  # fmt: skip
+_UPDATE_FIELDS: Mapping[str, _Fields] = {
+    "message": _MESSAGE,
+    "edited_message": _MESSAGE,
+    "channel_post": _MESSAGE,
+    "edited_channel_post": _MESSAGE,
+    "callback_query": {"id": str, "from": _USER, "data": str, "message": _MESSAGE},
+    "my_chat_member": {"chat": _CHAT, "from": _USER, "date": int, "new_chat_member": {"status": str, "user": _USER}},
+}
+
+_JSON_NAMES: Mapping[type, str] = {
+    dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null",
+}  # fmt: skip
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 @dataclass(frozen=True, slots=True)
 class MembershipChange:
@@ -71,23 +111,104 @@ def read_update(body: bytes) -> Update | None:
     """Parse a webhook body; None for an update PTB cannot model (answered 200, then dropped).
 
     Raises:
-        PayloadInvalid: the body is not a JSON object with an integer ``update_id``.
+        PayloadInvalid: the body is not strict JSON (``gateway.safe_json``), not an object with an
+            integer ``update_id``, or a field has the wrong type or an impossible value.
     """
-    try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadInvalid(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+    data = safe_json.loads(body)
+    if not isinstance(data, dict) or not _is_int(data.get("update_id")):
         raise PayloadInvalid("not a Telegram Update: needs an object with an integer update_id")
+    for name, value in data.items():
+        # Every field of an Update but update_id is an object (Bot API "Update").
+        if name != "update_id" and value is not None and not isinstance(value, dict):
+            raise PayloadInvalid(f"{name}: expected an object, got {_type_name(value)}")
+        if name in _UPDATE_FIELDS and value is not None:
+            _check_fields(value, _UPDATE_FIELDS[name], name)
     try:
         return Update.de_json(data, None)
-    except (TypeError, KeyError, ValueError, AttributeError):
-        # Legacy shapes (a "from" without is_bot, SOURCES.md) fail PTB's constructors. Telegram
-        # must still get a 2xx, or it redelivers and holds the chat's queue (PROTOCOLS §1.3).
-        log.warning("telegram update %s has a shape PTB cannot read; ignored", data["update_id"])
-        return None
+    except _SHAPE_ERRORS as exc:
+        if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
+            # Legacy shapes (a "from" without is_bot, SOURCES.md) lack a field PTB requires.
+            # Telegram must still get a 2xx, or it redelivers and holds the chat's queue
+            # (PROTOCOLS §1.3); wrong types and impossible values are refused below instead.
+            log.warning("telegram update %s has a shape PTB cannot read; ignored", data["update_id"])
+            return None
+        raise PayloadInvalid(f"{_failing_field(data)}: {type(exc).__name__}: {str(exc)[:160]}") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    if expected is int:
+        return _is_int(value)
+    if expected is float:  # a JSON number: integer or not
+        return _is_int(value) or isinstance(value, float)
+    return isinstance(value, expected)
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _check_fields(data: Mapping[str, Any], fields: _Fields, where: str) -> None:
+    """Raise PayloadInvalid naming the first field of ``data`` whose JSON type is not the Bot API's."""
+    for name, expected in fields.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        path = f"{where}.{name}"
+        if isinstance(expected, Mapping):
+            if not isinstance(value, dict):
+                raise PayloadInvalid(f"{path}: expected an object, got {_type_name(value)}")
+            _check_fields(value, expected, path)
+        elif isinstance(expected, list):
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                raise PayloadInvalid(f"{path}: expected an array of objects")
+            for index, item in enumerate(value):
+                _check_fields(item, expected[0], f"{path}.{index}")
+        elif not _is_a(value, expected):
+            raise PayloadInvalid(f"{path}: expected {_JSON_NAMES[expected]}, got {_type_name(value)}")
+
+
+def _failing_field(data: Mapping[str, Any]) -> str:
+    """The Update field PTB cannot read, found by reading each one alone."""
+    for name, value in data.items():
+        if name == "update_id":
+            continue
+        try:
+            Update.de_json({"update_id": data["update_id"], name: value}, None)
+        except _SHAPE_ERRORS:
+            return name
+    return "update"
+
+
+def _refusing_bad_shapes(read: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Our reading of PTB objects meets values PTB never type-checked (``text: 5``, an empty
+    ``my_chat_member``): those errors mean a malformed update, a 400 naming the update field,
+    never a 500. The traceback is logged so that a real bug here still shows."""
+
+    @functools.wraps(read)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return read(*args, **kwargs)
+        except _SHAPE_ERRORS as exc:
+            update = args[0] if args else kwargs.get("update")
+            field = _update_field(update) if isinstance(update, Update) else "update"
+            log.warning("telegram update of a shape %s cannot read", read.__name__, exc_info=True)
+            raise PayloadInvalid(f"{field}: malformed ({type(exc).__name__})") from None
+
+    return checked
+
+
+def _update_field(update: Update) -> str:
+    for name in ("message", "callback_query", "my_chat_member", "edited_message", "channel_post"):
+        if getattr(update, name, None) is not None:
+            return name
+    return "update"
+
+
+@_refusing_bad_shapes
 def needs_identity(update: Update) -> bool:
     """Whether deciding on this update needs the bot's own id and username (groups, commands)."""
     message = update.message  # a button press is always for us: no identity needed
@@ -108,6 +229,7 @@ def conversation_id(
     return ":".join(parts)
 
 
+@_refusing_bad_shapes
 def membership_change(update: Update, channel: str) -> MembershipChange | None:
     """The bot's own membership change: blocked/kicked/left → gone, let back in → not gone.
 
@@ -117,6 +239,8 @@ def membership_change(update: Update, channel: str) -> MembershipChange | None:
     member = update.my_chat_member
     if member is None:
         return None
+    if member.chat is None or member.new_chat_member is None:
+        raise PayloadInvalid("my_chat_member: needs chat and new_chat_member")
     status = member.new_chat_member.status
     key = ConversationKey(channel, conversation_id(member.chat.id))
     if status in ("kicked", "left"):
@@ -126,6 +250,7 @@ def membership_change(update: Update, channel: str) -> MembershipChange | None:
     return None
 
 
+@_refusing_bad_shapes
 def to_inbound(
     update: Update,
     *,

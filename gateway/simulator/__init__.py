@@ -1,8 +1,11 @@
 """A faithful fake of the Open Chat Studio Chat API (see /work/shared/ocs/CONTRACT.md §8)."""
 
 from gateway.simulator.app import create_simulator_app
+from gateway.simulator.edge import SimulatedConnectionDrop
+from gateway.simulator.latency import LatencyModel
 from gateway.simulator.state import (
     DEMO_CHATBOT_ID,
+    ROUTE_NAMES,
     SimChatbot,
     SimFile,
     SimMessage,
@@ -15,12 +18,15 @@ from gateway.simulator.state import (
 
 __all__ = [
     "DEMO_CHATBOT_ID",
+    "LatencyModel",
+    "ROUTE_NAMES",
     "SimChatbot",
     "SimFile",
     "SimMessage",
     "SimOAuthApp",
     "SimSession",
     "SimTask",
+    "SimulatedConnectionDrop",
     "SimulatorKnobs",
     "SimulatorState",
     "create_simulator_app",

@@ -22,7 +22,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
+from gateway.simulator.control import control_routes
+from gateway.simulator.edge import mark_for_drop, through_edge
 from gateway.simulator.state import (
     ALL_SCOPES, RateInfo, SimChatbot, SimSession, SimulatorState, format_timestamp,
 )
@@ -138,13 +141,17 @@ class _Routes:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
 
-    def wrap(self, name: str, handler: Handler, waf: bool = True) -> Handler:
-        """Count the call, apply the edge WAF rule and forced failures, add rate headers."""
+    def wrap(self, name: str, handler: Handler, api: bool = True) -> Handler:
+        """Count the call, apply the edge WAF rules and forced failures, add rate headers, and
+        cut the connection after an accepted call when a drop is pending."""
 
         async def endpoint(request: Request) -> Response:
-            self.state.request_counts[name] += 1
-            if waf and self.state.knobs.require_user_agent and not request.headers.get("user-agent"):
-                return Response(WAF_BLOCK, status_code=403, media_type="text/html")  # §1 WAF
+            self.state.count_request(name)
+            client_ip = request.client.host if request.client else "unknown"
+            if not self.state.waf_admits(client_ip):  # §3.2 per-IP rate rule, all routes
+                return Response(WAF_BLOCK, status_code=403, media_type="text/html")
+            if api and self.state.knobs.require_user_agent and not request.headers.get("user-agent"):
+                return Response(WAF_BLOCK, status_code=403, media_type="text/html")  # §1 WAF, /api/ only
             forced = self.state.take_forced_failure(name)
             if forced is not None:
                 if forced.status == 429:
@@ -158,6 +165,8 @@ class _Routes:
             rate: RateInfo | None = getattr(request.state, "rate", None)
             if rate is not None:  # §3.1: headers on every response once the throttle ran
                 response.headers.update(_rate_headers(rate))
+            if 200 <= response.status_code < 300 and self.state.take_drop(name):
+                mark_for_drop(request.scope)  # the state change above stands; the answer is lost
             return response
 
         return endpoint
@@ -519,18 +528,35 @@ class _Routes:
                   self.wrap("end", self.end_session), methods=["POST"]),
             Route(f"{prefix}/sessions/{{session_id}}/", self.wrap("session_get", self.get_session),
                   methods=["GET"]),
-            Route(f"{prefix}/files/{{file_id:int}}/content", self.wrap("file", self.file_content),
+            Route(f"{prefix}/files/{{file_id:int}}/content", self.wrap("files", self.file_content),
                   methods=["GET"]),
         ]
 
 
-def create_simulator_app(state: SimulatorState) -> Starlette:
-    """A Starlette app serving ``state``; ``app.state.sim`` is the state."""
+class _SimulatorApp(Starlette):
+    """Starlette behind the simulated network (``edge.through_edge``): it must be the outermost
+    layer to be handed the server's own ``send``."""
+
+    def __init__(self, state: SimulatorState, routes: list[Route]) -> None:
+        super().__init__(routes=routes)
+        self.sim = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await through_edge(super().__call__, self.sim.knobs.rtt_s, scope, receive, send)
+
+
+def create_simulator_app(state: SimulatorState, *, control: bool = True) -> Starlette:
+    """A Starlette app serving ``state``; ``app.state.sim`` is the state. ``control`` adds the
+    simulator-only ``/_simulator/`` routes (knobs, counters) for a simulator in another process."""
     routes = _Routes(state)
-    app = Starlette(routes=[
-        Route("/o/token/", routes.wrap("token", routes.token, waf=False), methods=["POST"]),
+    app = _SimulatorApp(state, routes=[
+        Route("/o/token/", routes.wrap("token", routes.token, api=False), methods=["POST"]),
         *routes.api_routes("/api"),
         *routes.api_routes("/api/v1"),  # §1: identical optional alias
+        *(control_routes(state) if control else []),
     ])
     app.router.redirect_slashes = False  # §1: trailing slashes are exact
     app.state.sim = state

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Literal
 
+from gateway.simulator.latency import LatencyModel
+
 Clock = Callable[[], datetime]
 CredentialMode = Literal["oauth", "embed_key"]
 TaskOutcome = Literal["complete", "user_error", "internal_error"]
@@ -31,6 +33,7 @@ Role = Literal["user", "assistant", "system"]
 __all__ = [
     "DEMO_CHATBOT_ID",
     "ForcedFailure",
+    "ROUTE_NAMES",
     "RateInfo",
     "SimChatbot",
     "SimFile",
@@ -54,6 +57,9 @@ SEVEN_DAYS_S = 7 * 24 * 3600  # §2.5 CHAT_SESSION_TOKEN_LIFETIME
 ONE_DAY = timedelta(days=1)  # §4.3 task binding / result expiry, §3.3 unused-upload expiry
 MICROSECOND = timedelta(microseconds=1)
 DEMO_CHATBOT_ID = "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23"
+#: Route names used by ``request_counts``, ``fail_next`` and ``drop_after_accept``.
+ROUTE_NAMES = ("end", "files", "message", "session_get", "session_poll", "start", "task_poll", "token",
+               "upload")
 
 
 def utc_now() -> datetime:
@@ -69,6 +75,11 @@ def format_timestamp(value: datetime) -> str:
 class SimulatorKnobs:
     """Behaviour switches; mutable at runtime (``state.knobs.reply_latency_s = 0``)."""
     reply_latency_s: float = 0.05  # acceptance -> reply; the user message lands halfway
+    reply_latency: LatencyModel | None = None  # when set, replaces reply_latency_s (seeded draws)
+    latency_seed: int = 0  # changing it at runtime restarts the latency draws from this seed
+    rtt_s: float = 0.0  # network round trip added to every HTTP exchange (half in, half out)
+    waf_limit: int | None = None  # §3.2 per-IP requests per sliding window; None = no rate rule
+    waf_window_s: float = 300  # §3.2 look-back window (the AWS default, 5 min)
     token_lifetime_s: int = 36000  # §2.3 DOT default
     require_user_agent: bool = True  # §1/§3.2 WAF NoUserAgent_HEADER on /api/
     progress_text: str | None = None  # §4.3 progress line while a task runs
@@ -228,7 +239,13 @@ class SimulatorState:
         self.sessions: dict[str, SimSession] = {}
         self.tasks: dict[str, SimTask] = {}
         self.files: dict[int, SimFile] = {}
-        self.request_counts: Counter[str] = Counter()
+        self._request_counts: Counter[str] = Counter()
+        self._waf_hits: dict[str, deque[float]] = {}
+        self._waf_blocked = 0
+        self._drops: Counter[str] = Counter()
+        self._finish_times: dict[str, datetime] = {}  # task id -> reply available (outlives a restart)
+        self._latency_seed = self.knobs.latency_seed
+        self._latency_rng = random.Random(self._latency_seed)
         self._signing_key = secrets.token_bytes(32)
         self._rng = random.Random(self.knobs.task_error_seed)
         self._forced_failures: dict[str, deque[ForcedFailure]] = {}
@@ -349,14 +366,39 @@ class SimulatorState:
                        context: dict[str, Any] | None) -> SimTask:
         """§4.2: queue a task; history changes only when the simulated worker runs."""
         now = self.clock()
-        latency = timedelta(seconds=max(0.0, self.knobs.reply_latency_s))
+        latency = timedelta(seconds=max(0.0, self.sample_reply_latency()))
         self._task_seq += 1
         task = SimTask(str(uuid.uuid4()), session.id, self._task_seq, text, list(attachment_ids),
                        context, self._next_outcome(), now, now + latency / 2, now + latency)
         self.tasks[task.id] = task
+        self._finish_times[task.id] = task.finish_at
         session.pending_task_ids.append(task.id)
         session.received.append(SimReceived(text, list(attachment_ids), context, task.id, now))
         return task
+
+    def sample_reply_latency(self) -> float:
+        """The next reply latency: ``knobs.reply_latency`` if set, else ``reply_latency_s``."""
+        model = self.knobs.reply_latency
+        if model is None:
+            return self.knobs.reply_latency_s
+        with self._lock:
+            if self.knobs.latency_seed != self._latency_seed:
+                self._latency_seed = self.knobs.latency_seed
+                self._latency_rng = random.Random(self._latency_seed)
+            return model.sample(self._latency_rng)
+
+    def task_completed_at(self, task_id: str) -> float | None:
+        """Epoch seconds (``time.time()`` scale under the real clock) at which the task's result
+        became pollable; None while it is still running. The worker is replayed lazily, so this
+        is the moment a poll *would* have seen it, not when one did: the start of "OCS done ->
+        platform send". Kept across ``forget_sessions`` so a benchmark can still read it."""
+        finish_at = self._finish_times[task_id]
+        return finish_at.timestamp() if finish_at <= self.clock() else None
+
+    def completed_tasks(self) -> dict[str, float | None]:
+        """``task_completed_at`` for every task accepted so far."""
+        with self._lock:
+            return {task_id: self.task_completed_at(task_id) for task_id in list(self._finish_times)}
 
     def fail_next_tasks(self, outcome: TaskOutcome, count: int = 1) -> None:
         """Make the next ``count`` accepted tasks end with ``outcome``."""
@@ -470,13 +512,72 @@ class SimulatorState:
         queue = self._forced_failures.get(route)
         return queue.popleft() if queue else None
 
+    # ------------------------------------------------------------------ fault drills
+    def drop_after_accept(self, route: str = "message", count: int = 1) -> None:
+        """The next ``count`` calls of ``route`` that OCS accepts (2xx) take full effect (task
+        queued, session started, files stored), then the connection is cut with no response:
+        the client cannot tell whether OCS got the request (issue 7, "duplicate sends")."""
+        if route not in ROUTE_NAMES:
+            raise ValueError(f"unknown route {route!r}; one of {ROUTE_NAMES}")
+        with self._lock:
+            self._drops[route] += count
+
+    def take_drop(self, route: str) -> bool:
+        """Consume one pending drop for ``route`` (called once the route has accepted)."""
+        with self._lock:
+            if self._drops[route] <= 0:
+                return False
+            self._drops[route] -= 1
+            return True
+
+    def waf_admits(self, client_ip: str) -> bool:
+        """§3.2 per-IP rate rule over a sliding look-back window. Every request counts, blocked
+        ones too (the rule counts what it evaluates), so a client that keeps hammering stays
+        blocked; the simulator is exact where AWS only approximates the rate."""
+        limit = self.knobs.waf_limit
+        if limit is None:
+            return True
+        now = self.clock().timestamp()
+        with self._lock:
+            hits = self._waf_hits.setdefault(client_ip, deque())
+            while hits and hits[0] <= now - self.knobs.waf_window_s:
+                hits.popleft()
+            hits.append(now)
+            if len(hits) <= limit:
+                return True
+            self._waf_blocked += 1
+            return False
+
+    def forget_sessions(self) -> None:
+        """OCS restarted empty (issue 8): sessions, tasks and files are gone; chatbots, OAuth apps,
+        API keys and tokens survive. Session-bound calls then answer 403 "Authentication
+        credentials were not provided." (§8 rule 2), exactly as for any unknown session."""
+        with self._lock:
+            self.sessions.clear()
+            self.tasks.clear()
+            self.files.clear()
+
     # ----------------------------------------------------------------- introspection
+    def count_request(self, route: str) -> None:
+        with self._lock:
+            self._request_counts[route] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        """Calls per route name (every name in ``ROUTE_NAMES``), WAF-blocked and failed ones
+        included: what the client sent, not what OCS served."""
+        with self._lock:
+            return {route: self._request_counts[route] for route in ROUTE_NAMES}
+
+    def waf_blocked(self) -> int:
+        """Requests answered with the WAF's HTML 403 by the rate rule."""
+        return self._waf_blocked
+
     @property
     def token_requests(self) -> int:
-        return self.request_counts["token"]
+        return self._request_counts["token"]
 
     def request_count(self, route: str) -> int:
-        return self.request_counts[route]
+        return self._request_counts[route]
 
     def list_sessions(self) -> list[SimSession]:
         return list(self.sessions.values())

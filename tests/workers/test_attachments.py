@@ -4,6 +4,7 @@ the bot attaches reaches the callback, its bytes fetched with the OCS Bearer tok
 from __future__ import annotations
 
 import base64
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -25,8 +26,10 @@ def _file_server() -> UvicornThread:
     return UvicornThread(Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing)]))
 
 
-def test_attachment_by_url_is_uploaded_to_ocs_with_the_message(stack: Stack) -> None:
+def test_attachment_by_url_is_uploaded_to_ocs_with_the_message(make_stack: Callable[..., Stack]) -> None:
     with _file_server() as files:
+        # Loopback is refused unless allowed; allow only the file server's port, never Redis's.
+        stack = make_stack(fetch_allowlist=(files.removeprefix("http://"),))
         stack.say("c1", "see photo", extra={"attachments": [{"url": f"{files}/photo.png", "content_type": "image/png"}]})
         wait_for(lambda: stack.receiver.texts("c1"), what="a reply")
     (uploaded,) = stack.sim.state.uploaded_files()

@@ -1,0 +1,373 @@
+"""Ingest: acknowledged platform requests per second at the edge, against a bare Starlette POST
+handler under the same server and the same load tool, in the same run.
+
+Everything is real and on loopback: an embedded redis-server with its append-only file (fsync
+``always``, the shipped default, then ``everysec`` for the cost of durable acks), the gateway's
+edge (``create_app``: verify, parse, one EVALSHA that stores and enqueues) under uvicorn in its
+own process, and the bare handler under uvicorn in another. The load generator speaks HTTP/1.1
+over raw asyncio sockets with keep-alive; every request is built and signed before the clock
+starts (unique ids, so nothing is taken for a duplicate). No worker runs: this measures the edge.
+
+For each target: throughput with ``--connections`` closed-loop connections for ``--duration``
+seconds, then ack latency (p50/p99, measured from each request's scheduled send time) at half
+that throughput, open loop.
+
+    python -m bench.bench_ingest                    # about 2 minutes
+    python -m bench.bench_ingest --duration 5 --connections 32
+
+Prints a table and a JSON summary; docs/PERFORMANCE.md records the ratios (the machine is
+shared, so absolute figures vary run to run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from adapters.webhook import signing  # noqa: E402
+from gateway.config import GatewayConfig, Secret  # noqa: E402
+from gateway.embedded_redis import EmbeddedRedis  # noqa: E402
+from gateway.simulator import DEMO_CHATBOT_ID  # noqa: E402
+from workers.broker import NAMESPACE, QUEUE  # noqa: E402
+
+__all__ = ["Measured", "main"]
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+TELEGRAM_TOKEN = "777000111:AAHbench-token"
+TELEGRAM_SECRET = "bench-s3cret"
+SLACK_SIGNING_SECRET = "bench-signing-secret"
+SLACK_TOKEN = "xoxb-bench-T1"
+QUEUE_KEY = f"{NAMESPACE}:{QUEUE}"
+#: Conversations the load is spread over (one inbox each).
+CONVERSATIONS = 1000
+UVICORN_OPTIONS: dict[str, Any] = {"host": "127.0.0.1", "log_level": "warning"}
+
+Target = Literal["bare", "webhook", "telegram", "slack"]
+PATHS: dict[Target, str] = {
+    "bare": "/webhooks/hooks", "webhook": "/webhooks/hooks", "telegram": "/telegram/tg", "slack": "/slack/sl/events",
+}
+
+
+# -- the servers (each in its own process) ------------------------------------------------------
+
+
+async def _bare_handler(request: Request) -> Response:
+    await request.body()
+    return JSONResponse({"ok": True})
+
+
+def bare_app() -> Starlette:
+    """The baseline: the same route shape, reads the body, answers 200."""
+    return Starlette(routes=[Route("/webhooks/{channel}", _bare_handler, methods=["POST"])])
+
+
+def edge_config(telegram_api: str, slack_api: str) -> GatewayConfig:
+    return GatewayConfig.from_mapping({
+        "bots": {"demo": {"chatbot_id": DEMO_CHATBOT_ID, "auth": "keyless", "base_url": "http://127.0.0.1:9"}},
+        "channels": {
+            "hooks": {"type": "webhook", "bot": "demo", "secret": Secret(WEBHOOK_SECRET),
+                      "callback_url": "http://127.0.0.1:9/callback"},
+            "tg": {"type": "telegram", "bot": "demo", "token": Secret(TELEGRAM_TOKEN),
+                   "webhook_secret": Secret(TELEGRAM_SECRET), "api_base_url": telegram_api},
+            "sl": {"type": "slack", "bot": "demo", "signing_secret": Secret(SLACK_SIGNING_SECRET),
+                   "bot_token": Secret(SLACK_TOKEN), "api_base_url": slack_api},
+        },
+    })
+
+
+def _serve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench_ingest serve")
+    parser.add_argument("kind", choices=["bare", "edge"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis-url", default="")
+    parser.add_argument("--telegram-api", default="")
+    parser.add_argument("--slack-api", default="")
+    args = parser.parse_args(argv)
+    if args.kind == "bare":
+        app = bare_app()
+    else:
+        from gateway.app import create_app  # noqa: PLC0415 - only the edge process needs it
+
+        app = create_app(edge_config(args.telegram_api, args.slack_api), args.redis_url)
+    uvicorn.run(app, port=args.port, **UVICORN_OPTIONS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.bench_ingest", "serve", *args, "--port", str(port)], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server {args} did not start") from None
+            time.sleep(0.1)
+
+
+# -- requests, built and signed before the clock starts ----------------------------------------
+
+
+def _http(path: str, port: int, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"host: 127.0.0.1:{port}", f"content-length: {len(body)}",
+            "content-type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _webhook(i: int) -> tuple[bytes, dict[str, str]]:
+    event_id = f"msg_{i}"
+    body = json.dumps({"conversation_id": f"c{i % CONVERSATIONS}", "sender": {"id": f"u{i % CONVERSATIONS}", "name": "Ada"},
+                       "text": f"hello number {i}"}).encode()
+    ts = int(time.time())
+    signature = signing.sign(signing.decode_secret(WEBHOOK_SECRET), event_id, ts, body)
+    return body, {"webhook-id": event_id, "webhook-timestamp": str(ts), "webhook-signature": signature}
+
+
+def _telegram(i: int) -> tuple[bytes, dict[str, str]]:
+    chat = 10_000 + i % CONVERSATIONS
+    body = json.dumps({"update_id": i, "message": {
+        "message_id": i + 1, "date": int(time.time()), "text": f"hello number {i}",
+        "chat": {"id": chat, "type": "private", "first_name": "Ada"},
+        "from": {"id": chat, "is_bot": False, "first_name": "Ada"},
+    }}).encode()
+    return body, {"x-telegram-bot-api-secret-token": TELEGRAM_SECRET}
+
+
+def _slack(i: int) -> tuple[bytes, dict[str, str]]:
+    ts = f"{1_700_000_000 + i}.000100"
+    event = {"type": "message", "channel": f"D{i % CONVERSATIONS:06d}", "channel_type": "im", "user": f"U{i % CONVERSATIONS:06d}",
+             "text": f"hello number {i}", "ts": ts, "event_ts": ts, "team": "T1"}
+    body = json.dumps({"token": "x", "team_id": "T1", "api_app_id": "ABENCH", "event": event, "type": "event_callback",
+                       "event_id": f"Ev{i}", "event_time": int(time.time())}).encode()
+    stamp = str(int(time.time()))
+    digest = hmac.new(SLACK_SIGNING_SECRET.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    return body, {"x-slack-request-timestamp": stamp, "x-slack-signature": f"v0={digest}"}
+
+
+#: Request builders by target; ``i`` must be unique per target within one Redis (ids are claimed).
+BUILDERS: dict[Target, Callable[[int], tuple[bytes, dict[str, str]]]] = {
+    "bare": _webhook, "webhook": _webhook, "telegram": _telegram, "slack": _slack,
+}
+
+
+def prepare(target: Target, port: int, first: int, count: int) -> list[bytes]:
+    build = BUILDERS[target]
+    return [_http(PATHS[target], port, *build(i)) for i in range(first, first + count)]
+
+
+# -- the load generator -------------------------------------------------------------------------
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    writer.write(raw)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _connect(port: int, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    return [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+
+
+async def _close(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in connections:
+        writer.close()
+    for _, writer in connections:
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def closed_loop(port: int, requests: list[bytes], *, connections: int, duration_s: float) -> tuple[float, int, int]:
+    """Back-to-back requests on ``connections`` connections; (requests/s, ok, failed)."""
+    conns = await _connect(port, connections)
+    pending = iter(requests)
+    counts = {"ok": 0, "failed": 0}
+    deadline = time.perf_counter() + duration_s
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for raw in pending:
+            status = await _exchange(reader, writer, raw)
+            counts["ok" if status == 200 else "failed"] += 1
+            if time.perf_counter() >= deadline:
+                return
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(*c) for c in conns))
+    elapsed = time.perf_counter() - started
+    await _close(conns)
+    return counts["ok"] / elapsed, counts["ok"], counts["failed"]
+
+
+async def open_loop(port: int, requests: list[bytes], *, rate: float, connections: int) -> tuple[list[float], int]:
+    """Send ``requests`` at ``rate``/s on a pool of connections; latencies (s) from each
+    request's scheduled time, so a stall counts against every request it delays."""
+    conns = await _connect(port, connections)
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for c in conns:
+        idle.put_nowait(c)
+    latencies: list[float] = []
+    failed = 0
+
+    async def one(raw: bytes, due: float) -> None:
+        nonlocal failed
+        reader, writer = await idle.get()
+        status = await _exchange(reader, writer, raw)
+        latencies.append(time.perf_counter() - due)
+        failed += status != 200
+        idle.put_nowait((reader, writer))
+
+    tasks = []
+    start = time.perf_counter()
+    for k, raw in enumerate(requests):
+        due = start + k / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(one(raw, due)))
+    await asyncio.gather(*tasks)
+    await _close(conns)
+    return latencies, failed
+
+
+@dataclass
+class Measured:
+    target: str
+    fsync: str
+    requests_per_s: float
+    failed: int
+    p50_ms_at_half_rate: float
+    p99_ms_at_half_rate: float
+    #: 200s over the warm-up, throughput and latency phases.
+    acked: int
+    #: Wake-up messages the edge queued during the measurement (must equal the 200s it sent).
+    queued: int | None = None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def measure(target: Target, port: int, fsync: str, *, duration_s: float, connections: int) -> Measured:
+    # Warm up (imports, pools, the Slack identity) and size the pre-signed batches from it.
+    warm = prepare(target, port, 0, 400)
+    rate, warm_ok, warm_failed = asyncio.run(closed_loop(port, warm, connections=connections, duration_s=1.0))
+    batch = prepare(target, port, len(warm), int(max(rate, 100) * duration_s * 2))
+    rps, ok, failed = asyncio.run(closed_loop(port, batch, connections=connections, duration_s=duration_s))
+    half = rps / 2
+    paced = prepare(target, port, len(warm) + len(batch), int(half * duration_s / 2))
+    latencies, late_failed = asyncio.run(open_loop(port, paced, rate=half, connections=connections))
+    return Measured(target, fsync, round(rps, 1), warm_failed + failed + late_failed,
+                    round(_percentile(latencies, 0.5) * 1000, 2), round(_percentile(latencies, 0.99) * 1000, 2),
+                    acked=warm_ok + ok + len(latencies) - late_failed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        _serve(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_ingest")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of closed-loop load per target (≤ 20)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--targets", default="webhook,telegram,slack")
+    args = parser.parse_args(argv)
+    duration = min(args.duration, 20.0)
+    targets: list[Target] = [t for t in ("webhook", "telegram", "slack") if t in args.targets.split(",")]  # type: ignore[misc]
+
+    from tests.fakes.slack_api import FakeSlack  # noqa: PLC0415 - the fakes answer getMe/auth.test once
+    from tests.fakes.telegram_api import FakeTelegram  # noqa: PLC0415
+
+    results: list[Measured] = []
+    with tempfile.TemporaryDirectory(prefix="ocsgw-bench-ingest-") as tmp, FakeTelegram() as telegram, FakeSlack() as slack:
+        telegram.add_bot(TELEGRAM_TOKEN, username="bench_bot")
+        slack.add_workspace("T1", token=SLACK_TOKEN)
+        bare, bare_port = _spawn("bare")
+        try:
+            for fsync in ("always", "everysec"):
+                with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
+                    edge, edge_port = _spawn("edge", "--redis-url", redis_url,
+                                             "--telegram-api", telegram.url, "--slack-api", slack.api_url)
+                    try:
+                        results.append(measure("bare", bare_port, "-", duration_s=duration, connections=args.connections))
+                        _report(results[-1])
+                        queue = redis.Redis.from_url(redis_url)
+                        for target in targets:
+                            before = int(queue.llen(QUEUE_KEY))
+                            results.append(measure(target, edge_port, fsync, duration_s=duration,
+                                                   connections=args.connections))
+                            results[-1].queued = int(queue.llen(QUEUE_KEY)) - before
+                            _report(results[-1])
+                        queue.close()
+                    finally:
+                        edge.terminate()
+                        edge.wait(timeout=30)
+        finally:
+            bare.terminate()
+            bare.wait(timeout=30)
+    print(json.dumps(_summary(results), indent=2))
+
+
+def _report(m: Measured) -> None:
+    print(f"{m.target:9} fsync={m.fsync:8} {m.requests_per_s:8.1f} req/s  failed={m.failed:<4} "
+          f"p50={m.p50_ms_at_half_rate:6.2f} ms  p99={m.p99_ms_at_half_rate:6.2f} ms (at half rate)  acked={m.acked} queued={m.queued}",
+          flush=True)
+
+
+def _summary(results: list[Measured]) -> dict[str, Any]:
+    """Every figure, plus each edge route's rate as a share of the bare handler measured in the
+    same round (same Redis mode, minutes apart at most)."""
+    ratios: dict[str, float] = {}
+    bare_rate = 0.0
+    for m in results:
+        if m.target == "bare":
+            bare_rate = m.requests_per_s
+        elif bare_rate:
+            ratios[f"{m.target}/bare (fsync {m.fsync})"] = round(m.requests_per_s / bare_rate, 3)
+    by = {(m.target, m.fsync): m.requests_per_s for m in results}
+    cost = {t: round(by[(t, "always")] / by[(t, "everysec")], 3) for t in ("webhook", "telegram", "slack")
+            if (t, "always") in by and (t, "everysec") in by}
+    return {"results": [asdict(m) for m in results], "edge_over_bare": ratios, "always_over_everysec": cost}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The turn runner under the faults the turn-runner issue measured: a send whose answer is cut
+off, a step slower than the lease with a second worker waiting, a bug in a step, the hosted
+WAF refusing requests, an exhausted request budget, and OCS forgetting every session."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from adapters.webhook.adapter import WebhookAdapter
+from gateway.config import Secret
+from gateway.keys import Keys
+from gateway.simulator import DEMO_CHATBOT_ID
+from gateway.models import Reply
+from tests.conftest import SimServer, Stack, wait_for
+from workers.process import WorkerProcess
+
+
+def _demo_bot(sim: SimServer, **extra: Any) -> dict[str, Any]:
+    bot = {
+        "base_url": sim.url, "chatbot_id": DEMO_CHATBOT_ID, "auth": "oauth",
+        "client_id": "demo-client", "client_secret": Secret("demo-secret"), "task_timeout_s": 20,
+    }
+    return {"demo": {**bot, **extra}}
+
+
+def _dead_letters(stack: Stack) -> int:
+    return int(stack.redis.zcard(Keys().dlq))
+
+
+def _sessions_user_messages(stack: Stack) -> list[list[str]]:
+    return [stack.sim.state.user_messages(s.id) for s in stack.sim.state.list_sessions()]
+
+
+def test_a_send_whose_answer_is_cut_off_reaches_ocs_once_and_is_answered_once(stack: Stack) -> None:
+    stack.sim.state.drop_after_accept("message", count=1)
+    stack.say("c1", "are you there?")
+    wait_for(lambda: stack.receiver.texts("c1"), what="the answer")
+    assert _sessions_user_messages(stack) == [["are you there?"]]
+    assert stack.receiver.texts("c1") == ["Echo #1: are you there?"]
+    stack.say("c1", "and now?")
+    wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the next answer")
+    assert stack.receiver.texts("c1")[1] == "Echo #2: and now?"
+
+
+def test_a_step_slower_than_the_lease_is_not_repeated_by_a_competing_worker(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(worker={"lease_ttl_s": 1.0, "stall_grace_s": 0.3, "sweep_interval_s": 0.1})
+    second = WorkerProcess(stack.config, stack.redis_url)
+    second.start()
+    try:
+        stack.sim.state.knobs.rtt_s = 1.5  # every OCS call outlasts the lease's TTL
+        for n in range(3):
+            stack.say(f"c{n}", f"slow {n}")
+        for n in range(3):
+            wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=30, what=f"the answer in c{n}")
+    finally:
+        stack.sim.state.knobs.rtt_s = 0.0
+        second.stop()
+    assert sorted(_sessions_user_messages(stack)) == [["slow 0"], ["slow 1"], ["slow 2"]]
+    for n in range(3):
+        assert stack.receiver.texts(f"c{n}") == [f"Echo #1: slow {n}"]
+
+
+def test_a_step_that_keeps_raising_is_dead_lettered_and_the_conversation_moves_on(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    render = WebhookAdapter.render
+
+    def broken_render(self: WebhookAdapter, reply: Reply) -> Any:
+        if "boom" in reply.text:
+            raise RuntimeError("a bug in rendering")
+        return render(self, reply)
+
+    monkeypatch.setattr(WebhookAdapter, "render", broken_render)
+    stack = make_stack(worker={"max_attempts": 3})
+    stack.say("c1", "boom")
+    wait_for(lambda: _dead_letters(stack) == 1, what="the turn in the dead-letter store")
+    stack.say("c1", "still there?")
+    wait_for(lambda: "Echo #2: still there?" in stack.receiver.texts("c1"), what="the next message answered")
+    (letter_id,) = stack.redis.zrange(Keys().dlq, 0, -1)
+    letter = stack.redis.get(Keys().dead_letter(letter_id.decode())) or b""
+    assert b"a bug in rendering" in letter
+
+
+def test_a_waf_storm_is_waited_out_and_nothing_is_dead_lettered(make_stack: Callable[..., Stack], sim: SimServer) -> None:
+    stack = make_stack(bots=_demo_bot(sim, waf_backoff_s=0.5))
+    stack.sim.state.knobs.waf_limit = 6
+    stack.sim.state.knobs.waf_window_s = 1.0
+    for n in range(6):
+        stack.say(f"c{n}", f"hi {n}")
+    for n in range(6):
+        wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the answer in c{n}")
+    assert stack.sim.state.waf_blocked() > 0
+    assert _dead_letters(stack) == 0
+    for n in range(6):
+        assert stack.receiver.texts(f"c{n}") == [f"Echo #1: hi {n}"]
+
+
+def test_an_exhausted_request_budget_delays_turns_but_loses_none(make_stack: Callable[..., Stack], sim: SimServer) -> None:
+    stack = make_stack(bots=_demo_bot(sim, budget={"requests_per_window": 10, "window_s": 1}))
+    for n in range(8):
+        stack.say(f"c{n}", f"budget {n}")
+    for n in range(8):
+        wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the answer in c{n}")
+    assert _dead_letters(stack) == 0
+    assert sorted(_sessions_user_messages(stack)) == sorted([[f"budget {n}"] for n in range(8)])
+
+
+def test_after_ocs_forgets_every_session_the_next_messages_are_answered_in_new_ones(stack: Stack) -> None:
+    for n in range(3):
+        stack.say(f"c{n}", "before")
+    for n in range(3):
+        wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), what="the first answers")
+    old = {s.id for s in stack.sim.state.list_sessions()}
+    stack.sim.state.forget_sessions()
+    for n in range(3):
+        stack.say(f"c{n}", "after")
+    for n in range(3):
+        wait_for(lambda n=n: len(stack.receiver.texts(f"c{n}")) == 2, what="the answers after the restart")
+        assert stack.receiver.texts(f"c{n}")[1] == "Echo #1: after"
+    assert not old & {s.id for s in stack.sim.state.list_sessions()}
+    assert _dead_letters(stack) == 0

@@ -1,0 +1,197 @@
+"""Worker processes SIGKILLed every few seconds while 2,000 messages flow through 200
+conversations: every message reaches OCS once, every conversation gets its ten answers once and
+in order, nothing is dead-lettered.
+
+The edge, the simulator and the callback receiver run in this process; the workers are
+``ocs-gateway worker`` subprocesses (tests/support/worker_procs.py) with a short lease, so a
+killed worker's conversations are adopted by the others within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from adapters.webhook import signing
+from gateway.simulator import LatencyModel
+from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
+from tests.support.worker_procs import WorkerFleet, write_worker_config
+
+CONVERSATIONS = 200
+MESSAGES_PER_CONVERSATION = 10
+WORKERS = 3
+#: A worker is killed (and a fresh one started) every this many seconds, drawn uniformly.
+KILL_EVERY_S = (2.0, 3.0)
+#: Requests the sender has in flight at once.
+SEND_CONCURRENCY = 32
+
+#: Short leases so adoption after a SIGKILL takes seconds; the rest as in FAST_TUNING.
+STORM_TUNING = {
+    "lease_ttl_s": 2.0,
+    "stall_grace_s": 1.0,
+    "sweep_interval_s": 0.25,
+    # A send cut off by a kill is settled from the session history; the simulator records the
+    # user message half-way through a reply latency of at most a few tenths of a second.
+    "reconcile_grace_s": 2.0,
+    # Bot-initiated polls still run (they could repeat a reply), at a pace the loopback OCS bears.
+    "botpoll_interval_s": 5.0,
+}
+
+#: Log lines worth counting in the report.
+_EVENTS = {
+    "adopted": "adopted ",
+    "lease lost": "lost the lease",
+    "send without answer": "send without answer",
+    "resent after grace": "message never reached OCS",
+    "unexpected error": "unexpected error",
+    "dead-lettered": "dead-lettered",
+    "bot-initiated queued": "bot-initiated message(s)",
+}
+
+
+def _conversation(index: int) -> str:
+    return f"storm-{index:03d}"
+
+
+async def _send_all(edge_url: str, rng: random.Random) -> list[tuple[str, int, int]]:
+    """Post every message, each conversation's in order (one waits for the previous one's
+    acknowledgement), conversations interleaved; returns the refusals (conversation, index,
+    status)."""
+    key = signing.decode_secret(WEBHOOK_SECRET)
+    gate = asyncio.Semaphore(SEND_CONCURRENCY)
+    refused: list[tuple[str, int, int]] = []
+    delays = {c: [rng.uniform(0.0, 0.3) for _ in range(MESSAGES_PER_CONVERSATION)] for c in range(CONVERSATIONS)}
+
+    async def one_conversation(client: httpx.AsyncClient, index: int) -> None:
+        conversation = _conversation(index)
+        for n in range(MESSAGES_PER_CONVERSATION):
+            await asyncio.sleep(delays[index][n])
+            body = httpx.Request("POST", "/", json={
+                "conversation_id": conversation, "sender": {"id": f"user-{conversation}", "name": "Ada"}, "text": f"m{n}",
+            }).content  # fmt: skip
+            msg_id = f"msg_{conversation}_{n}"
+            stamp = int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(stamp),
+                "webhook-signature": signing.sign(key, msg_id, stamp, body),
+            }
+            async with gate:
+                response = await client.post(f"{edge_url}/webhooks/hooks", content=body, headers=headers)
+            if response.status_code != 200:
+                refused.append((conversation, n, response.status_code))
+
+    limits = httpx.Limits(max_connections=SEND_CONCURRENCY, max_keepalive_connections=SEND_CONCURRENCY)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(one_conversation(client, i) for i in range(CONVERSATIONS)))
+    return refused
+
+
+def _killer(fleet: WorkerFleet, stop: threading.Event, rng: random.Random, errors: list[BaseException]) -> None:
+    """SIGKILL a random live worker and start a replacement, every few seconds, until told to
+    stop (or after five minutes, so it always ends by itself)."""
+    deadline = time.monotonic() + 300
+    try:
+        while not stop.wait(rng.uniform(*KILL_EVERY_S)) and time.monotonic() < deadline:
+            alive = fleet.alive()
+            if alive:
+                fleet.kill(rng.choice(alive))
+            fleet.start(wait=False)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def _expected_replies() -> list[str]:
+    return [f"Echo #{n + 1}: m{n}" for n in range(MESSAGES_PER_CONVERSATION)]
+
+
+def test_sigkill_storm_answers_every_message_once_and_in_order(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(start_worker=False, worker=STORM_TUNING)
+    stack.sim.state.knobs.reply_latency = LatencyModel.lognormal(0.1, 0.2)
+    stack.sim.state.knobs.latency_seed = 7
+    config = write_worker_config(
+        tmp_path, redis_url=stack.redis_url, sim_url=stack.sim.url,
+        callback_url=stack.config.channels["hooks"].callback_url, webhook_secret=WEBHOOK_SECRET,
+        tuning=stack.config.worker.model_dump(),
+    )  # fmt: skip
+    rng = random.Random(20261128)
+    stop = threading.Event()
+    killer_errors: list[BaseException] = []
+    expected = _expected_replies()
+    conversations = [_conversation(i) for i in range(CONVERSATIONS)]
+
+    def all_answered() -> bool:
+        return all(len(stack.receiver.texts(c)) >= MESSAGES_PER_CONVERSATION for c in conversations)
+
+    with WorkerFleet(config, tmp_path) as fleet:
+        for _ in range(WORKERS):
+            fleet.start()
+        started = time.monotonic()
+        killer = threading.Thread(target=_killer, args=(fleet, stop, rng, killer_errors), daemon=True)
+        killer.start()
+        try:
+            refused = asyncio.run(_send_all(stack.url, rng))
+            sent_s = time.monotonic() - started
+            assert not refused, f"the edge refused messages: {refused[:10]}"
+            wait_for(all_answered, timeout=240, interval=0.5, what="ten replies in every conversation")
+            answered_s = time.monotonic() - started
+        finally:
+            stop.set()
+            killer.join(timeout=60)
+        assert not killer_errors, f"the killer failed: {killer_errors[0]!r}"
+        # Nothing left to do anywhere: every turn finished and every conversation was let go.
+        wait_for(lambda: stack.redis.zcard("ocsgw:active") == 0, timeout=60, what="no conversation left with work")
+        # Give the bot-initiated polls (the other way a reply could come twice) a full round
+        # over the finished sessions before counting.
+        polls_before = stack.sim.state.request_counts()["session_poll"]
+        wait_for(
+            lambda: stack.sim.state.request_counts()["session_poll"] >= polls_before + CONVERSATIONS,
+            timeout=60, interval=0.25, what="a round of bot-initiated polls after the storm",
+        )  # fmt: skip
+        wait_for(lambda: stack.redis.zcard("ocsgw:active") == 0, timeout=60, what="no conversation left with work")
+        kills = fleet.kills
+        events = {name: fleet.count_in_logs(needle) for name, needle in _EVENTS.items()}
+        (tmp_path / "all-workers.log").write_text(fleet.log_text(), encoding="utf-8")
+
+    sessions = defaultdict(list)
+    for session in stack.sim.state.list_sessions():
+        sessions[session.remote_id].append(session)
+    orphans = 0
+    wrong_ocs: dict[str, list[list[str]]] = {}
+    for conversation in conversations:
+        used = [s for s in sessions[f"webhook:{conversation}"] if stack.sim.state.user_messages(s.id)]
+        orphans += len(sessions[f"webhook:{conversation}"]) - len(used)
+        seen = [stack.sim.state.user_messages(s.id) for s in used]
+        if seen != [[f"m{n}" for n in range(MESSAGES_PER_CONVERSATION)]]:
+            wrong_ocs[conversation] = seen
+    wrong_replies = {c: stack.receiver.texts(c) for c in conversations if stack.receiver.texts(c) != expected}
+    redelivered = stack.receiver.attempts - len(stack.receiver.received)
+    dead = stack.redis.zcard("ocsgw:dlq")
+
+    print(
+        f"\nkill storm: {CONVERSATIONS * MESSAGES_PER_CONVERSATION} messages, {CONVERSATIONS} conversations, "
+        f"{WORKERS} workers, {kills} SIGKILLs; all posted after {sent_s:.1f}s, all answered after "
+        f"{answered_s:.1f}s; callbacks redelivered (same webhook-id, dropped by the receiver): {redelivered}; "
+        f"empty orphan OCS sessions: {orphans}; dead letters: {dead}; worker log events: {events}; "
+        f"logs: {tmp_path / 'all-workers.log'}"
+    )
+    assert kills >= 3, f"the storm killed only {kills} worker(s): it did not test adoption"
+    assert not wrong_ocs, (
+        f"{len(wrong_ocs)} conversation(s) whose OCS sessions did not receive m0..m9 exactly once, in one "
+        f"session, in order, e.g. {dict(list(wrong_ocs.items())[:3])}"
+    )
+    assert not wrong_replies, (
+        f"{len(wrong_replies)} conversation(s) whose replies are not exactly {expected[0]!r}..{expected[-1]!r}, "
+        f"e.g. {dict(list(wrong_replies.items())[:3])}"
+    )
+    assert dead == 0, f"{dead} dead letter(s)"

@@ -1,0 +1,403 @@
+"""When to poll OCS for a turn's reply: a schedule planned from what the bot's latency has been.
+
+Each bot keeps a ``CompletionHistogram`` of how long OCS took from "send accepted" to "task
+complete" (log-spaced buckets, 0.05 s to 600 s). A poll only tells us that the reply became ready
+somewhere between the last poll that saw ``processing`` and the one that saw ``complete``, so an
+observation is an interval, and its weight goes to the buckets it overlaps in proportion to the
+mass they already hold (one EM step on interval-censored data: repeated turns sharpen the picture
+without ever seeing an exact time), half of it spread evenly over the buckets the interval covers
+whole, which smooths the lumps pure EM makes and keeps stale mass from capturing new evidence.
+Counts decay by half every ``HALF_LIFE_OBSERVATIONS`` turns, so a bot whose latency changes is
+followed within a few dozen turns. ``HistogramStore`` keeps the counts in one Redis hash per bot,
+shared by every process; the decay is "forward" (each record weighs 2**(n/half-life) more than the
+first), so a record is one script call and never rewrites the other buckets.
+
+``PollSchedule`` turns a histogram into a fixed list of poll times: given that a turn is still
+``processing``, nothing new is learnt until the next poll, so the best policy is a plan, found by
+dynamic programming over a time grid. It minimises expected reply delay + c * expected polls, with
+the learnt distribution mixed with a broad prior (so a bot that is slower than ever before is
+still polled on a gentle ramp); c is the smallest price whose plan makes no more polls, on the
+learnt distribution, than OCS's own widget (a fixed 1 s poller) would. The plan is therefore
+dense where a reply is likely and sparse where it is not. With no history the same rule runs on
+the prior alone: a first poll after a few hundred ms, then a ramp.
+
+Build one ``PollSchedule`` per histogram refresh and share it between turns: planning costs ~5-10 ms
+of CPU (14 dynamic programmes of a few thousand steps); ``next_delay`` is a bisection.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import redis.asyncio as aioredis
+
+from gateway.keys import Keys, as_text
+
+__all__ = [
+    "BUCKET_EDGES_S",
+    "CompletionHistogram",
+    "HALF_LIFE_OBSERVATIONS",
+    "HistogramStore",
+    "PollSchedule",
+]
+
+#: Buckets: (0, 0.05], then log-spaced up to 600 s (ratio ~1.1, so ~5 % resolution).
+_LOG_BUCKETS = 96
+_LOW_S = 0.05
+_HIGH_S = 600.0
+BUCKET_EDGES_S: tuple[float, ...] = (0.0,) + tuple(
+    _LOW_S * (_HIGH_S / _LOW_S) ** (k / _LOG_BUCKETS) for k in range(_LOG_BUCKETS + 1)
+)
+_N = len(BUCKET_EDGES_S) - 1
+#: Counts halve every this many observations (count-based: a quiet bot keeps what it learnt).
+HALF_LIFE_OBSERVATIONS = 100.0
+_DECAY = 2.0 ** (-1.0 / HALF_LIFE_OBSERVATIONS)
+#: Share of an observation spread evenly (in time) over its interval rather than by current mass.
+_UNIFORM_SHARE = 0.5
+_WHOLE = 1.0 - 1e-9
+#: Weight, in observations, of the prior the plan mixes in (what a new bot is assumed to be).
+_PRIOR_WEIGHT = 2.0
+#: The prior: lognormal, median 2 s, most bots between 0.3 s and 15 s.
+_PRIOR_MEDIAN_S = 2.0
+_PRIOR_SIGMA = 1.2
+#: The widget's poll at k s is taken to see completions up to k + this (its request reaches OCS
+#: a little after it leaves): a small margin so our budget is never the more generous one.
+_BUDGET_SLACK_S = 0.05
+#: A bot with no history is polled this many times as often as the widget would (on the prior),
+#: easing to 1x over its first _LEARNING_OBSERVATIONS turns.
+_COLD_POLL_FACTOR = 2.0
+_LEARNING_OBSERVATIONS = 10.0
+#: Never plan past this; later the schedule polls every max_gap_s.
+_HORIZON_S = 180.0
+
+
+def _overlaps(low_s: float, high_s: float) -> list[tuple[int, float, float]]:
+    """Buckets meeting (low, high] as (index, fraction of the bucket covered, share of the
+    interval's length): pure geometry, shared by the in-memory and the Redis paths."""
+    low = min(max(low_s, 0.0), _HIGH_S)
+    high = min(max(high_s, low + 1e-6), _HIGH_S + 1e-6)
+    length = high - low
+    out: list[tuple[int, float, float]] = []
+    first = max(bisect.bisect_right(BUCKET_EDGES_S, low) - 1, 0)
+    for i in range(first, _N):
+        lo, hi = BUCKET_EDGES_S[i], BUCKET_EDGES_S[i + 1]
+        if lo >= high:
+            break
+        covered = min(high, hi) - max(low, lo)
+        if covered > 0:
+            out.append((i, covered / (hi - lo), covered / length))
+    if not out:  # beyond the last edge: everything lands in the last bucket
+        out.append((_N - 1, 1.0, 1.0))
+    return out
+
+
+def _shares(counts: Sequence[float], overlaps: list[tuple[int, float, float]]) -> list[float]:
+    """How one observation splits over the buckets it overlaps: by the mass they hold, plus a
+    uniform part over the buckets it covers whole (smooths the lumps pure EM makes, and never
+    lends mass to a bucket the interval only grazes, which would creep the support upwards)."""
+    held = [counts[i] * frac for i, frac, _ in overlaps]
+    total = sum(held)
+    if total <= 1e-12:
+        return [lin for _, _, lin in overlaps]
+    whole = [lin if frac >= _WHOLE else 0.0 for _, frac, lin in overlaps]
+    spread = sum(whole)
+    if spread <= 0:
+        return [h / total for h in held]
+    return [(1 - _UNIFORM_SHARE) * h / total + _UNIFORM_SHARE * w / spread for h, w in zip(held, whole)]
+
+
+class CompletionHistogram:
+    """Per bot: how long OCS took from "send accepted" to "task complete", as decayed counts in
+    log-spaced buckets (``BUCKET_EDGES_S``); the density is taken as uniform inside a bucket."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts: Sequence[float]) -> None:
+        if len(counts) != _N:
+            raise ValueError(f"a histogram has {_N} buckets, not {len(counts)}")
+        self._counts = [max(float(c), 0.0) for c in counts]
+
+    @classmethod
+    def empty(cls) -> CompletionHistogram:
+        return cls([0.0] * _N)
+
+    @property
+    def counts(self) -> tuple[float, ...]:
+        return tuple(self._counts)
+
+    @property
+    def total(self) -> float:
+        """Decayed number of observations (tends to ~1.44 half-lives' worth for a steady bot)."""
+        return sum(self._counts)
+
+    def add(self, low_s: float, high_s: float) -> None:
+        """Completion happened in (low, high]: the previous poll saw 'processing' at low (0 if
+        none), this one 'complete' at high, both measured from when OCS accepted the message.
+        "Saw at" is best estimated as midway between sending the poll and reading its answer."""
+        overlaps = _overlaps(low_s, high_s)
+        shares = _shares(self._counts, overlaps)
+        self._counts = [c * _DECAY for c in self._counts]
+        for (i, _, _), share in zip(overlaps, shares):
+            self._counts[i] += share
+
+    def cdf(self, t_s: float) -> float:
+        total = self.total
+        return _cdf(self._counts, t_s) / total if total > 0 else 0.0
+
+    def quantile(self, q: float) -> float | None:
+        total = self.total
+        if total <= 0:
+            return None
+        target = min(max(q, 0.0), 1.0) * total
+        running = 0.0
+        for i, count in enumerate(self._counts):
+            if count > 0 and running + count >= target:
+                lo, hi = BUCKET_EDGES_S[i], BUCKET_EDGES_S[i + 1]
+                return lo + (hi - lo) * (target - running) / count
+            running += count
+        return BUCKET_EDGES_S[-1]
+
+
+def _cdf(counts: Sequence[float], t_s: float) -> float:
+    """Unnormalised mass at or below t."""
+    k = bisect.bisect_right(BUCKET_EDGES_S, t_s) - 1
+    if k >= _N:
+        return sum(counts)
+    lo, hi = BUCKET_EDGES_S[k], BUCKET_EDGES_S[k + 1]
+    return sum(counts[:k]) + counts[k] * (t_s - lo) / (hi - lo)
+
+
+# Redis: fields "n" (observations recorded, drives the forward decay) and "b<i>" (raw counts).
+# ARGV: half-life, uniform share, ttl_s, then triples (bucket, fraction covered, share of length).
+_RECORD_LUA = """
+local half, uni, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local idx, frac, lin, fields = {}, {}, {}, {}
+for a = 4, #ARGV, 3 do
+  idx[#idx + 1] = ARGV[a]; frac[#frac + 1] = tonumber(ARGV[a + 1]); lin[#lin + 1] = tonumber(ARGV[a + 2])
+  fields[#fields + 1] = 'b' .. ARGV[a]
+end
+local held = redis.call('HMGET', KEYS[1], unpack(fields))
+local before = 2 ^ ((n - 1) / half)
+local total, spread, whole = 0, 0, {}
+for k = 1, #held do
+  held[k] = (tonumber(held[k]) or 0) / before * frac[k]; total = total + held[k]
+  whole[k] = 0
+  if frac[k] >= 1 - 1e-9 then whole[k] = lin[k]; spread = spread + lin[k] end
+end
+local weight = 2 ^ (n / half)
+for k = 1, #idx do
+  local share = lin[k]
+  if total > 1e-12 then
+    if spread > 0 then share = (1 - uni) * held[k] / total + uni * whole[k] / spread
+    else share = held[k] / total end
+  end
+  if share > 0 then redis.call('HINCRBYFLOAT', KEYS[1], fields[k], share * weight) end
+end
+if n >= 40 * half then  -- rescale before the weights grow out of float range
+  local all = redis.call('HGETALL', KEYS[1])
+  for k = 1, #all, 2 do
+    if all[k] ~= 'n' then redis.call('HSET', KEYS[1], all[k], tostring(tonumber(all[k + 1]) / weight)) end
+  end
+  redis.call('HSET', KEYS[1], 'n', 0)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+return n
+"""
+
+#: A bot not heard of for this long starts again from the prior.
+_HISTOGRAM_TTL_S = 30 * 24 * 3600
+
+
+class HistogramStore:
+    """The per-bot histograms in Redis (``latency:{bot}``), shared by every worker process."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._record = redis.register_script(_RECORD_LUA)
+
+    async def record(self, bot: str, low_s: float, high_s: float) -> None:
+        """One observation, in one round trip (the script decays, shares and increments)."""
+        args: list[float] = [HALF_LIFE_OBSERVATIONS, _UNIFORM_SHARE, _HISTOGRAM_TTL_S]
+        for i, frac, lin in _overlaps(low_s, high_s):
+            args.extend((i, frac, lin))  # redis-py sends floats as repr(): exact
+        await self._record(keys=[self._keys.latency(bot)], args=args)
+
+    async def load(self, bot: str) -> CompletionHistogram:
+        raw = await self._redis.hgetall(self._keys.latency(bot))
+        fields = {as_text(k): float(as_text(v)) for k, v in raw.items()}
+        scale = 2.0 ** (-fields.get("n", 0.0) / HALF_LIFE_OBSERVATIONS)
+        return CompletionHistogram([fields.get(f"b{i}", 0.0) * scale for i in range(_N)])
+
+
+def _prior_counts() -> list[float]:
+    def lognormal_cdf(t: float) -> float:
+        if t <= 0:
+            return 0.0
+        return 0.5 * (1 + math.erf(math.log(t / _PRIOR_MEDIAN_S) / (_PRIOR_SIGMA * math.sqrt(2))))
+
+    counts = [lognormal_cdf(BUCKET_EDGES_S[i + 1]) - lognormal_cdf(BUCKET_EDGES_S[i]) for i in range(_N)]
+    counts[-1] += 1.0 - sum(counts)
+    return counts
+
+
+_PRIOR = _prior_counts()
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """Candidate poll times with the mixed distribution's cdf F and partial mean M (∫ x dF) at
+    each, and the learnt distribution's survival for counting polls."""
+
+    times: list[float]
+    cdf: list[float]
+    mean: list[float]
+    survival: list[float]
+
+
+def _grid(mixed: Sequence[float], learnt: Sequence[float], min_gap_s: float, horizon_s: float) -> _Grid:
+    m_total, l_total = sum(mixed), sum(learnt)
+    times = [0.0]
+    t = min_gap_s
+    while t < horizon_s:
+        times.append(t)
+        # fine where delays are short, ~3 % of t in the middle, at most 0.5 s apart
+        t += min(max(0.03 * t, 0.02), 0.5)
+    times.append(horizon_s)
+    below, moment = [0.0], [0.0]  # mass and first moment below each edge
+    for i, c in enumerate(mixed):
+        below.append(below[-1] + c)
+        moment.append(moment[-1] + c * (BUCKET_EDGES_S[i] + BUCKET_EDGES_S[i + 1]) / 2)
+    cdf, mean, survival = [], [], []
+    for t in times:
+        k = min(bisect.bisect_right(BUCKET_EDGES_S, t) - 1, _N - 1)
+        lo, hi = BUCKET_EDGES_S[k], BUCKET_EDGES_S[k + 1]
+        part = min((t - lo) / (hi - lo), 1.0)
+        cdf.append((below[k] + mixed[k] * part) / m_total)
+        mean.append((moment[k] + mixed[k] * part * (lo + t) / 2) / m_total)
+        survival.append(max(1.0 - _cdf(learnt, t) / l_total, 0.0))
+    return _Grid(times, cdf, mean, survival)
+
+
+def _solve(grid: _Grid, price: float, min_gap_s: float, max_gap_s: float) -> list[int]:
+    """The plan (grid indices) minimising E[delay] + price * E[polls] on the mixed distribution.
+
+    W[i] = cost from "last poll at times[i] saw processing", unnormalised by survival:
+    W[i] = min_j price*S[i] + E[(t_j - X); t_i < X <= t_j] + W[j]."""
+    times, cdf, mean = grid.times, grid.cdf, grid.mean
+    n = len(times) - 1
+    cost = [0.0] * (n + 1)
+    nxt = [n] * (n + 1)
+    anchor = [0.0] * (n + 1)  # t_j*F_j - M_j + W_j: the part of the cost that depends on j only
+    anchor[n] = times[n] * cdf[n] - mean[n]
+    lo_j = hi_j = n
+    for i in range(n - 1, -1, -1):
+        t_i = times[i]
+        while lo_j - 1 > i and times[lo_j - 1] - t_i >= min_gap_s:
+            lo_j -= 1
+        while hi_j > lo_j and times[hi_j] - t_i > max_gap_s:
+            hi_j -= 1
+        f_i = cdf[i]
+        best, best_j = math.inf, n
+        for j in range(max(lo_j, i + 1), hi_j + 1):
+            value = anchor[j] - times[j] * f_i
+            if value < best:
+                best, best_j = value, j
+        cost[i] = best + mean[i] + price * (1.0 - f_i)
+        nxt[i] = best_j
+        anchor[i] = t_i * f_i - mean[i] + cost[i]
+    plan, i = [], 0
+    while i < n:
+        i = nxt[i]
+        plan.append(i)
+    return plan
+
+
+def _expected_polls(grid: _Grid, plan: list[int]) -> float:
+    polls, previous = 0.0, 1.0
+    for j in plan:
+        polls += previous
+        previous = grid.survival[j]
+    return polls
+
+
+def _fixed_poller_polls(learnt: Sequence[float]) -> float:
+    """Expected polls of OCS's widget (first at 1 s, then every 1 s) on the learnt latencies."""
+    total = sum(learnt)
+    polls, k = 1.0, 1
+    while k < _HORIZON_S:
+        above = 1.0 - _cdf(learnt, k + _BUDGET_SLACK_S) / total
+        if above <= 1e-9:
+            break
+        polls += above
+        k += 1
+    return polls
+
+
+def _plan_times(histogram: CompletionHistogram, min_gap_s: float, max_gap_s: float) -> list[float]:
+    learnt = list(histogram.counts)
+    if sum(learnt) <= 1e-9:  # cold start: the prior is all we know
+        learnt = list(_PRIOR)
+        mixed = list(_PRIOR)
+    else:
+        mixed = [c + _PRIOR_WEIGHT * p for c, p in zip(learnt, _PRIOR)]
+    # plan until the mixed distribution is nearly exhausted; later polls every max_gap_s
+    horizon, running, m_total = _HORIZON_S, 0.0, sum(mixed)
+    for i, c in enumerate(mixed):
+        running += c
+        if running >= 0.999 * m_total:
+            horizon = min(_HORIZON_S, max(BUCKET_EDGES_S[i + 1], 2 * max_gap_s))
+            break
+    grid = _grid(mixed, learnt, min_gap_s, horizon)
+    # while little is known, spend more polls: they narrow the intervals that teach the histogram
+    young = max(0.0, 1.0 - histogram.total / _LEARNING_OBSERVATIONS)
+    budget = _fixed_poller_polls(learnt) * (1.0 + (_COLD_POLL_FACTOR - 1.0) * young)
+    low, high = math.log(1e-4), math.log(1e3)
+    best = _solve(grid, math.exp(high), min_gap_s, max_gap_s)
+    for _ in range(14):  # the smallest price whose plan stays within the widget's polls
+        middle = (low + high) / 2
+        plan = _solve(grid, math.exp(middle), min_gap_s, max_gap_s)
+        if _expected_polls(grid, plan) <= budget:
+            best, high = plan, middle
+        else:
+            low = middle
+    return [grid.times[j] for j in best]
+
+
+class PollSchedule:
+    """When to poll a turn's task next, planned once from a bot's histogram.
+
+    Parameters:
+        histogram: the bot's completion times (empty: the cold-start ramp).
+        min_gap_s / max_gap_s: bounds on the wait between two polls of one turn.
+    """
+
+    __slots__ = ("_max_gap_s", "_min_gap_s", "_times")
+
+    def __init__(self, histogram: CompletionHistogram, *, min_gap_s: float = 0.1, max_gap_s: float = 5.0) -> None:
+        if not 0 < min_gap_s <= max_gap_s:
+            raise ValueError("need 0 < min_gap_s <= max_gap_s")
+        self._min_gap_s = min_gap_s
+        self._max_gap_s = max_gap_s
+        self._times = _plan_times(histogram, min_gap_s, max_gap_s)
+
+    @property
+    def planned_s(self) -> tuple[float, ...]:
+        """The planned poll times, in seconds after OCS accepted the message."""
+        return tuple(self._times)
+
+    def next_delay(self, elapsed_s: float, polls_so_far: int) -> float:
+        """Seconds from now until the next task poll; elapsed_s is the time since OCS accepted
+        the message, polls_so_far the polls of this turn already answered 'processing'."""
+        earliest = elapsed_s + (self._min_gap_s if polls_so_far > 0 else 0.0)
+        k = bisect.bisect_left(self._times, earliest)
+        if k < len(self._times):
+            return max(self._times[k] - elapsed_s, self._min_gap_s if polls_so_far > 0 else 0.0)
+        # past the plan: every max_gap_s from its last poll
+        last = self._times[-1] if self._times else 0.0
+        steps = math.floor((earliest - last) / self._max_gap_s) + 1
+        return max(last + steps * self._max_gap_s - elapsed_s, self._min_gap_s)

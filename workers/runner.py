@@ -1,0 +1,339 @@
+"""The turn runner: one event loop per worker process that owns conversations and drives their
+turns, so a turn waiting on OCS holds neither a thread nor a queued message.
+
+Who owns what:
+
+* **Redis** holds the truth: each conversation's inbox, its turn ledger, and ``active`` (a
+  sorted set of conversations with work, scored by when someone must look at them next).
+* **Dramatiq** carries the edge's wake-ups to some worker process (``advance_conversation``);
+  its actor only hands the conversation to this runner and returns at once.
+* **The runner** takes a conversation's lease and keeps it, renewing all its leases in one round
+  trip every third of the TTL, while one coroutine per conversation steps the turn engine and
+  sleeps on the loop's timer heap between polls. A semaphore bounds the steps running at once;
+  ``max_in_flight`` bounds the conversations owned.
+* **The sweeper** (every ``sweep_interval_s``) adopts conversations that are overdue and have no
+  owner — a killed process's, or ones whose wake-up was lost — and starts the bot-initiated
+  message polls that are due. Renewal keeps owned conversations' scores in the future, so the
+  sweeper never touches a conversation a live process holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.clock import RedisClock
+from gateway.config import WorkerTuning
+from gateway.lease import Lease, LeaseLost, renew_leases
+from gateway.models import ConversationKey
+from gateway.services import Services
+from workers.botpoll import BotPoller
+from workers.turns import Hold, TurnEngine
+
+__all__ = ["TurnRunner"]
+
+log = logging.getLogger("ocsgw.runner")
+
+#: Renewal round trips are batched at most this many leases at a time.
+_RENEW_BATCH = 1000
+#: After a Redis error the driving coroutine waits this long before trying again.
+_REDIS_RETRY_S = 1.0
+#: Conversations adopted per sweep, at most.
+_ADOPT_PER_SWEEP = 500
+
+_SWEEP = """
+local overdue = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local polls = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])
+return {overdue, polls}
+"""
+
+
+class TurnRunner:
+    """Parameters:
+    services: the process's services (opened on this runner's loop).
+    tuning: the worker settings.
+    """
+
+    def __init__(self, services: Services, tuning: WorkerTuning) -> None:
+        self.services = services
+        self.tuning = tuning
+        self.clock = RedisClock(services.redis)
+        self.engine = TurnEngine(services, tuning, self.clock)
+        self.botpoller = BotPoller(services, tuning, self.clock)
+        self._holds: dict[str, Hold] = {}
+        self._pokes: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._steps = asyncio.Semaphore(tuning.max_concurrent_steps)
+        self._room = asyncio.Condition()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep = services.redis.register_script(_SWEEP)
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then give every held conversation back."""
+        self._loop = asyncio.get_running_loop()
+        await self._until_redis(self.clock.sync)
+        loops = [
+            asyncio.create_task(self._renew_loop(), name="ocsgw-renew"),
+            asyncio.create_task(self._sweep_loop(), name="ocsgw-sweep"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            for task in loops:
+                task.cancel()
+            await self._hand_back()
+
+    async def _until_redis(self, call: Any) -> None:
+        while True:
+            try:
+                await call()
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(_REDIS_RETRY_S)
+
+    async def _hand_back(self) -> None:
+        """Graceful stop: cancel the drivers and release their leases, marking their
+        conversations due now, so another process adopts them at its next sweep instead of
+        after the lease TTL."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._holds)
+
+    # -- taking conversations --------------------------------------------------------------
+
+    def offer(self, conv: str, *, botpoll: bool = False, timeout: float = 30.0) -> None:
+        """Hand ``conv`` to the runner from another thread (a Dramatiq actor). Blocks while the
+        process owns ``max_in_flight`` conversations: that is the backpressure that leaves the
+        queue's remaining messages to other processes."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            raise RuntimeError("the turn runner is not running")
+        future: Future[None] = asyncio.run_coroutine_threadsafe(self.claim(conv, botpoll=botpoll, wait=True), loop)
+        future.result(timeout)
+
+    async def claim(self, conv: str, *, botpoll: bool = False, wait: bool = False) -> bool:
+        """Own ``conv`` unless it is owned here already (then wake it); False when full."""
+        if conv in self._holds or conv in self._pokes:
+            poke = self._pokes.get(conv)
+            if poke is not None:
+                poke.set()
+            return True
+        if len(self._pokes) >= self.tuning.max_in_flight:
+            if not wait:
+                return False
+            async with self._room:
+                await self._room.wait_for(lambda: len(self._pokes) < self.tuning.max_in_flight)
+            if conv in self._pokes:
+                self._pokes[conv].set()
+                return True
+        self._pokes[conv] = asyncio.Event()
+        task = asyncio.create_task(self._drive(conv, botpoll), name=f"ocsgw-turn:{conv}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    # -- one conversation ------------------------------------------------------------------
+
+    async def _drive(self, conv_text: str, botpoll: bool) -> None:
+        conv = ConversationKey.parse(conv_text)
+        keys = self.services.keys
+        hold: Hold | None = None
+        try:
+            lease = await Lease.acquire(
+                self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
+                active=keys.active, member=conv_text, hold_until=self._hold_until(),
+            )
+            if lease is None:
+                return  # another process owns it and will see anything new before it lets go
+            hold = Hold(conv, lease)
+            self._holds[conv_text] = hold
+            if botpoll:
+                async with self._steps:
+                    await self.botpoller.poll(hold)
+            await self._run(hold, self._pokes[conv_text])
+        except LeaseLost:
+            log.info("lost the lease of %s; its new owner goes on", conv_text)
+        except asyncio.CancelledError:
+            if hold is not None and not hold.lease.lost:
+                await self._give_back(hold)
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("Redis error driving %s: %s; the sweeper will pick it up", conv_text, exc)
+        except Exception:  # noqa: BLE001 - a driver must never die silently
+            log.exception("driver of %s failed", conv_text)
+        finally:
+            self._holds.pop(conv_text, None)
+            self._pokes.pop(conv_text, None)
+            async with self._room:
+                self._room.notify(1)
+
+    async def _run(self, hold: Hold, poke: asyncio.Event) -> None:
+        keys = self.services.keys
+        member = str(hold.conv)
+        while True:
+            async with self._steps:
+                try:
+                    outcome = await self.engine.step(hold)
+                except (LeaseLost, asyncio.CancelledError):
+                    raise
+                except (RedisError, OSError) as exc:
+                    hold.stale = True
+                    log.warning("Redis error in a step of %s: %s", member, exc)
+                    hold.lease.check()  # past the lease's life: stop, the next owner adopts it
+                    await asyncio.sleep(_REDIS_RETRY_S)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - counted, logged, dead-lettered in time
+                    outcome = await self.engine.fail_unexpected(hold, exc)
+            if outcome.kind == "continue":
+                await asyncio.sleep(0)  # let the other conversations in between steps
+                continue
+            if outcome.kind == "idle":
+                released = await hold.lease.release_if_idle(
+                    inbox=keys.inbox(hold.conv), turn=keys.turn(hold.conv), active=keys.active, member=member
+                )
+                if released:
+                    return
+                hold.stale = True  # a message arrived meanwhile
+                continue
+            delay = outcome.at - self.clock.now()
+            if delay > 0:
+                poke.clear()
+                try:
+                    await asyncio.wait_for(poke.wait(), timeout=delay)
+                    hold.stale = hold.turn is None  # new inbox items matter only between turns
+                except TimeoutError:
+                    pass
+
+    async def _give_back(self, hold: Hold) -> None:
+        try:
+            await self.services.redis.zadd(self.services.keys.active, {str(hold.conv): self.clock.now()}, xx=True)
+            await hold.lease.release()
+        except (RedisError, OSError):
+            pass  # the lease lapses on its own
+
+    def _hold_until(self) -> float:
+        return self.clock.now() + self.tuning.lease_ttl_s
+
+    # -- background loops ------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = self.tuning.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = [(hold.lease, key) for key, hold in list(self._holds.items())]
+            try:
+                await self.clock.maybe_resync()
+                for start in range(0, len(held), _RENEW_BATCH):
+                    await renew_leases(
+                        self.services.redis, self.services.keys.active, held[start:start + _RENEW_BATCH],
+                        hold_until=self._hold_until(),
+                    )
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for lease, key in held:
+                if lease.lost:
+                    poke = self._pokes.get(key)
+                    if poke is not None:
+                        poke.set()  # its driver finds the lease lost at its next write or call
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tuning.sweep_interval_s)
+            try:
+                await self.sweep()
+            except (RedisError, OSError) as exc:
+                log.warning("sweep skipped: %s", exc)
+            except Exception:  # noqa: BLE001 - the next sweep must still run
+                log.exception("sweep failed")
+
+    async def sweep(self) -> tuple[int, int]:
+        """Adopt overdue ownerless conversations and start due bot-message polls (one round
+        trip); returns how many of each were taken."""
+        room = self.tuning.max_in_flight - len(self._pokes)
+        if room <= 0:
+            return 0, 0
+        now = self.clock.now()
+        keys = self.services.keys
+        overdue, polls = await self._sweep(
+            keys=[keys.active, keys.botpoll],
+            args=[now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.botpoll_budget_per_tick],
+        )
+        adopted = 0
+        for raw in overdue:
+            conv = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if conv not in self._pokes and await self.claim(conv):
+                adopted += 1
+        started = 0
+        for raw in polls:
+            conv = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if conv not in self._pokes and await self.claim(conv, botpoll=True):
+                started += 1
+        if adopted:
+            log.info("adopted %d overdue conversation(s)", adopted)
+        return adopted, started
+
+
+class RunnerThread(threading.Thread):
+    """The runner's event loop in a thread of its own, beside Dramatiq's threads."""
+
+    def __init__(self, open_services: Any, tuning: WorkerTuning) -> None:
+        super().__init__(name="ocsgw-runner", daemon=True)
+        self._open_services = open_services
+        self._tuning = tuning
+        self.runner: TurnRunner | None = None
+        self._ready = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the starter
+            self.error = exc
+            log.exception("turn runner stopped")
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        services = await self._open_services()
+        try:
+            self.runner = TurnRunner(services, self._tuning)
+            serving = asyncio.create_task(self.runner.serve(self._stop_event))
+            while self.runner._loop is None and not serving.done():
+                await asyncio.sleep(0.01)
+            self._ready.set()
+            await serving
+        finally:
+            await services.aclose()
+
+    def wait_ready(self, timeout: float = 30.0) -> TurnRunner:
+        self._ready.wait(timeout)
+        if self.runner is None or self.error is not None:
+            raise RuntimeError(f"the turn runner did not start: {self.error!r}")
+        return self.runner
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop_event is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:
+                pass
+        self.join(timeout)
