@@ -27,12 +27,13 @@ import hashlib
 import hmac
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,9 +122,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _spawn(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn(*args: str, tree: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
+    """Serve from ``tree`` (another checkout holding this file, for before/after figures)."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.bench_ingest", "serve", *args, "--port", str(port)], cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "bench.bench_ingest", "serve", *args, "--port", str(port)], cwd=tree)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -272,14 +274,40 @@ async def open_loop(port: int, requests: list[bytes], *, rate: float, connection
 class Measured:
     target: str
     fsync: str
+    #: Median over the rounds of closed-loop requests/s.
     requests_per_s: float
+    #: Each round's requests/s (targets take turns, so a noisy neighbour hits them alike).
+    rounds: list[float]
     failed: int
     p50_ms_at_half_rate: float
     p99_ms_at_half_rate: float
     #: 200s over the warm-up, throughput and latency phases.
     acked: int
-    #: Wake-up messages the edge queued during the measurement (must equal the 200s it sent).
-    queued: int | None = None
+
+
+@dataclass
+class _Server:
+    """One target under load: where it listens, its pre-signed requests and its tallies."""
+
+    target: Target
+    label: str
+    port: int
+    next_id: int = 0
+    rounds: list[float] = field(default_factory=list)
+    acked: int = 0
+    failed: int = 0
+    next_batch: list[bytes] = field(default_factory=list)
+
+    def take(self, count: int) -> list[bytes]:
+        batch = prepare(self.target, self.port, self.next_id, count)
+        self.next_id += count
+        return batch
+
+    def load(self, requests: list[bytes], *, connections: int, duration_s: float) -> float:
+        rps, ok, failed = asyncio.run(closed_loop(self.port, requests, connections=connections, duration_s=duration_s))
+        self.acked += ok
+        self.failed += failed
+        return rps
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -287,18 +315,32 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def measure(target: Target, port: int, fsync: str, *, duration_s: float, connections: int) -> Measured:
-    # Warm up (imports, pools, the Slack identity) and size the pre-signed batches from it.
-    warm = prepare(target, port, 0, 400)
-    rate, warm_ok, warm_failed = asyncio.run(closed_loop(port, warm, connections=connections, duration_s=1.0))
-    batch = prepare(target, port, len(warm), int(max(rate, 100) * duration_s * 2))
-    rps, ok, failed = asyncio.run(closed_loop(port, batch, connections=connections, duration_s=duration_s))
-    half = rps / 2
-    paced = prepare(target, port, len(warm) + len(batch), int(half * duration_s / 2))
-    latencies, late_failed = asyncio.run(open_loop(port, paced, rate=half, connections=connections))
-    return Measured(target, fsync, round(rps, 1), warm_failed + failed + late_failed,
-                    round(_percentile(latencies, 0.5) * 1000, 2), round(_percentile(latencies, 0.99) * 1000, 2),
-                    acked=warm_ok + ok + len(latencies) - late_failed)
+def measure_round_robin(servers: list[_Server], fsync: str, *, duration_s: float, rounds: int,
+                        connections: int) -> list[Measured]:
+    """Warm each server up, then ``rounds`` rounds in which each takes ``duration_s / rounds``
+    of closed-loop load in turn; then each one's ack latency at half its median rate."""
+    slice_s = duration_s / rounds
+    for server in servers:
+        # Imports, pools, the Slack identity; and a rate to size the pre-signed batches by.
+        rate = server.load(server.take(400), connections=connections, duration_s=1.0)
+        server.rounds = []
+        server.next_batch = server.take(int(max(rate, 100) * slice_s * 2))
+    for _ in range(rounds):
+        for server in servers:
+            batch = server.next_batch
+            server.rounds.append(server.load(batch, connections=connections, duration_s=slice_s))
+            server.next_batch = server.take(len(batch))
+    measured = []
+    for server in servers:
+        median = statistics.median(server.rounds)
+        paced = server.take(int(median / 2 * min(slice_s, 5.0)))
+        latencies, late_failed = asyncio.run(open_loop(server.port, paced, rate=median / 2, connections=connections))
+        measured.append(Measured(
+            server.label, fsync if server.target != "bare" else "-", round(median, 1), [round(r, 1) for r in server.rounds],
+            server.failed + late_failed, round(_percentile(latencies, 0.5) * 1000, 2),
+            round(_percentile(latencies, 0.99) * 1000, 2), server.acked + len(latencies) - late_failed,
+        ))
+    return measured
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,9 +349,12 @@ def main(argv: list[str] | None = None) -> None:
         _serve(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="python -m bench.bench_ingest")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of closed-loop load per target (≤ 20)")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds of closed-loop load per target (≤ 20)")
+    parser.add_argument("--rounds", type=int, default=4, help="the duration is split into this many turns per target")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--targets", default="webhook,telegram,slack")
+    parser.add_argument("--compare-tree", type=Path, default=None,
+                        help="also measure the webhook route of the edge in this checkout (copy this file into its bench/)")
     args = parser.parse_args(argv)
     duration = min(args.duration, 20.0)
     targets: list[Target] = [t for t in ("webhook", "telegram", "slack") if t in args.targets.split(",")]  # type: ignore[misc]
@@ -321,41 +366,52 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ocsgw-bench-ingest-") as tmp, FakeTelegram() as telegram, FakeSlack() as slack:
         telegram.add_bot(TELEGRAM_TOKEN, username="bench_bot")
         slack.add_workspace("T1", token=SLACK_TOKEN)
-        bare, bare_port = _spawn("bare")
+        apis = ("--telegram-api", telegram.url, "--slack-api", slack.api_url)
+        spawned: list[subprocess.Popen[bytes]] = []
         try:
+            bare, bare_port = _spawn("bare")
+            spawned.append(bare)
             for fsync in ("always", "everysec"):
                 with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
-                    edge, edge_port = _spawn("edge", "--redis-url", redis_url,
-                                             "--telegram-api", telegram.url, "--slack-api", slack.api_url)
-                    try:
-                        results.append(measure("bare", bare_port, "-", duration_s=duration, connections=args.connections))
-                        _report(results[-1])
-                        queue = redis.Redis.from_url(redis_url)
-                        for target in targets:
-                            before = int(queue.llen(QUEUE_KEY))
-                            results.append(measure(target, edge_port, fsync, duration_s=duration,
-                                                   connections=args.connections))
-                            results[-1].queued = int(queue.llen(QUEUE_KEY)) - before
-                            _report(results[-1])
-                        queue.close()
-                    finally:
-                        edge.terminate()
-                        edge.wait(timeout=30)
+                    edge, edge_port = _spawn("edge", "--redis-url", redis_url, *apis)
+                    spawned.append(edge)
+                    servers = [_Server("bare", "bare", bare_port), *(_Server(t, t, edge_port) for t in targets)]
+                    if args.compare_tree:
+                        # Its own database, so ids claimed by one edge are not duplicates for the other.
+                        other, other_port = _spawn("edge", "--redis-url", redis_url.rsplit("/", 1)[0] + "/1", *apis,
+                                                   tree=args.compare_tree)
+                        spawned.append(other)
+                        servers.append(_Server("webhook", f"webhook@{args.compare_tree.name}", other_port))
+                    queue = redis.Redis.from_url(redis_url)
+                    before = int(queue.llen(QUEUE_KEY))
+                    measured = measure_round_robin(servers, fsync, duration_s=duration, rounds=args.rounds,
+                                                   connections=args.connections)
+                    queued = int(queue.llen(QUEUE_KEY)) - before
+                    queue.close()
+                    acked = sum(m.acked for m in measured if m.target in targets)
+                    for m in measured:
+                        _report(m)
+                    print(f"fsync={fsync}: {acked} acknowledged by the edge, {queued} wake-ups queued", flush=True)
+                    results += measured
+                    for process in spawned[1:]:
+                        process.terminate()
+                        process.wait(timeout=30)
+                    del spawned[1:]
         finally:
-            bare.terminate()
-            bare.wait(timeout=30)
+            for process in spawned:
+                process.terminate()
+                process.wait(timeout=30)
     print(json.dumps(_summary(results), indent=2))
 
 
 def _report(m: Measured) -> None:
-    print(f"{m.target:9} fsync={m.fsync:8} {m.requests_per_s:8.1f} req/s  failed={m.failed:<4} "
-          f"p50={m.p50_ms_at_half_rate:6.2f} ms  p99={m.p99_ms_at_half_rate:6.2f} ms (at half rate)  acked={m.acked} queued={m.queued}",
-          flush=True)
+    print(f"{m.target:18} fsync={m.fsync:8} {m.requests_per_s:8.1f} req/s (rounds {m.rounds})  failed={m.failed:<3} "
+          f"p50={m.p50_ms_at_half_rate:6.2f} ms  p99={m.p99_ms_at_half_rate:6.2f} ms at half rate", flush=True)
 
 
 def _summary(results: list[Measured]) -> dict[str, Any]:
-    """Every figure, plus each edge route's rate as a share of the bare handler measured in the
-    same round (same Redis mode, minutes apart at most)."""
+    """Every figure, plus each edge route's median rate as a share of the bare handler's, from
+    the same rounds."""
     ratios: dict[str, float] = {}
     bare_rate = 0.0
     for m in results:

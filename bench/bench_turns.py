@@ -98,7 +98,10 @@ def serve_sim(port: int) -> None:
 
 def serve_receiver(port: int) -> None:
     """A callback receiver: verifies each signature and records ``[conversation_id, in_reply_to,
-    arrival epoch s, text]`` per callback; ``GET /count``, ``GET /replies``."""
+    arrival epoch s, text]`` for the first callback of each turn (by ``in_reply_to``, else the
+    conversation). ``GET /count``: turns answered, callbacks in all, and repeats (a second callback
+    for a turn: same ``webhook-id``, which a receiver may drop, or a new one, which it cannot).
+    ``GET /replies``: the first callbacks."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -108,21 +111,31 @@ def serve_receiver(port: int) -> None:
     from adapters.webhook import signing
 
     key = signing.decode_secret(HOOK_SECRET)
-    got: list[list[Any]] = []
+    got: dict[str, list[Any]] = {}
+    ids: dict[str, set[str]] = {}
+    tally = {"callbacks": 0, "same_id_repeats": 0, "new_id_repeats": 0}
 
     async def callback(request: Request) -> JSONResponse:
         arrived = time.time()  # the request line and headers are in: the send's first byte is long past
         body = await request.body()
-        signing.verify(key, {k.lower(): v for k, v in request.headers.items()}, body)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        signing.verify(key, headers, body)
         data = json.loads(body)
-        got.append([data["conversation_id"], data.get("in_reply_to"), arrived, data.get("text", "")])
+        turn = str(data.get("in_reply_to") or data["conversation_id"])
+        tally["callbacks"] += 1
+        seen = ids.setdefault(turn, set())
+        if turn in got:
+            tally["same_id_repeats" if headers["webhook-id"] in seen else "new_id_repeats"] += 1
+        else:
+            got[turn] = [data["conversation_id"], data.get("in_reply_to"), arrived, data.get("text", "")]
+        seen.add(headers["webhook-id"])
         return JSONResponse({"ok": True})
 
     async def count(request: Request) -> JSONResponse:
-        return JSONResponse({"count": len(got)})
+        return JSONResponse({"count": len(got), **tally})
 
     async def replies(request: Request) -> JSONResponse:
-        return JSONResponse(got)
+        return JSONResponse(list(got.values()))
 
     app = Starlette(routes=[
         Route("/cb", callback, methods=["POST"]),
@@ -161,6 +174,8 @@ class Stack:
     receiver_url: str
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The workers' Redis pool size; 0 keeps redis-py's default (100).
+    redis_pool: int = 0
 
     @property
     def redis(self) -> redis.Redis:
@@ -181,7 +196,12 @@ class Stack:
 
     # receiver
     def reply_count(self) -> int:
+        """Turns answered (repeated callbacks for a turn not counted)."""
         return int(self.http.get(f"{self.receiver_url}/count").json()["count"])
+
+    def callback_tally(self) -> dict[str, int]:
+        """Callbacks in all, and repeats for turns already answered (same or new webhook-id)."""
+        return {k: int(v) for k, v in self.http.get(f"{self.receiver_url}/count").json().items() if k != "count"}
 
     def replies(self) -> list[Reply]:
         return [Reply(*row) for row in self.http.get(f"{self.receiver_url}/replies", timeout=60).json()]
@@ -245,8 +265,10 @@ def stack(rtt_s: float = 0.05) -> Iterator[Stack]:
 
 def write_config(s: Stack, name: str, bots: Mapping[str, Mapping[str, Any]], worker: Mapping[str, Any]) -> Path:
     """A gateway config: one webhook channel per bot (named like the bot) calling back the
-    receiver; ``bots`` maps a name to extra bot settings (``budget``, ...)."""
-    lines = [f"redis_url: {s.redis_url}", "bots:"]
+    receiver; ``bots`` maps a name to extra bot settings (``budget``, ...). ``s.redis_pool``, when
+    set, becomes the workers' Redis pool size (redis-py reads ``max_connections`` from the URL)."""
+    url = f"{s.redis_url}?max_connections={s.redis_pool}" if s.redis_pool else s.redis_url
+    lines = [f"redis_url: {url}", "bots:"]
     for bot, extra in bots.items():
         lines += [f"  {bot}:", f"    base_url: {s.sim_url}", f"    chatbot_id: {DEMO_CHATBOT_ID}",
                   "    client_id: demo-client", "    client_secret: ${BENCH_OCS_SECRET}"]
@@ -367,7 +389,7 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
     workers = [s.start_worker(config) for _ in range(processes)]
     _warm_up(s, tag)
     client = s.redis
-    base_replies, base_sim, base_redis = s.reply_count(), s.sim_counts(), commandstats(client)
+    base_replies, base_sim, base_redis, base_tally = s.reply_count(), s.sim_counts(), commandstats(client), s.callback_tally()
     items = [("bench", f"{tag}-{n}", f"hello from {tag}-{n}", f"{tag}-{n}") for n in range(turns)]
     t0 = time.time()
     injector, admitted = inject_in_thread(s.redis_url, items)
@@ -391,6 +413,7 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         "worker_processes": processes,
         "turns": turns,
         "delivered": got,
+        "repeated_callbacks": _delta(s.callback_tally(), base_tally),
         "admission_s": round(max(admitted.values()) - t0, 2),
         "seconds": round(elapsed, 2),
         "turns_per_s": round(got / elapsed, 1),
@@ -421,6 +444,68 @@ def _idle(s: Stack, seconds: float) -> dict[str, Any]:
         "redis_commands_per_s": round(sum(redis_delta.values()) / seconds, 2),
         "redis_commands": redis_delta,
         "ocs_requests": _delta(s.sim_counts(), before_sim),
+    }
+
+
+class _Monitor(threading.Thread):
+    """Counts the commands Redis receives (``MONITOR``): from clients, by command, apart from
+    those run inside scripts (``[0 lua]``), which ``INFO commandstats`` cannot tell apart."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+        self.by_client: dict[str, int] = {}
+        self.in_scripts = 0
+        self.done = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        conn = self.client.connection_pool.get_connection()
+        conn.send_command("MONITOR")
+        conn.read_response()
+        self.ready.set()
+        while not self.done.is_set():
+            try:
+                line = conn.read_response()
+            except redis.TimeoutError:
+                continue
+            text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
+            if "[0 lua]" in text:
+                self.in_scripts += 1
+                continue
+            command = text.split("] ", 1)[1].split(" ", 1)[0].strip('"').lower() if "] " in text else "?"
+            if command != "info":
+                self.by_client[command] = self.by_client.get(command, 0) + 1
+        conn.disconnect()
+
+
+def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
+    """Redis calls per turn as the worker makes them: ``turns`` first messages at once into one
+    worker while MONITOR counts client commands (each admission's one EVALSHA subtracted)."""
+    s.redis.flushdb()
+    s.knobs(reply_latency_s=latency_s, reply_latency=None)
+    s.start_worker(_capacity_config(s, "monitor-config", latency_s))
+    _warm_up(s, "mon")
+    monitor = _Monitor(s.redis_url)
+    monitor.start()
+    monitor.ready.wait(10)
+    base = s.reply_count()
+    items = [("bench", f"mon-{n}", f"hello from mon-{n}", f"mon-{n}") for n in range(turns)]
+    asyncio.run(inject(s.redis_url, items))
+    got = s.wait_replies(base + turns, 600) - base
+    time.sleep(1)
+    monitor.done.set()
+    monitor.join(5)
+    s.stop_workers()
+    calls = dict(monitor.by_client)
+    calls["evalsha"] = calls.get("evalsha", 0) - turns
+    return {
+        "turns": turns, "delivered": got,
+        "client_commands_per_turn": round(sum(calls.values()) / turns, 1),
+        "script_calls_per_turn": round((calls.get("evalsha", 0) + calls.get("eval", 0)) / turns, 1),
+        "commands_inside_scripts_per_turn": round(monitor.in_scripts / turns, 1),
+        "client_commands_by_name_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in calls.items() if v),
+                                                        key=lambda kv: -kv[1])),
     }
 
 
@@ -465,9 +550,13 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--capacity", type=int, default=0, help="also: N turns at 30 s latency (peak waiting on OCS)")
     parser.add_argument("--skip-two", action="store_true")
+    parser.add_argument("--redis-pool", type=int, default=0, help="workers' Redis max_connections (0: redis-py default, 100)")
+    parser.add_argument("--monitor-turns", type=int, default=500, help="Redis calls per turn counted by MONITOR (0: skip)")
     args = parser.parse_args()
     results: dict[str, Any] = {"latency_s": args.latency, "rtt_s": args.rtt, "cpus": os.cpu_count()}
+    results["redis_pool"] = args.redis_pool or "default (100)"
     with stack(args.rtt) as s:
+        s.redis_pool = args.redis_pool
         cost = _admit_cost(s)
         results["admit_redis_commands"] = round(sum(cost.values()), 2)
         results["one"] = run_workers(s, processes=1, turns=args.turns, latency_s=args.latency, tag="one",
@@ -478,6 +567,8 @@ def main() -> None:
             print(json.dumps(results["two"]), file=sys.stderr, flush=True)
         results["baseline"] = run_baseline(s, args.baseline_turns, args.latency)
         results["idle_empty"] = run_idle_empty(s, args.idle_s)
+        if args.monitor_turns:
+            results["redis_calls_monitor"] = run_monitor(s, args.monitor_turns, args.latency)
         if args.capacity:
             results["capacity_30s"] = run_workers(s, processes=1, turns=args.capacity, latency_s=30.0, tag="cap", admit_cost=cost)
     one, base = results["one"], results["baseline"]

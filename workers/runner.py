@@ -152,6 +152,7 @@ class TurnRunner:
         conv = ConversationKey.parse(conv_text)
         keys = self.services.keys
         hold: Hold | None = None
+        again = False
         try:
             lease = await Lease.acquire(
                 self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
@@ -164,7 +165,7 @@ class TurnRunner:
             if botpoll:
                 async with self._steps:
                     await self.botpoller.poll(hold)
-            await self._run(hold, self._pokes[conv_text])
+            again = await self._run(hold, self._pokes[conv_text])
         except LeaseLost:
             log.info("lost the lease of %s; its new owner goes on", conv_text)
         except asyncio.CancelledError:
@@ -180,8 +181,11 @@ class TurnRunner:
             self._pokes.pop(conv_text, None)
             async with self._room:
                 self._room.notify(1)
+        if again and not self._stopping:
+            await self.claim(conv_text)
 
-    async def _run(self, hold: Hold, poke: asyncio.Event) -> None:
+    async def _run(self, hold: Hold, poke: asyncio.Event) -> bool:
+        """Step until the conversation is released; True if a wake-up arrived meanwhile."""
         keys = self.services.keys
         member = str(hold.conv)
         while True:
@@ -202,11 +206,14 @@ class TurnRunner:
                 await asyncio.sleep(0)  # let the other conversations in between steps
                 continue
             if outcome.kind == "idle":
+                poke.clear()
                 released = await hold.lease.release_if_idle(
                     inbox=keys.inbox(hold.conv), turn=keys.turn(hold.conv), active=keys.active, member=member
                 )
                 if released:
-                    return
+                    # A wake-up that came while the release was on its way found us still here;
+                    # claim again once we are gone, so it is not lost.
+                    return poke.is_set()
                 hold.stale = True  # a message arrived meanwhile
                 continue
             delay = outcome.at - self.clock.now()

@@ -40,7 +40,7 @@ from gateway.errors import (
 from gateway.fingerprints import delivered_ops
 from gateway.lease import Lease, LeaseLost, Op
 from gateway.ledger import Turn, TurnState
-from gateway.models import ConversationKey, InboundKind, Reply, ReplyAttachment, ReplyKind
+from gateway.models import ConversationKey, InboundKind, Outgoing, Reply, ReplyAttachment, ReplyKind
 from gateway.ocs_client import OCSSession
 from gateway.budget import Priority
 from gateway.services import Services
@@ -248,7 +248,11 @@ class TurnEngine:
         channel = self.services.config.channels[conv.channel]
         if inbound.kind is InboundKind.PUSH:
             attachments = tuple(_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
-            await self._replied(hold, turn, Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=attachments))
+            reply = Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=attachments)
+            # A replayed delivery carries the parts that were never delivered: only those go out.
+            stored = inbound.context.get("parts")
+            parts = tuple(Outgoing.from_dict(p) for p in stored) if isinstance(stored, list) and stored else None
+            await self._replied(hold, turn, reply, parts=parts)
             return CONTINUE
         touch = self.services.conversations.touch_ops(conv, inbound.route, now=self.clock.now())
         if inbound.kind is InboundKind.RESET:
@@ -485,9 +489,19 @@ class TurnEngine:
         )
         return CONTINUE
 
-    async def _replied(self, hold: Hold, turn: Turn, reply: Reply, *, extra: list[Op] | None = None, last_error: str = "") -> None:
+    async def _replied(
+        self,
+        hold: Hold,
+        turn: Turn,
+        reply: Reply,
+        *,
+        extra: list[Op] | None = None,
+        last_error: str = "",
+        parts: tuple[Outgoing, ...] | None = None,
+    ) -> None:
         """Record the answer and its rendering in one write: from here on OCS is never asked again."""
-        parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
+        if parts is None:
+            parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
         changes: dict[str, Any] = {
             "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
             "attempts": 0, "failing_since": 0.0, "next_at": 0.0,

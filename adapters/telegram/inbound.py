@@ -54,6 +54,9 @@ _CHAT_TYPES = frozenset({Chat.PRIVATE, *_GROUP_TYPES})
 # What PTB's constructors and our reading of its objects raise on a body of the wrong shape (a
 # string where an object belongs, a date past year 9999...). Only these are turned into 400s.
 _SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError, IndexError)
+# PTB turns every date into a datetime, and the C library says EOVERFLOW (an OSError) for Unix
+# times near 2**62; de_json does no I/O, so an OSError from it can only be that.
+_DE_JSON_ERRORS = (*_SHAPE_ERRORS, OSError)
 
 # The fields the gateway reads, with their Bot API types, checked on the raw JSON before PTB
 # sees it, so that a wrong type is refused by name. A nested table is an object with those
@@ -125,7 +128,7 @@ def read_update(body: bytes) -> Update | None:
             _check_fields(value, _UPDATE_FIELDS[name], name)
     try:
         return Update.de_json(data, None)
-    except _SHAPE_ERRORS as exc:
+    except _DE_JSON_ERRORS as exc:
         if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
             # Legacy shapes (a "from" without is_bot, SOURCES.md) lack a field PTB requires.
             # Telegram must still get a 2xx, or it redelivers and holds the chat's queue
@@ -178,7 +181,7 @@ def _failing_field(data: Mapping[str, Any]) -> str:
             continue
         try:
             Update.de_json({"update_id": data["update_id"], name: value}, None)
-        except _SHAPE_ERRORS:
+        except _DE_JSON_ERRORS:
             return name
     return "update"
 

@@ -69,7 +69,10 @@ def refused(response: httpx.Response, status: int, stack: Stack) -> str:
         (b'{"t": "\\ud800"}', "surrogate"),
         (b'{"t": "\xff\xfe"}', "UTF-8"),
         (b"[" * 10 + b"}" * 10, "balance"),
+        # An unterminated string of escaped quotes: the depth scan once restarted at each quote.
+        (b'"' + b'\\"' * 50_000, "Unterminated"),
     ],
+    ids=lambda value: value[:24].decode(errors="replace") if isinstance(value, bytes) else value,
 )
 def test_strict_loader_refuses_what_cannot_be_carried_on(body: bytes, says: str) -> None:
     with pytest.raises(PayloadInvalid, match=says):
@@ -139,9 +142,10 @@ def test_telegram_date_out_of_range_is_refused(tg_edge: Stack) -> None:
     assert "message.date" in refused(post_telegram(tg_edge, json.dumps(update)), 400, tg_edge)
 
 
-def test_telegram_integer_date_past_year_9999_is_refused(tg_edge: Stack) -> None:
+@pytest.mark.parametrize("date", [10**15, -(10**12), 2**62], ids=["year-31690708", "year-29719", "EOVERFLOW"])
+def test_telegram_integer_date_outside_datetime_is_refused(tg_edge: Stack, date: int) -> None:
     update = telegram_text()
-    update["message"]["date"] = 10**15
+    update["message"]["date"] = date
     assert refused(post_telegram(tg_edge, json.dumps(update)), 400, tg_edge).startswith("message:")
 
 

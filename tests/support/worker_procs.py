@@ -66,10 +66,12 @@ def write_worker_config(
     client_id: str = "demo-client",
     client_secret: str = "demo-secret",
     task_timeout_s: float = 20.0,
+    bot: Mapping[str, Any] | None = None,
 ) -> WorkerConfig:
     """Write ``gateway.yaml`` in ``directory``: bot ``demo`` on the simulator and webhook channel
     ``hooks`` calling back ``callback_url``, the same shape as ``tests.conftest.stack_config``.
-    Secrets go in as ``${ENV}`` references, their values in the returned ``env``."""
+    ``bot`` adds or replaces fields of the bot (``budget``, say). Secrets go in as ``${ENV}``
+    references, their values in the returned ``env``."""
     data: dict[str, Any] = {
         "redis_url": redis_url,
         "bots": {
@@ -80,6 +82,7 @@ def write_worker_config(
                 "client_id": client_id,
                 "client_secret": f"${{{_CLIENT_SECRET_ENV}}}",
                 "task_timeout_s": task_timeout_s,
+                **(bot or {}),
             }
         },
         "channels": {
