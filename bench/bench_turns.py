@@ -401,6 +401,7 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         peak_waiting = max(peak_waiting, sent - (s.reply_count() - base_replies))
         peak_rss = max(peak_rss, sum(rss_mb(w.pid) for w in workers))
 
+    load_before = os.getloadavg()[0]
     got = s.wait_replies(base_replies + turns, 900, sample, tick_s=0.25) - base_replies
     injector.join()
     replies = [r for r in s.replies() if r.in_reply_to in admitted]
@@ -414,6 +415,7 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         "turns": turns,
         "delivered": got,
         "repeated_callbacks": _delta(s.callback_tally(), base_tally),
+        "machine_load_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "admission_s": round(max(admitted.values()) - t0, 2),
         "seconds": round(elapsed, 2),
         "turns_per_s": round(got / elapsed, 1),
@@ -453,7 +455,7 @@ class _Monitor(threading.Thread):
 
     def __init__(self, redis_url: str) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+        self.client = redis.Redis.from_url(redis_url)
         self.by_client: dict[str, int] = {}
         self.in_scripts = 0
         self.done = threading.Event()
@@ -465,10 +467,7 @@ class _Monitor(threading.Thread):
         conn.read_response()
         self.ready.set()
         while not self.done.is_set():
-            try:
-                line = conn.read_response()
-            except redis.TimeoutError:
-                continue
+            line = conn.read_response()  # stop(): done is set, then a PING wakes this up
             text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
             if "[0 lua]" in text:
                 self.in_scripts += 1
@@ -495,6 +494,7 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
     got = s.wait_replies(base + turns, 600) - base
     time.sleep(1)
     monitor.done.set()
+    s.redis.ping()
     monitor.join(5)
     s.stop_workers()
     calls = dict(monitor.by_client)
@@ -549,7 +549,8 @@ def main() -> None:
     parser.add_argument("--rtt", type=float, default=0.05)
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--capacity", type=int, default=0, help="also: N turns at 30 s latency (peak waiting on OCS)")
-    parser.add_argument("--skip-two", action="store_true")
+    parser.add_argument("--phases", default="one,two,baseline,idle,monitor",
+                        help="comma-separated, of: one,two,baseline,idle,monitor (capacity: see --capacity)")
     parser.add_argument("--redis-pool", type=int, default=0, help="workers' Redis max_connections (0: redis-py default, 100)")
     parser.add_argument("--monitor-turns", type=int, default=500, help="Redis calls per turn counted by MONITOR (0: skip)")
     args = parser.parse_args()
@@ -559,21 +560,26 @@ def main() -> None:
         s.redis_pool = args.redis_pool
         cost = _admit_cost(s)
         results["admit_redis_commands"] = round(sum(cost.values()), 2)
-        results["one"] = run_workers(s, processes=1, turns=args.turns, latency_s=args.latency, tag="one",
-                                     admit_cost=cost, idle_s=args.idle_s)
-        print(json.dumps(results["one"]), file=sys.stderr, flush=True)
-        if not args.skip_two:
+        phases = set(args.phases.split(","))
+        if "one" in phases:
+            results["one"] = run_workers(s, processes=1, turns=args.turns, latency_s=args.latency, tag="one",
+                                         admit_cost=cost, idle_s=args.idle_s)
+            print(json.dumps(results["one"]), file=sys.stderr, flush=True)
+        if "two" in phases:
             results["two"] = run_workers(s, processes=2, turns=args.turns, latency_s=args.latency, tag="two", admit_cost=cost)
             print(json.dumps(results["two"]), file=sys.stderr, flush=True)
-        results["baseline"] = run_baseline(s, args.baseline_turns, args.latency)
-        results["idle_empty"] = run_idle_empty(s, args.idle_s)
-        if args.monitor_turns:
+        if "baseline" in phases:
+            results["baseline"] = run_baseline(s, args.baseline_turns, args.latency)
+        if "idle" in phases:
+            results["idle_empty"] = run_idle_empty(s, args.idle_s)
+        if "monitor" in phases and args.monitor_turns:
             results["redis_calls_monitor"] = run_monitor(s, args.monitor_turns, args.latency)
         if args.capacity:
             results["capacity_30s"] = run_workers(s, processes=1, turns=args.capacity, latency_s=30.0, tag="cap", admit_cost=cost)
-    one, base = results["one"], results["baseline"]
-    results["ratio_turns_per_s_vs_baseline"] = round(one["turns_per_s"] / base["turns_per_s"], 1)
-    if "two" in results:
+    one, base = results.get("one"), results.get("baseline")
+    if one and base:
+        results["ratio_turns_per_s_vs_baseline"] = round(one["turns_per_s"] / base["turns_per_s"], 1)
+    if one and "two" in results:
         results["ratio_two_vs_one"] = round(results["two"]["turns_per_s"] / one["turns_per_s"], 2)
     print(json.dumps(results, indent=2))
 

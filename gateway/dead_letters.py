@@ -11,6 +11,7 @@ the TTL and the ``dlq`` index is pruned of older ids whenever a letter is parked
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import re
@@ -217,10 +218,10 @@ class DeadLetterStore:
                 if raw is not None:
                     yield DeadLetter.from_json(raw), position
 
-    async def _next_rows(self, position: _Position, floor: str) -> list[tuple[str, float]]:
+    async def _next_rows(self, position: _Position, floor: str) -> builtins.list[tuple[str, float]]:
         """The next batch of ``(id, score)`` after ``position``: first the ids that share its score
         (Redis orders them by id, descending here), then strictly older scores."""
-        rows: list[tuple[str, float]] = []
+        rows: builtins.list[tuple[str, float]] = []
         top = "+inf"
         if position.letter_id is not None:
             top = f"({position.score!r}"
@@ -228,9 +229,9 @@ class DeadLetterStore:
                 same = await self._redis.zrevrangebyscore(
                     self._keys.dlq, repr(position.score), repr(position.score), withscores=True
                 )
-                rows = [(as_text(m), float(s)) for m, s in same if as_text(m) < position.letter_id]
+                rows = [(as_text(m), float(s)) for m, s in _pairs(same) if as_text(m) < position.letter_id]
         older = await self._redis.zrevrangebyscore(self._keys.dlq, top, floor, start=0, num=_BATCH, withscores=True)
-        return rows + [(as_text(m), float(s)) for m, s in older]
+        return rows + [(as_text(m), float(s)) for m, s in _pairs(older)]
 
     async def get(self, letter_id: str) -> DeadLetter | None:
         raw = await self._redis.get(self._keys.dead_letter(letter_id))
@@ -274,6 +275,11 @@ class DeadLetterStore:
             pipe.zrem(self._keys.dlq, letter_id)
             await pipe.execute()
         return conv
+
+
+def _pairs(rows: Any) -> builtins.list[tuple[Any, Any]]:
+    """``withscores`` replies as (member, score) pairs (the typed stubs do not say so)."""
+    return [(member, score) for member, score in rows]
 
 
 def _as_push(original: Inbound, reply: Reply, parts: Sequence[Outgoing], letter_id: str) -> Inbound:

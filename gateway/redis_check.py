@@ -44,6 +44,8 @@ class RedisSettings:
     appendfsync: str
     save: str
     maxmemory_policy: str
+    #: "yes" skips fsyncs while the AOF is being rewritten, "always" or not.
+    no_appendfsync_on_rewrite: str = "no"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +60,19 @@ class RedisVerdict:
     def durable_ack(self) -> bool:
         """True when a reply from Redis means the write is on disk."""
         s = self.settings
-        return s is not None and s.appendonly == "yes" and s.appendfsync == "always"
+        return (s is not None and s.appendonly == "yes" and s.appendfsync == "always"
+                and s.no_appendfsync_on_rewrite == "no")
 
 
 async def read_settings(redis: aioredis.Redis) -> RedisSettings | None:
-    """CONFIG GET the four settings; None when CONFIG is disabled or not permitted.
+    """CONFIG GET the settings; None when CONFIG is disabled or not permitted.
 
     Raises:
         RedisError: Redis could not be reached.
     """
     try:
         found: dict[str, str] = {}
-        for name in ("appendonly", "appendfsync", "save", "maxmemory-policy"):
+        for name in ("appendonly", "appendfsync", "save", "maxmemory-policy", "no-appendfsync-on-rewrite"):
             reply = await redis.config_get(name)
             found.update({_text(k): _text(v) for k, v in reply.items()})
     except ResponseError:
@@ -80,6 +83,7 @@ async def read_settings(redis: aioredis.Redis) -> RedisSettings | None:
         appendfsync=found.get("appendfsync", "everysec"),
         save=found.get("save", ""),
         maxmemory_policy=found.get("maxmemory-policy", "noeviction"),
+        no_appendfsync_on_rewrite=found.get("no-appendfsync-on-rewrite", "no"),
     )
 
 
@@ -111,6 +115,11 @@ def assess(settings: RedisSettings | None, *, require_durable: bool) -> RedisVer
             doubts.append(
                 f"Redis has appendfsync {settings.appendfsync}: it can reply before the write is on disk, so "
                 f"messages acknowledged just before a Redis crash can be lost. {_FIX_DURABLE}"
+            )
+        elif settings.no_appendfsync_on_rewrite != "no":
+            doubts.append(
+                "Redis has no-appendfsync-on-rewrite yes: while it rewrites its append-only file it replies "
+                "without fsyncing, so messages acknowledged then can be lost. Fix: no-appendfsync-on-rewrite no"
             )
     if require_durable:
         refusals += [f"{doubt} (require_durable_redis is true)" for doubt in doubts]

@@ -162,19 +162,26 @@ def stack_config(sim_url: str, receiver_url: str, **overrides: Any) -> GatewayCo
         },
         "worker": dict(FAST_TUNING),
     }
+    return GatewayConfig.from_mapping(_merged(data, overrides))
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in at every depth (so one field of a channel or bot
+    can be changed without repeating the rest)."""
+    out = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
         else:
-            data[key] = value
-    return GatewayConfig.from_mapping(data)
+            out[key] = value
+    return out
 
 
 @pytest.fixture
 def make_stack(redis_url: str, sim: SimServer) -> Iterator[Callable[..., Stack]]:
     """``make_stack(channels={...}, bots={...}, worker={...}, start_worker=True)``: a running
-    gateway. Overrides merge into the default config (one webhook channel ``hooks`` on bot
-    ``demo``)."""
+    gateway. Overrides merge into the default config at every depth (one webhook channel
+    ``hooks`` on bot ``demo``)."""
     running: list[tuple[Stack, UvicornThread, CallbackReceiver, UvicornThread]] = []
 
     def build(*, start_worker: bool = True, **overrides: Any) -> Stack:

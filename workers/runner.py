@@ -122,7 +122,7 @@ class TurnRunner:
         loop = self._loop
         if loop is None or self._stopping:
             raise RuntimeError("the turn runner is not running")
-        future: Future[None] = asyncio.run_coroutine_threadsafe(self.claim(conv, botpoll=botpoll, wait=True), loop)
+        future: Future[bool] = asyncio.run_coroutine_threadsafe(self.claim(conv, botpoll=botpoll, wait=True), loop)
         future.result(timeout)
 
     async def claim(self, conv: str, *, botpoll: bool = False, wait: bool = False) -> bool:

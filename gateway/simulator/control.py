@@ -50,9 +50,12 @@ def _coerce(annotation: str, value: Any) -> Any:
     kinds = _JSON_KINDS[base]
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ValueError(f"expected {annotation}, got {value!r}")
-    if base == "float" and not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")  # json reads 1e999 as inf
-    return float(value) if base == "float" else value
+    if base == "float":
+        number = float(value)  # type: ignore[arg-type]  # an int or float: checked just above
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")  # json reads 1e999 as inf
+        return number
+    return value
 
 
 def control_routes(state: SimulatorState) -> list[Route]:

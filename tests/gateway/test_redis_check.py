@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from gateway.app import create_app
 from gateway.embedded_redis import EmbeddedRedis
-from gateway.redis_check import UnsafeRedis, check_redis
+from gateway.redis_check import RedisVerdict, UnsafeRedis, check_redis
 from tests.conftest import stack_config
 
 NOWHERE = "http://127.0.0.1:9"
@@ -33,7 +33,7 @@ def durable_redis(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-async def _check(url: str, *, require_durable: bool = False, **client: str) -> object:
+async def _check(url: str, *, require_durable: bool = False, **client: str) -> RedisVerdict:
     connection = aioredis.Redis.from_url(url, **client)
     try:
         return await check_redis(connection, require_durable=require_durable)
@@ -54,7 +54,7 @@ async def test_an_evicting_policy_is_refused_naming_the_fix(redis_url: str, redi
 async def test_redis_without_aof_starts_with_a_loud_warning(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="ocsgw.redis"):
         verdict = await _check(redis_url)
-    assert not verdict.durable_ack  # type: ignore[attr-defined]
+    assert not verdict.durable_ack
     assert any("ACKNOWLEDGED MESSAGES CAN BE LOST" in r.message and "appendfsync always" in r.message for r in caplog.records)
 
 
@@ -66,15 +66,25 @@ async def test_require_durable_redis_refuses_redis_without_aof(redis_url: str) -
 async def test_aof_with_fsync_always_passes_silently(durable_redis: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="ocsgw.redis"):
         verdict = await _check(durable_redis, require_durable=True)
-    assert verdict.durable_ack  # type: ignore[attr-defined]
+    assert verdict.durable_ack
     assert not caplog.records
 
 
 async def test_aof_with_fsync_everysec_warns(durable_redis: str, caplog: pytest.LogCaptureFixture) -> None:
-    redis.Redis.from_url(durable_redis).config_set("appendfsync", "everysec")
+    with redis.Redis.from_url(durable_redis) as client:
+        client.config_set("appendfsync", "everysec")
     with caplog.at_level(logging.WARNING, logger="ocsgw.redis"):
         await _check(durable_redis)
     assert any("appendfsync everysec" in r.message for r in caplog.records)
+
+
+async def test_skipping_fsync_during_aof_rewrites_warns(durable_redis: str, caplog: pytest.LogCaptureFixture) -> None:
+    with redis.Redis.from_url(durable_redis) as client:
+        client.config_set("no-appendfsync-on-rewrite", "yes")
+    with caplog.at_level(logging.WARNING, logger="ocsgw.redis"):
+        verdict = await _check(durable_redis)
+    assert not verdict.durable_ack
+    assert any("no-appendfsync-on-rewrite" in r.message for r in caplog.records)
 
 
 async def test_a_redis_that_forbids_config_is_reported_as_unverifiable(
@@ -86,7 +96,7 @@ async def test_a_redis_that_forbids_config_is_reported_as_unverifiable(
     try:
         with caplog.at_level(logging.WARNING, logger="ocsgw.redis"):
             verdict = await _check(redis_url, username="managed", password="pw")
-        assert verdict.settings is None  # type: ignore[attr-defined]
+        assert verdict.settings is None
         assert any("cannot verify" in r.message for r in caplog.records)
         with pytest.raises(UnsafeRedis, match="cannot verify"):
             await _check(redis_url, require_durable=True, username="managed", password="pw")

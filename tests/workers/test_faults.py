@@ -9,20 +9,14 @@ from typing import Any, Callable
 import pytest
 
 from adapters.webhook.adapter import WebhookAdapter
-from gateway.config import Secret
 from gateway.keys import Keys
-from gateway.simulator import DEMO_CHATBOT_ID
 from gateway.models import Reply
 from tests.conftest import SimServer, Stack, wait_for
 from workers.process import WorkerProcess
 
 
 def _demo_bot(sim: SimServer, **extra: Any) -> dict[str, Any]:
-    bot = {
-        "base_url": sim.url, "chatbot_id": DEMO_CHATBOT_ID, "auth": "oauth",
-        "client_id": "demo-client", "client_secret": Secret("demo-secret"), "task_timeout_s": 20,
-    }
-    return {"demo": {**bot, **extra}}
+    return {"demo": extra}
 
 
 def _dead_letters(stack: Stack) -> int:
@@ -105,6 +99,34 @@ def test_an_exhausted_request_budget_delays_turns_but_loses_none(make_stack: Cal
         wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the answer in c{n}")
     assert _dead_letters(stack) == 0
     assert sorted(_sessions_user_messages(stack)) == sorted([[f"budget {n}"] for n in range(8)])
+
+
+def test_bot_initiated_polls_yield_to_waiting_turns_when_the_budget_is_short(
+    make_stack: Callable[..., Stack], sim: SimServer
+) -> None:
+    budget = {"requests_per_window": 30, "window_s": 2, "background_share": 0.3, "send_share": 0.9}
+    stack = make_stack(
+        bots=_demo_bot(sim, budget=budget),
+        worker={"botpoll_interval_s": 0.2, "botpoll_recent_s": 600, "sweep_interval_s": 0.1},
+    )
+    for n in range(10):
+        stack.say(f"c{n}", "hello")
+    for n in range(10):
+        wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the first answer in c{n}")
+    # Ten sessions now want a bot-message poll every 0.2 s: far more than the budget allows.
+    started = stack.redis.time()[0]
+    polls_before = sim.state.request_counts()["session_poll"]
+    for n in range(10):
+        stack.say(f"c{n}", "second")
+    for n in range(10):
+        wait_for(lambda n=n: len(stack.receiver.texts(f"c{n}")) == 2, timeout=60, what=f"the second answer in c{n}")
+    ended = stack.redis.time()[0]
+    windows = ended // 2 - started // 2 + 1
+    background_cap = int(30 * 0.3)
+    assert sim.state.request_counts()["session_poll"] - polls_before <= windows * background_cap
+    assert _dead_letters(stack) == 0
+    for n in range(10):
+        assert stack.receiver.texts(f"c{n}") == ["Echo #1: hello", "Echo #2: second"]
 
 
 def test_after_ocs_forgets_every_session_the_next_messages_are_answered_in_new_ones(stack: Stack) -> None:

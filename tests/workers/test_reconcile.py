@@ -5,11 +5,11 @@ text: identical texts, prefixes and messages OCS never got all come out right.""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Callable
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.conversations import parse_record
@@ -88,37 +88,27 @@ def test_a_message_ocs_never_got_is_sent_after_the_grace_period(make_stack: Call
     assert stack.receiver.texts("c1") == ["Echo #1: did you get this?"]
 
 
-def test_the_same_text_twice_gets_its_own_answer_when_ocs_has_it(make_stack: Callable[..., Stack]) -> None:
+@pytest.mark.parametrize(
+    ("first", "second", "ocs_got_it"),
+    [
+        ("hello", "hello", True),  # the same text twice: the second gets its own answer
+        ("hello", "hello", False),  # ... and is sent again when OCS never got it
+        ("yes", "yes please", False),  # a longer message is not mistaken for its prefix
+        ("yes please", "yes", True),  # nor a shorter one for the message it begins
+    ],
+    ids=["same-text-ocs-has-it", "same-text-never-arrived", "prefix-never-arrived", "shorter-ocs-has-it"],
+)
+def test_an_interrupted_send_after_a_similar_message_gets_its_own_answer(
+    make_stack: Callable[..., Stack], first: str, second: str, ocs_got_it: bool
+) -> None:
     stack = make_stack(worker=FAST_GRACE)
-    _answered(stack, "hello")
+    _answered(stack, first)
     stack.stop_worker()
-    asyncio.run(_interrupted_send(stack, "hello", ocs_got_it=True))
+    asyncio.run(_interrupted_send(stack, second, ocs_got_it=ocs_got_it))
     _start_worker(stack)
     wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the second answer")
-    assert _user_messages(stack) == ["hello", "hello"]
-    assert stack.receiver.texts("c1") == ["Echo #1: hello", "Echo #2: hello"]
-
-
-def test_the_same_text_twice_is_sent_again_when_ocs_never_got_the_second(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(worker=FAST_GRACE)
-    _answered(stack, "hello")
-    stack.stop_worker()
-    asyncio.run(_interrupted_send(stack, "hello", ocs_got_it=False))
-    _start_worker(stack)
-    wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the second answer")
-    assert _user_messages(stack) == ["hello", "hello"]
-    assert stack.receiver.texts("c1") == ["Echo #1: hello", "Echo #2: hello"]
-
-
-def test_a_longer_message_is_not_mistaken_for_its_prefix(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(worker=FAST_GRACE)
-    _answered(stack, "yes")
-    stack.stop_worker()
-    asyncio.run(_interrupted_send(stack, "yes please", ocs_got_it=False))
-    _start_worker(stack)
-    wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the second answer")
-    assert _user_messages(stack) == ["yes", "yes please"]
-    assert stack.receiver.texts("c1") == ["Echo #1: yes", "Echo #2: yes please"]
+    assert _user_messages(stack) == [first, second]
+    assert stack.receiver.texts("c1") == [f"Echo #1: {first}", f"Echo #2: {second}"]
 
 
 def test_an_empty_text_is_settled_by_count_too(make_stack: Callable[..., Stack]) -> None:
