@@ -95,8 +95,23 @@ class Inbound:
     def to_json(self) -> str:
         """The stored form. Raises ValueError on NaN/Infinity: JSON has no such numbers, so a
         message holding one could never be sent to OCS and would block its conversation."""
-        data = asdict(self)
-        data["key"] = str(self.key)
+        # Built by hand: dataclasses.asdict deep-copies every value, and this runs once per
+        # inbound event on the edge's hot path.
+        data = {
+            "key": str(self.key),
+            "event_id": self.event_id,
+            "kind": self.kind.value,
+            "sender_id": self.sender_id,
+            "text": self.text,
+            "sender_name": self.sender_name,
+            "attachments": [
+                {"ref": a.ref, "name": a.name, "content_type": a.content_type, "size": a.size} for a in self.attachments
+            ],
+            "context": dict(self.context),
+            "route": dict(self.route),
+            "alias_ids": list(self.alias_ids),
+            "received_at": self.received_at,
+        }
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
     @classmethod

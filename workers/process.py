@@ -9,6 +9,7 @@ import threading
 import dramatiq
 
 from gateway.config import GatewayConfig
+from gateway.redis_check import check_redis
 from gateway.services import Services
 from workers.actors import declare_actors
 from workers.broker import QUEUE, make_broker
@@ -30,7 +31,7 @@ class WorkerProcess:
     def __init__(self, config: GatewayConfig, redis_url: str) -> None:
         self.config = config
         self.broker = make_broker(redis_url, with_asyncio=False)
-        self.runner_thread = RunnerThread(lambda: Services.open(config, redis_url), config.worker)
+        self.runner_thread = RunnerThread(lambda: _open_checked(config, redis_url), config.worker)
         declare_actors(self.broker, self._runner)
         self.worker = dramatiq.Worker(
             self.broker, queues={QUEUE}, worker_threads=config.worker.threads, worker_timeout=_IDLE_POLL_MS
@@ -56,6 +57,17 @@ class WorkerProcess:
         self.worker.stop(timeout=timeout_ms)  # no new hand-overs
         self.runner_thread.stop(timeout_ms / 1000)  # gives held conversations back
         self.broker.close()
+
+
+async def _open_checked(config: GatewayConfig, redis_url: str) -> Services:
+    """The services, once the Redis they use is known not to evict (or lose) what we store."""
+    services = await Services.open(config, redis_url)
+    try:
+        await check_redis(services.redis, require_durable=config.require_durable_redis)
+    except BaseException:
+        await services.aclose()
+        raise
+    return services
 
 
 def run_worker(config: GatewayConfig, redis_url: str) -> None:

@@ -17,13 +17,12 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 from gateway.clock import RedisClock
-from gateway.conversations import ConversationRecord
 from gateway.config import WorkerTuning
+from gateway.conversations import ConversationRecord
 from gateway.errors import (
     AttachmentUnavailable,
     DeliveryRejected,
@@ -40,9 +39,15 @@ from gateway.errors import (
 from gateway.fingerprints import delivered_ops
 from gateway.lease import Lease, LeaseLost, Op
 from gateway.ledger import Turn, TurnState
-from gateway.models import ConversationKey, InboundKind, Outgoing, Reply, ReplyAttachment, ReplyKind
+from gateway.models import (
+    ConversationKey,
+    InboundKind,
+    Outgoing,
+    Reply,
+    ReplyAttachment,
+    ReplyKind,
+)
 from gateway.ocs_client import OCSSession
-from gateway.budget import Priority
 from gateway.services import Services
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
@@ -83,7 +88,6 @@ class Hold:
     stale: bool = True
     #: Unexpected failures in a row (reset by any step that completes).
     failures: int = 0
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
@@ -451,11 +455,15 @@ class TurnEngine:
             return CONTINUE
         ocs = self.services.ocs_for(conv.channel)
         hold.lease.check()
+        asked = self.clock.now()
         result = await ocs.poll_task(session, turn.task_id)
         now = self.clock.now()
         elapsed = max(now - turn.sent_at, 0.0)
+        # OCS looked at the task about halfway through our request: that is what the bot's
+        # completion-time histogram learns from, not when the answer reached us.
+        looked = max((asked + now) / 2 - turn.sent_at, 0.0)
         if result.status == "complete" and result.message is not None:
-            self._learn(ocs.name, turn.last_poll_s, elapsed)
+            self._learn(ocs.name, turn.last_poll_s, looked)
             reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self._replied(hold, turn, reply, extra=fingerprints)
@@ -474,7 +482,7 @@ class TurnEngine:
             wait = min(wait, max(refresh - (now - turn.working_at), 0.05))  # keep the indicator alive
         # Nothing is written for a poll that saw no answer: after a crash the next owner simply
         # polls again. Only this process's memory moves on.
-        hold.turn = replace(turn, polls=turn.polls + 1, last_poll_s=elapsed, next_at=now + wait)
+        hold.turn = replace(turn, polls=turn.polls + 1, last_poll_s=looked, next_at=now + wait)
         return Outcome("wait", now + wait)
 
     async def _too_slow(self, hold: Hold, turn: Turn) -> Outcome:
@@ -713,7 +721,3 @@ class TurnEngine:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

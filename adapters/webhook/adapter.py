@@ -22,7 +22,6 @@ from adapters.webhook import signing
 from gateway import safe_json
 from gateway.config import WebhookChannelConfig
 from gateway.errors import (
-    AttachmentUnavailable,
     DeliveryRejected,
     PayloadInvalid,
     RecipientGone,

@@ -22,9 +22,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from gateway.config import GatewayConfig, WebhookChannelConfig
 from gateway.simulator import DEMO_CHATBOT_ID
 
-__all__ = ["WorkerConfig", "WorkerFleet", "WorkerProc", "write_worker_config"]
+__all__ = ["WorkerConfig", "WorkerFleet", "WorkerProc", "worker_config_like", "write_worker_config"]
 
 _REPO = Path(__file__).resolve().parents[2]
 #: The line ``WorkerProcess.start`` logs once its runner and Dramatiq threads run.
@@ -100,6 +101,30 @@ def write_worker_config(
     return WorkerConfig(path, {_CLIENT_SECRET_ENV: client_secret, _WEBHOOK_SECRET_ENV: webhook_secret})
 
 
+def worker_config_like(
+    config: GatewayConfig,
+    directory: Path,
+    *,
+    redis_url: str,
+    webhook_secret: str,
+    bot: Mapping[str, Any] | None = None,
+) -> WorkerConfig:
+    """``write_worker_config`` for the stack whose config is ``config`` (a ``make_stack``
+    config): the same simulator, callback URL and worker tuning."""
+    hooks = config.channels["hooks"]
+    if not isinstance(hooks, WebhookChannelConfig):
+        raise TypeError("channel 'hooks' is not a webhook channel")
+    return write_worker_config(
+        directory,
+        redis_url=redis_url,
+        sim_url=config.bots["demo"].base_url,
+        callback_url=hooks.callback_url,
+        webhook_secret=webhook_secret,
+        tuning=config.worker.model_dump(),
+        bot=bot,
+    )
+
+
 @dataclass
 class WorkerProc:
     """One ``ocs-gateway worker`` subprocess."""
@@ -133,7 +158,7 @@ class WorkerProc:
         hundredths of a second); None until the launcher has written it."""
         for line in self.log().splitlines():
             if line.startswith(_CLOCK_MARK):
-                return float(line[len(_CLOCK_MARK):]) - self.launched_at
+                return float(line[len(_CLOCK_MARK) :]) - self.launched_at
         return None
 
 

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from gateway.keys import Keys
+from gateway.models import ConversationKey
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
-from tests.support.worker_procs import WorkerFleet, WorkerProc, write_worker_config
+from tests.support.worker_procs import WorkerFleet, WorkerProc, worker_config_like
 
 CONVERSATIONS = 20
 SKEW_S = 5.0
@@ -26,6 +28,7 @@ REPLY_WITHIN_S = 8.0
 #: owner is killed this long after the messages.
 BOT_LATENCY_S = 6.0
 KILL_AFTER_S = 3.0
+KEYS = Keys()
 SKEW_TUNING = {"lease_ttl_s": 2.0, "stall_grace_s": 1.0, "sweep_interval_s": 0.25, "reconcile_grace_s": 2.0}
 
 
@@ -60,14 +63,16 @@ def _say_to_all(stack: Stack, text: str) -> float:
 
 
 def _all_waiting_on_ocs(stack: Stack) -> bool:
-    return all(stack.redis.hget(f"ocsgw:turn:hooks/{c}", "state") == b"sent" for c in _conversations())
+    return all(stack.redis.hget(KEYS.turn(ConversationKey("hooks", c)), "state") == b"sent" for c in _conversations())
 
 
 def _turns_done(proc: WorkerProc) -> int:
     return proc.log().count("turn done ")
 
 
-def _hand_over(stack: Stack, fleet: WorkerFleet, owner: WorkerProc, heir_skew_s: float, round_no: int) -> tuple[WorkerProc, float]:
+def _hand_over(
+    stack: Stack, fleet: WorkerFleet, owner: WorkerProc, heir_skew_s: float, round_no: int
+) -> tuple[WorkerProc, float]:
     """With ``owner`` the only live worker: a message to every conversation, a new worker on the
     other side of the skew, then ``owner`` SIGKILLed while every turn waits on OCS. The heir
     must adopt them all (through the sweeper's overdue list or its due bot-message polls) and
@@ -81,7 +86,9 @@ def _hand_over(stack: Stack, fleet: WorkerFleet, owner: WorkerProc, heir_skew_s:
     done_before = _turns_done(heir)
     fleet.kill(owner)
     killed_at = time.monotonic()
-    longest = _await_replies(stack, round_no, since=killed_at, what=f"round {round_no} (owner {owner.skew_s:+.0f}s killed)")
+    longest = _await_replies(
+        stack, round_no, since=killed_at, what=f"round {round_no} (owner {owner.skew_s:+.0f}s killed)"
+    )
     # Every turn was waiting on OCS when its owner died: the heir finished all of them (it logs
     # so just after the callback).
     wait_for(
@@ -95,11 +102,7 @@ def test_workers_with_skewed_clocks_adopt_each_others_turns_without_a_stall(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = make_stack(start_worker=False, worker=SKEW_TUNING)
-    config = write_worker_config(
-        tmp_path, redis_url=stack.redis_url, sim_url=stack.sim.url,
-        callback_url=stack.config.channels["hooks"].callback_url, webhook_secret=WEBHOOK_SECRET,
-        tuning=stack.config.worker.model_dump(),
-    )  # fmt: skip
+    config = worker_config_like(stack.config, tmp_path, redis_url=stack.redis_url, webhook_secret=WEBHOOK_SECRET)
     delays: dict[str, float] = {}
     with WorkerFleet(config, tmp_path) as fleet:
         ahead = fleet.start(skew_s=SKEW_S)
@@ -126,11 +129,13 @@ def test_workers_with_skewed_clocks_adopt_each_others_turns_without_a_stall(
         behind = fleet.start(skew_s=-SKEW_S)
         stack.sim.state.knobs.reply_latency_s = 0.3
         delays["both up again"] = _await_replies(stack, 4, since=_say_to_all(stack, "r4"), what="round 4 (both up)")
-        wait_for(lambda: stack.redis.zcard("ocsgw:active") == 0, timeout=20, what="no conversation left with work")
+        wait_for(lambda: stack.redis.zcard(KEYS.active) == 0, timeout=20, what="no conversation left with work")
         (tmp_path / "all-workers.log").write_text(fleet.log_text(), encoding="utf-8")
 
-    print(f"\nclock skew ±{SKEW_S:.0f}s, longest wait for a reply per round: "
-          + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in delays.items()))
+    print(
+        f"\nclock skew ±{SKEW_S:.0f}s, longest wait for a reply per round: "
+        + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in delays.items())
+    )
     expected_ocs = [f"r{n}" for n in range(1, 5)]
     expected_replies = [f"Echo #{n}: r{n}" for n in range(1, 5)]
     sessions = {s.remote_id: s for s in stack.sim.state.list_sessions()}
@@ -140,4 +145,4 @@ def test_workers_with_skewed_clocks_adopt_each_others_turns_without_a_stall(
         assert stack.receiver.texts(conversation) == expected_replies, conversation
     assert len(sessions) == CONVERSATIONS
     assert stack.receiver.attempts == len(stack.receiver.received), "a callback was delivered twice"
-    assert stack.redis.zcard("ocsgw:dlq") == 0
+    assert stack.redis.zcard(KEYS.dlq) == 0

@@ -20,9 +20,11 @@ from typing import Callable
 import httpx
 
 from adapters.webhook import signing
+from gateway.keys import Keys, as_text
+from gateway.models import ConversationKey
 from gateway.simulator import LatencyModel
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
-from tests.support.worker_procs import WorkerFleet, write_worker_config
+from tests.support.worker_procs import WorkerFleet, worker_config_like
 
 CONVERSATIONS = 200
 MESSAGES_PER_CONVERSATION = 10
@@ -58,7 +60,9 @@ _EVENTS = {
     "unexpected error": "unexpected error",
     "dead-lettered": "dead-lettered",
     "bot-initiated queued": "bot-initiated message(s)",
+    "Redis pool refused": "Too many connections",
 }
+KEYS = Keys()
 
 
 def _conversation(index: int) -> str:
@@ -127,6 +131,26 @@ def _wait_while_progressing(count: Callable[[], int], target: int, *, stall_s: f
             raise AssertionError(f"{what}: stuck at {best} of {target} for {stall_s:.0f}s")
 
 
+def _where_they_stand(stack: Stack, conversations: list[str], *, show: int = 5) -> str:
+    """For a failure message: the unfinished conversations and the first few's ledgers."""
+    short = [c for c in conversations if len(stack.receiver.texts(c)) < MESSAGES_PER_CONVERSATION]
+    shown = {}
+    for conversation in short[:show]:
+        key = ConversationKey("hooks", conversation)
+        turn = stack.redis.hgetall(KEYS.turn(key))
+        shown[conversation] = {
+            "replies": len(stack.receiver.texts(conversation)),
+            "inbox": stack.redis.llen(KEYS.inbox(key)),
+            "lease ttl ms": stack.redis.pttl(KEYS.lease(key)),
+            "turn": {
+                as_text(k): as_text(v)[:60]
+                for k, v in turn.items()
+                if k in (b"state", b"attempts", b"next_at", b"last_error")
+            },
+        }
+    return f"{len(short)} conversation(s) unfinished, e.g. {shown}"
+
+
 def _expected_replies() -> list[str]:
     return [f"Echo #{n + 1}: m{n}" for n in range(MESSAGES_PER_CONVERSATION)]
 
@@ -137,11 +161,9 @@ def test_sigkill_storm_answers_every_message_once_and_in_order(
     stack = make_stack(start_worker=False, worker=STORM_TUNING)
     stack.sim.state.knobs.reply_latency = LatencyModel.lognormal(0.1, 0.2)
     stack.sim.state.knobs.latency_seed = 7
-    config = write_worker_config(
-        tmp_path, redis_url=stack.redis_url, sim_url=stack.sim.url,
-        callback_url=stack.config.channels["hooks"].callback_url, webhook_secret=WEBHOOK_SECRET,
-        tuning=stack.config.worker.model_dump(), bot={"budget": STORM_BUDGET},
-    )  # fmt: skip
+    config = worker_config_like(
+        stack.config, tmp_path, redis_url=stack.redis_url, webhook_secret=WEBHOOK_SECRET, bot={"budget": STORM_BUDGET}
+    )
     rng = random.Random(20261128)
     stop = threading.Event()
     killer_errors: list[BaseException] = []
@@ -161,16 +183,19 @@ def test_sigkill_storm_answers_every_message_once_and_in_order(
             refused = asyncio.run(_send_all(stack.url, rng))
             sent_s = time.monotonic() - started
             assert not refused, f"the edge refused messages: {refused[:10]}"
-            _wait_while_progressing(
-                answered, CONVERSATIONS * MESSAGES_PER_CONVERSATION, stall_s=60, what="replies under the kill storm"
-            )
+            try:
+                _wait_while_progressing(
+                    answered, CONVERSATIONS * MESSAGES_PER_CONVERSATION, stall_s=60, what="replies under the kill storm"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {_where_they_stand(stack, conversations)}; logs in {tmp_path}") from None
             answered_s = time.monotonic() - started
         finally:
             stop.set()
             killer.join(timeout=60)
         assert not killer_errors, f"the killer failed: {killer_errors[0]!r}"
         # Nothing left to do anywhere: every turn finished and every conversation was let go.
-        wait_for(lambda: stack.redis.zcard("ocsgw:active") == 0, timeout=60, what="no conversation left with work")
+        wait_for(lambda: stack.redis.zcard(KEYS.active) == 0, timeout=60, what="no conversation left with work")
         # Give the bot-initiated polls (the other way a reply could come twice) a full round
         # over the finished sessions before counting.
         polls_before = stack.sim.state.request_counts()["session_poll"]
@@ -178,7 +203,7 @@ def test_sigkill_storm_answers_every_message_once_and_in_order(
             lambda: stack.sim.state.request_counts()["session_poll"] >= polls_before + CONVERSATIONS,
             timeout=60, interval=0.25, what="a round of bot-initiated polls after the storm",
         )  # fmt: skip
-        wait_for(lambda: stack.redis.zcard("ocsgw:active") == 0, timeout=60, what="no conversation left with work")
+        wait_for(lambda: stack.redis.zcard(KEYS.active) == 0, timeout=60, what="no conversation left with work")
         kills = fleet.kills
         events = {name: fleet.count_in_logs(needle) for name, needle in _EVENTS.items()}
         (tmp_path / "all-workers.log").write_text(fleet.log_text(), encoding="utf-8")
@@ -196,7 +221,7 @@ def test_sigkill_storm_answers_every_message_once_and_in_order(
             wrong_ocs[conversation] = seen
     wrong_replies = {c: stack.receiver.texts(c) for c in conversations if stack.receiver.texts(c) != expected}
     redelivered = stack.receiver.attempts - len(stack.receiver.received)
-    dead = stack.redis.zcard("ocsgw:dlq")
+    dead = stack.redis.zcard(KEYS.dlq)
 
     print(
         f"\nkill storm: {CONVERSATIONS * MESSAGES_PER_CONVERSATION} messages, {CONVERSATIONS} conversations, "
