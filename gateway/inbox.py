@@ -31,7 +31,7 @@ from gateway.models import Inbound
 __all__ = ["Admitter", "WakeQueue", "admit"]
 
 # KEYS: inbox, active, seen-1 … seen-n, then (when waking) the Dramatiq heartbeats zset, queue
-# list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, now (s), then (when
+# list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, then (when
 # waking) now (ms), enqueuer id, redis message id, encoded message.
 # Returns 1 when stored, 0 when any id was seen before (nothing written then).
 _ADMIT = """
@@ -43,12 +43,14 @@ for i = 3, 2 + n do
   redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
 end
 redis.call('RPUSH', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[4])
+-- Due now on Redis's clock, the one every worker's sweeper reads (gateway/clock.py).
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[4])
 if #KEYS > 2 + n then
   -- dispatch.lua "enqueue": the enqueuer's heartbeat, the message by id, the id on the queue.
-  redis.call('ZADD', KEYS[3 + n], ARGV[6], ARGV[7])
-  redis.call('HSET', KEYS[5 + n], ARGV[8], ARGV[9])
-  redis.call('RPUSH', KEYS[4 + n], ARGV[8])
+  redis.call('ZADD', KEYS[3 + n], ARGV[5], ARGV[6])
+  redis.call('HSET', KEYS[5 + n], ARGV[7], ARGV[8])
+  redis.call('RPUSH', KEYS[4 + n], ARGV[7])
 end
 return 1
 """
@@ -124,13 +126,13 @@ class Admitter:
         channel = inbound.key.channel
         conversation = str(inbound.key)
         seen = [self._keys.seen(channel, inbound.event_id), *(self._keys.seen(channel, a) for a in inbound.alias_ids)]
-        now = time.time()
         keys: list[str] = [self._keys.inbox(inbound.key), self._keys.active, *seen]
-        args: list[str | bytes | int | float] = [len(seen), self._dedup_ttl_s, inbound.to_json(), conversation, now]
+        args: list[str | bytes | int | float] = [len(seen), self._dedup_ttl_s, inbound.to_json(), conversation]
         if self._wake is not None:
             redis_message_id, body = self._wake.message(conversation)
             keys += self._wake.keys
-            args += [int(now * 1000), self._wake.enqueuer_id, redis_message_id, body]
+            # Dramatiq's own heartbeat format: the enqueuer's clock in ms, as its dispatch.lua does.
+            args += [int(time.time() * 1000), self._wake.enqueuer_id, redis_message_id, body]
         try:
             stored = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:

@@ -39,7 +39,13 @@ class Services:
     @classmethod
     async def open(cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw") -> Services:
         keys = Keys(namespace)
-        redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        # A blocking pool: past its size a caller waits for a connection instead of failing at
+        # once (redis-py's default pool raises), so a burst of adopted conversations queues.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=config.worker.max_concurrent_steps + 64, timeout=20,
+            socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
+        )
+        redis = aioredis.Redis(connection_pool=pool)
         # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
         # modest pool serves thousands of conversations.
         http = httpx.AsyncClient(

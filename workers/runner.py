@@ -154,10 +154,11 @@ class TurnRunner:
         hold: Hold | None = None
         again = False
         try:
-            lease = await Lease.acquire(
-                self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
-                active=keys.active, member=conv_text, hold_until=self._hold_until(),
-            )
+            async with self._steps:  # taking a conversation is a step too: bounded like the rest
+                lease = await Lease.acquire(
+                    self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
+                    active=keys.active, member=conv_text, hold_until=self._hold_until(),
+                )
             if lease is None:
                 return  # another process owns it and will see anything new before it lets go
             hold = Hold(conv, lease)
@@ -292,6 +293,8 @@ class TurnRunner:
                 started += 1
         if adopted:
             log.info("adopted %d overdue conversation(s)", adopted)
+        if started:
+            log.debug("started %d bot-message poll(s)", started)
         return adopted, started
 
 

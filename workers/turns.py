@@ -124,6 +124,7 @@ class TurnEngine:
         self._schedules: dict[str, tuple[PollSchedule, float]] = {}
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._paused_logged: dict[str, float] = {}
 
     # -- the step -------------------------------------------------------------------------
 
@@ -148,6 +149,7 @@ class TurnEngine:
             outcome = await self._dispatch(hold, turn)
         except OCSRateLimited as exc:
             # OCS, its WAF or our own budget asked us to wait: a pause, not a failure.
+            self._note_pause(conv, exc)
             outcome = self._pause(hold, exc.retry_after_s)
         except PacingWait as exc:
             outcome = self._pause(hold, exc.retry_after_s)
@@ -564,6 +566,15 @@ class TurnEngine:
 
     # -- failures -------------------------------------------------------------------------
 
+    def _note_pause(self, conv: ConversationKey, exc: OCSRateLimited) -> None:
+        """Say so when turns start waiting on a limit, at most once a minute per bot and kind:
+        an operator must see a budget or WAF stall, but not once per turn."""
+        key = f"{self.services.config.channels[conv.channel].bot}:{exc.scope}"
+        now = time.monotonic()
+        if now - self._paused_logged.get(key, float("-inf")) >= 60.0:
+            self._paused_logged[key] = now
+            log.warning("turns of bot %s are waiting on a request limit (%s): %s", key.split(":")[0], exc.scope, exc)
+
     def _pause(self, hold: Hold, seconds: float) -> Outcome:
         """Wait without counting an attempt (rate limits, budget, pacing)."""
         delay = max(seconds, 0.05) * random.uniform(1.0, 1.2)
@@ -715,7 +726,13 @@ class TurnEngine:
 
     def _learn(self, bot: str, low_s: float, high_s: float) -> None:
         # Off the reply's path: the user's answer never waits for the statistics.
-        self._spawn(self.histograms.record(bot, low_s, high_s))
+        self._spawn(self._record(bot, low_s, high_s))
+
+    async def _record(self, bot: str, low_s: float, high_s: float) -> None:
+        try:
+            await self.histograms.record(bot, low_s, high_s)
+        except Exception:  # noqa: BLE001 - one lost sample only blurs the schedule a little
+            log.debug("could not record a completion time of bot %s", bot, exc_info=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
