@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_turns import (  # noqa: E402
+from bench.bench_turns import (
     HOOK_SECRET,
     ROOT,
     UNLIMITED_BUDGET,
@@ -45,13 +45,13 @@ from bench.bench_turns import (  # noqa: E402
     stack,
     write_config,
 )
-from gateway.keys import Keys  # noqa: E402
+from gateway.core.keys import Keys
 
 __all__ = ["SCALED_TUNING", "main", "window_counts"]
 
 #: The production bot-message pacing, ten times faster.
-SCALED_TUNING = {"botpoll_interval_s": 3.0, "botpoll_recent_s": 30.0, "botpoll_max_interval_s": 180.0,
-                 "botpoll_active_window_s": 8640.0}
+SCALED_TUNING = {"watch_interval_s": 3.0, "watch_recent_s": 30.0, "watch_max_interval_s": 180.0,
+                 "watch_window_s": 8640.0}
 SCALED_BUDGET = {"requests_per_window": 200, "session_requests_per_window": 30, "starts_per_window": 30, "window_s": 30}
 
 
@@ -99,7 +99,7 @@ def _clear_budget(s: Stack) -> int:
 
 def _budget_table(config: Path) -> str:
     env = {**os.environ, "BENCH_OCS_SECRET": "demo-secret", "BENCH_HOOK_SECRET": HOOK_SECRET}
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "budget"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "budget"], check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     lines = (done.stdout or done.stderr).splitlines()
     return "\n".join(lines[:8])
@@ -111,8 +111,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--turn-rate", type=float, default=0.5, help="user messages per second during the pressure phase")
     parser.add_argument("--latency", type=float, default=0.5, help="bot reply latency (s)")
+    parser.add_argument("--control", action="store_true",
+                        help="control run: the pressure phase without the small budget and the WAF (same load)")
+    parser.add_argument("--pressure-watch-s", type=float, default=SCALED_TUNING["watch_interval_s"],
+                        help="watch_interval_s in the pressure phase (3600: no watches)")
+    parser.add_argument("--setup-rate", type=float, default=100.0, help="first messages per second in the setup")
     parser.add_argument("--rtt", type=float, default=0.05)
-    parser.add_argument("--redis-pool", type=int, default=0, help="workers' Redis max_connections (0: redis-py default)")
+    parser.add_argument("--redis-pool", type=int, default=0, help="override the workers' Redis pool size (0: the gateway's own)")
     args = parser.parse_args()
     window_s = float(SCALED_BUDGET["window_s"])
     results: dict[str, Any] = {"budget": SCALED_BUDGET, "tuning": SCALED_TUNING, "sessions": args.sessions}
@@ -124,14 +129,20 @@ def main() -> None:
         s.start_worker(setup)
         convs = [f"c{n}" for n in range(args.sessions)]
         t0 = time.time()
-        asyncio.run(inject(s.redis_url, [("bench", c, f"hello {c}", f"{c}-0") for c in convs], rate=100.0))
+        asyncio.run(inject(s.redis_url, [("bench", c, f"hello {c}", f"{c}-0") for c in convs], rate=args.setup_rate))
         got = s.wait_replies(args.sessions, 300)
-        results["setup"] = {"turns": args.sessions, "delivered": got, "seconds": round(time.time() - t0, 1)}
+        results["setup"] = {"turns": args.sessions, "delivered": got, "seconds": round(time.time() - t0, 1),
+                            "rate_per_s": args.setup_rate}
         s.stop_workers()
         results["setup"]["budget_keys_cleared"] = _clear_budget(s)
         # 2. Pressure.
-        s.knobs(waf_limit=int(SCALED_BUDGET["requests_per_window"]), waf_window_s=window_s)
-        tight = write_config(s, "tight", {"bench": {"budget": SCALED_BUDGET, "waf_backoff_s": 6.0}}, SCALED_TUNING)
+        budget: dict[str, Any] = dict(UNLIMITED_BUDGET) if args.control else dict(SCALED_BUDGET)
+        if not args.control:
+            s.knobs(waf_limit=int(SCALED_BUDGET["requests_per_window"]), waf_window_s=window_s)
+        results["pressure_budget"] = budget
+        tuning = {**SCALED_TUNING, "watch_interval_s": args.pressure_watch_s}
+        results["pressure_tuning"] = tuning
+        tight = write_config(s, "tight", {"bench": {"budget": budget, "waf_backoff_s": 6.0}}, tuning)
         s.start_worker(tight)
         base_counts, base_replies = s.sim_counts(), s.reply_count()
         samples: list[tuple[float, int]] = [(time.time(), _total(base_counts))]
@@ -148,14 +159,22 @@ def main() -> None:
         injector.join()
         counts = s.sim_counts()
         results["budget_cli"] = _budget_table(tight)
-        due = s.redis.zcount(Keys().botpoll, "-inf", time.time())
+        due = s.redis.zcount(Keys().watch, "-inf", time.time())
         s.stop_workers()
         aligned, sliding = window_counts(samples, window_s)
         replies = [r for r in s.replies() if r.in_reply_to in admitted]
-        completed = {text: done for text, done in s.sim_tasks().values()}
+        tasks = {text: (done, accepted) for text, done, accepted in s.sim_tasks().values()}
         texts = {event_id: text for _, _, text, event_id in items}
-        delays = [r.arrived - completed[texts[r.in_reply_to]] for r in replies if completed.get(texts[r.in_reply_to])]
-        turn_times = [r.arrived - admitted[r.in_reply_to] for r in replies]
+        delays: list[float] = []
+        to_ocs: list[float] = []
+        turn_times: list[float] = []
+        for r in replies:
+            event_id = str(r.in_reply_to)
+            turn_times.append(r.arrived - admitted[event_id])
+            done, accepted = tasks.get(texts[event_id], (None, 0.0))
+            if done is not None:
+                delays.append(r.arrived - done)
+                to_ocs.append(accepted - admitted[event_id])
         elapsed = samples[-1][0] - start
         results["pressure"] = {
             "seconds": round(elapsed, 1),
@@ -166,12 +185,13 @@ def main() -> None:
             "max_aligned_window": max((n for _, n in aligned), default=0),
             "max_sliding_30s": sliding,
             "waf_blocked": counts["waf_blocked"] - base_counts["waf_blocked"],
-            "botpolls_due_at_end": due,
+            "watches_due_at_end": due,
             "user_turns": turns,
             "replied": len(replies),
             "reply_delay_ms": {"p50": round(percentile(delays, 50) * 1000), "p95": round(percentile(delays, 95) * 1000),
                                "max": round(max(delays, default=0) * 1000)},
             "turn_time_s": {"p50": round(percentile(turn_times, 50), 2), "p95": round(percentile(turn_times, 95), 2)},
+            "admitted_to_ocs_accept_s": {"p50": round(percentile(to_ocs, 50), 2), "p95": round(percentile(to_ocs, 95), 2)},
         }
     print(json.dumps(results, indent=2))
 

@@ -49,9 +49,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adapters.webhook import signing  # noqa: E402
-from gateway.config import GatewayConfig, Secret  # noqa: E402
-from gateway.embedded_redis import EmbeddedRedis  # noqa: E402
-from gateway.simulator import DEMO_CHATBOT_ID  # noqa: E402
+from gateway.core.config import GatewayConfig, Secret  # noqa: E402
+from gateway.ocs.simulator import DEMO_CHATBOT_ID  # noqa: E402
+from gateway.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from workers.broker import NAMESPACE, QUEUE  # noqa: E402
 
 __all__ = ["Measured", "main"]
@@ -110,7 +110,7 @@ def _serve(argv: list[str]) -> None:
     if args.kind == "bare":
         app = bare_app()
     else:
-        from gateway.app import create_app  # noqa: PLC0415 - only the edge process needs it
+        from gateway.edge.app import create_app  # noqa: PLC0415 - only the edge process needs it
 
         app = create_app(edge_config(args.telegram_api, args.slack_api), args.redis_url)
     uvicorn.run(app, port=args.port, **UVICORN_OPTIONS)

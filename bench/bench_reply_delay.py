@@ -32,8 +32,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_turns import UNLIMITED_BUDGET, Stack, inject, percentile, stack, write_config  # noqa: E402
-from gateway.simulator import DEMO_CHATBOT_ID  # noqa: E402
+from bench.bench_turns import (
+    UNLIMITED_BUDGET,
+    Stack,
+    inject,
+    percentile,
+    stack,
+    write_config,
+)
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
 __all__ = ["PROFILES", "PollerTurn", "main", "run_fixed_poller", "run_profile"]
 
@@ -107,7 +114,7 @@ def _gateway_turns(s: Stack, bot: str, tag: str, count: int, rate: float, wait_s
 
 
 def _delays(s: Stack, run: Mapping[str, Any]) -> list[float]:
-    completed = {text: done for text, done in s.sim_tasks().values()}
+    completed = {text: done for text, done, _ in s.sim_tasks().values()}
     by_event = {r.in_reply_to: r.arrived for r in s.replies()}
     delays = []
     for _, _, text, event_id in run["items"]:
@@ -136,8 +143,8 @@ def run_profile(s: Stack, name: str, *, warm: int, turns: int, rate: float, seed
     thread.join()
     poller_polls = sum(t.polls for t in poller)
     gateway_polls = s.sim_counts()["task_poll"] - polls_before - poller_polls
-    completed = {tid: done for tid, (_, done) in s.sim_tasks().items()}
-    poller_delays = [t.seen_at - completed[t.task_id] for t in poller if completed.get(t.task_id) is not None]
+    completed = {tid: done for tid, (_, done, _) in s.sim_tasks().items()}
+    poller_delays = [t.seen_at - done for t in poller if (done := completed.get(t.task_id)) is not None]
     result["gateway"] = {"turns": turns, "delivered": measured["delivered"], "delay": _stats(_delays(s, measured)),
                          "task_polls_per_turn": round(gateway_polls / turns, 2)}
     result["fixed_1s_poller"] = {"turns": turns, "delay": _stats(poller_delays),
@@ -156,7 +163,7 @@ def main() -> None:
     results: dict[str, Any] = {"rtt_s": args.rtt, "rate_per_s": args.rate, "profiles": []}
     with stack(args.rtt) as s:
         bots = {PROFILES[p][0]: {"budget": UNLIMITED_BUDGET, "task_timeout_s": 600} for p in args.profiles}
-        s.start_worker(write_config(s, "reply-delay", bots, {"botpoll_interval_s": 3600}))
+        s.start_worker(write_config(s, "reply-delay", bots, {"watch_interval_s": 3600}))
         time.sleep(3)
         for n, name in enumerate(args.profiles):
             profile = run_profile(s, name, warm=args.warm, turns=args.turns, rate=args.rate, seed=n + 1)

@@ -9,12 +9,15 @@ subprocesses with production tuning (the OCS request budget raised out of the wa
 bot-initiated polls). Turns are admitted the way the edge stores them (one ``Admitter`` EVALSHA per
 event, the Dramatiq wake-up included), one conversation each, all at once.
 
-Phases, in one run: one worker (turns/s, peak turns waiting on OCS, RSS, Redis commands per turn),
-the same worker idle after that work, two workers (ratio to one), the baseline (a Dramatiq actor
-holding one of 8 threads for a whole turn), and a worker idle on an empty Redis.
+Phases, in one run (``--phases``): one worker (turns/s, peak turns waiting on OCS, RSS, CPU per
+turn per process, Redis commands per turn from INFO commandstats, the admission's share
+subtracted), the same worker idle after that work, two workers (ratio to one), the baseline (a
+Dramatiq actor holding one of 8 threads for a whole turn), a worker idle on an empty Redis, Redis
+client commands per turn counted by MONITOR (script-internal commands apart), optionally a worker
+sampled by ``profile_worker``, and with ``--capacity N`` N turns at 30 s latency.
 
-    python bench/bench_turns.py                          # 5000 turns at 2 s latency, baseline 64
-    python bench/bench_turns.py --turns 2000 --idle-s 20 --capacity 5000
+    python bench/bench_turns.py --turns 5000 --baseline-turns 64 --idle-s 20 --capacity 5000 --monitor-turns 500
+    python bench/bench_turns.py --phases profile --turns 3000 --idle-s 0 --monitor-turns 0
 
 The harness helpers here (processes, config, injection, counters) are shared with
 bench_reply_delay.py and bench_budget.py. Prints a JSON summary.
@@ -44,21 +47,23 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.embedded_redis import EmbeddedRedis, _free_port  # noqa: E402
-from gateway.inbox import Admitter, WakeQueue  # noqa: E402
-from gateway.keys import Keys  # noqa: E402
-from gateway.models import ConversationKey, Inbound, InboundKind  # noqa: E402
-from gateway.simulator import DEMO_CHATBOT_ID  # noqa: E402
-from workers.broker import ADVANCE, NAMESPACE, QUEUE  # noqa: E402
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
+from gateway.store.embedded_redis import EmbeddedRedis, _free_port
+from gateway.store.inbox import Admitter, WakeQueue
+from workers.broker import ADVANCE, NAMESPACE, QUEUE
 
 __all__ = [
     "HOOK_SECRET",
     "Reply",
     "Stack",
     "commandstats",
+    "cpu_s",
     "inject",
     "main",
     "percentile",
+    "profile_worker",
     "rss_mb",
     "serve_receiver",
     "serve_sim",
@@ -76,21 +81,23 @@ _SCRIPT = str(Path(__file__).resolve())
 # -- the simulator and the receiver, each served in a process of its own ---------------------
 
 def serve_sim(port: int) -> None:
-    """The simulator, plus ``GET /_bench/tasks``: ``{task_id: [user text, completed_at|null]}``,
+    """The simulator, plus ``GET /_bench/tasks``: ``{task_id: [user text, completed_at|null,
+    accepted_at]}`` (epoch s),
     so a benchmark can tie a task to the turn that sent it."""
     import uvicorn
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from gateway.simulator import SimulatorState, create_simulator_app
+    from gateway.ocs.simulator import SimulatorState, create_simulator_app
 
     state = SimulatorState.demo(f"http://127.0.0.1:{port}")
     app = create_simulator_app(state)
 
     async def tasks(request: Request) -> JSONResponse:
         done = state.completed_tasks()
-        return JSONResponse({tid: [task.text, done.get(tid)] for tid, task in list(state.tasks.items())})
+        return JSONResponse({tid: [task.text, done.get(tid), task.accepted_at.timestamp()]
+                             for tid, task in list(state.tasks.items())})
 
     app.router.routes.append(Route("/_bench/tasks", tasks, methods=["GET"]))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -145,6 +152,67 @@ def serve_receiver(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 
+_GROUPS = (("httpx", "http client"), ("httpcore", "http client"), ("h11", "http client"), ("anyio", "http client"),
+           ("sniffio", "http client"), ("redis", "redis client"), ("dramatiq", "dramatiq"),
+           ("pydantic", "pydantic"), ("/gateway/", "gateway"), ("/workers/", "workers"), ("/adapters/", "adapters"))
+
+
+def _group(filename: str) -> str | None:
+    for needle, group in _GROUPS:
+        if f"/{needle}/" in filename or (needle.startswith("/") and needle in filename):
+            return group
+    return None
+
+
+def profile_worker(config: str, out: str, interval_s: float = 0.005) -> None:
+    """``ocs-gateway worker`` with a sampler on the turn runner's thread (the event loop): every
+    ``interval_s`` it records which package the innermost non-stdlib frame belongs to (stdlib
+    calls such as json or ssl count for the library that made them) and the innermost function.
+    Written to ``out`` (JSON) when the worker stops."""
+    from collections import Counter
+
+    from gateway.cli import main as cli_main
+
+    by_group: Counter[str] = Counter()
+    by_function: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def sample() -> None:
+        runner_id = None
+        while not stop.is_set():
+            time.sleep(interval_s)
+            if runner_id is None:
+                runner_id = next((t.ident for t in threading.enumerate() if t.name == "ocsgw-runner"), None)
+                continue
+            frame = sys._current_frames().get(runner_id)
+            if frame is None:
+                continue
+            top = frame
+            if top.f_code.co_name == "select" and "selectors" in top.f_code.co_filename:
+                by_group["idle (waiting in select)"] += 1
+                continue
+            group = None
+            while frame is not None and group is None:
+                group = _group(frame.f_code.co_filename)
+                frame = frame.f_back
+            by_group[group or "stdlib (asyncio loop, other)"] += 1
+            code = top.f_code
+            by_function[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        cli_main(["--config", config, "worker"])
+    finally:
+        stop.set()
+        total = sum(by_group.values()) or 1
+        Path(out).write_text(json.dumps({
+            "samples": total,
+            "share_by_package": {k: round(v / total, 3) for k, v in by_group.most_common()},
+            "top_functions": {k: round(v / total, 3) for k, v in by_function.most_common(25)},
+        }, indent=2))
+
+
 @dataclass(frozen=True)
 class Reply:
     conversation: str
@@ -174,7 +242,10 @@ class Stack:
     receiver_url: str
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    #: The workers' Redis pool size; 0 keeps redis-py's default (100).
+    #: The simulator's and the receiver's process ids.
+    servers: dict[str, int] = field(default_factory=dict)
+    #: Overrides the workers' Redis pool size (URL options beat ``from_url``'s arguments); 0 keeps
+    #: the gateway's own (gateway/services.py).
     redis_pool: int = 0
 
     @property
@@ -191,8 +262,11 @@ class Stack:
         stats = self.http.get(f"{self.sim_url}/_simulator/stats").json()
         return {**stats["request_counts"], "waf_blocked": stats["waf_blocked"]}
 
-    def sim_tasks(self) -> dict[str, tuple[str, float | None]]:
-        return {tid: (text, done) for tid, (text, done) in self.http.get(f"{self.sim_url}/_bench/tasks", timeout=60).json().items()}
+    def sim_tasks(self) -> dict[str, tuple[str, float | None, float]]:
+        """Every task OCS accepted: its user text, when its answer became pollable (None while
+        running) and when it was accepted (epoch s)."""
+        tasks = self.http.get(f"{self.sim_url}/_bench/tasks", timeout=60).json()
+        return {tid: (text, done, accepted) for tid, (text, done, accepted) in tasks.items()}
 
     # receiver
     def reply_count(self) -> int:
@@ -207,9 +281,13 @@ class Stack:
         return [Reply(*row) for row in self.http.get(f"{self.receiver_url}/replies", timeout=60).json()]
 
     # workers
-    def start_worker(self, config: Path) -> subprocess.Popen[bytes]:
+    def start_worker(self, config: Path, profile_out: Path | None = None) -> subprocess.Popen[bytes]:
+        """``ocs-gateway worker`` in a process of its own; with ``profile_out``, sampled (``profile_worker``)."""
         env = {**os.environ, "BENCH_OCS_SECRET": "demo-secret", "BENCH_HOOK_SECRET": HOOK_SECRET, "LOG_LEVEL": "WARNING"}
-        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(config), "worker"], cwd=ROOT, env=env)
+        args = [sys.executable, "-m", "gateway.cli", "--config", str(config), "worker"]
+        if profile_out is not None:
+            args = [sys.executable, _SCRIPT, "profile-worker", str(config), str(profile_out)]
+        worker = subprocess.Popen(args, cwd=ROOT, env=env)
         self.workers.append(worker)
         return worker
 
@@ -249,6 +327,8 @@ def stack(rtt_s: float = 0.05) -> Iterator[Stack]:
             ]
             s = Stack(tmp, redis_url, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}",
                       httpx.Client(timeout=30))
+            s.servers = {"simulator": procs[0].pid, "receiver": procs[1].pid,
+                         "redis": int(redis.Redis.from_url(redis_url).info("server")["process_id"])}
             try:
                 _wait_http(f"{s.sim_url}/_simulator/stats")
                 _wait_http(f"{s.receiver_url}/count")
@@ -342,6 +422,12 @@ def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -350,7 +436,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _turn_times(replies: Sequence[Reply], admitted: Mapping[str, float]) -> dict[str, float]:
-    times = [r.arrived - admitted[r.in_reply_to] for r in replies if r.in_reply_to in admitted]
+    times = [r.arrived - admitted[r.in_reply_to] for r in replies if r.in_reply_to is not None and r.in_reply_to in admitted]
     return {"p50_s": round(statistics.median(times), 2), "p95_s": round(percentile(times, 95), 2)} if times else {}
 
 
@@ -369,7 +455,7 @@ def _admit_cost(s: Stack, turns: int = 200) -> dict[str, float]:
 
 def _capacity_config(s: Stack, name: str, latency_s: float) -> Path:
     bot = {"budget": UNLIMITED_BUDGET, "task_timeout_s": max(600.0, latency_s * 5)}
-    return write_config(s, name, {"bench": bot}, {"botpoll_interval_s": 3600})
+    return write_config(s, name, {"bench": bot}, {"watch_interval_s": 3600})
 
 
 def _warm_up(s: Stack, tag: str) -> None:
@@ -381,12 +467,14 @@ def _warm_up(s: Stack, tag: str) -> None:
 
 
 def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: str,
-                admit_cost: Mapping[str, float], idle_s: float = 0.0) -> dict[str, Any]:
-    """``turns`` first messages at once into ``processes`` worker processes."""
+                admit_cost: Mapping[str, float], idle_s: float = 0.0, profile: bool = False) -> dict[str, Any]:
+    """``turns`` first messages at once into ``processes`` worker processes (the first one
+    sampled by ``profile_worker`` when ``profile``)."""
     s.redis.flushdb()
     s.knobs(reply_latency_s=latency_s, reply_latency=None)
     config = _capacity_config(s, f"{tag}-config", latency_s)
-    workers = [s.start_worker(config) for _ in range(processes)]
+    profile_out = s.tmp / f"{tag}-profile.json" if profile else None
+    workers = [s.start_worker(config, profile_out if n == 0 else None) for n in range(processes)]
     _warm_up(s, tag)
     client = s.redis
     base_replies, base_sim, base_redis, base_tally = s.reply_count(), s.sim_counts(), commandstats(client), s.callback_tally()
@@ -402,11 +490,14 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         peak_rss = max(peak_rss, sum(rss_mb(w.pid) for w in workers))
 
     load_before = os.getloadavg()[0]
+    pids = {**s.servers, **{f"worker{n}": w.pid for n, w in enumerate(workers)}}
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     got = s.wait_replies(base_replies + turns, 900, sample, tick_s=0.25) - base_replies
     injector.join()
     replies = [r for r in s.replies() if r.in_reply_to in admitted]
     last = max((r.arrived for r in replies), default=time.time())
     elapsed = last - t0
+    cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
     redis_delta = _delta(commandstats(client), base_redis)
     sim_delta = _delta(s.sim_counts(), base_sim)
     worker_cmds = {k: v - admit_cost.get(k, 0.0) * turns for k, v in redis_delta.items()}
@@ -421,6 +512,8 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         "turns_per_s": round(got / elapsed, 1),
         "peak_waiting_on_ocs": peak_waiting,
         "turn_time": _turn_times(replies, admitted),
+        "cpu_ms_per_turn": {name: round(v * 1000 / max(got, 1), 2) for name, v in cpu.items()},
+        "cpu_busy_share": {name: round(v / elapsed, 2) for name, v in cpu.items()},
         "worker_rss_peak_mb": round(peak_rss, 1),
         "worker_rss_hwm_mb": round(sum(rss_mb(w.pid, "VmHWM") for w in workers), 1),
         "redis_commands_per_turn": round(sum(worker_cmds.values()) / turns, 1),
@@ -433,6 +526,8 @@ def run_workers(s: Stack, *, processes: int, turns: int, latency_s: float, tag: 
         time.sleep(3)  # leases released, last acks
         result["idle_after_work"] = _idle(s, idle_s)
     s.stop_workers()
+    if profile_out is not None and profile_out.exists():
+        result["profile"] = json.loads(profile_out.read_text())
     return result
 
 
@@ -550,12 +645,12 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--capacity", type=int, default=0, help="also: N turns at 30 s latency (peak waiting on OCS)")
     parser.add_argument("--phases", default="one,two,baseline,idle,monitor",
-                        help="comma-separated, of: one,two,baseline,idle,monitor (capacity: see --capacity)")
-    parser.add_argument("--redis-pool", type=int, default=0, help="workers' Redis max_connections (0: redis-py default, 100)")
+                        help="comma-separated, of: one,two,baseline,idle,monitor,profile (capacity: see --capacity)")
+    parser.add_argument("--redis-pool", type=int, default=0, help="override the workers' Redis pool size (0: the gateway's own)")
     parser.add_argument("--monitor-turns", type=int, default=500, help="Redis calls per turn counted by MONITOR (0: skip)")
     args = parser.parse_args()
     results: dict[str, Any] = {"latency_s": args.latency, "rtt_s": args.rtt, "cpus": os.cpu_count()}
-    results["redis_pool"] = args.redis_pool or "default (100)"
+    results["redis_pool"] = args.redis_pool or "the gateway's own"
     with stack(args.rtt) as s:
         s.redis_pool = args.redis_pool
         cost = _admit_cost(s)
@@ -574,6 +669,9 @@ def main() -> None:
             results["idle_empty"] = run_idle_empty(s, args.idle_s)
         if "monitor" in phases and args.monitor_turns:
             results["redis_calls_monitor"] = run_monitor(s, args.monitor_turns, args.latency)
+        if "profile" in phases:
+            results["profile"] = run_workers(s, processes=1, turns=args.turns, latency_s=args.latency, tag="prof",
+                                             admit_cost=cost, profile=True)
         if args.capacity:
             results["capacity_30s"] = run_workers(s, processes=1, turns=args.capacity, latency_s=30.0, tag="cap", admit_cost=cost)
     one, base = results.get("one"), results.get("baseline")
@@ -589,5 +687,7 @@ if __name__ == "__main__":
         serve_sim(int(sys.argv[2]))
     elif len(sys.argv) == 3 and sys.argv[1] == "serve-receiver":
         serve_receiver(int(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "profile-worker":
+        profile_worker(sys.argv[2], sys.argv[3])
     else:
         main()
