@@ -1,4 +1,4 @@
-"""Channel adapters, one package per platform behind ``adapters.base.ChannelAdapter``.
+"""Channel adapters, one package per platform behind ``gateway.core.channel.ChannelAdapter``.
 
 Platform SDKs are imported only when a channel of that kind is configured, so a deployment
 with webhook channels alone never loads python-telegram-bot or slack-bolt.
@@ -9,7 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from adapters.base import AdapterServices, ChannelAdapter, InboundFile, InboundRequest
+from gateway.core.channel import (
+    AdapterServices,
+    ChannelAdapter,
+    InboundFile,
+    InboundRequest,
+)
 
 __all__ = ["ADAPTER_PATHS", "AdapterServices", "ChannelAdapter", "InboundFile", "InboundRequest", "adapter_class"]
 

@@ -10,17 +10,21 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from adapters import AdapterServices, ChannelAdapter, adapter_class
-from gateway.budget import RequestBudget
-from gateway.config import GatewayConfig
-from gateway.conversations import ConversationStore
-from gateway.dead_letters import DeadLetterStore
-from gateway.keys import Keys
-from gateway.ledger import TurnLedger
-from gateway.models import ReplyAttachment
-from gateway.ocs_client import USER_AGENT, OCSClient
+from adapters import adapter_class
+from gateway.core.channel import AdapterServices, ChannelAdapter
+from gateway.core.config import GatewayConfig
+from gateway.core.keys import Keys
+from gateway.core.models import ReplyAttachment
+from gateway.core.version import USER_AGENT
+from gateway.ocs.budget import RequestBudget
+from gateway.ocs.client import OCSClient
+from gateway.store.conversations import ConversationStore
+from gateway.store.dead_letters import DeadLetterStore
+from gateway.store.ledger import TurnLedger
+from gateway.store.redis_check import check_redis
+from workers.process import WorkerProcess
 
-__all__ = ["Services"]
+__all__ = ["Services", "worker_process"]
 
 
 @dataclass
@@ -51,7 +55,9 @@ class Services:
         http = httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # Few idle connections: httpcore checks every idle one (a poll() and a getpeername())
+            # each time it assigns a request, which dominated the worker's CPU with 50 of them.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=10),
         )
         # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
         budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget)
@@ -73,6 +79,11 @@ class Services:
             await adapter.startup()
         return services
 
+    @staticmethod
+    def inbound_paths(config: GatewayConfig) -> dict[str, str]:
+        """The inbound route path of each configured channel type (e.g. ``/telegram/{channel}``)."""
+        return {kind: adapter_class(kind).inbound_path for kind in sorted({c.type for c in config.channels.values()})}
+
     def ocs_for(self, channel: str) -> OCSClient:
         return self.ocs[self.config.channels[channel].bot]
 
@@ -88,3 +99,20 @@ def _fetcher(client: OCSClient):  # type: ignore[no-untyped-def]
         return await client.download_file(attachment.content_url)
 
     return fetch
+
+
+def worker_process(config: GatewayConfig, redis_url: str) -> WorkerProcess:
+    """A worker process whose services are opened (and their Redis checked) on its runner's loop."""
+
+    async def open_checked() -> Services:
+        services = await Services.open(config, redis_url)
+        try:
+            # Refuses a Redis that evicts keys (and one that can lose acknowledged messages, if so
+            # configured) before the worker takes any conversation.
+            await check_redis(services.redis, require_durable=config.require_durable_redis)
+        except BaseException:
+            await services.aclose()
+            raise
+        return services
+
+    return WorkerProcess(config, redis_url, open_checked)

@@ -11,16 +11,25 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
 
 from adapters.webhook import signing
-from gateway.app import create_app
-from gateway.config import GatewayConfig, Secret
-from gateway.embedded_redis import EmbeddedRedis
-from gateway.simulator import DEMO_CHATBOT_ID, SimulatorKnobs, SimulatorState, create_simulator_app
+from gateway.core.config import GatewayConfig, Secret
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey
+from gateway.edge.app import create_app
+from gateway.ocs.simulator import (
+    DEMO_CHATBOT_ID,
+    SimulatorKnobs,
+    SimulatorState,
+    create_simulator_app,
+)
+from gateway.services import worker_process
+from gateway.store.embedded_redis import EmbeddedRedis
 from tests.support.receiver import CallbackReceiver
 from tests.support.servers import UvicornThread, free_port
 from workers.process import WorkerProcess
@@ -37,7 +46,7 @@ FAST_TUNING: dict[str, Any] = {
     "max_attempts": 5,
     "backoff_base_s": 0.1,
     "backoff_max_s": 1.0,
-    "botpoll_interval_s": 1.0,
+    "watch_interval_s": 1.0,
 }
 
 
@@ -45,6 +54,10 @@ FAST_TUNING: dict[str, Any] = {
 def redis_server_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
+        # Parallel test processes flush their database before every test: one database each.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if worker.startswith("gw"):
+            url = urlsplit(url)._replace(path=f"/{int(worker[2:]) % 15 + 1}").geturl()
         yield url
         return
     with tempfile.TemporaryDirectory(prefix="ocsgw-redis-") as data_dir:
@@ -140,6 +153,17 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def settled(redis_client: redis.Redis, *, timeout: float = 15.0) -> None:
+    """Wait until no conversation has work left (the sweeper's ``active`` set is empty and no
+    turn is open): the positive signal that whatever could still happen has happened."""
+    keys = Keys()
+
+    def idle() -> bool:
+        return redis_client.zcard(keys.active) == 0 and not redis_client.keys(keys.turn(ConversationKey("*", "*")))
+
+    wait_for(idle, timeout=timeout, what="every conversation to settle")
+
+
 def stack_config(sim_url: str, receiver_url: str, **overrides: Any) -> GatewayConfig:
     data: dict[str, Any] = {
         "bots": {
@@ -193,7 +217,7 @@ def make_stack(redis_url: str, sim: SimServer) -> Iterator[Callable[..., Stack]]
         url = edge.start()
         stack = Stack(url, sim, receiver, redis.Redis.from_url(redis_url), config, redis_url)
         if start_worker:
-            stack.worker = WorkerProcess(config, redis_url)
+            stack.worker = worker_process(config, redis_url)
             stack.worker.start()
         running.append((stack, edge, receiver, receiver_server))
         return stack

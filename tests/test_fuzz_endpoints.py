@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Secret
+from gateway.core.config import Secret
 from tests.adapters._telegram import SECRET as TELEGRAM_SECRET
 from tests.adapters._telegram import TOKEN
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from gateway.app import _health
-from gateway.config import Secret
-from gateway.redaction import RedactionFilter, install_redaction, secret_values
+from gateway.core.config import Secret
+from gateway.core.redaction import RedactionFilter, install_redaction, secret_values
+from gateway.edge.app import _health
 from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, stack_config, wait_for
 from tests.fakes.slack_api import FakeSlack, event_envelope, fake_slack, signed_headers
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update
@@ -47,16 +47,25 @@ class Capture(logging.Handler):
         self.lines.append(self.format(record))
 
 
+_SDK_LOGGERS = ("httpx", "httpcore", "telegram", "slack_sdk", "slack_bolt", "aiohttp")
+
+
 @pytest.fixture
 def capture() -> Iterator[Capture]:
     root = logging.getLogger()
     handler = Capture()
     saved_level = root.level
+    # Every SDK logger at DEBUG too, whatever an earlier test (the CLI quiets httpx) left behind.
+    sdk_levels = {name: logging.getLogger(name).level for name in _SDK_LOGGERS}
+    for name in _SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     yield handler
     root.removeHandler(handler)
     root.setLevel(saved_level)
+    for name, level in sdk_levels.items():
+        logging.getLogger(name).setLevel(level)
     for other in root.handlers:  # pytest's own handlers got the filter too
         for installed in [f for f in other.filters if isinstance(f, RedactionFilter)]:
             other.removeFilter(installed)

@@ -1,9 +1,11 @@
-"""Every module states what other packages may use: ``__all__`` exists, is sorted, and names only
-what the module defines (httpx's export test, STYLE.md §13)."""
+"""Every module states what other packages may use: ``__all__`` exists, is sorted, names only what
+the module has, and names every public class and function the module defines (httpx's export
+test, STYLE.md §13)."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from types import ModuleType
 
@@ -34,3 +36,25 @@ def test_all_is_sorted_and_complete(module: ModuleType) -> None:
     assert list(names) == sorted(names), f"{module.__name__}.__all__ is not sorted"
     missing = [name for name in names if not hasattr(module, name)]
     assert not missing, f"{module.__name__}.__all__ names what it does not define: {missing}"
+    defined = _public_definitions(module)
+    unlisted = sorted(defined - set(names))
+    assert not unlisted, f"{module.__name__} defines public {unlisted} but leaves them out of __all__ (add them, or make them _private)"
+
+
+def _public_definitions(module: ModuleType) -> set[str]:
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == module.__name__
+    }
+
+
+def test_the_completeness_check_sees_an_unlisted_definition() -> None:
+    sample = ModuleType("sample")
+    exec("def listed(): pass\ndef forgotten(): pass\n__all__ = ['listed']", vars(sample))
+    for value in vars(sample).values():
+        if inspect.isfunction(value):
+            value.__module__ = "sample"
+    assert _public_definitions(sample) - set(sample.__all__) == {"forgotten"}

@@ -17,8 +17,10 @@ from workers.runner import TurnRunner
 
 __all__ = ["declare_actors"]
 
-#: A hand-over fails only when the runner is stopping or full for long: Dramatiq retries it.
-_RETRY: dict[str, Any] = {"max_retries": 20, "min_backoff": 500, "max_backoff": 30_000}
+#: A hand-over fails only when the runner is stopping or full for long. It is not retried through
+#: Dramatiq (a retry is a delayed message, and the gateway's broker has no delay queue): the
+#: conversation stays in the sweeper's ``active`` set, so the sweeper of a live worker takes it.
+_RETRY: dict[str, Any] = {"max_retries": 0}
 
 
 def declare_actors(broker: RedisBroker, runner: Any) -> None:
@@ -33,4 +35,4 @@ def declare_actors(broker: RedisBroker, runner: Any) -> None:
     @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, **_RETRY)  # type: ignore[misc]
     def poll_session(conv: str) -> None:
         current: TurnRunner = runner()
-        current.offer(conv, botpoll=True)
+        current.offer(conv, watch=True)

@@ -1,38 +1,38 @@
-"""Broker setup, and the one way any process enqueues work (by actor name, ids only).
+"""Broker setup, and the one way a tool enqueues work (by actor name, ids only).
 
-The web process does not import the actors: it only needs to put a message with the actor's
-name on the queue, which keeps the edge free of worker code (and of the event loop the actors
-need).
+The web process does not use it: the edge writes its wake-up messages in the same Lua script
+that stores the inbound (``gateway/store/inbox.py``), with the names in ``gateway/core/queue.py``.
 """
 
 from __future__ import annotations
 
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AsyncIO
 
-__all__ = ["ADVANCE", "POLL_SESSION", "QUEUE", "enqueue", "make_broker"]
+from gateway.core.queue import ADVANCE, NAMESPACE, POLL_SESSION, QUEUE
 
-QUEUE = "ocsgw"
-#: Moves one conversation forward by as many steps as it can take without waiting.
-ADVANCE = "advance_conversation"
-#: Looks for bot-initiated messages in one conversation's OCS session.
-POLL_SESSION = "poll_session"
-#: Dramatiq keys live beside ours but under their own prefix.
-NAMESPACE = "ocsgw-dramatiq"
+__all__ = ["ADVANCE", "NAMESPACE", "POLL_SESSION", "QUEUE", "enqueue", "make_broker"]
 
 
-def make_broker(redis_url: str, *, with_asyncio: bool = True) -> RedisBroker:
-    """A Redis broker; workers add the AsyncIO middleware that runs our async actors on one
-    event loop per process."""
-    broker = RedisBroker(url=redis_url, namespace=NAMESPACE, socket_timeout=5, socket_connect_timeout=5)
-    if with_asyncio:
-        broker.add_middleware(AsyncIO())
-    return broker
+class _ImmediateBroker(RedisBroker):
+    """Dramatiq's Redis broker without a delay queue. The gateway never delays a message (a
+    waiting turn sleeps on the runner's timers), and a worker consumes every declared queue: an
+    idle consumer of an always-empty delay queue would cost a Redis call a second for nothing."""
+
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
 
 
-def enqueue(broker: RedisBroker, actor_name: str, *args: str, delay_s: float | None = None) -> None:
-    """Put ``actor_name(*args)`` on the queue, after ``delay_s`` if given."""
+def make_broker(redis_url: str) -> RedisBroker:
+    """A Redis broker under the gateway's namespace (the actors are plain functions that hand
+    work to the turn runner, so no asyncio middleware is needed)."""
+    return _ImmediateBroker(url=redis_url, namespace=NAMESPACE, socket_timeout=5, socket_connect_timeout=5)
+
+
+def enqueue(broker: RedisBroker, actor_name: str, *args: str) -> None:
+    """Put ``actor_name(*args)`` on the queue."""
     message: Message[object] = Message(queue_name=QUEUE, actor_name=actor_name, args=args, kwargs={}, options={})
-    delay_ms = max(int(delay_s * 1000), 1) if delay_s else None
-    broker.enqueue(message, delay=delay_ms)
+    broker.enqueue(message)

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys, as_text
+from gateway.core.keys import Keys, as_text
 
 __all__ = [
     "BUCKET_EDGES_S",

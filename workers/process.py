@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Awaitable, Callable
 
 import dramatiq
 
-from gateway.config import GatewayConfig
-from gateway.redis_check import check_redis
-from gateway.services import Services
+from gateway.core.config import GatewayConfig
 from workers.actors import declare_actors
 from workers.broker import QUEUE, make_broker
+from workers.context import WorkerServices
 from workers.runner import RunnerThread, TurnRunner
 
 __all__ = ["WorkerProcess", "run_worker"]
@@ -28,10 +28,12 @@ _IDLE_POLL_MS = 1000
 class WorkerProcess:
     """The turn runner and Dramatiq's consumer threads, started and stopped as one."""
 
-    def __init__(self, config: GatewayConfig, redis_url: str) -> None:
+    def __init__(self, config: GatewayConfig, redis_url: str, open_services: Callable[[], Awaitable[WorkerServices]]) -> None:
+        """``open_services`` opens this process's services on the runner's event loop (the
+        assembly, ``gateway.services.worker_process``, passes ``Services.open``)."""
         self.config = config
-        self.broker = make_broker(redis_url, with_asyncio=False)
-        self.runner_thread = RunnerThread(lambda: _open_checked(config, redis_url), config.worker)
+        self.broker = make_broker(redis_url)
+        self.runner_thread = RunnerThread(open_services, config.worker)
         declare_actors(self.broker, self._runner)
         self.worker = dramatiq.Worker(
             self.broker, queues={QUEUE}, worker_threads=config.worker.threads, worker_timeout=_IDLE_POLL_MS
@@ -59,20 +61,8 @@ class WorkerProcess:
         self.broker.close()
 
 
-async def _open_checked(config: GatewayConfig, redis_url: str) -> Services:
-    """The services, once the Redis they use is known not to evict (or lose) what we store."""
-    services = await Services.open(config, redis_url)
-    try:
-        await check_redis(services.redis, require_durable=config.require_durable_redis)
-    except BaseException:
-        await services.aclose()
-        raise
-    return services
-
-
-def run_worker(config: GatewayConfig, redis_url: str) -> None:
-    """Run until SIGTERM/SIGINT (what Procfile hosts send on shutdown)."""
-    process = WorkerProcess(config, redis_url)
+def run_worker(process: WorkerProcess) -> None:
+    """Run ``process`` until SIGTERM/SIGINT (what Procfile hosts send on shutdown)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -20,22 +20,26 @@ Who owns what:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, AsyncIterator
 
 from redis.exceptions import RedisError
 
-from gateway.clock import RedisClock
-from gateway.config import WorkerTuning
-from gateway.lease import Lease, LeaseLost, renew_leases
-from gateway.models import ConversationKey
-from gateway.services import Services
-from workers.botpoll import BotPoller
+from gateway.core.config import WorkerTuning
+from gateway.core.models import ConversationKey
+from gateway.store.clock import RedisClock
+from gateway.store.lease import Lease, LeaseLost, renew_leases
+from gateway.store.ledger import TurnState
+from workers.context import WorkerServices
 from workers.turns import Hold, TurnEngine
+from workers.watch import SessionWatcher
 
-__all__ = ["TurnRunner"]
+__all__ = ["RunnerThread", "StepGate", "TurnRunner"]
 
 log = logging.getLogger("ocsgw.runner")
 
@@ -53,22 +57,69 @@ return {overdue, polls}
 """
 
 
+class StepGate:
+    """At most ``limit`` steps at once, and when steps queue, those of turns a user is already
+    waiting on (sent, delivering) go before new turns. Under a burst, first come first served
+    would start every new turn before any answer that is ready goes out."""
+
+    URGENT = 0
+    NEW = 1
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (priority, next(self._order), future)
+        heapq.heappush(self._waiting, entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted and cancelled at once: pass the step on
+            else:
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+    @contextlib.asynccontextmanager
+    async def step(self, priority: int) -> AsyncIterator[None]:
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class TurnRunner:
     """Parameters:
     services: the process's services (opened on this runner's loop).
     tuning: the worker settings.
     """
 
-    def __init__(self, services: Services, tuning: WorkerTuning) -> None:
+    def __init__(self, services: WorkerServices, tuning: WorkerTuning) -> None:
         self.services = services
         self.tuning = tuning
         self.clock = RedisClock(services.redis)
         self.engine = TurnEngine(services, tuning, self.clock)
-        self.botpoller = BotPoller(services, tuning, self.clock)
+        self.watcher = SessionWatcher(services, tuning, self.clock)
         self._holds: dict[str, Hold] = {}
         self._pokes: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._steps = asyncio.Semaphore(tuning.max_concurrent_steps)
+        self._steps = StepGate(tuning.max_concurrent_steps)
         self._room = asyncio.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,17 +166,17 @@ class TurnRunner:
 
     # -- taking conversations --------------------------------------------------------------
 
-    def offer(self, conv: str, *, botpoll: bool = False, timeout: float = 30.0) -> None:
+    def offer(self, conv: str, *, watch: bool = False, timeout: float = 30.0) -> None:
         """Hand ``conv`` to the runner from another thread (a Dramatiq actor). Blocks while the
         process owns ``max_in_flight`` conversations: that is the backpressure that leaves the
         queue's remaining messages to other processes."""
         loop = self._loop
         if loop is None or self._stopping:
             raise RuntimeError("the turn runner is not running")
-        future: Future[bool] = asyncio.run_coroutine_threadsafe(self.claim(conv, botpoll=botpoll, wait=True), loop)
+        future: Future[bool] = asyncio.run_coroutine_threadsafe(self.claim(conv, watch=watch, wait=True), loop)
         future.result(timeout)
 
-    async def claim(self, conv: str, *, botpoll: bool = False, wait: bool = False) -> bool:
+    async def claim(self, conv: str, *, watch: bool = False, wait: bool = False) -> bool:
         """Own ``conv`` unless it is owned here already (then wake it); False when full."""
         if conv in self._holds or conv in self._pokes:
             poke = self._pokes.get(conv)
@@ -141,20 +192,20 @@ class TurnRunner:
                 self._pokes[conv].set()
                 return True
         self._pokes[conv] = asyncio.Event()
-        task = asyncio.create_task(self._drive(conv, botpoll), name=f"ocsgw-turn:{conv}")
+        task = asyncio.create_task(self._drive(conv, watch), name=f"ocsgw-turn:{conv}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
     # -- one conversation ------------------------------------------------------------------
 
-    async def _drive(self, conv_text: str, botpoll: bool) -> None:
+    async def _drive(self, conv_text: str, watch: bool) -> None:
         conv = ConversationKey.parse(conv_text)
         keys = self.services.keys
         hold: Hold | None = None
         again = False
         try:
-            async with self._steps:  # taking a conversation is a step too: bounded like the rest
+            async with self._steps.step(StepGate.NEW):  # taking a conversation is a step too
                 lease = await Lease.acquire(
                     self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
                     active=keys.active, member=conv_text, hold_until=self._hold_until(),
@@ -163,9 +214,9 @@ class TurnRunner:
                 return  # another process owns it and will see anything new before it lets go
             hold = Hold(conv, lease)
             self._holds[conv_text] = hold
-            if botpoll:
-                async with self._steps:
-                    await self.botpoller.poll(hold)
+            if watch:
+                async with self._steps.step(StepGate.NEW):
+                    await self.watcher.look(hold)
             again = await self._run(hold, self._pokes[conv_text])
         except LeaseLost:
             log.info("lost the lease of %s; its new owner goes on", conv_text)
@@ -190,7 +241,7 @@ class TurnRunner:
         keys = self.services.keys
         member = str(hold.conv)
         while True:
-            async with self._steps:
+            async with self._steps.step(_priority(hold)):
                 try:
                     outcome = await self.engine.step(hold)
                 except (LeaseLost, asyncio.CancelledError):
@@ -270,7 +321,7 @@ class TurnRunner:
                 log.exception("sweep failed")
 
     async def sweep(self) -> tuple[int, int]:
-        """Adopt overdue ownerless conversations and start due bot-message polls (one round
+        """Adopt overdue ownerless conversations and start due watches (one round
         trip); returns how many of each were taken."""
         room = self.tuning.max_in_flight - len(self._pokes)
         if room <= 0:
@@ -278,8 +329,8 @@ class TurnRunner:
         now = self.clock.now()
         keys = self.services.keys
         overdue, polls = await self._sweep(
-            keys=[keys.active, keys.botpoll],
-            args=[now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.botpoll_budget_per_tick],
+            keys=[keys.active, keys.watch],
+            args=[now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.watch_per_sweep],
         )
         adopted = 0
         for raw in overdue:
@@ -289,12 +340,12 @@ class TurnRunner:
         started = 0
         for raw in polls:
             conv = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if conv not in self._pokes and await self.claim(conv, botpoll=True):
+            if conv not in self._pokes and await self.claim(conv, watch=True):
                 started += 1
         if adopted:
             log.info("adopted %d overdue conversation(s)", adopted)
         if started:
-            log.debug("started %d bot-message poll(s)", started)
+            log.debug("started %d watch(es)", started)
         return adopted, started
 
 
@@ -347,3 +398,8 @@ class RunnerThread(threading.Thread):
             except RuntimeError:
                 pass
         self.join(timeout)
+
+
+def _priority(hold: Hold) -> int:
+    waiting = hold.turn is not None and hold.turn.state not in (TurnState.RECEIVED,)
+    return StepGate.URGENT if waiting else StepGate.NEW

@@ -20,10 +20,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
-from gateway.clock import RedisClock
-from gateway.config import WorkerTuning
-from gateway.conversations import ConversationRecord
-from gateway.errors import (
+from gateway.core.config import WorkerTuning
+from gateway.core.errors import (
     AttachmentUnavailable,
     DeliveryRejected,
     OCSAmbiguous,
@@ -36,19 +34,21 @@ from gateway.errors import (
     RetryLater,
     SessionExpired,
 )
-from gateway.fingerprints import delivered_ops
-from gateway.lease import Lease, LeaseLost, Op
-from gateway.ledger import Turn, TurnState
-from gateway.models import (
+from gateway.core.models import (
     ConversationKey,
     InboundKind,
+    OCSSession,
     Outgoing,
     Reply,
     ReplyAttachment,
     ReplyKind,
 )
-from gateway.ocs_client import OCSSession
-from gateway.services import Services
+from gateway.store.clock import RedisClock
+from gateway.store.conversations import ConversationRecord
+from gateway.store.fingerprints import delivered_ops
+from gateway.store.lease import Lease, LeaseLost, Op
+from gateway.store.ledger import Turn, TurnState
+from workers.context import WorkerServices
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
 __all__ = ["Hold", "Outcome", "TurnEngine", "reply_from_ocs"]
@@ -116,7 +116,7 @@ class TurnEngine:
     clock: the shared clock every stored time is read from.
     """
 
-    def __init__(self, services: Services, tuning: WorkerTuning, clock: RedisClock) -> None:
+    def __init__(self, services: WorkerServices, tuning: WorkerTuning, clock: RedisClock) -> None:
         self.services = services
         self.tuning = tuning
         self.clock = clock
@@ -441,7 +441,7 @@ class TurnEngine:
         since: str | None = None
         while True:
             hold.lease.check()
-            page = await ocs.poll_session(session, since=since, limit=_HISTORY_PAGE)
+            page = await ocs.session_messages(session, since=since, limit=_HISTORY_PAGE)
             messages.extend(page.messages)
             if not page.has_more or not page.messages:
                 return messages
@@ -465,7 +465,10 @@ class TurnEngine:
         # completion-time histogram learns from, not when the answer reached us.
         looked = max((asked + now) / 2 - turn.sent_at, 0.0)
         if result.status == "complete" and result.message is not None:
-            self._learn(ocs.name, turn.last_poll_s, looked)
+            if looked - turn.last_poll_s <= self.tuning.poll_max_s:
+                # Only a narrow interval says when the bot finished; a poll made late (a burst,
+                # an adoption) would teach the schedule the gateway's delay, not the bot's.
+                self._learn(ocs.name, turn.last_poll_s, looked)
             reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self._replied(hold, turn, reply, extra=fingerprints)
@@ -489,13 +492,13 @@ class TurnEngine:
 
     async def _too_slow(self, hold: Hold, turn: Turn) -> Outcome:
         """Our own timeout (an unknown task polls as processing forever, §0.9): tell the user,
-        and let the session poll deliver the answer when it lands."""
+        and let the watch deliver the answer when it lands."""
         channel = self.services.config.channels[hold.conv.channel]
         reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
-        poll_at = self.clock.now() + self.tuning.botpoll_interval_s
+        poll_at = self.clock.now() + self.tuning.watch_interval_s
         await self._replied(
             hold, turn, reply, last_error="task timeout",
-            extra=[Op("ZADD", self.services.keys.botpoll, (poll_at, str(hold.conv)))],
+            extra=[Op("ZADD", self.services.keys.watch, (poll_at, str(hold.conv)))],
         )
         return CONTINUE
 
@@ -556,8 +559,8 @@ class TurnEngine:
         record = hold.record
         if record is not None and record.session is not None and not record.gone:
             # Bot-initiated messages may follow; look for them no sooner than the interval.
-            poll_at = self.clock.now() + self.tuning.botpoll_interval_s
-            ops.append(Op("ZADD", self.services.keys.botpoll, ("NX", poll_at, str(conv))))
+            poll_at = self.clock.now() + self.tuning.watch_interval_s
+            ops.append(Op("ZADD", self.services.keys.watch, ("NX", poll_at, str(conv))))
         ops.append(Op("LINDEX", self.services.keys.inbox(conv), (0,)))
         result = await self._write(hold, ops)
         head = result[-1]

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from adapters.slack.adapter import SlackAdapter
-from adapters.slack.cli import manifest
+from adapters.slack.manifest import manifest
 
 __all__ = ["SlackAdapter", "manifest"]

@@ -1,4 +1,4 @@
-"""``SlackAdapter``: the Slack channel behind ``adapters.base.ChannelAdapter``.
+"""``SlackAdapter``: the Slack channel behind ``gateway.core.channel.ChannelAdapter``.
 
 This class only wires the concepts together; each lives in its own module:
 
@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 from starlette.routing import BaseRoute
 
-from adapters.base import AdapterServices, ChannelAdapter, InboundFile, InboundRequest
 from adapters.slack.api import SlackApi
 from adapters.slack.files import download_file
 from adapters.slack.inbound import EventParser, verify_signature
@@ -25,9 +24,15 @@ from adapters.slack.install import OAuthInstaller
 from adapters.slack.outbound import SlackSender, render
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import InstallationStore, Workspaces
-from gateway.config import BotConfig, SlackChannelConfig
-from gateway.errors import AttachmentUnavailable, RecipientGone
-from gateway.models import Attachment, Outgoing, ParsedRequest, Reply, Route
+from gateway.core.channel import (
+    AdapterServices,
+    ChannelAdapter,
+    InboundFile,
+    InboundRequest,
+)
+from gateway.core.config import BotConfig, SlackChannelConfig
+from gateway.core.errors import AttachmentUnavailable, RecipientGone
+from gateway.core.models import Attachment, Outgoing, ParsedRequest, Reply, Route
 
 __all__ = ["SlackAdapter"]
 

@@ -3,7 +3,7 @@
 slack_sdk raises ``SlackApiError`` for anything but HTTP 200 with ``ok: true`` (PROTOCOLS.md §2.6):
 logical failures arrive as **HTTP 200** with ``{"ok": false, "error": "<code>"}`` and rate limits
 as HTTP 429 with ``Retry-After``. ``slack_errors`` turns those, and network failures, into the
-``gateway.errors`` delivery family, keeping the cause (STYLE.md §4), so nothing past this module
+``gateway.core.errors`` delivery family, keeping the cause (STYLE.md §4), so nothing past this module
 knows about slack_sdk exceptions.
 """
 
@@ -18,7 +18,12 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from gateway.errors import DeliveryError, DeliveryRejected, RecipientGone, RetryLater
+from gateway.core.errors import (
+    DeliveryError,
+    DeliveryRejected,
+    RecipientGone,
+    RetryLater,
+)
 
 __all__ = ["GONE_CODES", "RETRY_CODES", "SlackApi", "classify", "slack_errors"]
 

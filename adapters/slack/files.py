@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import InboundFile
 from adapters.slack.api import slack_errors
-from gateway.errors import AttachmentUnavailable, RetryLater
-from gateway.models import Attachment, ReplyAttachment, Route
+from gateway.core.channel import InboundFile
+from gateway.core.errors import AttachmentUnavailable, RetryLater
+from gateway.core.models import Attachment, ReplyAttachment, Route
 
 __all__ = ["MAX_DOWNLOAD_BYTES", "MAX_UPLOAD_BYTES", "download_file", "upload_file"]
 

@@ -20,14 +20,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from adapters.base import InboundRequest
 from adapters.slack.format import slack_to_text
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Identity, Workspaces
-from gateway import safe_json
-from gateway.config import SlackChannelConfig
-from gateway.errors import PayloadInvalid, SignatureInvalid
-from gateway.models import Attachment, ConversationKey, Inbound, InboundKind, ParsedRequest
+from gateway.core import safe_json
+from gateway.core.channel import InboundRequest
+from gateway.core.config import SlackChannelConfig
+from gateway.core.errors import PayloadInvalid, SignatureInvalid
+from gateway.core.models import (
+    Attachment,
+    ConversationKey,
+    Inbound,
+    InboundKind,
+    ParsedRequest,
+)
 
 __all__ = ["EventParser", "SIGNATURE_WINDOW_S", "conversation_for", "verify_signature"]
 

@@ -25,11 +25,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.slack.api import SlackApi, slack_errors
-from adapters.slack.cli import bot_scopes
+from adapters.slack.manifest import bot_scopes
 from adapters.slack.workspaces import Installation, Workspaces
-from gateway.config import SlackChannelConfig
-from gateway.errors import DeliveryError, DeliveryRejected, RetryLater
-from gateway.keys import Keys
+from gateway.core.config import SlackChannelConfig
+from gateway.core.errors import DeliveryError, DeliveryRejected, RetryLater
+from gateway.core.keys import Keys
 
 __all__ = ["OAuthInstaller", "STATE_TTL_S", "authorize_url_base"]
 

@@ -2,7 +2,7 @@
 show a reaction while OCS works.
 
 Pacing: ``chat.postMessage`` allows about one message per second per channel (§2.6); every worker
-takes its slot through ``gateway.pacing.take_slot`` on a per-channel key. A short wait is booked
+takes its slot through ``gateway.store.pacing.take_slot`` on a per-channel key. A short wait is booked
 and slept through; a long one books nothing and becomes ``PacingWait`` (not counted as a failed
 attempt) so no worker is held for seconds and no other thread's slot is pushed out. A 429 becomes
 ``RetryLater(Retry-After)``: the worker retries this part before the next, which pauses the
@@ -19,13 +19,18 @@ import redis.asyncio as aioredis
 
 from adapters.slack.api import SlackApi, slack_errors
 from adapters.slack.files import MAX_UPLOAD_BYTES, upload_file
-from adapters.slack.format import escape, markdown_to_mrkdwn, mrkdwn_to_plain, split_message
+from adapters.slack.format import (
+    escape,
+    markdown_to_mrkdwn,
+    mrkdwn_to_plain,
+    split_message,
+)
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
-from gateway.errors import DeliveryError, PacingWait
-from gateway.keys import Keys
-from gateway.models import Outgoing, Reply, ReplyAttachment, Route
-from gateway.pacing import take_slot
+from gateway.core.errors import DeliveryError, PacingWait
+from gateway.core.keys import Keys
+from gateway.core.models import Outgoing, Reply, ReplyAttachment, Route
+from gateway.store.pacing import take_slot
 
 __all__ = ["PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
 
@@ -115,7 +120,7 @@ class SlackSender:
         return await upload_file(self._api.client(), token=token, route=route, attachment=attachment, data=data)
 
     async def _pace(self, team: str, channel: str) -> None:
-        key = self._keys.custom("slack", "pace", self._name, team, channel)
+        key = self._keys.slack_pace(self._name, team, channel)
         slot = await take_slot(self._redis, key, PACE_INTERVAL_S, max_wait_s=MAX_INLINE_WAIT_S)
         if not slot.granted:
             raise PacingWait(slot.wait_s, "pacing: about one message per second per channel")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keys
+from gateway.core.keys import Keys
 
 __all__ = ["THREAD_TTL_S", "ThreadTracker"]
 
@@ -27,7 +27,7 @@ class ThreadTracker:
         self._channel = channel
 
     def _key(self, team: str, slack_channel: str, thread_ts: str) -> str:
-        return self._keys.custom("slack", "thread", self._channel, team, slack_channel, thread_ts)
+        return self._keys.slack_thread(self._channel, team, slack_channel, thread_ts)
 
     async def join(self, team: str, slack_channel: str, thread_ts: str) -> None:
         await self._redis.set(self._key(team, slack_channel, thread_ts), "1", ex=THREAD_TTL_S)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import redis.asyncio as aioredis
 
 from adapters.slack.api import SlackApi, slack_errors
-from gateway.errors import DeliveryError, RecipientGone
-from gateway.keys import Keys
+from gateway.core.errors import DeliveryError, RecipientGone
+from gateway.core.keys import Keys
 
 __all__ = ["Identity", "Installation", "InstallationStore", "Workspaces"]
 

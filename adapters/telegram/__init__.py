@@ -1,4 +1,4 @@
-"""The Telegram channel: python-telegram-bot behind ``adapters.base.ChannelAdapter``.
+"""The Telegram channel: python-telegram-bot behind ``gateway.core.channel.ChannelAdapter``.
 
 Modules, one concept each: ``inbound`` (secret check, update → Inbound, conversation keys),
 ``addressing`` (commands, mentions, replies: group gating), ``content`` (media → text and files), ``markup``/``format`` (Markdown →

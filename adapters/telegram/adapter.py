@@ -16,7 +16,6 @@ from telegram import Bot, CallbackQuery
 from telegram.error import TelegramError
 from telegram.request import HTTPXRequest
 
-from adapters.base import AdapterServices, ChannelAdapter, InboundFile, InboundRequest
 from adapters.telegram import files, outbound
 from adapters.telegram.format import render_markdown
 from adapters.telegram.inbound import (
@@ -28,9 +27,22 @@ from adapters.telegram.inbound import (
     read_update,
     to_inbound,
 )
-from gateway.config import BotConfig, TelegramChannelConfig
-from gateway.errors import DeliveryError, DeliveryRejected, StoreUnavailable
-from gateway.models import Attachment, Outgoing, ParsedRequest, Reply, ReplyAttachment, Route
+from gateway.core.channel import (
+    AdapterServices,
+    ChannelAdapter,
+    InboundFile,
+    InboundRequest,
+)
+from gateway.core.config import BotConfig, TelegramChannelConfig
+from gateway.core.errors import DeliveryError, DeliveryRejected, StoreUnavailable
+from gateway.core.models import (
+    Attachment,
+    Outgoing,
+    ParsedRequest,
+    Reply,
+    ReplyAttachment,
+    Route,
+)
 
 __all__ = ["TelegramAdapter"]
 

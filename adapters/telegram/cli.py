@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from gateway.config import GatewayConfig, TelegramChannelConfig
-from gateway.errors import ConfigError
+from gateway.core.config import GatewayConfig, TelegramChannelConfig
+from gateway.core.errors import ConfigError
 
 __all__ = ["PENDING_WARNING", "expected_webhook_url", "set_webhook", "webhook_info"]
 

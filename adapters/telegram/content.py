@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from telegram import Message
 
-from gateway.models import Attachment
+from gateway.core.models import Attachment
 
 __all__ = ["Content", "message_content"]
 

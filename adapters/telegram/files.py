@@ -10,10 +10,10 @@ from __future__ import annotations
 from telegram import Bot
 from telegram.error import BadRequest, TelegramError
 
-from adapters.base import InboundFile
 from adapters.telegram.outbound import translate
-from gateway.errors import AttachmentUnavailable, RetryLater
-from gateway.models import Attachment
+from gateway.core.channel import InboundFile
+from gateway.core.errors import AttachmentUnavailable, RetryLater
+from gateway.core.models import Attachment
 
 __all__ = ["DOWNLOAD_LIMIT_BYTES", "download"]
 

@@ -22,12 +22,17 @@ from typing import Any, Mapping, ParamSpec, TypeVar
 
 from telegram import Chat, Message, Update, User
 
-from adapters.telegram.addressing import BotIdentity, addressed, parse_command, strip_leading_mention
+from adapters.telegram.addressing import (
+    BotIdentity,
+    addressed,
+    parse_command,
+    strip_leading_mention,
+)
 from adapters.telegram.content import message_content
-from gateway import safe_json
-from gateway.config import TelegramChannelConfig
-from gateway.errors import PayloadInvalid, SignatureInvalid
-from gateway.models import ConversationKey, Inbound, InboundKind
+from gateway.core import safe_json
+from gateway.core.config import TelegramChannelConfig
+from gateway.core.errors import PayloadInvalid, SignatureInvalid
+from gateway.core.models import ConversationKey, Inbound, InboundKind
 
 __all__ = [
     "BotIdentity",
@@ -114,7 +119,7 @@ def read_update(body: bytes) -> Update | None:
     """Parse a webhook body; None for an update PTB cannot model (answered 200, then dropped).
 
     Raises:
-        PayloadInvalid: the body is not strict JSON (``gateway.safe_json``), not an object with an
+        PayloadInvalid: the body is not strict JSON (``gateway.core.safe_json``), not an object with an
             integer ``update_id``, or a field has the wrong type or an impossible value.
     """
     data = safe_json.loads(body)

@@ -1,7 +1,7 @@
 """Sending to Telegram: messages, files and typing, paced, with PTB errors translated into ours.
 
 PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2, STYLE
-§5); ``translate`` maps its classes onto ``gateway.errors`` in one table, keeping the cause. Mind
+§5); ``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
 the PTB wart: ``BadRequest`` and ``TimedOut`` subclass ``NetworkError``, so they are matched
 before it, or a permanent 400 would be retried forever.
 """
@@ -28,10 +28,16 @@ from telegram.error import (
     TimedOut,
 )
 
-from gateway.errors import DeliveryError, DeliveryRejected, PacingWait, RecipientGone, RetryLater
-from gateway.keys import Keys
-from gateway.models import Outgoing, ReplyAttachment, Route
-from gateway.pacing import take_slots
+from gateway.core.errors import (
+    DeliveryError,
+    DeliveryRejected,
+    PacingWait,
+    RecipientGone,
+    RetryLater,
+)
+from gateway.core.keys import Keys
+from gateway.core.models import Outgoing, ReplyAttachment, Route
+from gateway.store.pacing import take_slots
 
 __all__ = [
     "UPLOAD_LIMIT_BYTES",
@@ -104,8 +110,8 @@ async def pace(redis: aioredis.Redis, keys: Keys, channel: str, chat_id: str) ->
     """
     slot = await take_slots(
         redis,
-        [(keys.custom("tg", "pace", channel, "chat", chat_id), CHAT_INTERVAL_S),
-         (keys.custom("tg", "pace", channel, "bot"), BOT_INTERVAL_S)],
+        [(keys.telegram_chat_pace(channel, chat_id), CHAT_INTERVAL_S),
+         (keys.telegram_bot_pace(channel), BOT_INTERVAL_S)],
         max_wait_s=MAX_PACING_SLEEP_S,
     )
     if not slot.granted:

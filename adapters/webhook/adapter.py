@@ -17,18 +17,18 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapters.base import ChannelAdapter, InboundFile, InboundRequest
 from adapters.webhook import signing
-from gateway import safe_json
-from gateway.config import WebhookChannelConfig
-from gateway.errors import (
+from gateway.core import safe_json
+from gateway.core.channel import ChannelAdapter, InboundFile, InboundRequest
+from gateway.core.config import WebhookChannelConfig
+from gateway.core.errors import (
     DeliveryRejected,
     PayloadInvalid,
     RecipientGone,
     RetryLater,
 )
-from gateway.fetching import fetch_url
-from gateway.models import (
+from gateway.core.fetching import fetch_url
+from gateway.core.models import (
     Attachment,
     ConversationKey,
     Inbound,

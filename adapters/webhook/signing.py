@@ -15,7 +15,7 @@ import hmac
 import time
 from typing import Mapping
 
-from gateway.errors import SignatureInvalid
+from gateway.core.errors import SignatureInvalid
 
 __all__ = ["TOLERANCE_S", "decode_secret", "sign", "verify"]
 

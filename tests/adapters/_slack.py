@@ -13,11 +13,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.base import AdapterServices, InboundRequest
 from adapters.slack import SlackAdapter
-from gateway.config import GatewayConfig, Secret, SlackChannelConfig
-from gateway.keys import Keys
-from gateway.models import ReplyAttachment
+from gateway.core.channel import AdapterServices, InboundRequest
+from gateway.core.config import GatewayConfig, Secret, SlackChannelConfig
+from gateway.core.keys import Keys
+from gateway.core.models import ReplyAttachment
 from tests.fakes.slack_api import FakeSlack, signed_headers
 
 __all__ = ["SIGNING_SECRET", "SlackEnv", "MakeEnv", "make_slack"]

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.base import AdapterServices, InboundRequest
 from adapters.telegram import TelegramAdapter
-from gateway.config import GatewayConfig, Secret
-from gateway.keys import Keys
-from gateway.models import ReplyAttachment
+from gateway.core.channel import AdapterServices, InboundRequest
+from gateway.core.config import GatewayConfig, Secret
+from gateway.core.keys import Keys
+from gateway.core.models import ReplyAttachment
 from tests.fakes.telegram_api import FakeTelegram
 
 __all__ = ["CHATBOT_ID", "SECRET", "TOKEN", "MakeEnv", "TelegramEnv", "gateway_config", "make_telegram"]

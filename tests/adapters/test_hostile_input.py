@@ -15,14 +15,20 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import Secret
-from gateway.errors import PayloadInvalid
-from gateway.models import ConversationKey, Inbound, InboundKind
-from gateway.safe_json import MAX_DEPTH, loads
+from gateway.core.config import Secret
+from gateway.core.errors import PayloadInvalid
+from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.core.safe_json import MAX_DEPTH, loads
 from tests.adapters._telegram import SECRET as TELEGRAM_SECRET
 from tests.adapters._telegram import TOKEN
 from tests.conftest import Stack
-from tests.fakes.slack_api import FakeSlack, Workspace, event_envelope, fake_slack, signed_headers
+from tests.fakes.slack_api import (
+    FakeSlack,
+    Workspace,
+    event_envelope,
+    fake_slack,
+    signed_headers,
+)
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update
 
 __all__ = ["fake_slack", "fake_telegram"]

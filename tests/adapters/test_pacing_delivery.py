@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Secret
-from gateway.errors import PacingWait, RetryLater
-from gateway.keys import Keys
-from gateway.models import Outgoing
-from gateway.pacing import reserve_slot
+from gateway.core.config import Secret
+from gateway.core.errors import PacingWait, RetryLater
+from gateway.core.keys import Keys
+from gateway.core.models import Outgoing
+from gateway.store.pacing import reserve_slot
 from tests.adapters._slack import MakeEnv as MakeSlackEnv
 from tests.adapters._slack import make_slack
 from tests.adapters._telegram import SECRET, TOKEN, make_telegram  # noqa: F401 - fixture
@@ -51,7 +51,7 @@ async def test_slack_long_pacing_wait_is_a_pacing_wait_that_books_nothing(
 ) -> None:
     ws = fake_slack.add_workspace("T1")
     env = await make_slack(bot_token=Secret(ws.token))
-    key = env.keys.custom("slack", "pace", "sl", "T1", "C1")
+    key = env.keys.slack_pace("sl", "T1", "C1")
     for _ in range(3):  # three other sends hold the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     booked = await env.redis.get(key)
@@ -76,8 +76,8 @@ async def test_slack_platform_429_is_not_a_pacing_wait(make_slack: MakeSlackEnv,
 
 async def test_telegram_long_pacing_wait_books_neither_the_chat_nor_the_bot(make_telegram: MakeTelegramEnv) -> None:
     env = await make_telegram()
-    chat_key = env.keys.custom("tg", "pace", "tg", "chat", str(GROUP))
-    bot_key = env.keys.custom("tg", "pace", "tg", "bot")
+    chat_key = env.keys.telegram_chat_pace("tg", str(GROUP))
+    bot_key = env.keys.telegram_bot_pace("tg")
     for _ in range(3):
         await reserve_slot(env.redis, chat_key, 1.0)
     booked = await env.redis.get(chat_key)

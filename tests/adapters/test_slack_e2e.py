@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import Secret
-from gateway.keys import Keys
-from tests.conftest import Stack, wait_for
+from gateway.core.config import Secret
+from gateway.core.keys import Keys
+from tests.conftest import Stack, settled, wait_for
 from tests.fakes.slack_api import (
     FakeSlack,
     Workspace,
@@ -100,7 +100,7 @@ def test_own_message_is_ignored_so_there_is_no_loop(single: tuple[Stack, Workspa
     echo = dm(ws, reply.text, ts=reply.ts, event_id="Ev5", bot_id=ws.bot_id)
     echo["event"]["user"] = ws.user_id
     assert deliver(stack, echo).status_code == 200
-    time.sleep(1.0)
+    settled(stack.redis)
     assert fake_slack.texts(channel="D100") == ["Echo #1: hi"]
     assert ocs_messages(stack) == ["hi"]
 
@@ -111,7 +111,7 @@ def test_retried_event_is_answered_once(single: tuple[Stack, Workspace], fake_sl
     assert deliver(stack, envelope).status_code == 200
     assert deliver(stack, envelope, retry_num=1).status_code == 200
     wait_for(lambda: fake_slack.texts(channel="D100"), what="a reply")
-    time.sleep(1.0)
+    settled(stack.redis)
     assert fake_slack.texts(channel="D100") == ["Echo #1: once"]
     assert ocs_messages(stack) == ["once"]
 
@@ -122,7 +122,7 @@ def test_same_message_under_a_new_event_id_is_answered_once(single: tuple[Stack,
     deliver(stack, mention(ws, "twice?", ts=ts, event_id="Ev7a"))
     deliver(stack, mention(ws, "twice?", ts=ts, event_id="Ev7b", kind="message"))
     wait_for(lambda: fake_slack.texts(channel="C100"), what="a reply")
-    time.sleep(1.0)
+    settled(stack.redis)
     assert fake_slack.texts(channel="C100") == ["Echo #1: twice?"]
 
 
@@ -131,7 +131,7 @@ def test_bad_signature_and_stale_timestamp_are_refused(single: tuple[Stack, Work
     assert deliver(stack, dm(ws, "forged", ts="1.1", event_id="Ev8"), secret="wrong").status_code == 401
     stale = int(time.time()) - 360
     assert deliver(stack, dm(ws, "replayed", ts="1.2", event_id="Ev9"), timestamp=stale).status_code == 401
-    time.sleep(0.5)
+    settled(stack.redis)  # refused before anything was stored: nothing is even queued
     assert ocs_messages(stack) == [] and fake_slack.messages() == []
 
 

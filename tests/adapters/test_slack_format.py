@@ -13,7 +13,7 @@ from adapters.slack.format import (
     split_message,
 )
 from adapters.slack.outbound import render
-from gateway.models import Outgoing, Reply, ReplyAttachment
+from gateway.core.models import Outgoing, Reply, ReplyAttachment
 
 
 def mrkdwn(markdown: str) -> str:

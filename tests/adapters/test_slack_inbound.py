@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from adapters.base import InboundRequest
 from adapters.slack.inbound import verify_signature
-from gateway.config import Secret
-from gateway.errors import PayloadInvalid, SignatureInvalid
-from gateway.models import Attachment, ConversationKey, InboundKind
+from gateway.core.channel import InboundRequest
+from gateway.core.config import Secret
+from gateway.core.errors import PayloadInvalid, SignatureInvalid
+from gateway.core.models import Attachment, ConversationKey, InboundKind
 from tests.adapters._slack import SIGNING_SECRET, MakeEnv, SlackEnv, make_slack
 from tests.fakes.slack_api import FakeSlack, fake_slack
 from tests.support.samples import load_sample

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from starlette.applications import Starlette
 
-from adapters.slack.cli import BOT_EVENTS, BOT_SCOPES, manifest
-from gateway.config import GatewayConfig, Secret
-from gateway.errors import ConfigError, RecipientGone
-from gateway.models import Outgoing
+from adapters.slack.manifest import BOT_EVENTS, BOT_SCOPES, manifest
+from gateway.core.config import GatewayConfig, Secret
+from gateway.core.errors import ConfigError, RecipientGone
+from gateway.core.models import Outgoing
 from tests.adapters._slack import MakeEnv, SlackEnv, gateway_config, make_slack
 from tests.fakes.slack_api import FakeSlack, fake_slack
 

@@ -11,10 +11,15 @@ from adapters.slack.api import GONE_CODES, SlackApi, slack_errors
 from adapters.slack.files import MAX_UPLOAD_BYTES
 from adapters.slack.outbound import WORKING_REACTION
 from adapters.slack.workspaces import Installation
-from gateway.config import Secret
-from gateway.errors import AttachmentUnavailable, DeliveryRejected, RecipientGone, RetryLater
-from gateway.models import Attachment, Outgoing, ReplyAttachment
-from gateway.pacing import reserve_slot
+from gateway.core.config import Secret
+from gateway.core.errors import (
+    AttachmentUnavailable,
+    DeliveryRejected,
+    RecipientGone,
+    RetryLater,
+)
+from gateway.core.models import Attachment, Outgoing, ReplyAttachment
+from gateway.store.pacing import reserve_slot
 from tests.adapters._slack import MakeEnv, SlackEnv, make_slack
 from tests.fakes.slack_api import FakeSlack, Workspace, fake_slack
 from tests.support.servers import free_port
@@ -135,7 +140,7 @@ async def test_other_channels_are_not_held_up(make_slack: MakeEnv, fake_slack: F
 
 async def test_a_long_pacing_wait_is_handed_back_as_retry_later(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, _ = await single(make_slack, fake_slack)
-    key = env.keys.custom("slack", "pace", "sl", "T1", "C1")
+    key = env.keys.slack_pace("sl", "T1", "C1")
     for _ in range(3):  # three other sends booked the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     with pytest.raises(RetryLater) as caught:

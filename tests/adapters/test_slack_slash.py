@@ -6,9 +6,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from gateway.config import Secret
-from gateway.errors import PayloadInvalid
-from gateway.models import ConversationKey, InboundKind
+from gateway.core.config import Secret
+from gateway.core.errors import PayloadInvalid
+from gateway.core.models import ConversationKey, InboundKind
 from tests.adapters._slack import MakeEnv, SlackEnv, make_slack
 from tests.fakes.slack_api import FakeSlack, fake_slack
 from tests.support.samples import load_sample

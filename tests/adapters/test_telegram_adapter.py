@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from adapters.telegram.files import DOWNLOAD_LIMIT_BYTES
-from gateway.errors import AttachmentUnavailable, RetryLater, SignatureInvalid
-from gateway.models import Attachment, ConversationKey, InboundKind
+from gateway.core.errors import AttachmentUnavailable, RetryLater, SignatureInvalid
+from gateway.core.models import Attachment, ConversationKey, InboundKind
 from tests.adapters._telegram import SECRET, MakeEnv, make_telegram  # noqa: F401 - fixture
 from tests.fakes.telegram_api import fake_telegram, message_update  # noqa: F401 - fixture
 from tests.support.samples import load_sample

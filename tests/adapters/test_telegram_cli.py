@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from adapters.telegram.cli import PENDING_WARNING, set_webhook, webhook_info
-from gateway.config import GatewayConfig, Secret
-from gateway.errors import ConfigError
+from gateway.core.config import GatewayConfig, Secret
+from gateway.core.errors import ConfigError
 from tests.adapters._telegram import SECRET, TOKEN, gateway_config
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram  # noqa: F401 - fixture
 from tests.support.servers import free_port

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from adapters.telegram.format import TEXT_LIMIT_UTF16, utf16_len
-from gateway.config import Secret
-from gateway.keys import Keys
-from gateway.models import ConversationKey
+from gateway.core.config import Secret
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey
 from tests.adapters._telegram import SECRET, TOKEN
 from tests.conftest import Stack, wait_for
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update  # noqa: F401 - fixture

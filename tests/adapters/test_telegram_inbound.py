@@ -15,9 +15,9 @@ from adapters.telegram.inbound import (
     read_update,
     to_inbound,
 )
-from gateway.config import Secret, TelegramChannelConfig
-from gateway.errors import PayloadInvalid, SignatureInvalid
-from gateway.models import Attachment, ConversationKey, Inbound, InboundKind
+from gateway.core.config import Secret, TelegramChannelConfig
+from gateway.core.errors import PayloadInvalid, SignatureInvalid
+from gateway.core.models import Attachment, ConversationKey, Inbound, InboundKind
 from tests.fakes.telegram_api import message_update
 from tests.support.samples import load_sample
 

@@ -19,9 +19,14 @@ from telegram.error import (
 )
 
 from adapters.telegram.outbound import translate
-from gateway.errors import DeliveryError, DeliveryRejected, RecipientGone, RetryLater
-from gateway.models import Outgoing, Reply, ReplyAttachment
-from gateway.pacing import reserve_slot
+from gateway.core.errors import (
+    DeliveryError,
+    DeliveryRejected,
+    RecipientGone,
+    RetryLater,
+)
+from gateway.core.models import Outgoing, Reply, ReplyAttachment
+from gateway.store.pacing import reserve_slot
 from tests.adapters._telegram import MakeEnv, make_telegram  # noqa: F401 - fixture
 from tests.fakes.telegram_api import fake_telegram  # noqa: F401 - fixture
 from tests.support.servers import free_port
@@ -163,7 +168,7 @@ async def test_messages_to_one_chat_are_spaced_a_second_apart(make_telegram: Mak
 
 async def test_a_long_pacing_wait_goes_back_to_the_queue(make_telegram: MakeEnv) -> None:
     env = await make_telegram()
-    key = env.keys.custom("tg", "pace", "tg", "chat", "55")
+    key = env.keys.telegram_chat_pace("tg", "55")
     for _ in range(3):  # three sends already booked the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     with pytest.raises(RetryLater) as caught:

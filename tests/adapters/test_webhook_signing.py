@@ -3,13 +3,11 @@ an independent cross-check (PROTOCOLS.md §3)."""
 
 from __future__ import annotations
 
-
 import pytest
 import standardwebhooks
 
 from adapters.webhook import signing
-from gateway.errors import SignatureInvalid
-
+from gateway.core.errors import SignatureInvalid
 from tests.support.samples import load_sample
 
 

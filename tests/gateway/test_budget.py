@@ -1,4 +1,4 @@
-"""The shared OCS request budget (gateway.budget) against a real Redis: limits, priorities,
+"""The shared OCS request budget (gateway.ocs.budget) against a real Redis: limits, priorities,
 all-or-nothing bookings, blocks, window rollover, and the ``ocs-gateway budget`` view."""
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.budget import BudgetUsage, Grant, Priority, RequestBudget, format_usage, origin_of
 from gateway.cli import main
-from gateway.config import BudgetLimits, GatewayConfig
-from gateway.errors import ConfigError
-from gateway.keys import Keys
+from gateway.core.config import BudgetLimits, GatewayConfig
+from gateway.core.errors import ConfigError
+from gateway.core.keys import Keys
+from gateway.ocs.budget import (
+    BudgetUsage,
+    Grant,
+    Priority,
+    RequestBudget,
+    format_usage,
+    origin_of,
+)
 
 OCS = "https://ocs.example.com"
 CHATBOT = "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23"
@@ -204,21 +211,35 @@ async def test_a_blocked_session_stops_only_that_session(aredis: aioredis.Redis)
 # -- windows ------------------------------------------------------------------------------------
 
 
-async def test_a_new_window_grants_again_and_the_old_bucket_expires(aredis: aioredis.Redis) -> None:
-    budget = make_budget(aredis, requests_per_window=2, window_s=1)
+async def test_a_session_bucket_grants_again_in_the_next_aligned_window(aredis: aioredis.Redis) -> None:
+    # OCS's own limiter counts in aligned windows: so does the session bucket.
+    budget = make_budget(aredis, requests_per_window=1000, session_requests_per_window=2, window_s=1)
     end = await room_in_window(aredis, 1, 0.6)
-    assert await take(budget, Priority.WAITING) == 2
-    refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)
-    assert refused.scope == "base_url" and 0 < refused.wait_s <= 1
-    old_keys = [key async for key in aredis.scan_iter(match="*budget:url:*")]
-    assert len(old_keys) == 1
+    assert await take(budget, Priority.WAITING, session_id="s-1") == 2
 
     async def rolled_over() -> bool:
         return await redis_now(aredis) >= end
 
     await eventually(rolled_over, what="the next window")
-    assert await aredis.exists(*old_keys) == 0
-    assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)).granted
+    assert await take(budget, Priority.WAITING, session_id="s-1") == 2
+
+
+async def test_the_origin_bucket_slides_so_a_window_boundary_cannot_spend_the_limit_twice(aredis: aioredis.Redis) -> None:
+    # The WAF counts over a sliding window: right after a boundary, the previous window's
+    # requests still count for the part of it that a sliding window would still cover.
+    budget = make_budget(aredis, requests_per_window=4, window_s=4)
+    end = await room_in_window(aredis, 4, 2.0)
+    assert await take(budget, Priority.WAITING) == 4
+
+    async def rolled_over() -> bool:
+        return await redis_now(aredis) >= end
+
+    await eventually(rolled_over, what="the next window")
+    assert await take(budget, Priority.WAITING) == 1  # fixed windows would grant all 4 again
+    refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)
+    assert refused.scope == "base_url" and 0 < refused.wait_s <= 4
+    rows = await budget.usage()
+    assert usage_of(rows, "base_url", OCS).used == 1  # the current window only
 
 
 # -- round trips and the operator's view ------------------------------------------------------------

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, Secret, load_config
-from gateway.errors import ConfigError
+from gateway.core.config import GatewayConfig, Secret, load_config
+from gateway.core.errors import ConfigError
 
 BOT = "bots:\n  b:\n    chatbot_id: 6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23\n    client_id: cid\n    client_secret: ${OCS_SECRET}\n"
 CHANNEL = "channels:\n  hooks:\n    type: webhook\n    bot: b\n    secret: ${HOOK_SECRET}\n    callback_url: https://app.example.com/cb\n"

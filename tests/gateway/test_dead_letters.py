@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import cli, dead_letters
-from gateway.dead_letters import DeadLetterStore, since_from_text
-from gateway.keys import Keys
-from gateway.models import ConversationKey, Inbound, InboundKind, Outgoing, Reply, ReplyAttachment
+from gateway import cli
+from gateway.core.keys import Keys
+from gateway.core.models import (
+    ConversationKey,
+    Inbound,
+    InboundKind,
+    Outgoing,
+    Reply,
+    ReplyAttachment,
+)
+from gateway.store import dead_letters
+from gateway.store.dead_letters import DeadLetterStore, since_from_text
 from tests.conftest import Stack, wait_for
 
 KEYS = Keys()

@@ -18,11 +18,11 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.redis import RedisBroker
 
 from adapters.webhook import signing
-from gateway.app import create_app
-from gateway.embedded_redis import EmbeddedRedis
-from gateway.inbox import Admitter, WakeQueue
-from gateway.keys import Keys
-from gateway.models import ConversationKey, Inbound, InboundKind
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.edge.app import create_app
+from gateway.store.embedded_redis import EmbeddedRedis
+from gateway.store.inbox import Admitter, WakeQueue
 from tests.conftest import WEBHOOK_SECRET, stack_config, wait_for
 from tests.support.servers import UvicornThread
 from workers.broker import ADVANCE, NAMESPACE, QUEUE

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.app import create_app
-from gateway.embedded_redis import EmbeddedRedis
+from gateway.edge.app import create_app
+from gateway.store.embedded_redis import EmbeddedRedis
 from tests.conftest import SimServer, Stack, stack_config
 from tests.support.servers import UvicornThread
 

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.errors import AttachmentUnavailable
-from gateway.fetching import AddressPolicy, FetchLimits, SafeFetcher
-from gateway.ocs_client import USER_AGENT
+from gateway.core.errors import AttachmentUnavailable
+from gateway.core.fetching import AddressPolicy, FetchLimits, SafeFetcher
+from gateway.core.version import USER_AGENT
 from tests.conftest import Stack, wait_for
 from tests.support.servers import UvicornThread, free_port
 

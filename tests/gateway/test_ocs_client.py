@@ -9,11 +9,24 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config import BotConfig, Secret
-from gateway.errors import OCSAuthFailed, OCSRateLimited, OCSRejected, OCSUnavailable, SessionExpired
-from gateway.keys import Keys
-from gateway.ocs_client import USER_AGENT, OCSClient
-from gateway.simulator import DEMO_CHATBOT_ID, SimChatbot, SimulatorKnobs, SimulatorState, create_simulator_app
+from gateway.core.config import BotConfig, Secret
+from gateway.core.errors import (
+    OCSAuthFailed,
+    OCSRateLimited,
+    OCSRejected,
+    OCSUnavailable,
+    SessionExpired,
+)
+from gateway.core.keys import Keys
+from gateway.core.version import USER_AGENT
+from gateway.ocs.client import OCSClient
+from gateway.ocs.simulator import (
+    DEMO_CHATBOT_ID,
+    SimChatbot,
+    SimulatorKnobs,
+    SimulatorState,
+    create_simulator_app,
+)
 
 BASE = "http://ocs.test"
 
@@ -178,9 +191,9 @@ async def test_session_poll_pages_forward_with_the_exclusive_cursor(wire, state:
     session = await client.start_session(remote_id="x:1", name=None)
     for n in range(3):
         state.push_bot_message(session.session_id, f"note {n}")
-    first = await client.poll_session(session, since=None, limit=2)
+    first = await client.session_messages(session, since=None, limit=2)
     assert [m["content"] for m in first.messages] == ["note 0", "note 1"] and first.has_more
-    second = await client.poll_session(session, since=first.messages[-1]["created_at"], limit=2)
+    second = await client.session_messages(session, since=first.messages[-1]["created_at"], limit=2)
     assert [m["content"] for m in second.messages] == ["note 2"] and not second.has_more
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.pacing import Slot, reserve_slot, take_slot, take_slots
+from gateway.store.pacing import Slot, reserve_slot, take_slot, take_slots
 
 MINUTE = 60.0
 

@@ -11,9 +11,14 @@ from typing import Any
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from gateway.config import GatewayConfig, Secret
-from gateway.redaction import REDACTED, RedactionFilter, install_redaction, secret_values
-from gateway.simulator import DEMO_CHATBOT_ID
+from gateway.core.config import GatewayConfig, Secret
+from gateway.core.redaction import (
+    REDACTED,
+    RedactionFilter,
+    install_redaction,
+    secret_values,
+)
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
 TG_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 

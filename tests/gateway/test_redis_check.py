@@ -12,9 +12,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway.app import create_app
-from gateway.embedded_redis import EmbeddedRedis
-from gateway.redis_check import RedisVerdict, UnsafeRedis, check_redis
+from gateway.edge.app import create_app
+from gateway.store.embedded_redis import EmbeddedRedis
+from gateway.store.redis_check import RedisVerdict, UnsafeRedis, check_redis
 from tests.conftest import stack_config
 
 NOWHERE = "http://127.0.0.1:9"

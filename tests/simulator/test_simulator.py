@@ -18,8 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-
-from gateway.simulator import (
+from gateway.ocs.simulator import (
     SimChatbot,
     SimOAuthApp,
     SimulatorKnobs,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.simulator import (
+from gateway.ocs.simulator import (
     DEMO_CHATBOT_ID,
     ROUTE_NAMES,
     LatencyModel,

@@ -25,6 +25,8 @@ class CallbackReceiver:
     fail_with: list[int] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
+    #: The webhook-id of every delivery attempt, refused ones included.
+    attempt_ids: list[str] = field(default_factory=list)
     webhook_ids: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -37,6 +39,7 @@ class CallbackReceiver:
             signing.verify(key, headers, body)  # raises: a bad signature fails the test loudly
             with self._lock:
                 self.attempts += 1
+                self.attempt_ids.append(headers["webhook-id"])
                 if self.fail_with:
                     return Response(status_code=self.fail_with.pop(0))
                 if headers["webhook-id"] in self.webhook_ids:

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from gateway.config import GatewayConfig, WebhookChannelConfig
-from gateway.simulator import DEMO_CHATBOT_ID
+from gateway.core.config import GatewayConfig, WebhookChannelConfig
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
 __all__ = ["WorkerConfig", "WorkerFleet", "WorkerProc", "worker_config_like", "write_worker_config"]
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gateway.keys import Keys
-from gateway.models import ConversationKey
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
 from tests.support.worker_procs import WorkerFleet, WorkerProc, worker_config_like
 
@@ -75,7 +75,7 @@ def _hand_over(
 ) -> tuple[WorkerProc, float]:
     """With ``owner`` the only live worker: a message to every conversation, a new worker on the
     other side of the skew, then ``owner`` SIGKILLed while every turn waits on OCS. The heir
-    must adopt them all (through the sweeper's overdue list or its due bot-message polls) and
+    must adopt them all (through the sweeper's overdue list or its due watches) and
     answer within the deadline, measured from the kill."""
     stack.sim.state.knobs.reply_latency_s = BOT_LATENCY_S
     posted = _say_to_all(stack, f"r{round_no}")

@@ -9,10 +9,10 @@ from typing import Any, Callable
 import pytest
 
 from adapters.webhook.adapter import WebhookAdapter
-from gateway.keys import Keys
-from gateway.models import Reply
+from gateway.core.keys import Keys
+from gateway.core.models import Reply
+from gateway.services import worker_process
 from tests.conftest import SimServer, Stack, wait_for
-from workers.process import WorkerProcess
 
 
 def _demo_bot(sim: SimServer, **extra: Any) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def test_a_send_whose_answer_is_cut_off_reaches_ocs_once_and_is_answered_once(st
 
 def test_a_step_slower_than_the_lease_is_not_repeated_by_a_competing_worker(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(worker={"lease_ttl_s": 1.0, "stall_grace_s": 0.3, "sweep_interval_s": 0.1})
-    second = WorkerProcess(stack.config, stack.redis_url)
+    second = worker_process(stack.config, stack.redis_url)
     second.start()
     try:
         stack.sim.state.knobs.rtt_s = 1.5  # every OCS call outlasts the lease's TTL
@@ -107,13 +107,13 @@ def test_bot_initiated_polls_yield_to_waiting_turns_when_the_budget_is_short(
     budget = {"requests_per_window": 30, "window_s": 2, "background_share": 0.3, "send_share": 0.9}
     stack = make_stack(
         bots=_demo_bot(sim, budget=budget),
-        worker={"botpoll_interval_s": 0.2, "botpoll_recent_s": 600, "sweep_interval_s": 0.1},
+        worker={"watch_interval_s": 0.2, "watch_recent_s": 600, "sweep_interval_s": 0.1},
     )
     for n in range(10):
         stack.say(f"c{n}", "hello")
     for n in range(10):
         wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the first answer in c{n}")
-    # Ten sessions now want a bot-message poll every 0.2 s: far more than the budget allows.
+    # Ten sessions now want a watch every 0.2 s: far more than the budget allows.
     started = stack.redis.time()[0]
     polls_before = sim.state.request_counts()["session_poll"]
     for n in range(10):

@@ -20,9 +20,9 @@ from typing import Callable
 import httpx
 
 from adapters.webhook import signing
-from gateway.keys import Keys, as_text
-from gateway.models import ConversationKey
-from gateway.simulator import LatencyModel
+from gateway.core.keys import Keys, as_text
+from gateway.core.models import ConversationKey
+from gateway.ocs.simulator import LatencyModel
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
 from tests.support.worker_procs import WorkerFleet, worker_config_like
 
@@ -43,7 +43,7 @@ STORM_TUNING = {
     # user message half-way through a reply latency of at most a few tenths of a second.
     "reconcile_grace_s": 2.0,
     # Bot-initiated polls still run (they could repeat a reply), at a pace the loopback OCS bears.
-    "botpoll_interval_s": 5.0,
+    "watch_interval_s": 5.0,
 }
 
 #: 2,000 turns make several thousand OCS requests in a minute: far past the default budget (the
@@ -196,12 +196,12 @@ def test_sigkill_storm_answers_every_message_once_and_in_order(
         assert not killer_errors, f"the killer failed: {killer_errors[0]!r}"
         # Nothing left to do anywhere: every turn finished and every conversation was let go.
         wait_for(lambda: stack.redis.zcard(KEYS.active) == 0, timeout=60, what="no conversation left with work")
-        # Give the bot-initiated polls (the other way a reply could come twice) a full round
+        # Give the watches (the other way a reply could come twice) a full round
         # over the finished sessions before counting.
         polls_before = stack.sim.state.request_counts()["session_poll"]
         wait_for(
             lambda: stack.sim.state.request_counts()["session_poll"] >= polls_before + CONVERSATIONS,
-            timeout=60, interval=0.25, what="a round of bot-initiated polls after the storm",
+            timeout=60, interval=0.25, what="a round of watches after the storm",
         )  # fmt: skip
         wait_for(lambda: stack.redis.zcard(KEYS.active) == 0, timeout=60, what="no conversation left with work")
         kills = fleet.kills

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from gateway.keys import Keys
+from gateway.core.keys import Keys
 from tests.conftest import SimServer, Stack, wait_for
 
 

@@ -15,7 +15,7 @@ from bench.poll_sim import (
     learn,
     measure,
 )
-from gateway.keys import Keys
+from gateway.core.keys import Keys
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
 RTT_S = 0.05

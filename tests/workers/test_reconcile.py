@@ -12,19 +12,19 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.conversations import parse_record
-from gateway.keys import Keys
-from gateway.models import ConversationKey, Inbound, InboundKind
-from gateway.ocs_client import OCSClient
+from gateway.core.keys import Keys
+from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.ocs.client import OCSClient
+from gateway.services import worker_process
+from gateway.store.conversations import parse_record
 from tests.conftest import Stack, wait_for
-from workers.process import WorkerProcess
 
 CONV = ConversationKey("hooks", "c1")
 FAST_GRACE = {"reconcile_grace_s": 1.0}
 
 
 def _start_worker(stack: Stack) -> None:
-    stack.worker = WorkerProcess(stack.config, stack.redis_url)
+    stack.worker = worker_process(stack.config, stack.redis_url)
     stack.worker.start()
 
 

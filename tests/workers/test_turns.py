@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import cli
-from gateway.dead_letters import DeadLetterStore
-from gateway.keys import Keys
-from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, wait_for
+from gateway.core.keys import Keys
+from gateway.store.dead_letters import DeadLetterStore
+from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, settled, wait_for
 
 
 def _session_ids(stack: Stack) -> list[str]:
@@ -104,6 +104,8 @@ def test_callback_failures_are_retried_with_the_same_webhook_id(stack: Stack) ->
     stack.say("c1", "deliver me")
     wait_for(lambda: stack.receiver.texts("c1"), what="the reply after callback failures")
     assert stack.receiver.attempts == 3
+    first, *retries = stack.receiver.attempt_ids
+    assert retries == [first, first]  # the receiver can tell a retry from a new message
     assert stack.receiver.texts("c1") == ["Echo #1: deliver me"]
 
 
@@ -129,10 +131,10 @@ def test_bot_initiated_message_is_delivered_once_without_repeating_answers(stack
     assert pushed["text"] == "Reminder: appointment at 10:30"
     assert pushed["kind"] == "push"
     assert pushed["in_reply_to"] is None
-    # Several more poll intervals: nothing is delivered twice.
-    import time
-
-    time.sleep(2.5)
+    # Three more watches of the session (counted at OCS): nothing is delivered twice.
+    looked = stack.sim.state.request_counts()["session_poll"]
+    wait_for(lambda: stack.sim.state.request_counts()["session_poll"] >= looked + 3, timeout=15, what="three more watches")
+    settled(stack.redis)
     assert stack.receiver.texts("c1") == ["Echo #1: remind me", "Reminder: appointment at 10:30"]
 
 
@@ -145,8 +147,8 @@ def test_slow_ocs_gets_a_notice_then_the_answer_when_it_lands(make_stack: Callab
 
 
 def _demo_bot() -> dict:
-    from gateway.config import Secret
-    from gateway.simulator import DEMO_CHATBOT_ID
+    from gateway.core.config import Secret
+    from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
     return {"chatbot_id": DEMO_CHATBOT_ID, "auth": "oauth", "client_id": "demo-client", "client_secret": Secret("demo-secret")}
 

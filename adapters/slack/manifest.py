@@ -1,0 +1,93 @@
+"""The Slack app manifest for one channel (`ocs-gateway slack manifest --channel X` prints it).
+
+Paste the output at https://api.slack.com/apps → *Create New App* → *From a manifest*. It sets the
+scopes the adapter uses, the bot events it answers, the request URL and the OAuth redirect URL, so
+a newcomer never hunts through Slack's settings pages (docs/SLACK.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from gateway.core.config import GatewayConfig, SlackChannelConfig
+from gateway.core.errors import ConfigError
+
+__all__ = ["BOT_EVENTS", "BOT_SCOPES", "bot_scopes", "manifest"]
+
+#: What each scope is for: reading what the bot answers, and writing its replies.
+BOT_SCOPES: tuple[str, ...] = (
+    "app_mentions:read",  # app_mention events
+    "channels:history",  # thread replies in public channels (message.channels)
+    "groups:history",  # ... in private channels (message.groups)
+    "im:history",  # direct messages (message.im)
+    "mpim:history",  # group DMs (message.mpim)
+    "chat:write",  # chat.postMessage
+    "reactions:write",  # the "working" reaction
+    "files:read",  # the user's files (url_private_download)
+    "files:write",  # reply attachments (files.getUploadURLExternal)
+)
+#: Events the adapter handles; app_uninstalled and tokens_revoked need no scope (§2.7).
+BOT_EVENTS: tuple[str, ...] = (
+    "app_mention",
+    "message.im",
+    "message.channels",
+    "message.groups",
+    "message.mpim",
+    "app_uninstalled",
+    "tokens_revoked",
+)
+_PLACEHOLDER_URL = "https://YOUR-GATEWAY.example.com"
+
+
+def bot_scopes(config: SlackChannelConfig) -> tuple[str, ...]:
+    """The scopes to request: ``commands`` too when a slash command is configured."""
+    return (*BOT_SCOPES, "commands") if config.slash_command else BOT_SCOPES
+
+
+def manifest(config: GatewayConfig, channel: str) -> str:
+    """The app manifest (YAML) for the Slack channel ``channel`` of ``config``.
+
+    Raises:
+        ConfigError: no such channel, or it is not a Slack channel.
+    """
+    slack = config.channels.get(channel)
+    if not isinstance(slack, SlackChannelConfig):
+        raise ConfigError(f"channel {channel!r} is not a slack channel in the configuration")
+    base = config.public_url or _PLACEHOLDER_URL
+    events_url = f"{base}/slack/{channel}/events"
+    features: dict[str, Any] = {
+        "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
+        "bot_user": {"display_name": channel[:80], "always_online": True},
+    }
+    if slack.slash_command:
+        features["slash_commands"] = [
+            {
+                "command": slack.slash_command,
+                "url": events_url,
+                "description": "Start the conversation over",
+                "should_escape": False,
+            }
+        ]
+    oauth: dict[str, Any] = {"scopes": {"bot": list(bot_scopes(slack))}}
+    if slack.client_id is not None:
+        oauth["redirect_urls"] = [f"{base}/slack/{channel}/oauth_redirect"]
+    document = {
+        "display_information": {
+            "name": f"OCS {channel}"[:35],
+            "description": "An Open Chat Studio chatbot, through ocs-gateway",
+        },
+        "features": features,
+        "oauth_config": oauth,
+        "settings": {
+            "event_subscriptions": {"request_url": events_url, "bot_events": list(BOT_EVENTS)},
+            "org_deploy_enabled": False,
+            "socket_mode_enabled": False,
+            "token_rotation_enabled": False,
+        },
+    }
+    header = f"# Slack app manifest for channel {channel!r}: paste it at https://api.slack.com/apps (From a manifest).\n"
+    if config.public_url is None:
+        header += f"# public_url is not set in the config: replace {_PLACEHOLDER_URL} with your gateway's URL.\n"
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

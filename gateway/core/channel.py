@@ -1,0 +1,164 @@
+"""The one interface every platform implements (Rasa's input/output pair, sized like Starlette's
+``BaseRoute``).
+
+The edge (web process) calls ``verify`` then ``parse``; the workers call ``render`` then
+``send`` for each part, ``download`` for the user's files and ``show_working``/``clear_working``
+around the wait for OCS. Platform SDKs stay private attributes of the adapter, and SDK errors are
+translated into ``gateway.core.errors`` where the SDK meets our code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Generic,
+    Mapping,
+    TypeVar,
+)
+
+import httpx
+
+from gateway.core.models import (
+    Attachment,
+    Outgoing,
+    ParsedRequest,
+    Reply,
+    ReplyAttachment,
+    Route,
+)
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from starlette.routing import BaseRoute
+
+    from gateway.core.config import BotConfig, GatewayConfig
+    from gateway.core.keys import Keys
+
+__all__ = ["AdapterServices", "ChannelAdapter", "InboundFile", "InboundRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """The parts of an HTTP request an adapter may look at; ``body`` is the raw bytes, unparsed,
+    because every platform signs the exact bytes it sent."""
+
+    channel: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InboundFile:
+    """A user's file, downloaded from the platform, ready to upload to OCS."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterServices:
+    """What the gateway lends an adapter: one pooled HTTP client, Redis, and the OCS file fetch."""
+
+    config: GatewayConfig
+    http: httpx.AsyncClient
+    redis: aioredis.Redis
+    keys: Keys
+    #: Downloads a reply attachment from OCS with the bot's credentials (CONTRACT §4.14).
+    fetch_ocs_file: Callable[[ReplyAttachment], Awaitable[bytes]] | None = None
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ChannelAdapter(ABC, Generic[ConfigT]):
+    """One platform: verify and parse what it sends us, render and send what the bot says."""
+
+    #: The ``type:`` of the channel in the config.
+    kind: ClassVar[str]
+    #: Where the platform POSTs, with a ``{channel}`` placeholder.
+    inbound_path: ClassVar[str]
+    #: How often ``show_working`` is repeated while OCS works; None means once.
+    working_refresh_s: ClassVar[float | None] = None
+
+    def __init__(self, name: str, config: ConfigT, bot: BotConfig, services: AdapterServices) -> None:
+        self.name = name
+        self.config = config
+        self.bot = bot
+        self.services = services
+
+    async def startup(self) -> None:
+        """Prepare SDK clients (called once in each process before use)."""
+
+    async def aclose(self) -> None:
+        """Release what ``startup`` made."""
+
+    # -- edge ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def verify(self, request: InboundRequest) -> None:
+        """Check that the request comes from the platform.
+
+        Raises:
+            SignatureInvalid: missing/wrong signature or secret, or a stale timestamp.
+        """
+
+    @abstractmethod
+    async def parse(self, request: InboundRequest) -> ParsedRequest:
+        """Turn a verified request into inbound events (none for events we ignore).
+
+        Raises:
+            PayloadInvalid: the body is not what the platform documents.
+        """
+
+    def routes(self) -> list[BaseRoute]:
+        """Extra HTTP routes of this channel (OAuth install pages...)."""
+        return []
+
+    # -- workers ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def render(self, reply: Reply) -> list[Outgoing]:
+        """Turn the bot's Markdown reply into platform messages, split to the platform's limits."""
+
+    @abstractmethod
+    async def send(self, route: Route, outgoing: Outgoing) -> str:
+        """Send one part; returns the platform's message id.
+
+        Raises:
+            RetryLater: rate limited or the platform is failing; try again after the delay.
+            RecipientGone: the user blocked the bot / the app was removed.
+            DeliveryRejected: this message cannot be delivered, ever.
+        """
+
+    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
+        """Fetch a user's file from the platform.
+
+        Raises:
+            AttachmentUnavailable: too large, gone, or not a file.
+            RetryLater: the platform is failing for now.
+        """
+        from gateway.core.errors import AttachmentUnavailable
+
+        raise AttachmentUnavailable(f"{self.kind} channels do not take files")
+
+    async def show_working(self, route: Route) -> None:
+        """Show the user that the bot is working (typing indicator, reaction). Best effort."""
+
+    async def clear_working(self, route: Route) -> None:
+        """Undo ``show_working`` once the reply is out or the turn failed. Best effort."""
+
+    async def forget_conversation(self, route: Route) -> None:
+        """Called when a conversation is reset, for adapters that keep per-conversation state."""
+
+    def describe(self) -> Mapping[str, Any]:
+        """A few facts for logs and the startup banner (never secrets)."""
+        return {"kind": self.kind, "path": self.inbound_path.format(channel=self.name)}

@@ -1,0 +1,391 @@
+"""Configuration: one typed model, loaded once, refused early with a message that says the fix.
+
+Secrets are never written in the file: a secret field holds a reference ``${ENV_VAR}`` and the
+value is read from the environment at load time. A channel whose secret is missing stops
+start-up (fail closed). The YAML shape::
+
+    redis_url: ${REDIS_URL}            # optional; default $REDIS_URL, else an embedded Redis
+    public_url: https://gw.example.com # what platforms call (set-webhook, Slack manifest)
+    bots:                              # OCS chatbots, each with its own credentials
+      clinic:
+        base_url: https://www.openchatstudio.com
+        chatbot_id: 6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23
+        auth: oauth                    # oauth | embed_key | keyless
+        client_id: ${CLINIC_CLIENT_ID}
+        client_secret: ${CLINIC_CLIENT_SECRET}
+    channels:
+      support:
+        type: webhook                  # webhook | telegram | slack
+        bot: clinic
+        secret: ${SUPPORT_WEBHOOK_SECRET}
+        callback_url: https://app.example.com/ocs-replies
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.core.errors import ConfigError
+
+__all__ = [
+    "BotConfig",
+    "BudgetLimits",
+    "ChannelConfig",
+    "GatewayConfig",
+    "Secret",
+    "SlackChannelConfig",
+    "TelegramChannelConfig",
+    "WebhookChannelConfig",
+    "WorkerTuning",
+    "load_config",
+]
+
+CONFIG_ENV = "OCS_GATEWAY_CONFIG"
+_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Secret:
+    """A secret value that prints as asterisks (Starlette's ``datastructures.Secret``)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _secret_from_reference(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")
+    match = _REF.match(value.strip())
+    if not match:
+        raise ValueError(
+            "secrets are not written in the config file: put the value in an environment "
+            "variable and write its name here, like ${MY_SECRET}"
+        )
+    name = match.group(1)
+    resolved = os.environ.get(name)
+    if not resolved:
+        raise ValueError(f"environment variable {name} is not set (or empty): export it")
+    return Secret(resolved)
+
+
+def _expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` in a plain (non-secret) string; a missing variable is an error."""
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set: export it")
+        return os.environ[name]
+
+    return _ANY_REF.sub(substitute, value)
+
+
+def _http_url(value: Any) -> str:
+    value = _expand_env(value)
+    parts = urlsplit(str(value))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL: write it like https://host/path")
+    return str(value).rstrip("/")
+
+
+SecretRef = Annotated[Secret, BeforeValidator(_secret_from_reference)]
+EnvStr = Annotated[str, BeforeValidator(_expand_env)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class BudgetLimits(_Model):
+    """How many OCS requests the gateway may make (CONTRACT §3; ``gateway.ocs.budget``).
+
+    Windows are aligned fixed windows like OCS's own limiter. Bots that share a base URL share
+    its bucket (the hosted WAF counts the egress IP), so give them the same ``window_s``.
+    """
+
+    #: Per OCS base URL, all bots and processes together: the hosted WAF rule (§3.2).
+    requests_per_window: int = Field(default=2000, ge=1)
+    #: Per OCS session: the ``chat_api`` throttle (§3.1).
+    session_requests_per_window: int = Field(default=300, ge=1)
+    #: Session starts per channel (OAuth/embed-key starts share one bucket, §3.1).
+    starts_per_window: int = Field(default=300, ge=1)
+    window_s: int = Field(default=300, ge=1)
+    #: When a bucket runs short, lower priorities yield first: watches may use at
+    #: most this share of it, sends and starts at most send_share, waiting turns all of it.
+    background_share: float = Field(default=0.6, gt=0.0, le=1.0)
+    send_share: float = Field(default=0.9, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _background_yields_first(self) -> BudgetLimits:
+        if self.background_share > self.send_share:
+            raise ValueError("background_share must not exceed send_share (watches yield first)")
+        return self
+
+
+class BotConfig(_Model):
+    """One OCS chatbot and how the gateway is admitted to it (CONTRACT §2.4)."""
+
+    base_url: HttpUrl = "https://www.openchatstudio.com"
+    chatbot_id: str
+    #: oauth: client-credentials token (the intended server path); embed_key: the widget key
+    #: with the Origin it is bound to; keyless: no credential (being retired by OCS, §2.4.4).
+    auth: Literal["oauth", "embed_key", "keyless"] = "oauth"
+    client_id: EnvStr | None = None
+    client_secret: SecretRef | None = None
+    scopes: str = "chat:start sessions:read sessions:write files:read"
+    embed_key: SecretRef | None = None
+    embed_origin: HttpUrl | None = None
+    #: Our own limit on waiting for one reply: OCS polls an unknown task as "processing" forever.
+    task_timeout_s: float = 180.0
+    #: After the hosted WAF refuses a request (its HTML 403, CONTRACT §3.2), every process pauses
+    #: its requests to this OCS this long; the WAF says nothing more precise.
+    waf_backoff_s: float = Field(default=60.0, gt=0)
+    #: Read-only management key used to download reply attachments in non-OAuth modes.
+    api_key: SecretRef | None = None
+    #: This bot's share of OCS's request limits (per base URL, session, start channel).
+    budget: BudgetLimits = BudgetLimits()
+
+    @field_validator("chatbot_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a UUID: copy the chatbot's public id from OCS") from None
+
+    @model_validator(mode="after")
+    def _credentials_for_mode(self) -> BotConfig:
+        if self.auth == "oauth" and (self.client_id is None or self.client_secret is None):
+            raise ValueError("auth: oauth needs client_id and client_secret (${ENV} references)")
+        if self.auth == "embed_key" and (self.embed_key is None or self.embed_origin is None):
+            raise ValueError("auth: embed_key needs embed_key and embed_origin")
+        return self
+
+
+class _ChannelBase(_Model):
+    bot: str
+    #: Text sent when a turn fails for good (it is also parked in the dead-letter store).
+    failure_notice: str = "Sorry, something went wrong on our side. Please try again in a moment."
+    reset_notice: str = "Conversation reset. Send a message to start again."
+    #: Sent when OCS takes longer than the bot's task_timeout_s; the answer follows later.
+    slow_notice: str = "This is taking longer than usual; I'll send the answer as soon as it is ready."
+    #: How long a reply keeps being retried while the platform (or callback) is down or
+    #: throttling, backing off exponentially, before it is parked in the dead-letter store.
+    delivery_retry_budget_s: float = Field(default=3600.0, gt=0)
+
+
+class WebhookChannelConfig(_ChannelBase):
+    """A generic webhook channel: Standard Webhooks in, signed callbacks out."""
+
+    type: Literal["webhook"]
+    #: The Standard Webhooks secret (``whsec_`` + base64) for both directions.
+    secret: SecretRef
+    callback_url: HttpUrl
+    #: Hosts the callback may go to; defaults to the callback URL's own host.
+    callback_allowlist: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _callback_allowed(self) -> WebhookChannelConfig:
+        host = urlsplit(self.callback_url).hostname or ""
+        allow = self.callback_allowlist or (host,)
+        if host not in allow:
+            raise ValueError(f"callback_url host {host!r} is not in callback_allowlist {list(allow)}")
+        object.__setattr__(self, "callback_allowlist", tuple(allow))
+        return self
+
+
+class TelegramChannelConfig(_ChannelBase):
+    """One Telegram bot (token from BotFather) and its webhook secret."""
+
+    type: Literal["telegram"]
+    token: SecretRef
+    webhook_secret: SecretRef
+    #: Groups: one conversation per chat, or per speaker inside the chat.
+    group_conversation: Literal["per_chat", "per_speaker"] = "per_chat"
+    #: Groups: answer only when mentioned/replied to/commanded, or answer everything.
+    group_answer: Literal["mentions", "all"] = "mentions"
+    #: Where the Bot API lives (a local Bot API server, or a fake in tests).
+    api_base_url: HttpUrl = "https://api.telegram.org"
+    allowed_updates: tuple[str, ...] = ("message", "my_chat_member", "callback_query")
+    ignore_other_bots: bool = True
+
+
+class SlackChannelConfig(_ChannelBase):
+    """One Slack app: single workspace (bot_token) or multi-workspace OAuth (client id/secret)."""
+
+    type: Literal["slack"]
+    signing_secret: SecretRef
+    bot_token: SecretRef | None = None
+    client_id: EnvStr | None = None
+    client_secret: SecretRef | None = None
+    #: Conversations in channels: one per thread (default) or one per channel.
+    channel_conversation: Literal["per_thread", "per_channel"] = "per_thread"
+    reset_keyword: str = "reset"
+    slash_command: str | None = None
+    ignore_other_bots: bool = True
+    api_base_url: HttpUrl = "https://slack.com/api"
+
+    @model_validator(mode="after")
+    def _token_or_oauth(self) -> SlackChannelConfig:
+        if self.bot_token is None and (self.client_id is None or self.client_secret is None):
+            raise ValueError("slack needs bot_token (one workspace) or client_id + client_secret (OAuth)")
+        return self
+
+
+ChannelConfig = Annotated[
+    Union[WebhookChannelConfig, TelegramChannelConfig, SlackChannelConfig],
+    Field(discriminator="type"),
+]
+
+
+class WorkerTuning(_Model):
+    """How the workers pace themselves; the defaults suit production, tests shrink them."""
+
+    #: Dramatiq threads: they only hand conversations to the turn runner, so a few suffice.
+    threads: int = 4
+    #: The longest gap between two task polls; the gaps themselves follow the bot's learned
+    #: completion times (workers/poll_schedule.py).
+    poll_max_s: float = 5.0
+    #: A process's hold on a conversation it owns, renewed every third of it; a killed
+    #: process's conversations are adopted by another once it lapses.
+    lease_ttl_s: float = 30.0
+    #: A conversation whose next step is this late, with no owner, is adopted by the sweeper.
+    stall_grace_s: float = 10.0
+    sweep_interval_s: float = 3.0
+    #: Conversations one process owns at once (waiting turns included) and steps it runs at once.
+    max_in_flight: int = Field(default=10_000, ge=1)
+    max_concurrent_steps: int = Field(default=256, ge=1)
+    #: A send whose outcome is unknown is sent again only if the session's history still lacks
+    #: it after this long (OCS records the message when its worker picks the task up).
+    reconcile_grace_s: float = 30.0
+    #: Attempts of one step (OCS 5xx, platform errors) before the turn is dead-lettered.
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    dedup_ttl_s: int = 7 * 24 * 3600
+    #: Bot-initiated messages: poll a session every watch_interval_s while its user was active
+    #: in the last watch_recent_s, then less often as the silence grows (up to
+    #: watch_max_interval_s), and not at all after watch_window_s.
+    watch_interval_s: float = 30.0
+    watch_recent_s: float = 300.0
+    watch_max_interval_s: float = 1800.0
+    watch_window_s: float = 24 * 3600
+    watch_per_sweep: int = 50
+
+
+class GatewayConfig(_Model):
+    redis_url: EnvStr | None = None
+    public_url: HttpUrl | None = None
+    max_body_bytes: int = 1_048_576
+    #: Dead letters older than this are dropped (gateway/store/dead_letters.py).
+    dead_letter_retention_days: float = Field(default=14.0, gt=0)
+    #: Refuse to start unless Redis fsyncs before replying (appendonly yes + appendfsync always).
+    require_durable_redis: bool = False
+    #: Private hosts/CIDRs (optionally ``:port``) that attachment downloads may reach (gateway/core/fetching.py).
+    fetch_allowlist: tuple[str, ...] = ()
+    bots: dict[str, BotConfig] = Field(default_factory=dict)
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    worker: WorkerTuning = WorkerTuning()
+
+    @model_validator(mode="after")
+    def _channels_name_known_bots(self) -> GatewayConfig:
+        for name, channel in self.channels.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"channel name {name!r}: use letters, digits, '-', '_' or '.'")
+            if channel.bot not in self.bots:
+                known = ", ".join(sorted(self.bots)) or "none defined"
+                raise ValueError(f"channel {name!r} uses bot {channel.bot!r}, which is not under bots: ({known})")
+        return self
+
+    @field_validator("fetch_allowlist")
+    @classmethod
+    def _fetch_allowlist_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from gateway.core.fetching import (
+            AddressPolicy,  # late: fetching imports the OCS client
+        )
+
+        AddressPolicy.from_allowlist(value)
+        return value
+
+    def bot_for(self, channel: str) -> BotConfig:
+        return self.bots[self.channels[channel].bot]
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> GatewayConfig:
+        """Validate a parsed config, turning pydantic's report into one readable ConfigError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["the gateway configuration is not valid:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "union_tag_invalid":
+            message = "unknown channel type: use one of webhook, telegram, slack"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field: check its spelling against docs/CONFIG.md"
+        lines.append(f"  {where or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig | None:
+    """Load ``path``, else ``$OCS_GATEWAY_CONFIG``, else ``./gateway.yaml``; None if none exists.
+
+    Raises:
+        ConfigError: the file exists but cannot be used.
+    """
+    explicit = path or os.environ.get(CONFIG_ENV)
+    candidate = Path(explicit) if explicit else Path("gateway.yaml")
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(f"config file {candidate} does not exist (set by {CONFIG_ENV} or --config)")
+        return None
+    try:
+        data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{candidate} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{candidate} must hold a mapping with bots: and channels:")
+    return GatewayConfig.from_mapping(data)

@@ -1,0 +1,205 @@
+"""The gateway's exceptions, one tree.
+
+::
+
+    GatewayError
+    ├── ConfigError                 the configuration is wrong; start-up stops
+    ├── InboundError                an HTTP request we refuse (the edge maps these to 4xx)
+    │   ├── SignatureInvalid        401: missing or wrong signature, stale timestamp
+    │   ├── PayloadInvalid          400: not JSON, missing fields
+    │   ├── PayloadTooLarge         413
+    │   └── UnknownChannel          404
+    ├── StoreUnavailable            503: Redis cannot take the message; the sender retries
+    ├── OCSError                    talking to Open Chat Studio
+    │   ├── OCSUnavailable          5xx, timeouts, connection errors: retry with backoff
+    │   ├── OCSRateLimited          429: wait ``retry_after_s``
+    │   ├── SessionExpired          403 session_expired / session_token_invalid: start again
+    │   ├── OCSAuthFailed           401 on start: refresh the token once, then give up
+    │   └── OCSRejected             any other 4xx: permanent, carries status and body
+    ├── DeliveryError               sending to a platform
+    │   ├── RetryLater              platform 429/5xx: retry after ``retry_after_s``
+    │   │   └── PacingWait          our own pacing: not a failure, never counted as an attempt
+    │   ├── RecipientGone           blocked, kicked, uninstalled: stop sending to them
+    │   └── DeliveryRejected        a request that cannot succeed: dead letter
+    └── AttachmentUnavailable       a user's file cannot be fetched (too large, login page)
+
+Transient and permanent failures are siblings, never parent and child, so that retrying one
+family never retries the other by accident (the PTB ``BadRequest`` wart, STYLE.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AttachmentUnavailable",
+    "ConfigError",
+    "DeliveryError",
+    "DeliveryRejected",
+    "GatewayError",
+    "InboundError",
+    "OCSAmbiguous",
+    "OCSAuthFailed",
+    "OCSError",
+    "OCSRateLimited",
+    "OCSRejected",
+    "OCSUnavailable",
+    "PacingWait",
+    "PayloadInvalid",
+    "PayloadTooLarge",
+    "RecipientGone",
+    "RetryLater",
+    "SessionExpired",
+    "SignatureInvalid",
+    "StoreUnavailable",
+    "UnknownChannel",
+]
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """Raised when the configuration cannot work; the message names the field and the fix."""
+
+
+class InboundError(GatewayError):
+    """Raised when an inbound request is refused; ``status`` is the HTTP answer."""
+
+    status = 400
+
+
+class SignatureInvalid(InboundError):
+    """Raised when a request's signature, secret or timestamp does not verify."""
+
+    status = 401
+
+
+class PayloadInvalid(InboundError):
+    """Raised when a request body is not what the channel documents."""
+
+    status = 400
+
+
+class PayloadTooLarge(InboundError):
+    """Raised when a request body is over the configured limit."""
+
+    status = 413
+
+
+class UnknownChannel(InboundError):
+    """Raised when a request names a channel that is not configured."""
+
+    status = 404
+
+
+class StoreUnavailable(GatewayError):
+    """Raised when Redis cannot store an inbound message, so it must not be acknowledged."""
+
+
+class OCSError(GatewayError):
+    """Raised when a call to OCS fails."""
+
+
+class OCSUnavailable(OCSError):
+    """Raised on OCS 5xx, timeouts and connection errors: worth retrying with backoff."""
+
+
+class OCSAmbiguous(OCSUnavailable):
+    """Raised when a request that changes OCS state left and no answer came back (the connection
+    dropped or timed out while reading): OCS may or may not have acted on it, so it must be
+    settled from the session history, never simply sent again."""
+
+
+class OCSRateLimited(OCSError):
+    """Raised on OCS 429 or the hosted WAF's HTML 403; wait ``retry_after_s``.
+
+    ``scope`` says whose limit it was: ``session`` (OCS's per-session bucket), ``service`` (the
+    channel or the WAF's per-IP rule: every request to that OCS must wait).
+    """
+
+    def __init__(self, retry_after_s: float, detail: str = "rate limited", *, scope: str = "session") -> None:
+        super().__init__(f"{detail} (retry after {retry_after_s:g} s)")
+        self.retry_after_s = retry_after_s
+        self.scope = scope
+
+
+class SessionExpired(OCSError):
+    """Raised when OCS says the session token is expired or invalid: start a new session."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class OCSAuthFailed(OCSError):
+    """Raised when OCS refuses our credentials at chat start (401)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"OCS refused the credentials: HTTP {status} {body!r}")
+        self.status = status
+        self.body = body
+
+
+class OCSRejected(OCSError):
+    """Raised on a 4xx from OCS that retrying will not fix."""
+
+    def __init__(self, status: int, body: Any, *, user_message: str | None = None) -> None:
+        super().__init__(f"OCS rejected the request: HTTP {status} {body!r}")
+        self.status = status
+        self.body = body
+        #: A message OCS meant for the end user (task error 400), when there is one.
+        self.user_message = user_message
+
+
+class DeliveryError(GatewayError):
+    """Raised when a reply cannot be sent to the platform."""
+
+
+class RetryLater(DeliveryError):
+    """Raised when the platform asks us to wait (429) or is failing (5xx, network)."""
+
+    #: True when the wait is our own pacing (``PacingWait``) rather than the platform failing.
+    pacing = False
+
+    def __init__(self, retry_after_s: float, reason: str = "") -> None:
+        super().__init__(f"retry after {retry_after_s:g} s: {reason}")
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+
+
+class PacingWait(RetryLater):
+    """Raised when a send must wait for its pacing slot (``gateway.store.pacing``): nothing failed,
+    so the engine waits ``retry_after_s`` without counting an attempt."""
+
+    pacing = True
+
+    def __init__(self, retry_after_s: float, reason: str = "pacing") -> None:
+        super().__init__(retry_after_s, reason)
+
+
+class RecipientGone(DeliveryError):
+    """Raised when the user blocked the bot, left, or the app was removed."""
+
+    def __init__(self, reason: str = "", *, new_chat_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: Set when the chat moved (Telegram group → supergroup) rather than disappeared.
+        self.new_chat_id = new_chat_id
+
+
+class DeliveryRejected(DeliveryError):
+    """Raised when the platform refuses a message in a way retrying cannot fix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AttachmentUnavailable(GatewayError):
+    """Raised when a user's file cannot be fetched from the platform; the text still goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

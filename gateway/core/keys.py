@@ -1,0 +1,148 @@
+"""Every Redis key the gateway uses, documented once (dramatiq's ``dispatch.lua`` habit).
+
+All keys start with the namespace (default ``ocsgw``); ``{conv}`` is a ``ConversationKey`` as
+``channel/conversation``.
+
+===============================  ======  ===================================================
+key                              type    meaning
+===============================  ======  ===================================================
+``seen:{channel}:{id}``          string  an inbound event id (or alias) already taken; TTL
+                                         ``dedup_ttl_s``
+``inbox:{conv}``                 list    the conversation's waiting inbound events, oldest
+                                         first (JSON ``Inbound``); the head is the current turn
+``turn:{conv}``                  hash    the turn ledger of the head inbox item: state, OCS
+                                         ids, reply, delivered parts, attempts, next step time
+``conv:{conv}``                  hash    the conversation: route, gone flag, OCS session id,
+                                         token, started_at, poll cursor, last activity
+``lease:{conv}``                 string  the worker step that holds the conversation; PX TTL
+``active``                       zset    conversations with work, scored by when their next
+                                         step is due (the sweeper's list)
+``watch``                        zset    conversations with an OCS session, scored by when
+                                         their next watch (a look for bot-initiated messages) is due
+``fp:{conv}``                    zset    fingerprints of replies already delivered, scored by
+                                         time, so the watch does not repeat them
+``dlq``                          zset    dead-letter ids by time parked; ids older than the
+                                         retention are pruned on park and list
+``dlq:{id}``                     string  a dead letter (JSON: inbound, error, OCS ids, ledger,
+                                         stage, reply, parts); TTL ``dead_letter_retention_days``
+``oauth:{bot}``                  string  the cached OCS access token (JSON); TTL to expiry
+``demo:replies:{conversation}``  list    replies received by the demo callback receiver
+``slack:install:{channel}:{team}``  hash  a Slack workspace installation (bot token, ids)
+``slack:state:{state}``          string  a pending Slack OAuth ``state``; TTL 10 min
+``slack:thread:{channel}:{team}:{chan}:{thread_ts}``  string  a Slack thread the bot is part of
+                                         (plain replies there reach it); TTL 30 days
+``slack:pace:{channel}:{team}:{chan}``  string  next free chat.postMessage slot in a Slack
+                                         channel (``gateway.store.pacing``); PX TTL
+``tg:pace:{channel}:chat:{id}``  string  next free send slot (ms) for one Telegram chat
+                                         (``gateway.store.pacing``); PX TTL
+``tg:pace:{channel}:bot``        string  next free send slot (ms) for the whole bot; PX TTL
+``latency:{bot}``                hash    how long OCS took to complete a task, for the poll
+                                         schedule (``workers.poll_schedule``): ``n``
+                                         observations, ``b<i>`` forward-decayed bucket counts;
+                                         TTL 30 days from the last record
+``budget:{scope}:{name}:{start}``  hash  OCS requests booked in one aligned window
+                                         (``gateway.ocs.budget``): ``n`` used, ``limit``, ``name``;
+                                         scope ``url`` (name: sha1 of the origin, 12 hex),
+                                         ``session`` (OCS session id) or ``starts`` (channel);
+                                         expires at the window's end
+``budget:block:{scope}:{name}``  hash    OCS said stop (429, WAF 403): ``reason``, ``name``;
+                                         PX TTL = the time to wait
+===============================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.core.models import ConversationKey
+
+__all__ = ["Keys", "as_text"]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (our clients return bytes; typed stubs say bytes | str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every key with the namespace prefix."""
+
+    namespace: str = "ocsgw"
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def seen(self, channel: str, event_id: str) -> str:
+        return self._k("seen", channel, event_id)
+
+    def inbox(self, conv: ConversationKey) -> str:
+        return self._k("inbox", str(conv))
+
+    def turn(self, conv: ConversationKey) -> str:
+        return self._k("turn", str(conv))
+
+    def conversation(self, conv: ConversationKey) -> str:
+        return self._k("conv", str(conv))
+
+    def lease(self, conv: ConversationKey) -> str:
+        return self._k("lease", str(conv))
+
+    def fingerprints(self, conv: ConversationKey) -> str:
+        return self._k("fp", str(conv))
+
+    @property
+    def active(self) -> str:
+        return self._k("active")
+
+    @property
+    def watch(self) -> str:
+        return self._k("watch")
+
+    @property
+    def dlq(self) -> str:
+        return self._k("dlq")
+
+    def dead_letter(self, letter_id: str) -> str:
+        return self._k("dlq", letter_id)
+
+    def oauth_token(self, bot: str) -> str:
+        return self._k("oauth", bot)
+
+    def demo_replies(self, conversation: str) -> str:
+        return self._k("demo", "replies", conversation)
+
+    def slack_installation(self, channel: str, team: str) -> str:
+        return self._k("slack", "install", channel, team)
+
+    def slack_oauth_state(self, state: str) -> str:
+        return self._k("slack", "state", state)
+
+    def latency(self, bot: str) -> str:
+        return self._k("latency", bot)
+
+    @property
+    def budget_prefix(self) -> str:
+        """Every budget key starts with this (``ocs-gateway budget`` scans it)."""
+        return self._k("budget", "")
+
+    def budget_bucket(self, scope: str, name: str, window_start: int | None = None) -> str:
+        """One window's bucket; without ``window_start``, the prefix the budget script completes
+        with the window it reads from Redis ``TIME``."""
+        base = self._k("budget", scope, name)
+        return base if window_start is None else f"{base}:{window_start}"
+
+    def budget_block(self, scope: str, name: str) -> str:
+        return self._k("budget", "block", scope, name)
+
+    def slack_thread(self, channel: str, team: str, slack_channel: str, thread_ts: str) -> str:
+        return self._k("slack", "thread", channel, team, slack_channel, thread_ts)
+
+    def slack_pace(self, channel: str, team: str, slack_channel: str) -> str:
+        return self._k("slack", "pace", channel, team, slack_channel)
+
+    def telegram_chat_pace(self, channel: str, chat_id: str) -> str:
+        return self._k("tg", "pace", channel, "chat", chat_id)
+
+    def telegram_bot_pace(self, channel: str) -> str:
+        return self._k("tg", "pace", channel, "bot")

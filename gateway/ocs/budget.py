@@ -1,0 +1,307 @@
+"""One OCS request budget shared by every process (CONTRACT §3): a request is booked in Redis
+before it is made, so all workers on all hosts together stay inside OCS's limits.
+
+Three kinds of bucket, each an aligned fixed window like OCS's own limiter
+(``window_start = now - now % window_s``, time from Redis ``TIME`` so every host reads one clock):
+
+- ``base_url``: every request to one OCS origin, all bots together (the hosted WAF's
+  2,000 / 5 min per egress IP, which answers with an HTML 403 when exceeded);
+- ``session``: the requests of one OCS session (the ``chat_api`` throttle, 300 / 5 min);
+- ``starts``: the session starts of one channel (OAuth starts share one bucket, 300 / 5 min).
+
+A booking takes one round trip (a Lua script called by ``EVALSHA``) and is all-or-nothing: a
+refusal books nothing. When a bucket runs short the lowest priority yields first: bot-initiated
+polls may fill ``background_share`` of it, sends ``send_share``, waiting turns all of it, so a
+user who is waiting is answered while the unsolicited-message polls pause. When OCS answers 429 or
+the WAF its 403 anyway (another client on the same IP, a lower server setting), ``block`` stops
+every process until the time OCS named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+
+from gateway.core.config import BudgetLimits
+from gateway.core.keys import Keys, as_text
+
+__all__ = ["BudgetUsage", "Grant", "Priority", "RequestBudget", "format_usage", "origin_of"]
+
+# Grant/usage scope names, and the short names the keys use for them.
+_KEY_SCOPE = {"base_url": "url", "session": "session", "starts": "starts"}
+_SCOPE_OF_KEY = {short: scope for scope, short in _KEY_SCOPE.items()}
+
+# KEYS: the block keys that apply, then the prefixes of the buckets that apply (the script appends
+# the window start it computes from TIME). ARGV: window_s, how many KEYS are blocks, then per
+# bucket: cap (this priority's share), limit, scope, display name, sliding (1 or 0).
+# Returns {granted 0|1, ms to wait, refusing scope}.
+#
+# OCS's own limiter counts in aligned windows, so the session and start buckets do too. The
+# hosted WAF counts over a sliding five minutes: for the origin bucket the script estimates that
+# count as this window's plus the previous window's share of the time not yet elapsed (the usual
+# sliding-window counter), so a burst at a window boundary cannot spend the limit twice.
+_ACQUIRE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local nblocks = tonumber(ARGV[2])
+local blocked = 0
+for i = 1, nblocks do
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl > blocked then blocked = ttl end
+end
+if blocked > 0 then return {0, blocked, 'blocked'} end
+local start = sec - sec % window
+local start_ms = start * 1000
+local end_ms = (start + window) * 1000
+local buckets = {}
+for j = nblocks + 1, #KEYS do
+  local a = 3 + (j - nblocks - 1) * 5
+  local key = KEYS[j] .. ':' .. start
+  local cap = tonumber(ARGV[a])
+  local used = tonumber(redis.call('HGET', key, 'n') or '0')
+  if used >= cap then return {0, end_ms - now_ms, ARGV[a + 2]} end
+  if ARGV[a + 4] == '1' then
+    local prev = tonumber(redis.call('HGET', KEYS[j] .. ':' .. (start - window), 'n') or '0')
+    local left = 1 - (now_ms - start_ms) / (window * 1000)
+    if used + prev * left >= cap then
+      -- Wait until the previous window's share has faded enough for one more request.
+      local fade_ms = start_ms + window * 1000 * (1 - (cap - used) / prev)
+      return {0, math.max(math.ceil(fade_ms - now_ms), 1), ARGV[a + 2]}
+    end
+  end
+  buckets[#buckets + 1] = {key, ARGV[a + 1], ARGV[a + 3]}
+end
+for _, b in ipairs(buckets) do
+  if redis.call('HINCRBY', b[1], 'n', 1) == 1 then
+    redis.call('HSET', b[1], 'limit', b[2], 'name', b[3], 'ends', end_ms)
+    -- Kept one window longer: the next window's sliding estimate reads it.
+    redis.call('PEXPIREAT', b[1], end_ms + window * 1000)
+  end
+end
+return {1, 0, ''}
+"""
+
+# A block only ever lengthens: a short Retry-After must not cut a longer one short.
+_BLOCK = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'name', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ms)
+end
+return 0
+"""
+
+
+class Priority(IntEnum):
+    """Who yields first when a bucket runs short (lower value = served longer)."""
+
+    WAITING = 0  # task polls and deliveries of turns a user is waiting on
+    SEND = 1  # sends (message/ + upload/) and session starts
+    BACKGROUND = 2  # watches of idle sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer to ``acquire``: go, or ask again after ``wait_s`` (nothing was booked)."""
+
+    granted: bool
+    wait_s: float
+    #: Which limit refused: "base_url" | "session" | "starts" | "blocked".
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """One bucket open in the current window, or one block in force (``ocs-gateway budget``)."""
+
+    scope: str
+    #: The origin for base_url (never credentials), the OCS session id, or the channel.
+    name: str
+    used: int
+    #: 0 when only a block is known (nothing booked in this window).
+    limit: int
+    resets_in_s: float
+    blocked_for_s: float
+    reason: str = ""
+
+
+def origin_of(base_url: str) -> str:
+    """``scheme://host[:port]`` of an OCS base URL: the WAF counts requests per host, whatever the
+    path, and the origin carries no credentials or query."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme.lower()}://{host}{port}"
+
+
+def _url_id(origin: str) -> str:
+    return hashlib.sha1(origin.encode()).hexdigest()[:12]
+
+
+def _share(limits: BudgetLimits, priority: Priority) -> float:
+    if priority is Priority.BACKGROUND:
+        return limits.background_share
+    return limits.send_share if priority is Priority.SEND else 1.0
+
+
+def _cap(limit: int, share: float) -> int:
+    # The epsilon keeps 0.7 * 10 at 7, not 6; a share never rounds a bucket down to nothing.
+    return max(1, math.floor(limit * share + 1e-9))
+
+
+class RequestBudget:
+    """Books OCS requests against the shared limits; see the module docstring.
+
+    Parameters:
+        redis: an asyncio client (the scripts are registered on it once, then sent by SHA).
+        keys: the key builder (namespace).
+        limits_for: a bot's limits, by bot name (``lambda bot: config.bots[bot].budget``).
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, limits_for: Callable[[str], BudgetLimits]) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._limits_for = limits_for
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._block = redis.register_script(_BLOCK)
+
+    async def acquire(
+        self,
+        *,
+        bot: str,
+        base_url: str,
+        priority: Priority,
+        session_id: str | None = None,
+        start_channel: str | None = None,
+    ) -> Grant:
+        """Book one request in every bucket that applies, or none.
+
+        Returns:
+            ``Grant(True, 0.0)`` when booked; otherwise the refusing scope and the seconds until
+            its window ends (or the block lapses).
+        """
+        limits = self._limits_for(bot)
+        share = _share(limits, priority)
+        origin = origin_of(base_url)
+        url_id = _url_id(origin)
+        blocks = [self._keys.budget_block("url", url_id)]
+        prefixes = [self._keys.budget_bucket("url", url_id)]
+        args: list[str | int] = [_cap(limits.requests_per_window, share), limits.requests_per_window, "base_url", origin, 1]
+        if session_id is not None:
+            blocks.append(self._keys.budget_block("session", session_id))
+            prefixes.append(self._keys.budget_bucket("session", session_id))
+            limit = limits.session_requests_per_window
+            args += [_cap(limit, share), limit, "session", session_id, 0]
+        if start_channel is not None:
+            blocks.append(self._keys.budget_block("starts", start_channel))
+            prefixes.append(self._keys.budget_bucket("starts", start_channel))
+            # Only starts use this bucket, so there is no lower priority to hold back for.
+            args += [limits.starts_per_window, limits.starts_per_window, "starts", start_channel, 0]
+        granted, wait_ms, scope = await self._acquire(
+            keys=[*blocks, *prefixes], args=[limits.window_s, len(blocks), *args]
+        )
+        if int(granted):
+            return Grant(True, 0.0)
+        return Grant(False, max(int(wait_ms), 1) / 1000.0, as_text(scope))
+
+    async def block(self, base_url: str, seconds: float, *, reason: str) -> None:
+        """Stop every process sending to ``base_url`` for ``seconds`` (OCS 429, WAF 403)."""
+        origin = origin_of(base_url)
+        await self._set_block("url", _url_id(origin), origin, seconds, reason)
+
+    async def block_session(self, session_id: str, seconds: float, *, reason: str = "429") -> None:
+        """Stop requests on one OCS session (a 429 from its ``chat_api`` throttle)."""
+        await self._set_block("session", session_id, session_id, seconds, reason)
+
+    async def block_starts(self, channel: str, seconds: float, *, reason: str = "429") -> None:
+        """Stop session starts on one channel (a 429 from ``start/``, keyed by channel)."""
+        await self._set_block("starts", channel, channel, seconds, reason)
+
+    async def _set_block(self, scope: str, key_name: str, name: str, seconds: float, reason: str) -> None:
+        if seconds <= 0:
+            return
+        ms = max(1, math.ceil(seconds * 1000))
+        await self._block(keys=[self._keys.budget_block(scope, key_name)], args=[ms, reason, name])
+
+    async def usage(self) -> list[BudgetUsage]:
+        """Every bucket open in its current window and every block in force, base URLs first.
+
+        An operator's view (it scans the budget keys), not for the request path.
+        """
+        prefix = self._keys.budget_prefix
+        found = [as_text(key) async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000)]
+        if not found:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for key in found:
+            pipe.hmget(key, ["n", "limit", "name", "reason", "ends"])
+            pipe.pttl(key)
+        pipe.time()
+        replies = await pipe.execute()
+        seconds, micros = replies[-1]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        rows: dict[tuple[str, str], _Row] = {}
+        for i, key in enumerate(found):
+            fields, ttl_ms = replies[2 * i], int(replies[2 * i + 1])
+            if ttl_ms < 0 or fields[2] is None:  # expired between SCAN and read
+                continue
+            parts = key[len(prefix) :].split(":")
+            is_block = parts[0] == "block"
+            scope = _SCOPE_OF_KEY[parts[1] if is_block else parts[0]]
+            ident = ":".join(parts[2:] if is_block else parts[1:-1])
+            row = rows.setdefault((scope, ident), _Row(scope, as_text(fields[2])))
+            if is_block:
+                row.blocked_ms, row.reason = ttl_ms, as_text(fields[3] or b"")
+                continue
+            ends_ms = int(fields[4] or 0) or now_ms + ttl_ms
+            if ends_ms <= now_ms:
+                continue  # the previous window, kept only for the sliding estimate
+            row.used, row.limit, row.resets_ms = int(fields[0] or 0), int(fields[1] or 0), ends_ms - now_ms
+        order = {"base_url": 0, "starts": 1, "session": 2}
+        usage = [row.freeze() for row in rows.values()]
+        return sorted(usage, key=lambda u: (order[u.scope], -u.used, u.name))
+
+
+@dataclass(slots=True)
+class _Row:
+    """A bucket and its block, gathered from several keys while ``usage`` reads them."""
+
+    scope: str
+    name: str
+    used: int = 0
+    limit: int = 0
+    resets_ms: int = 0
+    blocked_ms: int = 0
+    reason: str = ""
+
+    def freeze(self) -> BudgetUsage:
+        return BudgetUsage(
+            self.scope, self.name, self.used, self.limit, self.resets_ms / 1000.0, self.blocked_ms / 1000.0, self.reason
+        )
+
+
+def format_usage(rows: list[BudgetUsage]) -> str:
+    """The ``ocs-gateway budget`` table: used / limit, time to reset, block in force."""
+    if not rows:
+        return "no OCS requests booked in the current window, and no blocks"
+    table = [("scope", "name", "used / limit", "resets in", "blocked")]
+    for row in rows:
+        share = f"{row.used} / {row.limit}" if row.limit else "-"
+        resets = f"{row.resets_in_s:.0f} s" if row.limit else "-"
+        blocked = f"{row.blocked_for_s:.1f} s ({row.reason})" if row.blocked_for_s > 0 else "-"
+        table.append((row.scope, row.name, share, resets, blocked))
+    widths = [max(len(line[c]) for line in table) for c in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line[:4], widths)) + "  " + line[4] for line in table
+    )

@@ -1,0 +1,379 @@
+"""An async client for the OCS Chat API, exactly as the real server behaves (CONTRACT.md).
+
+The call path is layered like httpx's ``send`` chain, one reason to retry per layer:
+
+* ``_call`` — one HTTP request; translates transport errors and status codes into ``OCSError``
+  subclasses (``raise … from exc``), keeping the cause.
+* ``start_session`` — refreshes the OAuth token once on a 401 (§7.1).
+* session-bound calls send ``X-Session-Token`` and never the Bearer token, embed key, Origin
+  or Referer (§0.2, §2.1, §9).
+
+Restarting an expired session and resending once is the turn engine's job, because it owns the
+stored session (``workers/turns.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import httpx
+import redis.asyncio as aioredis
+
+from gateway.core.config import BotConfig
+from gateway.core.errors import (
+    OCSAmbiguous,
+    OCSAuthFailed,
+    OCSRateLimited,
+    OCSRejected,
+    OCSUnavailable,
+    SessionExpired,
+)
+from gateway.core.keys import Keys
+from gateway.core.models import OCSSession
+from gateway.core.version import USER_AGENT
+from gateway.ocs.budget import Priority, RequestBudget
+
+__all__ = ["OCSClient", "SessionPage", "TaskResult"]
+
+#: Refresh the cached token this long before OCS says it expires (§7.1: expires_in − 5 min).
+TOKEN_MARGIN_S = 300
+_SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_required"}
+#: What OCS answers on a session-bound route when the session no longer exists or its chatbot
+#: was archived (the permission check fails before the view's 404, CONTRACT §4.2, §8 rule 2).
+_SESSION_GONE = "Authentication credentials were not provided."
+#: Transport failures after which the request may have reached OCS (it was written, the answer
+#: never came): only these make a state-changing call ambiguous.
+_MAYBE_DELIVERED = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteTimeout)
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    status: Literal["processing", "complete", "error"]
+    message: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    messages: Sequence[Mapping[str, Any]]
+    has_more: bool
+    session_status: str
+
+
+class OCSClient:
+    """One OCS chatbot's API, on a shared pooled ``httpx.AsyncClient``.
+
+    Parameters:
+        name: the bot's name in the config (keys its cached token).
+        bot: the bot's configuration.
+        http: the process's pooled client (never closed here).
+        redis: where the OAuth token is cached, so every process shares one token (§2.3: the
+            token endpoint is rate limited per IP and fail-closed).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bot: BotConfig,
+        http: httpx.AsyncClient,
+        redis: aioredis.Redis,
+        keys: Keys,
+        budget: RequestBudget | None = None,
+    ) -> None:
+        self.name = name
+        self.bot = bot
+        self.budget = budget
+        self._http = http
+        self._redis = redis
+        self._keys = keys
+        self._token: tuple[str, float] | None = None  # (token, expires_at) memo of the Redis copy
+        # Concurrent turns that find no token wait for one fetch instead of each minting one.
+        self._token_lock = asyncio.Lock()
+
+    # -- one request ----------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        priority: Priority = Priority.WAITING,
+        session_id: str | None = None,
+        start_channel: str | None = None,
+        changes_state: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request, inside the shared request budget.
+
+        ``changes_state``: the request makes OCS act (a user message); a failure after it left is
+        then ``OCSAmbiguous``, not ``OCSUnavailable``.
+        """
+        if self.budget is not None:
+            grant = await self.budget.acquire(
+                bot=self.name, base_url=self.bot.base_url, priority=priority,
+                session_id=session_id, start_channel=start_channel,
+            )
+            if not grant.granted:
+                raise OCSRateLimited(grant.wait_s, f"request budget ({grant.scope})", scope="budget")
+        url = f"{self.bot.base_url}{path}"
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+        try:
+            response = await self._http.request(method, url, headers=all_headers, **kwargs)
+        except _MAYBE_DELIVERED as exc:
+            if changes_state:
+                raise OCSAmbiguous(f"{method} {path}: no answer ({type(exc).__name__})") from exc
+            raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
+        except httpx.TimeoutException as exc:
+            raise OCSUnavailable(f"{method} {path}: timed out") from exc
+        except httpx.TransportError as exc:
+            raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status < 400:
+            return response
+        body = _body(response)
+        if status == 429:
+            scope = "service" if session_id is None else "session"
+            wait = _retry_after(response, body)
+            await self._block(scope, wait, session_id)
+            raise OCSRateLimited(wait, str(body), scope=scope)
+        if status == 403 and not isinstance(body, dict):
+            # Not OCS speaking: the hosted WAF's block page. Everyone waits, nothing is refused.
+            wait = self.bot.waf_backoff_s
+            await self._block("service", wait, None)
+            raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope="service")
+        if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
+            return response  # a task that failed inside OCS: the caller reads it (§4.3)
+        if status in (502, 504) and changes_state:
+            raise OCSAmbiguous(f"{method} {path}: HTTP {status} from a proxy")
+        if status >= 500:
+            raise OCSUnavailable(f"{method} {path}: HTTP {status}")
+        if status == 403 and isinstance(body, dict) and body.get("code") in _SESSION_CODES:
+            raise SessionExpired(str(body["code"]))
+        if status == 403 and session_id is not None and isinstance(body, dict) and body.get("detail") == _SESSION_GONE:
+            raise SessionExpired("session_gone")
+        if status == 400 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
+            return response
+        raise OCSRejected(status, body)
+
+    async def _block(self, scope: str, seconds: float, session_id: str | None) -> None:
+        if self.budget is None:
+            return
+        if scope == "session" and session_id is not None:
+            await self.budget.block_session(session_id, seconds)
+        else:
+            await self.budget.block(self.bot.base_url, seconds, reason="OCS asked us to wait")
+
+    # -- credentials ----------------------------------------------------------------------
+
+    async def _access_token(self, *, refresh: bool = False) -> str:
+        stale = self._token[0] if refresh and self._token else None
+        async with self._token_lock:
+            if stale is not None and self._token and self._token[0] != stale:
+                return self._token[0]  # another turn refreshed it while we waited
+            return await self._fetch_token(refresh=refresh)
+
+    async def _fetch_token(self, *, refresh: bool) -> str:
+        now = time.time()
+        if not refresh and self._token and self._token[1] - TOKEN_MARGIN_S > now:
+            return self._token[0]
+        key = self._keys.oauth_token(self.name)
+        if not refresh:
+            cached = await self._redis.get(key)
+            if cached:
+                token, expires_at = json.loads(cached)
+                if expires_at - TOKEN_MARGIN_S > now:
+                    self._token = (token, expires_at)
+                    return str(token)
+        assert self.bot.client_id and self.bot.client_secret
+        response = await self._call(
+            "POST",
+            "/o/token/",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.bot.client_id,
+                "client_secret": self.bot.client_secret.reveal(),
+                # Always explicit: the default set may include OIDC scopes a machine app may
+                # never receive (§2.3).
+                "scope": self.bot.scopes,
+            },
+        )
+        payload = response.json()
+        token, expires_in = str(payload["access_token"]), float(payload.get("expires_in", 36000))
+        expires_at = now + expires_in
+        self._token = (token, expires_at)
+        ttl = max(int(expires_in - TOKEN_MARGIN_S), 1)
+        await self._redis.set(key, json.dumps([token, expires_at]), ex=ttl)
+        return token
+
+    async def _management_headers(self, *, refresh: bool = False) -> dict[str, str]:
+        if self.bot.auth == "oauth":
+            return {"Authorization": f"Bearer {await self._access_token(refresh=refresh)}"}
+        if self.bot.api_key is not None:
+            return {"X-api-key": self.bot.api_key.reveal()}
+        return {}
+
+    # -- chat API ---------------------------------------------------------------------------
+
+    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "") -> OCSSession:
+        """``POST /api/chat/start/`` (§4.1); refreshes the OAuth token once on a 401.
+
+        Raises:
+            OCSAuthFailed: the credentials are refused even with a fresh token.
+            OCSRejected, OCSUnavailable, OCSRateLimited.
+        """
+        body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": remote_id[:255]}
+        if name:  # empty strings are a 400 (§4.1): omit instead
+            body["participant_name"] = name[:320]
+        for attempt in (1, 2):
+            headers: dict[str, str] = {}
+            if self.bot.auth == "oauth":
+                headers["Authorization"] = f"Bearer {await self._access_token(refresh=attempt == 2)}"
+            elif self.bot.auth == "embed_key":
+                assert self.bot.embed_key and self.bot.embed_origin
+                headers["X-Embed-Key"] = self.bot.embed_key.reveal()
+                headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (§2.4.1)
+            try:
+                response = await self._call(
+                    "POST", "/api/chat/start/", headers=headers, json=body,
+                    priority=Priority.SEND, start_channel=channel or self.name,
+                )
+            except OCSRejected as exc:
+                if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
+                    continue
+                if exc.status == 401:
+                    raise OCSAuthFailed(exc.status, exc.body) from exc
+                raise
+            data = response.json()
+            if not data.get("session_token"):
+                # Legacy embed-key channels give no token (§2.5); we cannot hold such a session.
+                raise OCSRejected(response.status_code, "the chatbot's channel issues no session token")
+            return OCSSession(str(data["session_id"]), str(data["session_token"]), self.bot.chatbot_id, time.time())
+        raise AssertionError("unreachable")
+
+    def _session_headers(self, session: OCSSession) -> dict[str, str]:
+        return {"X-Session-Token": session.session_token}
+
+    async def send_message(
+        self,
+        session: OCSSession,
+        text: str,
+        *,
+        attachment_ids: Sequence[int] = (),
+        context: Mapping[str, Any] | None = None,
+    ) -> str:
+        """``POST /api/chat/{sid}/message/`` (§4.2); returns the task id."""
+        body: dict[str, Any] = {"message": text}
+        if attachment_ids:
+            body["attachment_ids"] = list(attachment_ids)
+        if context:
+            body["context"] = dict(context)
+        response = await self._call(
+            "POST", f"/api/chat/{session.session_id}/message/", headers=self._session_headers(session), json=body,
+            priority=Priority.SEND, session_id=session.session_id, changes_state=True,
+        )
+        return str(response.json()["task_id"])
+
+    async def poll_task(self, session: OCSSession, task_id: str) -> TaskResult:
+        """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
+        response = await self._call(
+            "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", headers=self._session_headers(session),
+            priority=Priority.WAITING, session_id=session.session_id,
+        )
+        data = _body(response)
+        if not isinstance(data, dict):
+            raise OCSUnavailable(f"task poll answered {response.status_code} without JSON")
+        if response.status_code >= 400 or data.get("status") == "error":
+            return TaskResult("error", error=str(data.get("error") or "Unknown error"))
+        if data.get("status") == "complete" and isinstance(data.get("message"), dict):
+            return TaskResult("complete", message=data["message"])
+        return TaskResult("processing")
+
+    async def session_messages(
+        self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING
+    ) -> SessionPage:
+        """``GET /api/chat/{sid}/poll/`` (§4.4): messages with ``created_at > since``, oldest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if since:
+            params["since"] = since  # httpx URL-encodes it, so a "+00:00" never becomes a space
+        response = await self._call(
+            "GET", f"/api/chat/{session.session_id}/poll/", headers=self._session_headers(session), params=params,
+            priority=priority, session_id=session.session_id,
+        )
+        data = response.json()
+        return SessionPage(data.get("messages", []), bool(data.get("has_more")), str(data.get("session_status", "active")))
+
+    async def upload(self, session: OCSSession, files: Sequence[tuple[str, bytes, str]]) -> list[int]:
+        """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
+        parts = [("files", (name, data, content_type)) for name, data, content_type in files]
+        response = await self._call(
+            "POST", f"/api/chat/{session.session_id}/upload/", headers=self._session_headers(session), files=parts,
+            priority=Priority.SEND, session_id=session.session_id,
+        )
+        return [int(item["id"]) for item in response.json()["files"]]
+
+    async def end_session(self, session_id: str) -> bool:
+        """``POST /api/sessions/{id}/end_experiment_session/`` (§4.8); needs ``sessions:write``.
+
+        Returns False where the bot's credentials cannot end sessions (embed key, keyless):
+        the gateway then only forgets the session, which has the same effect for the user.
+        """
+        for attempt in (1, 2):
+            headers = await self._management_headers(refresh=attempt == 2)
+            if not headers:
+                return False
+            try:
+                await self._call(
+                    "POST", f"/api/sessions/{session_id}/end_experiment_session/", headers=headers, json={},
+                    priority=Priority.SEND,
+                )
+            except OCSRejected as exc:
+                if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
+                    continue  # a stale cached token: refresh once, as start does
+                if exc.status in (401, 403, 404):
+                    # Gone already, or these credentials may not end sessions (no sessions:write):
+                    # forgetting the session locally gives the user the same fresh start.
+                    return False
+                raise
+            return True
+        return False
+
+    async def download_file(self, content_url: str) -> bytes:
+        """Reply attachments need the Bearer token with ``files:read``, not the session token
+        (§0.10, §4.14)."""
+        headers = {"User-Agent": USER_AGENT, **(await self._management_headers())}
+        try:
+            response = await self._http.get(content_url, headers=headers)
+        except httpx.TransportError as exc:
+            raise OCSUnavailable(f"GET {content_url}: {exc}") from exc
+        if response.status_code >= 500:
+            raise OCSUnavailable(f"GET {content_url}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise OCSRejected(response.status_code, _body(response))
+        return response.content
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
+
+
+def _retry_after(response: httpx.Response, body: Any) -> float:
+    header = response.headers.get("Retry-After")
+    if header:
+        try:
+            return max(float(header), 0.0)
+        except ValueError:
+            pass
+    if isinstance(body, dict) and isinstance(body.get("available_in"), (int, float)):
+        return float(body["available_in"])
+    return 30.0

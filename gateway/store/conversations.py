@@ -1,0 +1,103 @@
+"""What the gateway remembers about a conversation: its OCS session, where replies go, whether
+the user is gone, and the cursor of the watch. One Redis hash, ``conv:{conv}``.
+
+The owner of a conversation writes it through its lease (``ConversationStore``'s ``*_ops``
+return fenced writes); ``load`` and the plain writers serve the CLI and tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.core.keys import Keys, as_text
+from gateway.core.models import ConversationKey, OCSSession, Route
+from gateway.store.lease import Op
+
+__all__ = ["ConversationRecord", "ConversationStore", "parse_record"]
+
+_SESSION_FIELDS = ("session_id", "session_token", "chatbot_id", "started_at")
+#: Conversations nobody wrote to for this long are forgotten by Redis (their session with them).
+RECORD_TTL_S = 90 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    session: OCSSession | None
+    route: Route
+    gone: bool
+    #: ``created_at`` of the last OCS message the watch handled (exclusive cursor, §6.3).
+    cursor: str | None
+    last_active: float
+    last_polled: float
+    #: User messages this gateway has put into the current session; None for a session started
+    #: before the gateway counted (the history is counted once instead).
+    user_messages: int | None = None
+
+
+def parse_record(data: dict[Any, Any]) -> ConversationRecord:
+    raw = {as_text(k): as_text(v) for k, v in data.items()}
+    session = None
+    if all(raw.get(f) for f in _SESSION_FIELDS):
+        session = OCSSession(raw["session_id"], raw["session_token"], raw["chatbot_id"], float(raw["started_at"]))
+    counted = raw.get("user_messages")
+    return ConversationRecord(
+        session=session,
+        route=json.loads(raw["route"]) if raw.get("route") else {},
+        gone=raw.get("gone") == "1",
+        cursor=raw.get("cursor") or None,
+        last_active=float(raw.get("last_active") or 0),
+        last_polled=float(raw.get("last_polled") or 0),
+        user_messages=int(counted) if counted not in (None, "") else None,
+    )
+
+
+class ConversationStore:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def load(self, conv: ConversationKey) -> ConversationRecord:
+        return parse_record(await self._redis.hgetall(self._keys.conversation(conv)))
+
+    # -- fenced writes for the owner --------------------------------------------------------
+
+    def save_session_ops(self, conv: ConversationKey, session: OCSSession) -> list[Op]:
+        key = self._keys.conversation(conv)
+        fields = (
+            "session_id", session.session_id, "session_token", session.session_token,
+            "chatbot_id", session.chatbot_id, "started_at", repr(session.started_at),
+            "cursor", "", "user_messages", "0",
+        )
+        return [Op("HSET", key, fields), Op("EXPIRE", key, (RECORD_TTL_S,))]
+
+    def forget_session_ops(self, conv: ConversationKey) -> list[Op]:
+        return [
+            Op("HDEL", self._keys.conversation(conv), (*_SESSION_FIELDS, "cursor", "user_messages")),
+            Op("DEL", self._keys.fingerprints(conv)),
+            Op("ZREM", self._keys.watch, (str(conv),)),
+        ]
+
+    def touch_ops(self, conv: ConversationKey, route: Route, *, now: float) -> list[Op]:
+        """Remember where replies go and that the user was active now."""
+        key = self._keys.conversation(conv)
+        return [
+            Op("HSET", key, ("route", json.dumps(dict(route)), "last_active", repr(now))),
+            Op("EXPIRE", key, (RECORD_TTL_S,)),
+        ]
+
+    def set_gone_ops(self, conv: ConversationKey, gone: bool) -> list[Op]:
+        key = self._keys.conversation(conv)
+        return [Op("HSET", key, ("gone", "1"))] if gone else [Op("HDEL", key, ("gone",))]
+
+    def count_ops(self, conv: ConversationKey, user_messages: int) -> list[Op]:
+        return [Op("HSET", self._keys.conversation(conv), ("user_messages", str(user_messages)))]
+
+    def polled_ops(self, conv: ConversationKey, *, cursor: str | None, now: float) -> list[Op]:
+        fields: tuple[str, ...] = ("last_polled", repr(now))
+        if cursor:
+            fields += ("cursor", cursor)
+        return [Op("HSET", self._keys.conversation(conv), fields)]

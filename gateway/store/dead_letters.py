@@ -1,0 +1,326 @@
+"""The dead-letter store: turns that exhausted their retries, kept for an operator to list,
+count, inspect, replay or drop (``ocs-gateway dlq …``).
+
+Each letter holds the raw inbound, the last error, the OCS ids, the ledger as it was, the
+``stage`` it failed at and, when the answer existed, the ``reply`` and its rendered ``parts``,
+so replaying a failed *delivery* re-delivers that answer without asking OCS again.
+
+Letters live ``retention_days`` (config ``dead_letter_retention_days``): the letter key carries
+the TTL and the ``dlq`` index is pruned of older ids whenever a letter is parked or listed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.core.keys import Keys, as_text
+from gateway.core.models import ConversationKey, Inbound, InboundKind, Outgoing, Reply
+
+__all__ = [
+    "DEFAULT_RETENTION_DAYS",
+    "DeadLetter",
+    "DeadLetterPage",
+    "DeadLetterStore",
+    "STAGE_CONFIG",
+    "STAGE_DELIVERY",
+    "STAGE_OCS",
+    "STAGE_UNKNOWN",
+    "since_from_text",
+]
+
+#: Never got an answer: starting the session, sending or polling failed.
+STAGE_OCS = "ocs"
+#: The answer exists; sending it to the platform failed.
+STAGE_DELIVERY = "delivery"
+#: The conversation's channel is no longer configured.
+STAGE_CONFIG = "config"
+#: Parked without a stage (letters from before stages were kept).
+STAGE_UNKNOWN = "unknown"
+#: How long letters are kept unless configured otherwise.
+DEFAULT_RETENTION_DAYS = 14.0
+_DAY_S = 24 * 3600
+#: Index entries read per round trip while paging.
+_BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    conversation: str
+    inbound: str
+    error: str
+    ocs: dict[str, str]
+    ledger: dict[str, Any]
+    parked_at: float
+    stage: str = STAGE_UNKNOWN
+    reply: Reply | None = None
+    parts: tuple[Outgoing, ...] = ()
+
+    @property
+    def channel(self) -> str:
+        return self.conversation.partition("/")[0]
+
+    def to_json(self) -> str:
+        data = {
+            "id": self.id, "conversation": self.conversation, "inbound": self.inbound, "error": self.error,
+            "ocs": self.ocs, "ledger": self.ledger, "parked_at": self.parked_at, "stage": self.stage,
+            "reply": self.reply.to_dict() if self.reply is not None else None,
+            "parts": [part.to_dict() for part in self.parts],
+        }
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
+        data = json.loads(raw)
+        reply = data.get("reply")
+        return cls(
+            id=data["id"], conversation=data["conversation"], inbound=data["inbound"], error=data["error"],
+            ocs=data.get("ocs") or {}, ledger=data.get("ledger") or {}, parked_at=float(data["parked_at"]),
+            stage=data.get("stage") or STAGE_UNKNOWN,
+            reply=Reply.from_dict(reply) if reply else None,
+            parts=tuple(Outgoing.from_dict(part) for part in data.get("parts") or ()),
+        )
+
+
+class DeadLetterPage(list[DeadLetter]):
+    """One page of letters, newest first; ``next_cursor`` continues after the last one (None:
+    this was the last page). A list, so a caller that wants only the letters can use it as one."""
+
+    def __init__(self, letters: Sequence[DeadLetter] = (), next_cursor: str | None = None) -> None:
+        super().__init__(letters)
+        self.next_cursor = next_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a walk down the index (newest first) stands: just after ``letter_id`` at ``score``
+    (the index score, parked_at); ``letter_id`` None is the top."""
+
+    score: float = math.inf
+    letter_id: str | None = None
+
+    def cursor(self) -> str:
+        # repr round-trips a float exactly, so the cursor names the very score Redis holds.
+        return f"{self.score!r}:{self.letter_id}"
+
+    @classmethod
+    def parse(cls, cursor: str) -> _Position:
+        score, _, letter_id = cursor.partition(":")
+        try:
+            position = cls(float(score), letter_id or None)
+        except ValueError:
+            position = cls(math.nan)
+        if position.letter_id is None or not math.isfinite(position.score):
+            raise ValueError(f"not a dead-letter cursor: {cursor!r}")
+        return position
+
+
+class DeadLetterStore:
+    """Parameters:
+    redis, keys: where letters live.
+    retention_days: how long a letter is kept (``dead_letter_retention_days``).
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, retention_days: float = DEFAULT_RETENTION_DAYS) -> None:
+        if retention_days <= 0:
+            raise ValueError("retention_days must be positive")
+        self._redis = redis
+        self._keys = keys
+        self._retention_s = retention_days * _DAY_S
+
+    async def park(
+        self,
+        conv: ConversationKey,
+        inbound_raw: str,
+        *,
+        error: str,
+        ocs: dict[str, str],
+        ledger: dict[str, Any],
+        stage: str = STAGE_UNKNOWN,
+        reply: Reply | None = None,
+        parts: Sequence[Outgoing] = (),
+    ) -> DeadLetter:
+        """Keep a failed turn. ``stage`` is ``"ocs"``, ``"delivery"`` or ``"config"``; a delivery
+        failure passes the ``reply`` (and its rendered ``parts``) so a replay needs no OCS call."""
+        letter = DeadLetter(
+            uuid.uuid4().hex[:12], str(conv), inbound_raw, error, ocs, ledger, time.time(),
+            stage=stage, reply=reply, parts=tuple(parts),
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._keys.dead_letter(letter.id), letter.to_json(), px=int(self._retention_s * 1000))
+            pipe.zadd(self._keys.dlq, {letter.id: letter.parked_at})
+            pipe.zremrangebyscore(self._keys.dlq, "-inf", f"({letter.parked_at - self._retention_s!r}")
+            await pipe.execute()
+        return letter
+
+    async def list(
+        self, *, limit: int = 50, cursor: str | None = None, channel: str | None = None, since: float | None = None
+    ) -> DeadLetterPage:
+        """One page of letters, **newest first**, optionally of one ``channel`` and parked at or
+        after ``since`` (Unix seconds). Pass the page's ``next_cursor`` back for the next page;
+        every letter appears on exactly one page.
+
+        Raises:
+            ValueError: ``limit`` below 1 or a cursor this store did not make.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = _Position.parse(cursor) if cursor else _Position()
+        letters: list[tuple[DeadLetter, _Position]] = []
+        async for letter, position in self._walk(start, since):
+            if channel is None or letter.channel == channel:
+                letters.append((letter, position))
+                if len(letters) > limit:
+                    break
+        more = len(letters) > limit
+        page = [letter for letter, _ in letters[:limit]]
+        return DeadLetterPage(page, letters[limit - 1][1].cursor() if more else None)
+
+    async def count(self, *, since: float | None = None) -> dict[tuple[str, str], int]:
+        """How many letters there are per ``(channel, stage)``."""
+        counts: dict[tuple[str, str], int] = {}
+        async for letter, _ in self._walk(_Position(), since):
+            counts[(letter.channel, letter.stage)] = counts.get((letter.channel, letter.stage), 0) + 1
+        return counts
+
+    async def _walk(self, start: _Position, since: float | None) -> AsyncIterator[tuple[DeadLetter, _Position]]:
+        """Every live letter after ``start``, newest first, with its position in the index.
+
+        Each batch resumes from the last position by score and id rather than by offset, so
+        letters parked or dropped meanwhile never make the walk skip or repeat one.
+        """
+        now = time.time()
+        oldest = now - self._retention_s
+        await self._redis.zremrangebyscore(self._keys.dlq, "-inf", f"({oldest!r}")
+        floor = repr(max(oldest, since)) if since is not None else repr(oldest)
+        position = start
+        while True:
+            rows = await self._next_rows(position, floor)
+            if not rows:
+                return
+            raws = await self._redis.mget([self._keys.dead_letter(letter_id) for letter_id, _ in rows])
+            expired = [letter_id for (letter_id, _), raw in zip(rows, raws, strict=True) if raw is None]
+            if expired:
+                await self._redis.zrem(self._keys.dlq, *expired)
+            for (letter_id, score), raw in zip(rows, raws, strict=True):
+                position = _Position(score, letter_id)
+                if raw is not None:
+                    yield DeadLetter.from_json(raw), position
+
+    async def _next_rows(self, position: _Position, floor: str) -> builtins.list[tuple[str, float]]:
+        """The next batch of ``(id, score)`` after ``position``: first the ids that share its score
+        (Redis orders them by id, descending here), then strictly older scores."""
+        rows: builtins.list[tuple[str, float]] = []
+        top = "+inf"
+        if position.letter_id is not None:
+            top = f"({position.score!r}"
+            if position.score >= float(floor):
+                same = await self._redis.zrevrangebyscore(
+                    self._keys.dlq, repr(position.score), repr(position.score), withscores=True
+                )
+                rows = [(as_text(m), float(s)) for m, s in _pairs(same) if as_text(m) < position.letter_id]
+        older = await self._redis.zrevrangebyscore(self._keys.dlq, top, floor, start=0, num=_BATCH, withscores=True)
+        return rows + [(as_text(m), float(s)) for m, s in _pairs(older)]
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        raw = await self._redis.get(self._keys.dead_letter(letter_id))
+        return DeadLetter.from_json(raw) if raw else None
+
+    async def drop(self, letter_id: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.dead_letter(letter_id))
+            pipe.zrem(self._keys.dlq, letter_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def replay(self, letter_id: str) -> ConversationKey | None:
+        """Queue the letter again at the end of its conversation's inbox and forget it.
+
+        A delivery failure with its reply comes back as a ``PUSH`` carrying that reply (text and
+        attachments) to the original route: the answer is delivered, OCS is not asked again.
+        Its ``context`` also holds the rendered parts that were still undelivered (``parts``),
+        for an engine that resumes there rather than sending the whole reply again.
+        Any other letter puts the original inbound back, so the turn starts afresh (a new OCS
+        message). The caller enqueues the returned conversation.
+
+        Raises:
+            ValueError: the letter's inbound cannot be read (an unreadable item); drop it.
+        """
+        letter = await self.get(letter_id)
+        if letter is None:
+            return None
+        try:
+            original = Inbound.from_json(letter.inbound)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"dead letter {letter_id} holds no readable message ({exc}); drop it") from None
+        conv = original.key
+        item = letter.inbound
+        if letter.stage == STAGE_DELIVERY and letter.reply is not None:
+            item = _as_push(original, letter.reply, letter.parts, letter_id).to_json()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._keys.inbox(conv), item)
+            pipe.zadd(self._keys.active, {str(conv): time.time()})
+            pipe.delete(self._keys.dead_letter(letter_id))
+            pipe.zrem(self._keys.dlq, letter_id)
+            await pipe.execute()
+        return conv
+
+
+def _pairs(rows: Any) -> builtins.list[tuple[Any, Any]]:
+    """``withscores`` replies as (member, score) pairs (the typed stubs do not say so)."""
+    return [(member, score) for member, score in rows]
+
+
+def _as_push(original: Inbound, reply: Reply, parts: Sequence[Outgoing], letter_id: str) -> Inbound:
+    """A ready answer as the inbox carries one (workers/turns.py starts a PUSH from its text)."""
+    context: dict[str, Any] = {"attachments": [asdict(attachment) for attachment in reply.attachments]}
+    if parts:
+        context["parts"] = [part.to_dict() for part in parts]
+    return Inbound(
+        key=original.key,
+        event_id=f"replay:{letter_id}",
+        kind=InboundKind.PUSH,
+        sender_id="ocs",
+        text=reply.text,
+        context=context,
+        route=dict(original.route),
+        received_at=time.time(),
+    )
+
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIX = re.compile(r"^\s*\d{9,}(?:\.\d+)?\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": _DAY_S, "w": 7 * _DAY_S}
+
+
+def since_from_text(text: str, *, now: float) -> float:
+    """``--since`` as Unix seconds: a span back from ``now`` (``90m``, ``1h``, ``2d``, ``1w``), an
+    ISO date or time (``2026-11-01``, ``2026-11-01T08:30``; UTC unless it says otherwise) or Unix
+    seconds as they are (``1793491200.5``, what the next-page command of ``dlq list`` carries).
+
+    Raises:
+        ValueError: neither form.
+    """
+    relative = _RELATIVE.match(text)
+    if relative:
+        return now - float(relative.group(1)) * _UNIT_S[relative.group(2)]
+    if _UNIX.match(text):
+        return float(text)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: use a span like 1h or 2d, or a date like 2026-11-01") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

@@ -1,0 +1,152 @@
+"""Admitting an inbound event: claim its ids, append it to the conversation's inbox, mark the
+conversation active and put its wake-up on the Dramatiq queue, in one atomic step and one round
+trip, before the platform gets its 200 (DESIGN "Nothing acknowledged is lost").
+
+A claim without the append would lose the message on a crash between the two (the platform's
+retry would be taken for a duplicate), so both happen in one Lua script. The wake-up rides in the
+same script because a separate enqueue was a second round trip and, through Dramatiq's broker,
+a synchronous Redis call on the edge's event loop (issue 7). The script writes exactly what
+``RedisBroker.enqueue`` writes (``dramatiq/brokers/redis.py`` and the ``enqueue`` command of its
+``dispatch.lua``), so an unmodified Dramatiq worker consumes it.
+
+Whether the 200 means "on disk" is the Redis server's business: with ``appendfsync always`` it
+fsyncs the append-only file before it replies (``gateway/store/redis_check.py`` checks at start-up).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from uuid import uuid4
+
+import redis.asyncio as aioredis
+from dramatiq import Message
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from gateway.core.errors import StoreUnavailable
+from gateway.core.keys import Keys
+from gateway.core.models import Inbound
+
+__all__ = ["Admitter", "WakeQueue", "admit"]
+
+# KEYS: inbox, active, seen-1 … seen-n, then (when waking) the Dramatiq heartbeats zset, queue
+# list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, then (when
+# waking) now (ms), enqueuer id, redis message id, encoded message.
+# Returns 1 when stored, 0 when any id was seen before (nothing written then).
+_ADMIT = """
+local n = tonumber(ARGV[1])
+for i = 3, 2 + n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+for i = 3, 2 + n do
+  redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
+end
+redis.call('RPUSH', KEYS[1], ARGV[3])
+-- Due now on Redis's clock, the one every worker's sweeper reads (gateway/store/clock.py).
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[4])
+if #KEYS > 2 + n then
+  -- dispatch.lua "enqueue": the enqueuer's heartbeat, the message by id, the id on the queue.
+  redis.call('ZADD', KEYS[3 + n], ARGV[5], ARGV[6])
+  redis.call('HSET', KEYS[5 + n], ARGV[7], ARGV[8])
+  redis.call('RPUSH', KEYS[4 + n], ARGV[7])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WakeQueue:
+    """Where admission puts ``actor(conversation)``: a Dramatiq queue in Dramatiq's own Redis
+    layout.
+
+    Parameters:
+        namespace: the Dramatiq broker's key prefix (``RedisBroker(namespace=…)``).
+        queue: the queue the actor consumes.
+        actor: the actor's name; it receives one argument, the conversation key.
+        enqueuer_id: this process's id in ``{namespace}:__heartbeats__``, as a ``RedisBroker``'s
+            ``broker_id`` would be; workers' maintenance drops it once stale (it holds no acks).
+    """
+
+    namespace: str
+    queue: str
+    actor: str
+    enqueuer_id: str
+
+    @classmethod
+    def new(cls, *, namespace: str, queue: str, actor: str) -> WakeQueue:
+        return cls(namespace, queue, actor, str(uuid4()))
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        """The heartbeats zset, the queue list and the message hash (dispatch.lua's names)."""
+        queue_key = f"{self.namespace}:{self.queue}"
+        return f"{self.namespace}:__heartbeats__", queue_key, f"{queue_key}.msgs"
+
+    def message(self, conversation: str) -> tuple[str, bytes]:
+        """A fresh message for ``conversation``: its Redis message id and its encoded body, as
+        ``RedisBroker.enqueue`` builds them (a new ``redis_message_id`` per enqueue, encoded by
+        Dramatiq's global encoder)."""
+        redis_message_id = str(uuid4())
+        message: Message[object] = Message(
+            queue_name=self.queue,
+            actor_name=self.actor,
+            args=(conversation,),
+            kwargs={},
+            options={"redis_message_id": redis_message_id},
+        )
+        return redis_message_id, message.encode()
+
+
+class Admitter:
+    """``await admitter(inbound)``: one EVALSHA per event. Build one per process (it holds the
+    registered script) on the client the process already uses.
+
+    Parameters:
+        redis: an asyncio client.
+        keys: our key names.
+        dedup_ttl_s: how long an event id stays claimed.
+        wake: the queue that gets ``advance(conversation)`` for every stored event, or None to
+            store only (benchmarks that enqueue themselves).
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, dedup_ttl_s: int, wake: WakeQueue | None) -> None:
+        self._keys = keys
+        self._dedup_ttl_s = dedup_ttl_s
+        self._wake = wake
+        self._script: AsyncScript = redis.register_script(_ADMIT)
+
+    async def __call__(self, inbound: Inbound) -> bool:
+        """Store ``inbound`` unless it was seen before; True when it was stored.
+
+        Raises:
+            StoreUnavailable: Redis did not take it; the caller must not acknowledge (503).
+        """
+        channel = inbound.key.channel
+        conversation = str(inbound.key)
+        seen = [self._keys.seen(channel, inbound.event_id), *(self._keys.seen(channel, a) for a in inbound.alias_ids)]
+        keys: list[str] = [self._keys.inbox(inbound.key), self._keys.active, *seen]
+        args: list[str | bytes | int | float] = [len(seen), self._dedup_ttl_s, inbound.to_json(), conversation]
+        if self._wake is not None:
+            redis_message_id, body = self._wake.message(conversation)
+            keys += self._wake.keys
+            # Dramatiq's own heartbeat format: the enqueuer's clock in ms, as its dispatch.lua does.
+            args += [int(time.time() * 1000), self._wake.enqueuer_id, redis_message_id, body]
+        try:
+            stored = await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis refused the message: {exc}") from exc
+        return bool(stored)
+
+
+async def admit(
+    redis: aioredis.Redis, keys: Keys, inbound: Inbound, *, dedup_ttl_s: int, wake: WakeQueue | None = None
+) -> bool:
+    """One-off ``Admitter(...)(inbound)`` for callers without a long-lived admitter (benchmarks,
+    tools). True when stored, False for a duplicate.
+
+    Raises:
+        StoreUnavailable: Redis did not take it; the caller must not acknowledge (503).
+    """
+    return await Admitter(redis, keys, dedup_ttl_s=dedup_ttl_s, wake=wake)(inbound)

@@ -1,0 +1,168 @@
+"""The turn ledger: every step of one turn, recorded before the next step starts.
+
+OCS has no idempotency key, so a retried or resumed turn must never repeat a step that took
+effect. The ledger is a Redis hash ``turn:{conv}`` for the inbox's head item; its ``state``
+moves forward only::
+
+    received → sending → sent(task_id) → replied(reply) → delivering(parts, delivered=n) → done
+
+``sending`` is written *before* the message goes to OCS, with the number of user messages the
+session will hold once it is in (``expect_count``); ``sent`` right after. A worker killed in
+between, or a send whose answer never came back, leaves that mark, and the next step settles it
+by counting the user messages in the session's history instead of sending again
+(``workers/turns.py``). Likewise ``sending_part`` is written before each platform send.
+
+Writes are not made here: this module builds them as ``Op`` lists that the owner applies through
+its lease (``gateway.store.lease``), so every write is fenced by the lease token.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.core.keys import Keys, as_text
+from gateway.core.models import ConversationKey, Inbound, Outgoing, Reply
+from gateway.store.conversations import ConversationRecord, parse_record
+from gateway.store.lease import Op
+
+__all__ = ["Snapshot", "Turn", "TurnLedger", "TurnState"]
+
+
+class TurnState(StrEnum):
+    RECEIVED = "received"
+    SENDING = "sending"
+    SENT = "sent"
+    REPLIED = "replied"
+    DELIVERING = "delivering"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    id: str
+    inbound_raw: str
+    state: TurnState = TurnState.RECEIVED
+    session_id: str = ""
+    task_id: str = ""
+    sending_at: float = 0.0
+    sent_at: float = 0.0
+    reply: Reply | None = None
+    parts: tuple[Outgoing, ...] = ()
+    delivered: int = 0
+    platform_ids: tuple[str, ...] = ()
+    attempts: int = 0
+    polls: int = 0
+    last_error: str = ""
+    next_at: float = 0.0
+    working_at: float = 0.0
+    #: Set when this turn ended in the dead-letter store (its notice is still delivered).
+    dead_letter: str = ""
+    #: How many user messages the OCS session holds once this turn's message is in it.
+    expect_count: int = 0
+    #: The history showed this turn's message arrived (a send settled without its task id).
+    confirmed: bool = False
+    #: Seconds after the send at which the last task poll still saw "processing".
+    last_poll_s: float = 0.0
+    #: The part being handed to the platform (written before the call): ``delivered`` when idle.
+    sending_part: int = -1
+    #: When delivery first failed in a row (platform or callback down): the retry budget's start.
+    failing_since: float = 0.0
+    inbound: Inbound = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inbound", Inbound.from_json(self.inbound_raw))
+
+    def ocs_ids(self) -> dict[str, str]:
+        return {"session_id": self.session_id, "task_id": self.task_id}
+
+
+def _encode(fields: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for name, value in fields.items():
+        if name == "reply":
+            text = json.dumps(value.to_dict()) if value else ""
+        elif name == "parts":
+            text = json.dumps([p.to_dict() for p in value])
+        elif name == "platform_ids":
+            text = json.dumps(list(value))
+        elif isinstance(value, bool):
+            text = "1" if value else ""
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = str(value)
+        out.extend((name, text))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one round trip tells the owner about its conversation."""
+
+    turn: Turn | None
+    record: ConversationRecord
+    head: str | None
+
+
+class TurnLedger:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def load(self, conv: ConversationKey) -> Snapshot:
+        """The turn, the conversation record and the inbox's head, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.turn(conv))
+            pipe.hgetall(self._keys.conversation(conv))
+            pipe.lindex(self._keys.inbox(conv), 0)
+            turn_raw, conv_raw, head = await pipe.execute()
+        return Snapshot(_parse_turn(turn_raw), parse_record(conv_raw), as_text(head) if head is not None else None)
+
+    def begin(self, conv: ConversationKey, inbound_raw: str, *, now: float) -> tuple[Turn, list[Op]]:
+        turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now)
+        fields = {"id": turn.id, "inbound_raw": inbound_raw, "state": turn.state, "next_at": now}
+        return turn, [Op("DEL", self._keys.turn(conv)), Op("HSET", self._keys.turn(conv), tuple(_encode(fields)))]
+
+    def update(self, conv: ConversationKey, turn: Turn, **changes: Any) -> tuple[Turn, list[Op]]:
+        """The turn with ``changes`` and the write that records them."""
+        return replace(turn, **changes), [Op("HSET", self._keys.turn(conv), tuple(_encode(changes)))]
+
+    def finish(self, conv: ConversationKey, turn: Turn) -> list[Op]:
+        """Drop the turn and its inbox item together, so the next item becomes the head."""
+        return [Op("LREM", self._keys.inbox(conv), (1, turn.inbound_raw)), Op("DEL", self._keys.turn(conv))]
+
+
+def _parse_turn(data: dict[Any, Any]) -> Turn | None:
+    raw = {as_text(k): as_text(v) for k, v in data.items()}
+    if not raw.get("id") or "inbound_raw" not in raw:
+        return None
+    return Turn(
+        id=raw["id"],
+        inbound_raw=raw["inbound_raw"],
+        state=TurnState(raw.get("state") or TurnState.RECEIVED),
+        session_id=raw.get("session_id", ""),
+        task_id=raw.get("task_id", ""),
+        sending_at=float(raw.get("sending_at") or 0),
+        sent_at=float(raw.get("sent_at") or 0),
+        reply=Reply.from_dict(json.loads(raw["reply"])) if raw.get("reply") else None,
+        parts=tuple(Outgoing.from_dict(p) for p in json.loads(raw.get("parts") or "[]")),
+        delivered=int(raw.get("delivered") or 0),
+        platform_ids=tuple(json.loads(raw.get("platform_ids") or "[]")),
+        attempts=int(raw.get("attempts") or 0),
+        polls=int(raw.get("polls") or 0),
+        last_error=raw.get("last_error", ""),
+        next_at=float(raw.get("next_at") or 0),
+        working_at=float(raw.get("working_at") or 0),
+        dead_letter=raw.get("dead_letter", ""),
+        expect_count=int(raw.get("expect_count") or 0),
+        confirmed=raw.get("confirmed") == "1",
+        last_poll_s=float(raw.get("last_poll_s") or 0),
+        sending_part=int(raw.get("sending_part") or -1),
+        failing_since=float(raw.get("failing_since") or 0),
+    )

@@ -1,0 +1,43 @@
+"""What the workers need from their process, said as a protocol: the assembly
+(``gateway/services.py``) provides it, so the workers depend on the foundation, the stores and
+the OCS client, never on the adapters' packages nor on how the process was put together."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+import redis.asyncio as aioredis
+
+from gateway.core.channel import ChannelAdapter
+from gateway.core.config import GatewayConfig
+from gateway.core.keys import Keys
+from gateway.ocs.client import OCSClient
+from gateway.store.conversations import ConversationStore
+from gateway.store.dead_letters import DeadLetterStore
+from gateway.store.ledger import TurnLedger
+
+__all__ = ["WorkerServices"]
+
+
+class WorkerServices(Protocol):
+    """The long-lived objects of one worker process, opened on the turn runner's loop (read-only
+    here, so any container with these attributes fits)."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def redis(self) -> aioredis.Redis: ...
+    @property
+    def keys(self) -> Keys: ...
+    @property
+    def adapters(self) -> Mapping[str, ChannelAdapter[Any]]: ...
+    @property
+    def conversations(self) -> ConversationStore: ...
+    @property
+    def ledger(self) -> TurnLedger: ...
+    @property
+    def dead_letters(self) -> DeadLetterStore: ...
+
+    def ocs_for(self, channel: str) -> OCSClient: ...
+
+    async def aclose(self) -> None: ...

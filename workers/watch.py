@@ -1,0 +1,127 @@
+"""Watches: OCS writes scheduled and event messages into a session that only its session messages
+reveal (CONTRACT §6.5). A watch looks once into one idle conversation's session and queues what
+is new behind the user's messages, so order and retries are the turn engine's.
+
+It runs while the runner owns the conversation and only when no turn is running, so it never
+races a turn for the same answer; answers that turns already delivered are skipped by
+fingerprint. Watches are the first to yield when the OCS request budget is short
+(``Priority.BACKGROUND``), and they thin out as a user stays silent: every
+``watch_interval_s`` while the user was active in the last ``watch_recent_s``, then in
+proportion to the silence up to ``watch_max_interval_s``, and never after
+``watch_window_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any, Mapping
+
+from gateway.core.config import WorkerTuning
+from gateway.core.errors import (
+    OCSRateLimited,
+    OCSRejected,
+    OCSUnavailable,
+    SessionExpired,
+)
+from gateway.core.models import Inbound, InboundKind
+from gateway.ocs.budget import Priority
+from gateway.store.clock import RedisClock
+from gateway.store.fingerprints import delivered_ops, was_delivered
+from gateway.store.lease import Op
+from workers.context import WorkerServices
+from workers.turns import Hold
+
+__all__ = ["SessionWatcher", "watch_interval"]
+
+log = logging.getLogger("ocsgw.watch")
+_MAX_PAGES = 5
+
+
+def watch_interval(tuning: WorkerTuning, silent_s: float) -> float | None:
+    """Seconds until the next look into a session whose user has been silent ``silent_s``;
+    None when it is no longer worth the OCS budget."""
+    if silent_s > tuning.watch_window_s:
+        return None
+    if silent_s <= tuning.watch_recent_s:
+        return tuning.watch_interval_s
+    grown = tuning.watch_interval_s * silent_s / tuning.watch_recent_s
+    return min(grown, max(tuning.watch_max_interval_s, tuning.watch_interval_s))
+
+
+class SessionWatcher:
+    def __init__(self, services: WorkerServices, tuning: WorkerTuning, clock: RedisClock) -> None:
+        self.services = services
+        self.tuning = tuning
+        self.clock = clock
+
+    async def look(self, hold: Hold) -> bool:
+        """Queue new assistant messages of the held conversation's session; True if any."""
+        s = self.services
+        conv = hold.conv
+        member = str(conv)
+        snapshot = await s.ledger.load(conv)
+        hold.turn, hold.record, hold.head, hold.stale = snapshot.turn, snapshot.record, snapshot.head, False
+        record = snapshot.record
+        if snapshot.turn is not None or snapshot.head is not None:
+            return False  # a turn is running; its end reschedules the poll
+        now = self.clock.now()
+        interval = watch_interval(self.tuning, now - record.last_active)
+        if record.session is None or record.gone or conv.channel not in s.adapters or interval is None:
+            await hold.lease.run([Op("ZREM", s.keys.watch, (member,))])
+            return False
+        if now - record.last_polled < interval * 0.9:
+            await hold.lease.run([Op("ZADD", s.keys.watch, (record.last_polled + interval, member))])
+            return False  # never more than once per interval per session (§4.4)
+        ocs = s.ocs_for(conv.channel)
+        cursor = record.cursor
+        fresh: list[Mapping[str, Any]] = []
+        try:
+            for _ in range(_MAX_PAGES):
+                hold.lease.check()
+                page = await ocs.session_messages(record.session, since=cursor, priority=Priority.BACKGROUND)
+                for message in page.messages:
+                    cursor = str(message.get("created_at") or cursor)
+                    if message.get("role") != "assistant":
+                        continue
+                    if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
+                        fresh.append(message)
+                if not page.has_more:
+                    break
+        except SessionExpired:
+            await hold.lease.run(s.conversations.forget_session_ops(conv))
+            hold.record = replace(record, session=None, cursor=None, user_messages=None)
+            return False
+        except OCSRateLimited as exc:
+            await hold.lease.run([Op("ZADD", s.keys.watch, (now + max(exc.retry_after_s, interval), member))])
+            return False
+        except (OCSUnavailable, OCSRejected) as exc:
+            log.warning("watch failed conv=%s: %s", conv, exc)
+            await hold.lease.run([Op("ZADD", s.keys.watch, (now + interval * 2, member))])
+            return False
+        route = {k: v for k, v in record.route.items() if k != "reply_to"}
+        ops: list[Op] = []
+        for message in fresh:
+            push = Inbound(
+                key=conv,
+                event_id=f"push:{uuid.uuid4().hex}",
+                kind=InboundKind.PUSH,
+                sender_id="ocs",
+                text=str(message.get("content") or ""),
+                context={"attachments": [a for a in message.get("attachments") or () if isinstance(a, Mapping)]},
+                route=route,
+                received_at=now,
+            )
+            ops.append(Op("RPUSH", s.keys.inbox(conv), (push.to_json(),)))
+            ops.extend(delivered_ops(s.keys.fingerprints(conv), message, now=now))
+        ops.extend(s.conversations.polled_ops(conv, cursor=cursor, now=now))
+        ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
+        if fresh:
+            ops.append(Op("ZADD", s.keys.active, (now, member)))
+        await hold.lease.run(ops)
+        hold.record = replace(record, cursor=cursor or record.cursor, last_polled=now)
+        if fresh:
+            hold.stale = True
+            log.info("queued %d bot-initiated message(s) conv=%s", len(fresh), conv)
+        return bool(fresh)
