@@ -144,5 +144,10 @@ def test_workers_with_skewed_clocks_adopt_each_others_turns_without_a_stall(
         assert stack.sim.state.user_messages(session.id) == expected_ocs, conversation
         assert stack.receiver.texts(conversation) == expected_replies, conversation
     assert len(sessions) == CONVERSATIONS
-    assert stack.receiver.attempts == len(stack.receiver.received), "a callback was delivered twice"
+    # A worker killed between a platform call and its record repeats that one part when its heir
+    # adopts the turn (at-least-once to the platform, docs/ARCHITECTURE.md); the repeat carries
+    # the same webhook-id, so a receiver tells it apart. Nothing else may repeat.
+    repeats = len(stack.receiver.attempt_ids) - len(set(stack.receiver.attempt_ids))
+    assert set(stack.receiver.attempt_ids) == set(stack.receiver.webhook_ids)
+    assert repeats <= fleet.kills, f"{repeats} repeated callbacks for {fleet.kills} kills"
     assert stack.redis.zcard(KEYS.dlq) == 0
