@@ -80,6 +80,18 @@ class Services:
             await adapter.startup()
         return services
 
+    @classmethod
+    async def open_checked(cls, config: GatewayConfig, redis_url: str) -> Services:
+        """``open``, once the Redis is known not to evict (nor, if so configured, to lose) what
+        the process will store: both the edge and the workers start this way."""
+        services = await cls.open(config, redis_url)
+        try:
+            await check_redis(services.redis, require_durable=config.require_durable_redis)
+        except BaseException:
+            await services.aclose()
+            raise
+        return services
+
     @staticmethod
     def inbound_paths(config: GatewayConfig) -> dict[str, str]:
         """The inbound route path of each configured channel type (e.g. ``/telegram/{channel}``)."""
@@ -105,15 +117,4 @@ def _fetcher(client: OCSClient):  # type: ignore[no-untyped-def]
 def worker_process(config: GatewayConfig, redis_url: str) -> WorkerProcess:
     """A worker process whose services are opened (and their Redis checked) on its runner's loop."""
 
-    async def open_checked() -> Services:
-        services = await Services.open(config, redis_url)
-        try:
-            # Refuses a Redis that evicts keys (and one that can lose acknowledged messages, if so
-            # configured) before the worker takes any conversation.
-            await check_redis(services.redis, require_durable=config.require_durable_redis)
-        except BaseException:
-            await services.aclose()
-            raise
-        return services
-
-    return WorkerProcess(config, redis_url, open_checked)
+    return WorkerProcess(config, redis_url, lambda: Services.open_checked(config, redis_url))

@@ -120,14 +120,9 @@ class Stack:
         secret: str = WEBHOOK_SECRET,
     ) -> httpx.Response:
         raw = body if isinstance(body, bytes) else httpx.Request("POST", "/", json=body).content
-        msg_id = msg_id or f"msg_{time.time_ns()}"
-        ts = int(time.time()) if timestamp is None else timestamp
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": signing.sign(signing.decode_secret(secret), msg_id, ts, raw),
-        }
+        headers = signing.signed_headers(
+            signing.decode_secret(secret), msg_id or f"msg_{time.time_ns()}", raw, timestamp=timestamp
+        )
         return self.http.post(f"{self.url}/webhooks/{channel}", content=raw, headers=headers)
 
     def say(self, conversation: str, text: str, **kwargs: Any) -> httpx.Response:

@@ -153,13 +153,7 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         url = self.config.callback_url
         if urlsplit(url).hostname not in self.config.callback_allowlist:
             raise DeliveryRejected(f"callback host of {url} is not on the allowlist")
-        timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": delivery_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.sign(self._key, delivery_id, timestamp, body),
-        }
+        headers = signing.signed_headers(self._key, delivery_id, body)
         try:
             response = await self.services.http.post(url, content=body, headers=headers, timeout=15.0)
         except httpx.TransportError as exc:

@@ -241,13 +241,7 @@ def _send(args: argparse.Namespace) -> int:
         {"conversation_id": args.conversation, "sender": {"id": "cli-user", "name": "You"}, "text": args.text}
     ).encode()
     msg_id = f"msg_{uuid.uuid4().hex}"
-    stamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": signing.sign(key, msg_id, stamp, body),
-    }
+    headers = signing.signed_headers(key, msg_id, body)
     with httpx.Client(timeout=10) as client:
         response = client.post(f"{args.url}/webhooks/{DEMO_CHANNEL}", content=body, headers=headers)
         print(f"→ sent ({response.status_code}): {args.text}")

@@ -30,7 +30,6 @@ from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.limits import BodySizeLimit
 from gateway.services import Services
 from gateway.store.inbox import Admitter, WakeQueue
-from gateway.store.redis_check import check_redis
 
 __all__ = ["create_app"]
 
@@ -48,13 +47,8 @@ def create_app(
     ``broker`` only lends its namespace and id to the messages the edge writes itself."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await Services.open(config, redis_url)
-        try:
-            # Refuses an evicting Redis (and a non-durable one if so configured) before any 200.
-            await check_redis(services.redis, require_durable=config.require_durable_redis)
-        except BaseException:
-            await services.aclose()
-            raise
+        # Refuses an evicting Redis (and a non-durable one if so configured) before any 200.
+        services = await Services.open_checked(config, redis_url)
         wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
         if broker is not None:
             wake = WakeQueue(broker.namespace, QUEUE, ADVANCE, broker.broker_id)

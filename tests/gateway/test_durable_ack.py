@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -95,13 +94,7 @@ def test_a_plain_dramatiq_worker_runs_the_wake_up_the_script_queued(redis_url: s
 def _signed(conversation: str, n: int) -> tuple[str, bytes, dict[str, str]]:
     event_id = f"msg_{conversation}_{n}"
     body = json.dumps({"conversation_id": conversation, "sender": {"id": f"u-{conversation}"}, "text": f"m{n}"}).encode()
-    ts = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": signing.sign(signing.decode_secret(WEBHOOK_SECRET), event_id, ts, body),
-    }
+    headers = signing.signed_headers(signing.decode_secret(WEBHOOK_SECRET), event_id, body)
     return event_id, body, headers
 
 

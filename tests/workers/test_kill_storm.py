@@ -85,14 +85,7 @@ async def _send_all(edge_url: str, rng: random.Random) -> list[tuple[str, int, i
             body = httpx.Request("POST", "/", json={
                 "conversation_id": conversation, "sender": {"id": f"user-{conversation}", "name": "Ada"}, "text": f"m{n}",
             }).content  # fmt: skip
-            msg_id = f"msg_{conversation}_{n}"
-            stamp = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(stamp),
-                "webhook-signature": signing.sign(key, msg_id, stamp, body),
-            }
+            headers = signing.signed_headers(key, f"msg_{conversation}_{n}", body)
             async with gate:
                 response = await client.post(f"{edge_url}/webhooks/hooks", content=body, headers=headers)
             if response.status_code != 200:
