@@ -35,6 +35,7 @@ from typing import Sequence
 import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
+from gateway.store.lua import LuaScript
 
 __all__ = [
     "BUCKET_EDGES_S",
@@ -172,7 +173,7 @@ def _cdf(counts: Sequence[float], t_s: float) -> float:
 
 # Redis: fields "n" (observations recorded, drives the forward decay) and "b<i>" (raw counts).
 # ARGV: half-life, uniform share, ttl_s, then triples (bucket, fraction covered, share of length).
-_RECORD_LUA = """
+_RECORD_LUA = LuaScript("""
 local half, uni, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local idx, frac, lin, fields = {}, {}, {}, {}
@@ -206,7 +207,7 @@ if n >= 40 * half then  -- rescale before the weights grow out of float range
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 return n
-"""
+""")
 
 #: A bot not heard of for this long starts again from the prior.
 _HISTOGRAM_TTL_S = 30 * 24 * 3600
@@ -218,14 +219,13 @@ class HistogramStore:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._record = redis.register_script(_RECORD_LUA)
 
     async def record(self, bot: str, low_s: float, high_s: float) -> None:
         """One observation, in one round trip (the script decays, shares and increments)."""
         args: list[float] = [HALF_LIFE_OBSERVATIONS, _UNIFORM_SHARE, _HISTOGRAM_TTL_S]
         for i, frac, lin in _overlaps(low_s, high_s):
             args.extend((i, frac, lin))  # redis-py sends floats as repr(): exact
-        await self._record(keys=[self._keys.latency(bot)], args=args)
+        await _RECORD_LUA(self._redis, [self._keys.latency(bot)], args)
 
     async def load(self, bot: str) -> CompletionHistogram:
         raw = await self._redis.hgetall(self._keys.latency(bot))

@@ -35,6 +35,7 @@ from gateway.core.models import ConversationKey
 from gateway.store.clock import RedisClock
 from gateway.store.lease import Lease, LeaseLost, renew_leases
 from gateway.store.ledger import TurnState
+from gateway.store.lua import LuaScript
 from workers.context import WorkerServices
 from workers.turns import Hold, TurnEngine
 from workers.watch import SessionWatcher
@@ -50,11 +51,11 @@ _REDIS_RETRY_S = 1.0
 #: Conversations adopted per sweep, at most.
 _ADOPT_PER_SWEEP = 500
 
-_SWEEP = """
+_SWEEP = LuaScript("""
 local overdue = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local polls = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])
 return {overdue, polls}
-"""
+""")
 
 
 class StepGate:
@@ -123,7 +124,6 @@ class TurnRunner:
         self._room = asyncio.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweep = services.redis.register_script(_SWEEP)
 
     # -- life -------------------------------------------------------------------------------
 
@@ -328,9 +328,10 @@ class TurnRunner:
             return 0, 0
         now = self.clock.now()
         keys = self.services.keys
-        overdue, polls = await self._sweep(
-            keys=[keys.active, keys.watch],
-            args=[now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.watch_per_sweep],
+        overdue, polls = await _SWEEP(
+            self.services.redis,
+            [keys.active, keys.watch],
+            [now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.watch_per_sweep],
         )
         adopted = 0
         for raw in overdue:

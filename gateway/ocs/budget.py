@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.config import BudgetLimits
 from gateway.core.keys import Keys, as_text
+from gateway.store.lua import LuaScript
 
 __all__ = ["BudgetUsage", "Grant", "Priority", "RequestBudget", "format_usage", "origin_of"]
 
@@ -46,7 +47,7 @@ _SCOPE_OF_KEY = {short: scope for scope, short in _KEY_SCOPE.items()}
 # hosted WAF counts over a sliding five minutes: for the origin bucket the script estimates that
 # count as this window's plus the previous window's share of the time not yet elapsed (the usual
 # sliding-window counter), so a burst at a window boundary cannot spend the limit twice.
-_ACQUIRE = """
+_ACQUIRE = LuaScript("""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -88,17 +89,17 @@ for _, b in ipairs(buckets) do
   end
 end
 return {1, 0, ''}
-"""
+""")
 
 # A block only ever lengthens: a short Retry-After must not cut a longer one short.
-_BLOCK = """
+_BLOCK = LuaScript("""
 local ms = tonumber(ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ms then
   redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'name', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ms)
 end
 return 0
-"""
+""")
 
 
 class Priority(IntEnum):
@@ -173,8 +174,6 @@ class RequestBudget:
         self._redis = redis
         self._keys = keys
         self._limits_for = limits_for
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._block = redis.register_script(_BLOCK)
 
     async def acquire(
         self,
@@ -208,9 +207,7 @@ class RequestBudget:
             prefixes.append(self._keys.budget_bucket("starts", start_channel))
             # Only starts use this bucket, so there is no lower priority to hold back for.
             args += [limits.starts_per_window, limits.starts_per_window, "starts", start_channel, 0]
-        granted, wait_ms, scope = await self._acquire(
-            keys=[*blocks, *prefixes], args=[limits.window_s, len(blocks), *args]
-        )
+        granted, wait_ms, scope = await _ACQUIRE(self._redis, [*blocks, *prefixes], [limits.window_s, len(blocks), *args])
         if int(granted):
             return Grant(True, 0.0)
         return Grant(False, max(int(wait_ms), 1) / 1000.0, as_text(scope))
@@ -232,7 +229,7 @@ class RequestBudget:
         if seconds <= 0:
             return
         ms = max(1, math.ceil(seconds * 1000))
-        await self._block(keys=[self._keys.budget_block(scope, key_name)], args=[ms, reason, name])
+        await _BLOCK(self._redis, [self._keys.budget_block(scope, key_name)], [ms, reason, name])
 
     async def usage(self) -> list[BudgetUsage]:
         """Every bucket open in its current window and every block in force, base URLs first.

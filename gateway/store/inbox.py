@@ -21,12 +21,12 @@ from uuid import uuid4
 
 import redis.asyncio as aioredis
 from dramatiq import Message
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.core.errors import StoreUnavailable
 from gateway.core.keys import Keys
 from gateway.core.models import Inbound
+from gateway.store.lua import LuaScript
 
 __all__ = ["Admitter", "WakeQueue", "admit"]
 
@@ -34,7 +34,7 @@ __all__ = ["Admitter", "WakeQueue", "admit"]
 # list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, then (when
 # waking) now (ms), enqueuer id, redis message id, encoded message.
 # Returns 1 when stored, 0 when any id was seen before (nothing written then).
-_ADMIT = """
+_ADMIT = LuaScript("""
 local n = tonumber(ARGV[1])
 for i = 3, 2 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
@@ -53,7 +53,7 @@ if #KEYS > 2 + n then
   redis.call('RPUSH', KEYS[4 + n], ARGV[7])
 end
 return 1
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +100,8 @@ class WakeQueue:
 
 
 class Admitter:
-    """``await admitter(inbound)``: one EVALSHA per event. Build one per process (it holds the
-    registered script) on the client the process already uses.
+    """``await admitter(inbound)``: one EVALSHA per event. Build one per process on the client the
+    process already uses.
 
     Parameters:
         redis: an asyncio client.
@@ -115,7 +115,7 @@ class Admitter:
         self._keys = keys
         self._dedup_ttl_s = dedup_ttl_s
         self._wake = wake
-        self._script: AsyncScript = redis.register_script(_ADMIT)
+        self._redis = redis
 
     async def __call__(self, inbound: Inbound) -> bool:
         """Store ``inbound`` unless it was seen before; True when it was stored.
@@ -134,7 +134,7 @@ class Admitter:
             # Dramatiq's own heartbeat format: the enqueuer's clock in ms, as its dispatch.lua does.
             args += [int(time.time() * 1000), self._wake.enqueuer_id, redis_message_id, body]
         try:
-            stored = await self._script(keys=keys, args=args)
+            stored = await _ADMIT(self._redis, keys, args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis refused the message: {exc}") from exc
         return bool(stored)

@@ -1,7 +1,9 @@
-"""Lua scripts sent by their SHA1, not their text.
+"""Lua scripts sent by their SHA1, not their text: the one way the gateway runs Lua.
 
 ``EVALSHA`` costs one short request; the script's text travels only when Redis does not know
-it yet (after a restart or ``SCRIPT FLUSH``), and the ``EVAL`` that follows teaches it again.
+it yet (after a restart or ``SCRIPT FLUSH``): then ``SCRIPT LOAD`` teaches it and the call is
+made again. Unlike redis-py's ``register_script``, a ``LuaScript`` is bound to no client, so a
+module can declare its scripts once and run them on whichever client it is handed.
 """
 
 from __future__ import annotations
@@ -28,4 +30,5 @@ class LuaScript:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
         except NoScriptError:
-            return await redis.eval(self.text, len(keys), *keys, *args)  # type: ignore[misc]
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]

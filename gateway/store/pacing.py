@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway.store.lua import LuaScript
+
 __all__ = ["Slot", "reserve_slot", "take_slot", "take_slots"]
 
 # KEYS: the pacing keys; ARGV: max_wait_ms (-1: no limit), then one interval_ms per key.
@@ -23,7 +25,7 @@ __all__ = ["Slot", "reserve_slot", "take_slot", "take_slots"]
 # key's next free slot moves one of its intervals past it, else nothing is written. All or none,
 # in one script, so a sender never holds one key's slot while it waits out another's. The clock
 # is Redis's (TIME), so workers on hosts whose clocks disagree still share one timeline.
-_TAKE = """
+_TAKE = LuaScript("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max_wait = tonumber(ARGV[1])
@@ -41,7 +43,7 @@ for i, key in ipairs(KEYS) do
   redis.call('SET', key, at + interval, 'PX', math.max(wait + interval * 4, 1000))
 end
 return {1, wait}
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ async def take_slots(redis: aioredis.Redis, intervals: Sequence[tuple[str, float
     max_wait_ms = -1 if math.isinf(max_wait_s) else max(int(max_wait_s * 1000), 0)
     keys = [key for key, _ in intervals]
     args = [max_wait_ms, *(max(int(interval * 1000), 1) for _, interval in intervals)]
-    granted, wait_ms = await redis.eval(_TAKE, len(keys), *keys, *args)  # type: ignore[misc]
+    granted, wait_ms = await _TAKE(redis, keys, args)
     return Slot(granted=bool(granted), wait_s=max(float(wait_ms), 0.0) / 1000.0)
 
 
