@@ -73,7 +73,7 @@ class Services:
             adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
         services = cls(
             config, redis, http, keys, ocs, adapters,
-            ConversationStore(redis, keys), TurnLedger(redis, keys),
+            ConversationStore(keys), TurnLedger(redis, keys),
             DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget,
         )
         for adapter in adapters.values():

@@ -9,8 +9,8 @@ Who owns what:
   its actor only hands the conversation to this runner and returns at once.
 * **The runner** takes a conversation's lease and keeps it, renewing all its leases in one round
   trip every third of the TTL, while one coroutine per conversation steps the turn engine and
-  sleeps on the loop's timer heap between polls. A semaphore bounds the steps running at once;
-  ``max_in_flight`` bounds the conversations owned.
+  sleeps on the loop's timer heap between polls. A priority gate (``StepGate``) bounds the steps
+  running at once, turns a user waits on first; ``max_in_flight`` bounds the conversations owned.
 * **The sweeper** (every ``sweep_interval_s``) adopts conversations that are overdue and have no
   owner — a killed process's, or ones whose wake-up was lost — and starts the bot-initiated
   message polls that are due. Renewal keeps owned conversations' scores in the future, so the
@@ -159,10 +159,6 @@ class TurnRunner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._holds)
 
     # -- taking conversations --------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from gateway.store.clock import RedisClock
 from gateway.store.conversations import ConversationRecord
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Lease, LeaseLost, Op
-from gateway.store.ledger import Turn, TurnState
+from gateway.store.ledger import Turn, TurnLedger, TurnState
 from workers.context import WorkerServices
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
@@ -93,6 +93,12 @@ class Hold:
     #: Unexpected failures in a row (reset by any step that completes).
     failures: int = 0
 
+    async def refresh(self, ledger: TurnLedger) -> None:
+        """Read the turn, the conversation record and the inbox's head again (one round trip)."""
+        snapshot = await ledger.load(self.conv)
+        self.turn, self.record, self.head = snapshot.turn, snapshot.record, snapshot.head
+        self.stale = False
+
 
 def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
     """A reply from an OCS message; fields OCS may add later are ignored, odd values coerced."""
@@ -136,7 +142,7 @@ class TurnEngine:
 
     async def step(self, hold: Hold) -> Outcome:
         if hold.stale or hold.record is None:
-            await self._refresh(hold)
+            await hold.refresh(self.services.ledger)
         turn = hold.turn
         if turn is None:
             if hold.head is None:
@@ -187,7 +193,7 @@ class TurnEngine:
         hold.stale = True
         delay = self._backoff(hold.failures)
         try:
-            await self._refresh(hold)
+            await hold.refresh(self.services.ledger)
         except LeaseLost:
             raise
         except Exception:  # noqa: BLE001 - the stored state itself cannot be read
@@ -209,11 +215,6 @@ class TurnEngine:
         turn, ops = self.services.ledger.update(hold.conv, turn, attempts=attempts, last_error=error[:500], next_at=next_at)
         await self._write(hold, ops, turn=turn)
         return Outcome("wait", next_at)
-
-    async def _refresh(self, hold: Hold) -> None:
-        snapshot = await self.services.ledger.load(hold.conv)
-        hold.turn, hold.record, hold.head = snapshot.turn, snapshot.record, snapshot.head
-        hold.stale = False
 
     async def _write(self, hold: Hold, ops: list[Op], *, turn: Turn | None = None) -> list[Any]:
         try:
@@ -343,7 +344,7 @@ class TurnEngine:
                 # It left and no answer came back: OCS may be running it. Never send it again
                 # blindly; the history will say (``_settle_sending``).
                 log.warning("send without answer conv=%s turn=%s: %s; settling from the history", conv, turn.id, exc)
-                return Outcome("wait", self.clock.now() + min(_HISTORY_POLL_S, self.tuning.reconcile_grace_s))
+                return self._wait_in_memory(hold, min(_HISTORY_POLL_S, self.tuning.reconcile_grace_s))
             except (OCSUnavailable, OCSRateLimited, OCSRejected):
                 # Not accepted: back to "received", so the retry sends instead of searching.
                 turn, ops = ledger.update(conv, turn, state=TurnState.RECEIVED)
@@ -433,13 +434,13 @@ class TurnEngine:
             if not turn.confirmed:
                 turn, ops = self.services.ledger.update(conv, turn, confirmed=True)
                 await self._write(hold, [*ops, *count_ops], turn=turn)
-            return self._wait_in_memory(hold, turn, _HISTORY_POLL_S)
+            return self._wait_in_memory(hold, _HISTORY_POLL_S)
         if now - turn.sending_at > self.tuning.reconcile_grace_s:
             log.warning("message never reached OCS conv=%s turn=%s: sending it again", conv, turn.id)
             turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
             await self._write(hold, ops, turn=turn)
             return CONTINUE
-        return self._wait_in_memory(hold, turn, _HISTORY_POLL_S)
+        return self._wait_in_memory(hold, _HISTORY_POLL_S)
 
     async def _history(self, hold: Hold, session: OCSSession) -> list[Mapping[str, Any]]:
         ocs = self.services.ocs_for(hold.conv.channel)
@@ -586,10 +587,7 @@ class TurnEngine:
 
     def _pause(self, hold: Hold, seconds: float) -> Outcome:
         """Wait without counting an attempt (rate limits, budget, pacing)."""
-        delay = max(seconds, 0.05) * random.uniform(1.0, 1.2)
-        if hold.turn is not None:
-            hold.turn = replace(hold.turn, next_at=self.clock.now() + delay)
-        return Outcome("wait", self.clock.now() + delay)
+        return self._wait_in_memory(hold, max(seconds, 0.05) * random.uniform(1.0, 1.2))
 
     def _backoff(self, attempts: int) -> float:
         base = min(self.tuning.backoff_base_s * 2 ** max(attempts - 1, 0), self.tuning.backoff_max_s)
@@ -690,9 +688,12 @@ class TurnEngine:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _wait_in_memory(self, hold: Hold, turn: Turn, seconds: float) -> Outcome:
+    def _wait_in_memory(self, hold: Hold, seconds: float) -> Outcome:
+        """Step again in ``seconds``; only this process's memory records it (a new owner after a
+        crash simply steps at once)."""
         at = self.clock.now() + seconds
-        hold.turn = replace(turn, next_at=at)
+        if hold.turn is not None:
+            hold.turn = replace(hold.turn, next_at=at)
         return Outcome("wait", at)
 
     async def _show_working(self, hold: Hold, turn: Turn) -> Turn:

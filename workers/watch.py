@@ -61,10 +61,10 @@ class SessionWatcher:
         s = self.services
         conv = hold.conv
         member = str(conv)
-        snapshot = await s.ledger.load(conv)
-        hold.turn, hold.record, hold.head, hold.stale = snapshot.turn, snapshot.record, snapshot.head, False
-        record = snapshot.record
-        if snapshot.turn is not None or snapshot.head is not None:
+        await hold.refresh(s.ledger)
+        record = hold.record
+        assert record is not None
+        if hold.turn is not None or hold.head is not None:
             return False  # a turn is running; its end reschedules the poll
         now = self.clock.now()
         interval = watch_interval(self.tuning, now - record.last_active)

@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -40,18 +39,14 @@ def create_app(
     config: GatewayConfig,
     redis_url: str,
     *,
-    broker: RedisBroker | None = None,
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
-    """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator;
-    ``broker`` only lends its namespace and id to the messages the edge writes itself."""
+    """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Refuses an evicting Redis (and a non-durable one if so configured) before any 200.
         services = await Services.open_checked(config, redis_url)
         wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
-        if broker is not None:
-            wake = WakeQueue(broker.namespace, QUEUE, ADVANCE, broker.broker_id)
         app.state.services = services
         app.state.admitter = Admitter(
             services.redis, services.keys, dedup_ttl_s=config.worker.dedup_ttl_s, wake=wake

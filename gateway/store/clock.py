@@ -41,9 +41,5 @@ class RedisClock:
         if time.monotonic() - self._synced_at >= self._resync_s:
             await self.sync()
 
-    @property
-    def offset_s(self) -> float:
-        return self._offset
-
     def now(self) -> float:
         return time.time() + self._offset

@@ -1,8 +1,8 @@
 """What the gateway remembers about a conversation: its OCS session, where replies go, whether
 the user is gone, and the cursor of the watch. One Redis hash, ``conv:{conv}``.
 
-The owner of a conversation writes it through its lease (``ConversationStore``'s ``*_ops``
-return fenced writes); ``load`` and the plain writers serve the CLI and tests.
+The owner of a conversation reads it with its turn (``TurnLedger.load``, ``parse_record``) and
+writes it through its lease: ``ConversationStore`` builds those fenced writes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
-
-import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey, OCSSession, Route
@@ -56,14 +54,8 @@ def parse_record(data: dict[Any, Any]) -> ConversationRecord:
 
 
 class ConversationStore:
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
-        self._redis = redis
+    def __init__(self, keys: Keys) -> None:
         self._keys = keys
-
-    async def load(self, conv: ConversationKey) -> ConversationRecord:
-        return parse_record(await self._redis.hgetall(self._keys.conversation(conv)))
-
-    # -- fenced writes for the owner --------------------------------------------------------
 
     def save_session_ops(self, conv: ConversationKey, session: OCSSession) -> list[Op]:
         key = self._keys.conversation(conv)

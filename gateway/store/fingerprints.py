@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from gateway.store.lease import Op
 
-__all__ = ["delivered_ops", "mark_delivered", "was_delivered"]
+__all__ = ["delivered_ops", "was_delivered"]
 
 CONTENT_WINDOW_S = 600
 KEEP_S = 7 * 24 * 3600
@@ -31,21 +31,13 @@ def _content(message: Mapping[str, Any]) -> str:
 
 
 def delivered_ops(key: str, message: Mapping[str, Any], *, now: float) -> list[Op]:
-    """``mark_delivered`` as fenced writes, for the owner of the conversation."""
+    """Mark ``message`` delivered: fenced writes for the conversation's owner (both marks,
+    and the pruning of marks older than ``KEEP_S``)."""
     return [
         Op("ZADD", key, (now, _exact(message), now, _content(message))),
         Op("ZREMRANGEBYSCORE", key, (0, now - KEEP_S)),
         Op("EXPIRE", key, (KEEP_S,)),
     ]
-
-
-async def mark_delivered(redis: aioredis.Redis, key: str, message: Mapping[str, Any]) -> None:
-    now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(key, {_exact(message): now, _content(message): now})
-        pipe.zremrangebyscore(key, 0, now - KEEP_S)
-        pipe.expire(key, KEEP_S)
-        await pipe.execute()
 
 
 async def was_delivered(redis: aioredis.Redis, key: str, message: Mapping[str, Any]) -> bool:
