@@ -9,6 +9,7 @@ translated into ``gateway.core.errors`` where the SDK meets our code.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import (
@@ -26,6 +27,7 @@ import httpx
 
 from gateway.core.models import (
     Attachment,
+    Inbound,
     Outgoing,
     ParsedRequest,
     Reply,
@@ -40,7 +42,12 @@ if TYPE_CHECKING:
     from gateway.core.config import BotConfig, GatewayConfig
     from gateway.core.keys import Keys
 
-__all__ = ["AdapterServices", "ChannelAdapter", "InboundFile", "InboundRequest"]
+__all__ = ["AdapterServices", "Admit", "ChannelAdapter", "InboundFile", "InboundRequest"]
+
+#: Stores one inbound event (claim, inbox append, wake-up) and returns True, or False for a
+#: duplicate; raises ``StoreUnavailable`` when Redis did not take it. A listener acknowledges an
+#: event to its platform only after this returned.
+Admit = Callable[[Inbound], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,17 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     def routes(self) -> list[BaseRoute]:
         """Extra HTTP routes of this channel (OAuth install pages...)."""
         return []
+
+    async def listen(self, admit: Admit, stop: asyncio.Event) -> None:
+        """Receive events over a connection the gateway opens itself (Slack Socket Mode,
+        Telegram long polling) until ``stop`` is set; the web process runs it beside its routes.
+
+        The default returns at once: the channel receives over HTTP. A listener stores every
+        event with ``admit`` *before* it acknowledges it to the platform, so an acknowledged event
+        is never lost; when ``admit`` raises ``StoreUnavailable`` it leaves the event
+        unacknowledged (the platform redelivers) and tries again later. It survives its
+        platform's outages itself: only ``stop`` ends it.
+        """
 
     # -- workers ------------------------------------------------------------------------------
 

@@ -103,6 +103,11 @@ class Keys:
     def dlq(self) -> str:
         return self._k("dlq")
 
+    @property
+    def workers(self) -> str:
+        """Hash: worker id → its latest heartbeat (JSON); ``gateway/store/heartbeats.py``."""
+        return self._k("workers")
+
     def dead_letter(self, letter_id: str) -> str:
         return self._k("dlq", letter_id)
 

@@ -5,6 +5,7 @@ event loop, and never answers 200 for a message that is not stored."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -54,9 +55,18 @@ def create_app(
         # Adapter routes (Slack's OAuth install) need the services, which exist only now.
         for adapter in services.adapters.values():
             app.router.routes.extend(adapter.routes())
+        # Channels that receive over a connection of their own (Socket Mode, long polling)
+        # store through the same admitter as the HTTP routes.
+        stop = asyncio.Event()
+        listeners = [
+            asyncio.create_task(adapter.listen(app.state.admitter, stop), name=f"listen:{name}")
+            for name, adapter in services.adapters.items()
+        ]
         try:
             yield
         finally:
+            stop.set()
+            await _stop_listeners(listeners)
             await services.aclose()
 
     routes: list[BaseRoute] = [
@@ -72,6 +82,18 @@ def create_app(
         exception_handlers=_ERROR_STATUSES,
         lifespan=lifespan,
     )
+
+
+async def _stop_listeners(listeners: list[asyncio.Task[None]], grace_s: float = 10.0) -> None:
+    """Let listeners finish the event in hand (stored and acknowledged), then cancel stragglers."""
+    if not listeners:
+        return
+    _, pending = await asyncio.wait(listeners, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    for outcome, task in zip(await asyncio.gather(*listeners, return_exceptions=True), listeners):
+        if isinstance(outcome, Exception):
+            log.error("listener %s ended with an error", task.get_name(), exc_info=outcome)
 
 
 def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
