@@ -231,15 +231,22 @@ async def test_the_origin_bucket_slides_so_a_window_boundary_cannot_spend_the_li
     end = await room_in_window(aredis, 4, 2.0)
     assert await take(budget, Priority.WAITING) == 4
 
-    async def rolled_over() -> bool:
-        return await redis_now(aredis) >= end
+    async def into_next_window() -> bool:
+        # A little past the boundary: exactly on it the previous window still counts whole.
+        return await redis_now(aredis) >= end + 0.2
 
-    await eventually(rolled_over, what="the next window")
-    assert await take(budget, Priority.WAITING) == 1  # fixed windows would grant all 4 again
+    await eventually(into_next_window, what="the next window")
+    granted = await take(budget, Priority.WAITING)
+    late_s = await redis_now(aredis) - end
+    # The previous window's 4 still count for (1 - late/4) of it: one request fits while that
+    # share is above 3 (late < 1 s); a slow machine that got here later may see one more.
+    assert 1 <= granted < 4  # fixed windows would grant all 4 again
+    if late_s <= 1.0:
+        assert granted == 1
     refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)
     assert refused.scope == "base_url" and 0 < refused.wait_s <= 4
     rows = await budget.usage()
-    assert usage_of(rows, "base_url", OCS).used == 1  # the current window only
+    assert usage_of(rows, "base_url", OCS).used == granted  # the current window only
 
 
 # -- round trips and the operator's view ------------------------------------------------------------
