@@ -4,18 +4,22 @@ runtime both hold one ``Services``; nothing else keeps state between requests.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 import redis.asyncio as aioredis
 
 from adapters import adapter_class
+from adapters.slack.api import new_session
 from gateway.core.channel import AdapterServices, ChannelAdapter
 from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
+from gateway.core.metrics import Metrics
 from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
+from gateway.edge.worker_http import RunnerProbe, WorkerHttp
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.store.conversations import ConversationStore
@@ -39,9 +43,16 @@ class Services:
     ledger: TurnLedger
     dead_letters: DeadLetterStore
     budget: RequestBudget
+    #: This process's metrics (its own registry): the edge, the OCS clients and the runner count here.
+    metrics: Metrics = field(default_factory=Metrics)
+    #: slack_sdk's clients of every Slack channel share it: one connection pool per process.
+    aiohttp_session: aiohttp.ClientSession | None = None
 
     @classmethod
-    async def open(cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw") -> Services:
+    async def open(
+        cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw", metrics: Metrics | None = None
+    ) -> Services:
+        """``metrics``: count into these (the web app builds them first, for its middleware)."""
         keys = Keys(namespace)
         # A blocking pool: past its size a caller waits for a connection instead of failing at
         # once (redis-py's default pool raises), so a burst of adopted conversations queues.
@@ -62,29 +73,34 @@ class Services:
         )
         # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
         budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget)
+        metrics = metrics if metrics is not None else Metrics()
         ocs = {
-            name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget)
+            name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics)
             for name, bot in config.bots.items()
         }
+        session = new_session() if any(c.type == "slack" for c in config.channels.values()) else None
         adapters: dict[str, ChannelAdapter[Any]] = {}
         for name, channel in config.channels.items():
             client = ocs[channel.bot]
-            lent = AdapterServices(config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client))
+            lent = AdapterServices(
+                config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client), aiohttp_session=session
+            )
             adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
         services = cls(
             config, redis, http, keys, ocs, adapters,
             ConversationStore(keys), TurnLedger(redis, keys),
-            DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget,
+            DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
+            aiohttp_session=session,
         )
         for adapter in adapters.values():
             await adapter.startup()
         return services
 
     @classmethod
-    async def open_checked(cls, config: GatewayConfig, redis_url: str) -> Services:
+    async def open_checked(cls, config: GatewayConfig, redis_url: str, *, metrics: Metrics | None = None) -> Services:
         """``open``, once the Redis is known not to evict (nor, if so configured, to lose) what
         the process will store: both the edge and the workers start this way."""
-        services = await cls.open(config, redis_url)
+        services = await cls.open(config, redis_url, metrics=metrics)
         try:
             await check_redis(services.redis, require_durable=config.require_durable_redis)
         except BaseException:
@@ -103,6 +119,8 @@ class Services:
     async def aclose(self) -> None:
         for adapter in self.adapters.values():
             await adapter.aclose()
+        if self.aiohttp_session is not None:
+            await self.aiohttp_session.close()
         await self.http.aclose()
         await self.redis.aclose()
 
@@ -115,6 +133,36 @@ def _fetcher(client: OCSClient):  # type: ignore[no-untyped-def]
 
 
 def worker_process(config: GatewayConfig, redis_url: str) -> WorkerProcess:
-    """A worker process whose services are opened (and their Redis checked) on its runner's loop."""
+    """A worker process whose services are opened (and their Redis checked) on its runner's loop,
+    with its HTTP listener for metrics and health when ``worker.metrics_port`` is set."""
+    return _ObservedWorker(config, redis_url, lambda: Services.open_checked(config, redis_url))
 
-    return WorkerProcess(config, redis_url, lambda: Services.open_checked(config, redis_url))
+
+class _ObservedWorker(WorkerProcess):
+    """A worker with its HTTP listener (``gateway/edge/worker_http.py``) when
+    ``worker.metrics_port`` is set; the listener starts first, so ``/livez`` answers (and
+    ``/readyz`` says 503) while the worker starts."""
+
+    http: WorkerHttp | None = None
+
+    def start(self) -> None:
+        port = self.config.worker.metrics_port
+        if port is not None:
+            self.http = WorkerHttp(RunnerProbe(lambda: self.runner_thread.runner), host=self.config.worker.metrics_host, port=port)
+            self.http.start()
+        try:
+            super().start()
+        except BaseException:
+            self._stop_http()
+            raise
+
+    def stop(self, timeout_ms: int = 10_000) -> None:
+        try:
+            super().stop(timeout_ms)
+        finally:
+            self._stop_http()
+
+    def _stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None

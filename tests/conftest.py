@@ -6,6 +6,7 @@ See tests/HARNESS.md for how channel tests use these.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -48,6 +49,27 @@ FAST_TUNING: dict[str, Any] = {
     "backoff_max_s": 1.0,
     "watch_interval_s": 1.0,
 }
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Put the root logger back as it was once the test body is done, before any fixture is torn
+    down. ``gateway.cli.main`` sets up the process's logging: it replaces the root's handlers with
+    one writing to the ``sys.stderr`` of that moment, a capture stream pytest closes after the
+    test. Left installed, every later record (a worker thread still finishing a turn, even after
+    the session) fails on the closed stream with "--- Logging error ---"."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return (yield)
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ URL with the token, httpx every URL, uvicorn's access log the OAuth redirect's q
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -15,11 +16,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
-from starlette.routing import Route
 
 from gateway.core.config import Secret
+from gateway.core.logs import make_handler
 from gateway.core.redaction import RedactionFilter, install_redaction, secret_values
-from gateway.edge.app import _health
+from gateway.edge.health import ServicesProbe, health_routes
 from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, stack_config, wait_for
 from tests.fakes.slack_api import FakeSlack, event_envelope, fake_slack, signed_headers
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update
@@ -165,7 +166,7 @@ def test_debug_logs_of_every_channel_carry_no_secret(
 async def test_health_answers_without_the_redis_address(capture: Capture) -> None:
     port = free_port()  # nothing listens: a real client, a real refusal
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=2)
-    app = Starlette(routes=[Route("/healthz", _health)])
+    app = Starlette(routes=health_routes(lambda request: ServicesProbe(request.app.state.services)))
     app.state.services = SimpleNamespace(redis=client)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
@@ -173,8 +174,55 @@ async def test_health_answers_without_the_redis_address(capture: Capture) -> Non
     finally:
         await client.aclose()
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "redis": "unreachable"}
+    assert response.json() == {"status": "unavailable", "reason": "redis unreachable"}
     assert str(port) not in response.text
     # The operator still learns where it failed, from the log.
     assert any(str(port) in line and "Redis unreachable" in line for line in capture.lines)
 
+
+
+# -- the same, through the CLI's JSON handler (gateway/core/logs.py) ----------------------------
+
+PRIVATE_USER = 987_654_321
+
+
+@pytest.fixture
+def json_lines(capture: Capture) -> Iterator[io.StringIO]:
+    """The CLI's JSON handler on the root logger too; requested before ``everything`` so that
+    its ``install_redaction`` covers this handler as the CLI's covers its own."""
+    stream = io.StringIO()
+    handler = make_handler("json", stream=stream)
+    logging.getLogger().addHandler(handler)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+
+
+def test_json_logs_of_webhook_and_telegram_flows_carry_no_secret_text_or_user_id(
+    json_lines: io.StringIO, everything: Stack, fake_telegram: FakeTelegram
+) -> None:
+    stack = everything
+    uvicorn_through_root()
+    assert stack.say("c1", "hello webhook").status_code == 200
+    wait_for(lambda: stack.receiver.texts("c1"), what="the webhook reply")
+    update = message_update(1, chat_id=PRIVATE_USER, user_id=PRIVATE_USER, text="hello telegram")
+    response = stack.http.post(
+        f"{stack.url}/telegram/tg", content=json.dumps(update),
+        headers={"content-type": "application/json", "X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+    )  # fmt: skip
+    assert response.status_code == 200
+    wait_for(lambda: fake_telegram.sent_texts(PRIVATE_USER, token=TELEGRAM_TOKEN), what="the Telegram reply")
+
+    lines = [line for line in json_lines.getvalue().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    # PTB's Bot logger was heard (its payloads withheld), and so were httpx and the access log.
+    assert any(r["logger"].startswith("telegram.") for r in records)
+    assert any(r["logger"] == "httpx" for r in records)
+    assert any(r["logger"] == "uvicorn.access" for r in records)
+    secrets = {
+        *secret_values(stack.config), WEBHOOK_SECRET, TELEGRAM_TOKEN, TELEGRAM_SECRET, SLACK_SIGNING,
+        SLACK_CLIENT_SECRET, "demo-secret", *stack.sim.state.tokens,
+    }  # fmt: skip
+    leaks = {secret: line for secret in secrets for line in lines if secret in line}
+    assert not leaks, f"secrets in the JSON log: {leaks}"
+    private = [line for line in lines if "hello telegram" in line or str(PRIVATE_USER) in line]
+    assert not private, f"message text or the user's id in the JSON log: {private}"

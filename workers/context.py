@@ -4,13 +4,15 @@ the OCS client, never on the adapters' packages nor on how the process was put t
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from gateway.core.channel import ChannelAdapter
 from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
+from gateway.core.metrics import Metrics
 from gateway.ocs.client import OCSClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
@@ -37,6 +39,8 @@ class WorkerServices(Protocol):
     def ledger(self) -> TurnLedger: ...
     @property
     def dead_letters(self) -> DeadLetterStore: ...
+    @property
+    def metrics(self) -> Metrics: ...
 
     def ocs_for(self, channel: str) -> OCSClient: ...
 

@@ -15,6 +15,11 @@ Who owns what:
   owner — a killed process's, or ones whose wake-up was lost — and starts the bot-initiated
   message polls that are due. Renewal keeps owned conversations' scores in the future, so the
   sweeper never touches a conversation a live process holds.
+* **The heartbeat** (every ``heartbeat_interval_s``) tells ``gateway/store/heartbeats.py`` who
+  this worker is, what it holds and when its last sweep completed; a clean stop removes it.
+
+Each of these background loops (renew, sweep, watch start, heartbeat) survives whatever one tick
+raises: it is logged, counted in ``ocsgw_housekeeping_errors_total{task}``, and the next tick runs.
 """
 
 from __future__ import annotations
@@ -24,14 +29,23 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any, AsyncIterator
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from gateway.core.config import WorkerTuning
+from gateway.core.logs import bind, conversation_label
 from gateway.core.models import ConversationKey
+from gateway.core.queue import QUEUE
+from gateway.core.version import VERSION
+from gateway.store import heartbeats
 from gateway.store.clock import RedisClock
 from gateway.store.lease import Lease, LeaseLost, renew_leases
 from gateway.store.ledger import TurnState
@@ -124,6 +138,17 @@ class TurnRunner:
         self._room = asyncio.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: This process in the heartbeats (host:pid:random, so a restarted pid is a new worker).
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started_at = time.time()
+        #: Wall-clock time of the last completed sweep, None before the first: the heartbeat
+        #: and the worker's /readyz say from it whether housekeeping is running.
+        self.housekeeping_at: float | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the runner serves on (None before ``serve``)."""
+        return self._loop
 
     # -- life -------------------------------------------------------------------------------
 
@@ -132,8 +157,12 @@ class TurnRunner:
         self._loop = asyncio.get_running_loop()
         await self._until_redis(self.clock.sync)
         loops = [
-            asyncio.create_task(self._renew_loop(), name="ocsgw-renew"),
-            asyncio.create_task(self._sweep_loop(), name="ocsgw-sweep"),
+            asyncio.create_task(self._housekeeping("renew", self.tuning.lease_ttl_s / 3, self._renew), name="ocsgw-renew"),
+            asyncio.create_task(self._housekeeping("sweep", self.tuning.sweep_interval_s, self._sweep_tick), name="ocsgw-sweep"),
+            asyncio.create_task(
+                self._housekeeping("heartbeat", self.tuning.heartbeat_interval_s, self.beat, at_once=True),
+                name="ocsgw-heartbeat",
+            ),
         ]
         try:
             await stop.wait()
@@ -141,7 +170,10 @@ class TurnRunner:
             self._stopping = True
             for task in loops:
                 task.cancel()
+            # Settled before the forget, so no beat in flight lands after it.
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._hand_back()
+            await self._forget()
 
     async def _until_redis(self, call: Any) -> None:
         while True:
@@ -197,6 +229,13 @@ class TurnRunner:
 
     async def _drive(self, conv_text: str, watch: bool) -> None:
         conv = ConversationKey.parse(conv_text)
+        # This coroutine is its own task: what it binds is on this conversation's lines only
+        # (ours, the OCS client's and the SDKs' it calls), never on another's.
+        channel = self.services.config.channels.get(conv.channel)
+        bind(
+            channel=conv.channel, bot=channel.bot if channel else None,
+            conversation=conversation_label(conv, reveal=self.services.config.log_message_text),
+        )
         keys = self.services.keys
         hold: Hold | None = None
         again = False
@@ -215,15 +254,15 @@ class TurnRunner:
                     await self.watcher.look(hold)
             again = await self._run(hold, self._pokes[conv_text])
         except LeaseLost:
-            log.info("lost the lease of %s; its new owner goes on", conv_text)
+            log.info("lost the lease; its new owner goes on")
         except asyncio.CancelledError:
             if hold is not None and not hold.lease.lost:
                 await self._give_back(hold)
             raise
         except (RedisError, OSError) as exc:
-            log.warning("Redis error driving %s: %s; the sweeper will pick it up", conv_text, exc)
-        except Exception:  # noqa: BLE001 - a driver must never die silently
-            log.exception("driver of %s failed", conv_text)
+            log.warning("Redis error driving the conversation: %s; the sweeper will pick it up", exc)
+        except Exception:  # a driver must never die silently
+            log.exception("conversation driver failed")
         finally:
             self._holds.pop(conv_text, None)
             self._pokes.pop(conv_text, None)
@@ -244,7 +283,7 @@ class TurnRunner:
                     raise
                 except (RedisError, OSError) as exc:
                     hold.stale = True
-                    log.warning("Redis error in a step of %s: %s", member, exc)
+                    log.warning("Redis error in a step: %s", exc)
                     hold.lease.check()  # past the lease's life: stop, the next owner adopts it
                     await asyncio.sleep(_REDIS_RETRY_S)
                     continue
@@ -285,36 +324,71 @@ class TurnRunner:
 
     # -- background loops ------------------------------------------------------------------
 
-    async def _renew_loop(self) -> None:
-        interval = self.tuning.lease_ttl_s / 3
-        while True:
+    async def _housekeeping(
+        self, task: str, interval: float, tick: Callable[[], Awaitable[Any]], *, at_once: bool = False
+    ) -> None:
+        """Run ``tick`` every ``interval`` seconds until cancelled. A loop that died would leave
+        the process looking alive while its leases lapse or nobody adopts: so whatever one tick
+        raises is logged, counted in ``ocsgw_housekeeping_errors_total{task}``, and the next
+        tick runs."""
+        if not at_once:
             await asyncio.sleep(interval)
-            held = [(hold.lease, key) for key, hold in list(self._holds.items())]
-            try:
-                await self.clock.maybe_resync()
-                for start in range(0, len(held), _RENEW_BATCH):
-                    await renew_leases(
-                        self.services.redis, self.services.keys.active, held[start:start + _RENEW_BATCH],
-                        hold_until=self._hold_until(),
-                    )
-            except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
-                continue
-            for lease, key in held:
-                if lease.lost:
-                    poke = self._pokes.get(key)
-                    if poke is not None:
-                        poke.set()  # its driver finds the lease lost at its next write or call
-
-    async def _sweep_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.tuning.sweep_interval_s)
-            try:
-                await self.sweep()
-            except (RedisError, OSError) as exc:
-                log.warning("sweep skipped: %s", exc)
-            except Exception:  # noqa: BLE001 - the next sweep must still run
-                log.exception("sweep failed")
+            await self._tick(task, tick)
+            await asyncio.sleep(interval)
+
+    async def _tick(self, task: str, tick: Callable[[], Awaitable[Any]]) -> bool:
+        metrics = self.services.metrics
+        try:
+            await tick()
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            # Expected while Redis is away: one line per tick, no traceback.
+            metrics.housekeeping_errors.labels(task).inc()
+            log.warning("%s tick failed, Redis unavailable: %s", task, exc)
+            return False
+        except Exception:  # the next tick must still run
+            metrics.housekeeping_errors.labels(task).inc()
+            log.exception("%s tick failed; the next one runs", task)
+            return False
+        metrics.housekeeping_ticks.labels(task).inc()
+        return True
+
+    async def _renew(self) -> None:
+        held = [(hold.lease, key) for key, hold in list(self._holds.items())]
+        await self.clock.maybe_resync()
+        for start in range(0, len(held), _RENEW_BATCH):
+            await renew_leases(
+                self.services.redis, self.services.keys.active, held[start:start + _RENEW_BATCH],
+                hold_until=self._hold_until(),
+            )
+        for lease, key in held:
+            if lease.lost:
+                poke = self._pokes.get(key)
+                if poke is not None:
+                    poke.set()  # its driver finds the lease lost at its next write or call
+
+    async def _sweep_tick(self) -> None:
+        await self.sweep()
+        self.housekeeping_at = time.time()
+
+    async def beat(self) -> heartbeats.Heartbeat:
+        """Publish this process's heartbeat (``gateway/store/heartbeats.py``) and return it."""
+        heartbeat = heartbeats.Heartbeat(
+            worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queue=QUEUE,
+            started_at=self.started_at, beat_at=time.time(), interval_s=self.tuning.heartbeat_interval_s,
+            housekeeping_at=self.housekeeping_at, conversations=len(self._holds), version=VERSION,
+        )
+        await heartbeats.beat(self.services.redis, self.services.keys, heartbeat)
+        return heartbeat
+
+    async def _forget(self) -> None:
+        """A clean stop leaves no heartbeat behind to be mistaken for a dead worker."""
+        try:
+            await heartbeats.forget(self.services.redis, self.services.keys, self.worker_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not remove this worker's heartbeat: %s", exc)
 
     async def sweep(self) -> tuple[int, int]:
         """Adopt overdue ownerless conversations and start due watches (one round
@@ -335,10 +409,17 @@ class TurnRunner:
             if conv not in self._pokes and await self.claim(conv):
                 adopted += 1
         started = 0
-        for raw in polls:
-            conv = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if conv not in self._pokes and await self.claim(conv, watch=True):
-                started += 1
+
+        async def start_watches() -> None:
+            nonlocal started
+            for raw in polls:
+                conv = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if conv not in self._pokes and await self.claim(conv, watch=True):
+                    started += 1
+
+        # Fetched in the sweep's round trip, but a tick of its own: a failure here neither
+        # hides the adoptions nor stops the next sweep.
+        await self._tick("watch", start_watches)
         if adopted:
             log.info("adopted %d overdue conversation(s)", adopted)
         if started:
@@ -362,7 +443,7 @@ class RunnerThread(threading.Thread):
     def run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the starter
+        except BaseException as exc:  # reported to the starter
             self.error = exc
             log.exception("turn runner stopped")
         finally:

@@ -17,9 +17,13 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
+from gateway.core.channel import ChannelAdapter
 from gateway.core.config import WorkerTuning
 from gateway.core.errors import (
     AttachmentUnavailable,
@@ -34,6 +38,7 @@ from gateway.core.errors import (
     RetryLater,
     SessionExpired,
 )
+from gateway.core.logs import bound
 from gateway.core.models import (
     ConversationKey,
     InboundKind,
@@ -42,12 +47,14 @@ from gateway.core.models import (
     Reply,
     ReplyAttachment,
     ReplyKind,
+    Route,
 )
 from gateway.store.clock import RedisClock
 from gateway.store.conversations import ConversationRecord
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Lease, LeaseLost, Op
 from gateway.store.ledger import Turn, TurnLedger, TurnState
+from gateway.store.reply_delays import record_delays
 from workers.context import WorkerServices
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
@@ -92,6 +99,10 @@ class Hold:
     stale: bool = True
     #: Unexpected failures in a row (reset by any step that completes).
     failures: int = 0
+    #: When OCS most likely completed the current turn's task (shared clock), until its first
+    #: part reaches the platform: the start of ``ocsgw_reply_delay_seconds``. Memory only: a
+    #: turn adopted after a crash is simply not measured.
+    ready_at: float | None = None
 
     async def refresh(self, ledger: TurnLedger) -> None:
         """Read the turn, the conversation record and the inbox's head again (one round trip)."""
@@ -104,6 +115,19 @@ def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: 
     """A reply from an OCS message; fields OCS may add later are ignored, odd values coerced."""
     attachments = tuple(_attachment(a) for a in message.get("attachments") or () if isinstance(a, Mapping))
     return Reply(text=str(message.get("content") or ""), kind=kind, attachments=attachments, in_reply_to=in_reply_to)
+
+
+def _turn_outcome(turn: Turn) -> str:
+    """How a turn that ended normally ended, for ``ocsgw_turn_seconds{outcome}``."""
+    if turn.dead_letter:
+        return "failed"
+    if turn.inbound.kind is InboundKind.PUSH:
+        return "push"
+    if turn.inbound.kind is InboundKind.RESET:
+        return "reset"
+    if turn.reply is not None and turn.reply.kind is ReplyKind.ANSWER:
+        return "answered"
+    return "notice"  # the gateway's own words: a slow-bot notice, OCS's error text
 
 
 def _attachment(data: Mapping[str, Any]) -> ReplyAttachment:
@@ -149,13 +173,18 @@ class TurnEngine:
                 return IDLE
             turn, ops = self.services.ledger.begin(hold.conv, hold.head, now=self.clock.now())
             await self._write(hold, ops, turn=turn)
+        # The turn's ids on every line of the step: ours, the OCS client's, the adapter's SDK's.
+        with bound(turn=turn.id, event_id=turn.inbound.event_id, task_id=turn.task_id):
+            return await self._step_turn(hold, turn)
+
+    async def _step_turn(self, hold: Hold, turn: Turn) -> Outcome:
         now = self.clock.now()
         if turn.next_at > now + 0.005:
             return Outcome("wait", turn.next_at)  # woken early: wait again, nothing lost
         conv = hold.conv
         if conv.channel not in self.services.adapters:
             await self._park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage="config")
-            await self._finish(hold, turn)
+            await self._finish(hold, turn, outcome="failed")
             return CONTINUE
         try:
             outcome = await self._dispatch(hold, turn)
@@ -172,11 +201,11 @@ class TurnEngine:
         except SessionExpired as exc:
             outcome = await self._session_gone(hold, exc)
         except RecipientGone as exc:
-            log.info("recipient gone conv=%s reason=%s", conv, exc.reason)
+            log.info("recipient gone: %s", exc.reason)
             current = hold.turn or turn
             await self._write(hold, self.services.conversations.set_gone_ops(conv, True))
             hold.record = replace(hold.record, gone=True) if hold.record else None
-            await self._finish(hold, current)
+            await self._finish(hold, current, outcome="gone")
             outcome = CONTINUE
         except (OCSRejected, OCSAuthFailed, DeliveryRejected) as exc:
             outcome = await self._fail(hold, hold.turn or turn, f"{type(exc).__name__}: {exc}")
@@ -188,8 +217,8 @@ class TurnEngine:
         counts as an attempt, and after ``max_attempts`` the turn is parked and the conversation
         moves on, so one bad message never blocks the ones behind it."""
         hold.failures += 1
-        turn_id = hold.turn.id if hold.turn else "-"
-        log.error("unexpected error conv=%s turn=%s (%d in a row)", hold.conv, turn_id, hold.failures, exc_info=exc)
+        with bound(turn=hold.turn.id if hold.turn else None):
+            log.error("unexpected error (%d in a row)", hold.failures, exc_info=exc)
         hold.stale = True
         delay = self._backoff(hold.failures)
         try:
@@ -237,7 +266,7 @@ class TurnEngine:
                 await self._write(hold, self.services.conversations.set_gone_ops(hold.conv, False))
                 hold.record = record = replace(record, gone=False)
             else:
-                await self._finish(hold, turn)  # no more sends to a user who blocked us
+                await self._finish(hold, turn, outcome="gone")  # no more sends to a user who blocked us
                 return CONTINUE
         if turn.state is TurnState.RECEIVED:
             return await self._start(hold, turn)
@@ -286,7 +315,7 @@ class TurnEngine:
                 await self.services.ocs_for(hold.conv.channel).end_session(record.session.session_id)
             except OCSRejected as exc:
                 # Whatever OCS thinks of it, the user asked for a fresh start: forget it here.
-                log.warning("could not end OCS session conv=%s: %s", hold.conv, exc)
+                log.warning("could not end the OCS session: %s", exc)
         await self._write(hold, [*self.services.conversations.forget_session_ops(hold.conv), *touch])
         hold.record = replace(record, session=None, cursor=None, user_messages=None)
         await self.services.adapters[hold.conv.channel].forget_conversation(hold.turn.inbound.route if hold.turn else {})
@@ -305,7 +334,7 @@ class TurnEngine:
         )
         await self._write(hold, self.services.conversations.save_session_ops(hold.conv, session))
         hold.record = replace(record, session=session, cursor=None, user_messages=0)
-        log.info("started OCS session conv=%s session=%s", hold.conv, session.session_id)
+        log.info("started OCS session %s", session.session_id)
         return session
 
     async def _send(self, hold: Hold, turn: Turn, session: OCSSession, touch: list[Op]) -> Outcome:
@@ -328,13 +357,15 @@ class TurnEngine:
             )
             await self._write(hold, [*ops, *touch], turn=turn)
             touch = []
+            if self.services.config.log_message_text:
+                log.debug("message to OCS: %r", text)  # an operator's opt-in (log_message_text)
             hold.lease.check()
             try:
                 task_id = await ocs.send_message(session, text, attachment_ids=ids, context=inbound.context)
             except SessionExpired as exc:
                 if attempt == 2:
                     raise
-                log.info("session %s gone (%s) conv=%s: new session, resending", session.session_id, exc.code, conv)
+                log.info("session %s gone (%s): new session, resending", session.session_id, exc.code)
                 turn, ops = ledger.update(conv, turn, state=TurnState.RECEIVED)
                 await self._write(hold, [*ops, *conversations.forget_session_ops(conv)], turn=turn)
                 hold.record = replace(hold.record, session=None, user_messages=None) if hold.record else None
@@ -343,7 +374,7 @@ class TurnEngine:
             except OCSAmbiguous as exc:
                 # It left and no answer came back: OCS may be running it. Never send it again
                 # blindly; the history will say (``_settle_sending``).
-                log.warning("send without answer conv=%s turn=%s: %s; settling from the history", conv, turn.id, exc)
+                log.warning("send without answer: %s; settling from the history", exc)
                 return self._wait_in_memory(hold, min(_HISTORY_POLL_S, self.tuning.reconcile_grace_s))
             except (OCSUnavailable, OCSRateLimited, OCSRejected):
                 # Not accepted: back to "received", so the retry sends instead of searching.
@@ -391,7 +422,7 @@ class TurnEngine:
                     raise  # a passing blip: try the whole step again shortly
                 # Still down: the words go through without the file rather than not at all.
                 notes.append(f"[{attachment.name} could not be attached: temporarily unavailable]")
-                log.warning("attachment still unavailable conv=%s: %s", hold.conv, exc)
+                log.warning("attachment still unavailable: %s", exc)
                 continue
             files.append((got.name, got.data, got.content_type))
         if not files:
@@ -436,7 +467,7 @@ class TurnEngine:
                 await self._write(hold, [*ops, *count_ops], turn=turn)
             return self._wait_in_memory(hold, _HISTORY_POLL_S)
         if now - turn.sending_at > self.tuning.reconcile_grace_s:
-            log.warning("message never reached OCS conv=%s turn=%s: sending it again", conv, turn.id)
+            log.warning("message never reached OCS: sending it again")
             turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
             await self._write(hold, ops, turn=turn)
             return CONTINUE
@@ -471,7 +502,11 @@ class TurnEngine:
         # OCS looked at the task about halfway through our request: that is what the bot's
         # completion-time histogram learns from, not when the answer reached us.
         looked = max((asked + now) / 2 - turn.sent_at, 0.0)
+        if result.status in ("complete", "error"):
+            self.services.metrics.task_polls_per_turn.labels(ocs.name).observe(turn.polls + 1)
         if result.status == "complete" and result.message is not None:
+            # OCS finished somewhere between the last poll that saw it working and this one.
+            hold.ready_at = turn.sent_at + (turn.last_poll_s + looked) / 2
             if looked - turn.last_poll_s <= self.tuning.poll_max_s:
                 # Only a narrow interval says when the bot finished; a poll made late (a burst,
                 # an adoption) would teach the schedule the gateway's delay, not the bot's.
@@ -520,6 +555,8 @@ class TurnEngine:
         parts: tuple[Outgoing, ...] | None = None,
     ) -> None:
         """Record the answer and its rendering in one write: from here on OCS is never asked again."""
+        if self.services.config.log_message_text:
+            log.debug("reply (%s): %r", reply.kind, reply.text)  # an operator's opt-in (log_message_text)
         if parts is None:
             parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
         changes: dict[str, Any] = {
@@ -543,7 +580,9 @@ class TurnEngine:
                 turn, ops = ledger.update(conv, turn, sending_part=index)
                 await self._write(hold, ops, turn=turn)
             hold.lease.check()
-            platform_id = await adapter.send({**route, "delivery_id": f"{turn.id}.{index}"}, turn.parts[index])
+            platform_id = await self._send_part(hold, adapter, {**route, "delivery_id": f"{turn.id}.{index}"}, turn.parts[index])
+            if index == 0:
+                await self._note_first_part(hold, turn)
             following = index + 1 if index + 1 < len(turn.parts) else -1
             turn, ops = ledger.update(
                 conv, turn, delivered=index + 1, sending_part=following,
@@ -553,14 +592,33 @@ class TurnEngine:
         if turn.working_at:
             try:
                 await adapter.clear_working(route)
-            except Exception:  # noqa: BLE001 - a leftover indicator must not fail a delivered turn
-                log.warning("clear_working failed conv=%s", conv, exc_info=True)
+            except Exception:  # a leftover indicator must not fail a delivered turn
+                log.warning("clear_working failed", exc_info=True)
         await self._finish(hold, turn)
-        log.info("turn done conv=%s turn=%s parts=%d", conv, turn.id, len(turn.parts))
+        log.info("turn done (%d parts)", len(turn.parts))
         return CONTINUE
 
-    async def _finish(self, hold: Hold, turn: Turn) -> None:
-        """Drop the turn and its inbox item; learn the next head in the same round trip."""
+    async def _note_first_part(self, hold: Hold, turn: Turn) -> None:
+        """The answer's first part is out: observe the reply delay (OCS done → sent) for this
+        process's metric, and record it with the user's wait (edge → sent) for the console's
+        fleet-wide p50/p95. Bot-initiated messages had no one waiting. Best effort: a lost
+        sample is harmless."""
+        now = self.clock.now()
+        samples: dict[str, float] = {}
+        if hold.ready_at is not None:
+            samples["reply"] = max(now - hold.ready_at, 0.0)
+            self.services.metrics.reply_delay_seconds.labels(self._bot_of(hold.conv)).observe(samples["reply"])
+            hold.ready_at = None
+        if turn.inbound.kind != InboundKind.PUSH and turn.inbound.received_at:
+            samples["wait"] = max(now - turn.inbound.received_at, 0.0)
+        try:
+            await record_delays(self.services.redis, self.services.keys, samples, now=now)
+        except (RedisError, OSError) as exc:
+            log.debug("reply delay not recorded: %s", exc)
+
+    async def _finish(self, hold: Hold, turn: Turn, *, outcome: str | None = None) -> None:
+        """Drop the turn and its inbox item; learn the next head in the same round trip.
+        ``outcome`` labels ``ocsgw_turn_seconds`` (read from the turn when not given)."""
         conv = hold.conv
         ops = self.services.ledger.finish(conv, turn)
         record = hold.record
@@ -571,7 +629,12 @@ class TurnEngine:
         ops.append(Op("LINDEX", self.services.keys.inbox(conv), (0,)))
         result = await self._write(hold, ops)
         head = result[-1]
-        hold.turn = None
+        received = turn.inbound.received_at
+        if received > 0:
+            self.services.metrics.turn_seconds.labels(self._bot_of(conv), outcome or _turn_outcome(turn)).observe(
+                max(self.clock.now() - received, 0.0)
+            )
+        hold.turn, hold.ready_at = None, None
         hold.head = head.decode() if isinstance(head, bytes) else (head or None)
 
     # -- failures -------------------------------------------------------------------------
@@ -602,7 +665,7 @@ class TurnEngine:
         asked = getattr(exc, "retry_after_s", None)
         delay = max(float(asked or 0.0), self._backoff(attempts))
         next_at = self.clock.now() + delay
-        log.warning("retry conv=%s turn=%s in %.1fs: %s: %s", hold.conv, turn.id, delay, type(exc).__name__, exc)
+        log.warning("retry in %.1fs: %s: %s", delay, type(exc).__name__, exc)
         turn, ops = self.services.ledger.update(
             hold.conv, turn, attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:500], next_at=next_at
         )
@@ -624,7 +687,7 @@ class TurnEngine:
         attempts = turn.attempts + 1
         delay = max(exc.retry_after_s, self._backoff(attempts))
         next_at = now + delay
-        log.warning("delivery retry conv=%s turn=%s in %.1fs: %s", hold.conv, turn.id, delay, exc)
+        log.warning("delivery retry in %.1fs: %s", delay, exc)
         turn, ops = self.services.ledger.update(
             hold.conv, turn, attempts=attempts, failing_since=since, last_error=str(exc)[:500], next_at=next_at
         )
@@ -636,7 +699,7 @@ class TurnEngine:
         again in a new one (the message is resent there: it never got an answer)."""
         turn = hold.turn
         assert turn is not None
-        log.info("session gone mid-turn conv=%s turn=%s: %s", hold.conv, turn.id, exc.code)
+        log.info("session gone mid-turn: %s", exc.code)
         attempts = turn.attempts + 1
         if attempts >= self.tuning.max_attempts:
             return await self._fail(hold, turn, f"session kept failing: {exc.code}")
@@ -648,14 +711,15 @@ class TurnEngine:
 
     async def _fail(self, hold: Hold, turn: Turn, error: str) -> Outcome:
         """Park the turn in the dead-letter store; tell the user once, if we still can."""
-        log.error("dead-lettered conv=%s turn=%s: %s", hold.conv, turn.id, error)
+        with bound(turn=turn.id):  # also reached from fail_unexpected, outside the step
+            log.error("dead-lettered: %s", error)
         if turn.dead_letter:
-            await self._finish(hold, turn)  # the notice itself failed: nothing more to do
+            await self._finish(hold, turn, outcome="failed")  # the notice itself failed: nothing more to do
             return CONTINUE
         stage = "delivery" if turn.state in (TurnState.REPLIED, TurnState.DELIVERING) else "ocs"
         letter = await self._park(hold, turn, error, stage=stage)
         if stage == "delivery" or turn.inbound.kind is InboundKind.PUSH:
-            await self._finish(hold, turn)
+            await self._finish(hold, turn, outcome="failed")
             return CONTINUE
         notice = Reply(self.services.config.channels[hold.conv.channel].failure_notice, ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
         turn, ops = self.services.ledger.update(hold.conv, turn, dead_letter=letter, last_error=error[:500])
@@ -684,9 +748,37 @@ class TurnEngine:
             ops.append(Op("LREM", keys.inbox(hold.conv), (1, raw)))
         await self._write(hold, ops)
         hold.turn, hold.stale = None, True
-        log.error("parked an unreadable inbox item conv=%s", hold.conv)
+        log.error("parked an unreadable inbox item")
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _send_part(self, hold: Hold, adapter: ChannelAdapter[Any], route: Route, part: Outgoing) -> str:
+        """``adapter.send``, counted by outcome where the engine meets the adapter's errors (the
+        adapters stay unaware of metrics); the first part to arrive ends the reply delay."""
+        metrics, channel = self.services.metrics, hold.conv.channel
+        try:
+            platform_id: str = await adapter.send(route, part)
+        except PacingWait:
+            metrics.pacing_waits.labels(channel).inc()
+            raise
+        except RetryLater as exc:
+            metrics.platform_sends.labels(channel, "rate_limited" if exc.rate_limited else "error").inc()
+            raise
+        except RecipientGone:
+            metrics.platform_sends.labels(channel, "gone").inc()
+            raise
+        except DeliveryRejected:
+            metrics.platform_sends.labels(channel, "rejected").inc()
+            raise
+        except Exception:
+            metrics.platform_sends.labels(channel, "error").inc()
+            raise
+        metrics.platform_sends.labels(channel, "ok").inc()
+        return platform_id
+
+    def _bot_of(self, conv: ConversationKey) -> str:
+        channel = self.services.config.channels.get(conv.channel)
+        return channel.bot if channel is not None else "-"
 
     def _wait_in_memory(self, hold: Hold, seconds: float) -> Outcome:
         """Step again in ``seconds``; only this process's memory records it (a new owner after a
@@ -704,8 +796,8 @@ class TurnEngine:
             return turn
         try:
             await adapter.show_working(turn.inbound.route)
-        except Exception:  # noqa: BLE001 - best effort: a typing indicator never fails a turn
-            log.debug("show_working failed conv=%s", hold.conv, exc_info=True)
+        except Exception:  # best effort: a typing indicator never fails a turn
+            log.debug("show_working failed", exc_info=True)
         if not turn.working_at:
             turn, ops = self.services.ledger.update(hold.conv, turn, working_at=now)
             await self._write(hold, ops, turn=turn)  # so a resumed turn still clears it
@@ -734,7 +826,7 @@ class TurnEngine:
         try:
             histogram = await self.histograms.load(bot)
             self._schedules[bot] = (PollSchedule(histogram, max_gap_s=self.tuning.poll_max_s), time.monotonic())
-        except Exception:  # noqa: BLE001 - the schedule we have keeps serving
+        except Exception:  # the schedule we have keeps serving
             log.warning("could not load completion times of bot %s", bot, exc_info=True)
         finally:
             self._refreshing.discard(bot)
@@ -747,7 +839,7 @@ class TurnEngine:
     async def _record(self, bot: str, low_s: float, high_s: float) -> None:
         try:
             await self.histograms.record(bot, low_s, high_s)
-        except Exception:  # noqa: BLE001 - one lost sample only blurs the schedule a little
+        except Exception:  # one lost sample only blurs the schedule a little
             log.debug("could not record a completion time of bot %s", bot, exc_info=True)
 
     def _spawn(self, coro: Any) -> None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from gateway.core.config import WorkerTuning
 from gateway.core.errors import (
@@ -97,7 +98,7 @@ class SessionWatcher:
             await hold.lease.run([Op("ZADD", s.keys.watch, (now + max(exc.retry_after_s, interval), member))])
             return False
         except (OCSUnavailable, OCSRejected) as exc:
-            log.warning("watch failed conv=%s: %s", conv, exc)
+            log.warning("watch failed: %s", exc)
             await hold.lease.run([Op("ZADD", s.keys.watch, (now + interval * 2, member))])
             return False
         route = {k: v for k, v in record.route.items() if k != "reply_to"}
@@ -123,5 +124,5 @@ class SessionWatcher:
         hold.record = replace(record, cursor=cursor or record.cursor, last_polled=now)
         if fresh:
             hold.stale = True
-            log.info("queued %d bot-initiated message(s) conv=%s", len(fresh), conv)
+            log.info("queued %d bot-initiated message(s)", len(fresh))
         return bool(fresh)

@@ -9,6 +9,7 @@ knows about slack_sdk exceptions.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from gateway.core.errors import (
     DeliveryError,
@@ -25,7 +27,7 @@ from gateway.core.errors import (
     RetryLater,
 )
 
-__all__ = ["GONE_CODES", "RETRY_CODES", "SlackApi", "classify", "slack_errors"]
+__all__ = ["GONE_CODES", "RETRY_CODES", "SlackApi", "classify", "new_session", "slack_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ GONE_CODES = frozenset(
         "not_in_channel",
         "account_inactive",
         "token_revoked",
-        "token_expired",
+        "invalid_refresh_token",
         "invalid_auth",
         "not_authed",
         "team_access_not_granted",
@@ -48,8 +50,10 @@ GONE_CODES = frozenset(
     }
 )
 #: Codes that mean Slack is failing for now; the same call may succeed in a few seconds.
+#: ``token_expired`` is here, not gone: only rotating tokens expire, and the next attempt asks the
+#: token keeper again, which refreshes it (``tokens.py``).
 RETRY_CODES = frozenset(
-    {"fatal_error", "internal_error", "service_unavailable", "request_timeout", "team_added_to_org"}
+    {"fatal_error", "internal_error", "service_unavailable", "request_timeout", "team_added_to_org", "token_expired"}
 )
 #: How long to wait after a transient failure that names no delay.
 TRANSIENT_RETRY_S = 5.0
@@ -64,7 +68,9 @@ def classify(code: str, *, status: int = 200, retry_after_s: float | None = None
     ``missing_scope``...): a dead letter an operator looks at beats a retry loop that cannot win.
     """
     if status == 429 or code in ("ratelimited", "rate_limited"):
-        return RetryLater(retry_after_s if retry_after_s is not None else DEFAULT_RATELIMIT_S, code or "ratelimited")
+        return RetryLater(
+            retry_after_s if retry_after_s is not None else DEFAULT_RATELIMIT_S, code or "ratelimited", rate_limited=True
+        )
     if code in GONE_CODES:
         return RecipientGone(code)
     if code in RETRY_CODES or status >= 500:
@@ -106,23 +112,65 @@ def slack_errors(method: str) -> Iterator[None]:
         raise RetryLater(TRANSIENT_RETRY_S, f"{method}: {type(exc).__name__}") from exc
 
 
+class _WebClient(AsyncWebClient):
+    """``AsyncWebClient`` whose ``oauth.v2.access`` sends the client credentials as an HTTP Basic
+    header built here: slack_sdk builds it with ``aiohttp.BasicAuth``, deprecated in aiohttp 3.14.
+    Bolt's OAuth flow and token rotator call this method, so they get the same fix."""
+
+    async def oauth_v2_access(  # type: ignore[override]
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        code: str | None = None,
+        redirect_uri: str | None = None,
+        grant_type: str | None = None,
+        refresh_token: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncSlackResponse:
+        given = {"code": code, "redirect_uri": redirect_uri, "grant_type": grant_type, "refresh_token": refresh_token}
+        kwargs.update({name: value for name, value in given.items() if value is not None})
+        basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        return await self.api_call("oauth.v2.access", data=kwargs, headers={"Authorization": f"Basic {basic}"})
+
+
 class SlackApi:
-    """The ``AsyncWebClient`` of one channel.
+    """The ``AsyncWebClient`` of one channel, on the process's shared aiohttp session.
 
     The client holds no token: every call passes the token of the workspace it is for, so one
-    client serves all installations (slack_sdk reads ``token=`` per call). It holds no aiohttp
-    session either: slack_sdk then opens and closes one per call, which costs a connection per
-    message (fine at Slack's ~1 message/s per channel) and leaves nothing bound to an event loop
-    or waiting to be closed, whichever process and loop call it.
+    client serves all installations (slack_sdk reads ``token=`` per call). Without a session
+    slack_sdk opens one per call (a TCP and TLS handshake per message), so ``open`` binds the
+    client to the session the process lends (``AdapterServices.aiohttp_session``) or, when none is
+    lent (a lone adapter in a test or a CLI command), to one of its own that ``aclose`` closes.
     """
 
     def __init__(self, base_url: str, *, timeout_s: float = 15.0) -> None:
         # slack_sdk joins base_url + method, so the trailing slash matters (§2.6).
         self.base_url = base_url.rstrip("/") + "/"
-        self._client = AsyncWebClient(base_url=self.base_url, timeout=int(timeout_s))
+        self.timeout_s = timeout_s
+        self._owned: aiohttp.ClientSession | None = None
+        self._client = _WebClient(base_url=self.base_url, timeout=int(timeout_s))
+
+    def open(self, session: aiohttp.ClientSession | None) -> None:
+        """Bind to ``session`` (not ours to close) or to a new one of ours; call on the loop that
+        will use it. slack_sdk applies its own timeout only to sessions it makes, so a session of
+        ours carries the timeout itself."""
+        if session is None:
+            self._owned = new_session(self.timeout_s)
+            session = self._owned
+        self._client.session = session
 
     def client(self) -> AsyncWebClient:
         return self._client
 
     async def aclose(self) -> None:
-        """Nothing to release (see the class docstring); kept for the adapter's lifecycle."""
+        if self._owned is not None:
+            await self._owned.close()
+            self._owned = None
+        self._client.session = None
+
+
+def new_session(timeout_s: float = 15.0) -> aiohttp.ClientSession:
+    """The aiohttp session Slack calls share: a whole-call timeout, since a session's timeout is
+    the only one slack_sdk applies to a session it did not create."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))

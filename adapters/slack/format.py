@@ -9,7 +9,16 @@ nesting and code spans.
 
 Long replies are split on paragraph boundaries into messages of at most ``MAX_MESSAGE_CHARS``:
 Slack accepts 40,000 characters but truncates and folds long messages ("Show more"), and a section
-block is capped at 3,000, so 3,000 reads well and leaves room to move to blocks later.
+block is capped at 3,000, so 3,000 is the default for mrkdwn on its own.
+
+Replies go out as Block Kit ``markdown`` blocks, which take standard Markdown and let Slack render
+headings, nested and numbered lists, labelled links and code as its own apps do
+(https://docs.slack.dev/reference/block-kit/blocks/markdown-block); the mrkdwn conversion above
+becomes the message's ``text``, which notifications, screen readers and old clients show.
+``markdown_for_blocks`` keeps the reply's Markdown as written, block by block, except for what
+the markdown block does not list among what it renders: tables become an aligned monospace
+block, as in mrkdwn. Slack caps the markdown blocks of one message at 12,000 characters in total
+(``MAX_MARKDOWN_CHARS``); longer replies are split on block boundaries like mrkdwn ones.
 """
 
 from __future__ import annotations
@@ -19,10 +28,21 @@ import re
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["MAX_MESSAGE_CHARS", "escape", "markdown_to_mrkdwn", "mrkdwn_to_plain", "slack_to_text", "split_message"]
+__all__ = [
+    "MAX_MARKDOWN_CHARS",
+    "MAX_MESSAGE_CHARS",
+    "escape",
+    "markdown_for_blocks",
+    "markdown_to_mrkdwn",
+    "mrkdwn_to_plain",
+    "slack_to_text",
+    "split_message",
+]
 
 #: The longest message we post; longer replies become several messages, in order.
 MAX_MESSAGE_CHARS = 3000
+#: Slack's cumulative limit for the markdown blocks of one message (markdown block reference).
+MAX_MARKDOWN_CHARS = 12_000
 
 _MD = MarkdownIt("commonmark").enable("strikethrough").enable("table")
 _FENCE = "```"
@@ -38,6 +58,27 @@ def markdown_to_mrkdwn(markdown: str) -> list[str]:
     """Render Markdown as mrkdwn, one string per top-level block (paragraph, list, code...)."""
     root = SyntaxTreeNode(_MD.parse(markdown))
     return [text for text in (_block(node, 0) for node in root.children) if text.strip()]
+
+
+def markdown_for_blocks(markdown: str) -> list[str]:
+    """The Markdown a ``markdown`` block should get, one string per top-level block: each block's
+    own source lines, code fences normalised (so a split code block stays fenced) and tables
+    drawn in monospace, since the markdown block does not render tables."""
+    lines = markdown.split("\n")
+    out: list[str] = []
+    for node in SyntaxTreeNode(_MD.parse(markdown)).children:
+        if node.type in ("fence", "code_block"):
+            text = f"{_FENCE}\n{node.content.rstrip(chr(10))}\n{_FENCE}"
+        elif node.type == "table":
+            text = f"{_FENCE}\n{_table_text(node)}\n{_FENCE}"
+        elif node.map is not None:
+            start, end = node.map
+            text = "\n".join(lines[start:end]).lstrip("\n").rstrip()
+        else:
+            continue
+        if text.strip():
+            out.append(text)
+    return out
 
 
 def split_message(blocks: list[str], limit: int = MAX_MESSAGE_CHARS) -> list[str]:
@@ -91,12 +132,16 @@ def _list(node: SyntaxTreeNode, depth: int) -> str:
 
 def _table(node: SyntaxTreeNode) -> str:
     # No tables in mrkdwn: an aligned monospace block keeps the columns readable.
+    return f"{_FENCE}\n{escape(_table_text(node))}\n{_FENCE}"
+
+
+def _table_text(node: SyntaxTreeNode) -> str:
     rows = [[_plain_inline(cell) for cell in tr.children] for section in node.children for tr in section.children]
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
     lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     if len(lines) > 1:
         lines.insert(1, "-+-".join("-" * width for width in widths))
-    return f"{_FENCE}\n{escape(chr(10).join(lines))}\n{_FENCE}"
+    return "\n".join(lines)
 
 
 # -- inline ---------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 #: Slack's replay window: a timestamp further than this from now is refused (§2.1).
 SIGNATURE_WINDOW_S = 300
 
-#: Called with (team, enterprise, event) for app_uninstalled / tokens_revoked.
-RevocationHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
+#: Called with (team, enterprise, org-wide install?, event) for app_uninstalled / tokens_revoked.
+RevocationHandler = Callable[[str, str, bool, Mapping[str, Any]], Awaitable[None]]
 
 # Message subtypes that carry a user's words; everything else (message_changed, message_deleted,
 # channel_join, ...) is ignored (§2.5). bot_message is added when other bots are welcome.
@@ -146,15 +146,21 @@ class EventParser:
         event_type = event["type"]
         if event_type in ("app_uninstalled", "tokens_revoked"):
             # Deleting is idempotent, so doing it at the edge is safe under Slack's retries.
-            await self._on_revoked(team, enterprise, event)
+            await self._on_revoked(team, enterprise, _org_wide(envelope), event)
             return ParsedRequest()
         if event_type not in ("app_mention", "message"):
             return ParsedRequest()
-        inbound = await self._message(event_id, event, team, enterprise, request)
+        inbound = await self._message(event_id, event, team, enterprise, request, _envelope_identity(envelope, team))
         return ParsedRequest(inbounds=(inbound,)) if inbound is not None else ParsedRequest()
 
     async def _message(
-        self, event_id: str, event: Mapping[str, Any], team: str, enterprise: str, request: InboundRequest
+        self,
+        event_id: str,
+        event: Mapping[str, Any],
+        team: str,
+        enterprise: str,
+        request: InboundRequest,
+        envelope_identity: Identity | None,
     ) -> Inbound | None:
         subtype = _text(event, "subtype", where="event.")
         if event.get("hidden") or subtype not in self._subtypes:
@@ -168,7 +174,9 @@ class EventParser:
             # Uninstalled (or never installed) there: an answer could not be delivered anyway.
             log.info("slack channel %s: event from team %s, where the app is not installed", self._name, team)
             return None
-        identity = await self._workspaces.identity_for(team, enterprise)
+        # Never Slack on this path: the stored or background-learnt identity, else the bot user
+        # the envelope names (Slack was down since start-up; issue 10).
+        identity = await self._workspaces.identity_for(team, enterprise) or envelope_identity
         if self._is_own_or_bot(event, subtype, identity):
             return None
         bot_user = identity.user_id if identity else None
@@ -267,11 +275,31 @@ class EventParser:
 def _installation_team(envelope: Mapping[str, Any]) -> tuple[str, str]:
     # authorizations[0] names the installation that received the event, which differs from the
     # envelope's team in shared channels; Bolt prefers it for the same reason (§2.3, §2.7).
-    auths = envelope.get("authorizations")
-    first = auths[0] if isinstance(auths, list) and auths and isinstance(auths[0], dict) else {}
+    first = _first_authorization(envelope)
     team = _text(first, "team_id", where="authorizations.0.") or _text(envelope, "team_id")
     enterprise = _text(first, "enterprise_id", where="authorizations.0.") or _text(envelope, "enterprise_id")
     return team, enterprise
+
+
+def _first_authorization(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+    auths = envelope.get("authorizations")
+    return auths[0] if isinstance(auths, list) and auths and isinstance(auths[0], dict) else {}
+
+
+def _org_wide(envelope: Mapping[str, Any]) -> bool:
+    """Whether the installation that received the event is an Enterprise Grid org-wide one."""
+    return _first_authorization(envelope).get("is_enterprise_install") is True
+
+
+def _envelope_identity(envelope: Mapping[str, Any], team: str) -> Identity | None:
+    """The bot as the envelope names it: ``authorizations[0].user_id`` is the bot user of the
+    installation that received the event when ``is_bot`` (§2.3). It has no bot id, which is
+    enough: the app's own posts carry its bot user in ``user`` (§2.5)."""
+    first = _first_authorization(envelope)
+    user = first.get("user_id")
+    if first.get("is_bot") is True and isinstance(user, str) and user:
+        return Identity(team_id=team, user_id=user, bot_id="")
+    return None
 
 
 def _text(data: Mapping[str, Any], name: str, *, where: str = "") -> str:

@@ -1,43 +1,64 @@
-"""Multi-workspace install: Slack's OAuth v2 flow, and forgetting a workspace that leaves.
+"""Multi-workspace install through Bolt's OAuth flow, and forgetting a workspace that leaves.
 
-``GET /slack/{channel}/install`` stores a one-time ``state`` in Redis (10 minutes) and in a
-cookie, then redirects to Slack's authorize page. Slack sends the admin back to
-``GET /slack/{channel}/oauth_redirect?code&state``; we check the state against both (a stolen
-link cannot install into someone else's session, the CSRF defence Bolt uses), exchange the code
-with ``oauth.v2.access``, ask ``auth.test`` for the ``bot_id`` it does not return, and store one
-installation per workspace (PROTOCOLS.md §2.7). ``app_uninstalled`` and ``tokens_revoked`` delete it.
+``GET /slack/{channel}/install`` and ``GET /slack/{channel}/oauth_redirect`` are Bolt's
+``AsyncOAuthFlow.handle_installation`` / ``handle_callback`` (PROTOCOLS.md §2.7): the install link
+issues a one-time ``state`` (``RedisOAuthStateStore``, 10 minutes) and sets it in a cookie, then
+redirects to Slack's authorize page; the callback checks the state against both (a stolen link
+cannot install into someone else's session), exchanges the code with ``oauth.v2.access``, asks
+``auth.test`` for the ``bot_id`` and saves bot and user tokens, incoming-webhook data and, for an
+Enterprise Grid org-wide install, the organisation (``RedisInstallationStore``). Our parts are the
+pages (``AsyncCallbackOptions``), the cookie's path and ``Secure`` flag, and the request/response
+conversion: Bolt's Starlette adapter forces ``Secure`` cookies, which a plain-HTTP local gateway
+never gets back. ``app_uninstalled`` and ``tokens_revoked`` delete through the store the way Bolt's
+``AsyncTokenRevocationListeners`` do.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import logging
-import secrets
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-import redis.asyncio as aioredis
+import aiohttp
+from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request
+from slack_bolt.oauth.async_callback_options import (
+    AsyncCallbackOptions,
+    AsyncFailureArgs,
+    AsyncSuccessArgs,
+)
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackClientError
+from slack_sdk.oauth import AuthorizeUrlGenerator, OAuthStateUtils
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.slack.api import SlackApi, slack_errors
+from adapters.slack.api import SlackApi
+from adapters.slack.installation_store import RedisInstallationStore, RedisOAuthStateStore
 from adapters.slack.manifest import bot_scopes
-from adapters.slack.workspaces import Installation, Workspaces
 from gateway.core.config import SlackChannelConfig
-from gateway.core.errors import DeliveryError, DeliveryRejected, RetryLater
-from gateway.core.keys import Keys
 
-__all__ = ["OAuthInstaller", "STATE_TTL_S", "authorize_url_base"]
+__all__ = ["OAuthInstaller", "STATE_COOKIE", "STATE_TTL_S", "authorize_url_base"]
 
 log = logging.getLogger(__name__)
 
 #: How long an install link stays valid between our redirect and Slack's.
 STATE_TTL_S = 600
-_COOKIE = "ocsgw_slack_state"
+STATE_COOKIE = "ocsgw_slack_state"
+
+#: What the admin reads when Bolt's callback fails, by Bolt's failure reason.
+_FAILURES: dict[str, tuple[str, str]] = {
+    "invalid_state": ("Link expired", "This install link expired or was used already."),
+    "invalid_browser": ("Wrong browser", "Finish the installation in the browser where you started it."),
+    "missing_code": ("Link expired", "Slack sent no authorization code."),
+    "invalid_code": ("Installation refused", "Slack refused the installation (invalid_code)."),
+    "storage_error": ("Installation not saved", "The installation could not be saved. Please try again."),
+    "access_denied": ("Installation cancelled", "Nothing was installed. You can close this tab."),
+}
 
 
 def authorize_url_base(api_base_url: str) -> str:
@@ -45,6 +66,39 @@ def authorize_url_base(api_base_url: str) -> str:
     Slack in tests serves both)."""
     root = api_base_url.rstrip("/").removesuffix("/api")
     return f"{root}/oauth/v2/authorize"
+
+
+class _StateCookie(OAuthStateUtils):
+    """Bolt's state cookie, scoped to this channel's routes and ``Secure`` only over HTTPS."""
+
+    def __init__(self, *, path: str, secure: bool) -> None:
+        super().__init__(cookie_name=STATE_COOKIE, expiration_seconds=STATE_TTL_S)
+        self._attributes = f"HttpOnly; SameSite=Lax; Path={path}" + ("; Secure" if secure else "")
+
+    def build_set_cookie_for_new_state(self, state: str) -> str:
+        return f"{self.cookie_name}={state}; {self._attributes}; Max-Age={self.expiration_seconds}"
+
+    def build_set_cookie_for_deletion(self) -> str:
+        return f"{self.cookie_name}=deleted; {self._attributes}; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+class _AuthorizeUrl(AuthorizeUrlGenerator):
+    """Bolt's authorize URL with its query encoded: slack_sdk pastes ``redirect_uri`` and ``team``
+    in raw, so a redirect URI's own ``?``/``&`` (or a ``team`` from the query) would bleed into
+    Slack's parameters."""
+
+    def generate(self, state: str, team: str | None = None) -> str:
+        query = {
+            "state": state,
+            "client_id": self.client_id,
+            "scope": ",".join(self.scopes or ()),
+            "user_scope": ",".join(self.user_scopes or ()),
+        }
+        if self.redirect_uri is not None:
+            query["redirect_uri"] = self.redirect_uri
+        if team is not None:
+            query["team"] = team
+        return f"{self.authorization_url}?{urlencode(query)}"
 
 
 class OAuthInstaller:
@@ -57,17 +111,16 @@ class OAuthInstaller:
         config: SlackChannelConfig,
         public_url: str | None,
         api: SlackApi,
-        workspaces: Workspaces,
-        redis: aioredis.Redis,
-        keys: Keys,
+        store: RedisInstallationStore,
+        state_store: RedisOAuthStateStore,
     ) -> None:
         self._name = name
         self._config = config
         self._public_url = public_url
         self._api = api
-        self._workspaces = workspaces
-        self._redis = redis
-        self._keys = keys
+        self.store = store
+        self._state_store = state_store
+        self._flow: AsyncOAuthFlow | None = None
 
     @property
     def enabled(self) -> bool:
@@ -81,113 +134,121 @@ class OAuthInstaller:
             Route(f"/slack/{self._name}/oauth_redirect", self.oauth_redirect, methods=["GET"]),
         ]
 
-    def _redirect_uri(self, request: Request) -> str:
-        base = self._public_url or str(request.base_url).rstrip("/")
-        return f"{base}/slack/{self._name}/oauth_redirect"
+    def flow(self, request: Request) -> AsyncOAuthFlow:
+        """Bolt's flow. With ``public_url`` the redirect URI is fixed and one flow serves every
+        request; without, it follows the host the admin used (a local gateway), so the flow, a
+        few plain objects, is built for the request."""
+        if self._public_url is not None:
+            if self._flow is None:
+                self._flow = self._build(self._public_url)
+            return self._flow
+        return self._build(str(request.base_url).rstrip("/"))
+
+    def _build(self, base_url: str) -> AsyncOAuthFlow:
+        assert self._config.client_id is not None and self._config.client_secret is not None
+        redirect_uri = f"{base_url}/slack/{self._name}/oauth_redirect"
+        settings = AsyncOAuthSettings(
+            client_id=self._config.client_id,
+            client_secret=self._config.client_secret.reveal(),
+            scopes=list(bot_scopes(self._config)),
+            user_scopes=list(self._config.user_scopes),
+            redirect_uri=redirect_uri,
+            install_path=f"/slack/{self._name}/install",
+            # Straight to Slack: the "Add to Slack" page would only add a click.
+            install_page_rendering_enabled=False,
+            redirect_uri_path=f"/slack/{self._name}/oauth_redirect",
+            callback_options=AsyncCallbackOptions(success=self._success, failure=self._failure),
+            authorization_url=authorize_url_base(self._config.api_base_url),
+            installation_store=self.store,
+            token_rotation_expiration_minutes=self._config.token_rotation_expiration_minutes,
+            state_store=self._state_store,
+            state_cookie_name=STATE_COOKIE,
+            state_expiration_seconds=STATE_TTL_S,
+            logger=log,
+        )
+        settings.state_utils = _StateCookie(path=f"/slack/{self._name}/", secure=redirect_uri.startswith("https://"))
+        settings.authorize_url_generator = _AuthorizeUrl(
+            client_id=settings.client_id, redirect_uri=redirect_uri, scopes=settings.scopes,
+            user_scopes=settings.user_scopes, authorization_url=settings.authorization_url,
+        )  # fmt: skip
+        return AsyncOAuthFlow(client=self._api.client(), logger=log, settings=settings)
 
     async def install(self, request: Request) -> Response:
-        state = secrets.token_urlsafe(32)
-        await self._redis.set(self._keys.slack_oauth_state(state), self._name, ex=STATE_TTL_S)
-        redirect_uri = self._redirect_uri(request)
-        query = urlencode(
-            {
-                "client_id": self._config.client_id,
-                "scope": ",".join(bot_scopes(self._config)),
-                "state": state,
-                "redirect_uri": redirect_uri,
-            }
-        )
-        response = RedirectResponse(f"{authorize_url_base(self._config.api_base_url)}?{query}", status_code=302)
-        response.set_cookie(
-            _COOKIE, state, max_age=STATE_TTL_S, path=f"/slack/{self._name}/",
-            httponly=True, samesite="lax", secure=redirect_uri.startswith("https://"),
-        )  # fmt: skip
-        return response
+        flow = self.flow(request)
+        return _starlette(await flow.handle_installation(to_async_bolt_request(request, b"")))
 
     async def oauth_redirect(self, request: Request) -> Response:
-        params = request.query_params
-        state = params.get("state", "")
-        stored = await self._redis.getdel(self._keys.slack_oauth_state(state)) if state else None
-        if params.get("error"):
-            return _page("Installation cancelled", "Nothing was installed. You can close this tab.", 200)
-        if not params.get("code") or stored is None or _text(stored) != self._name:
-            again = f"/slack/{html.escape(self._name)}/install"
-            body = f'This install link expired or was used already. <a href="{again}">Start again</a>.'
-            return _page("Link expired", body, 400)
-        if request.cookies.get(_COOKIE) != state:
-            return _page("Wrong browser", "Finish the installation in the browser where you started it.", 400)
+        flow = self.flow(request)
         try:
-            installation = await self._exchange(params["code"], self._redirect_uri(request))
-        except RetryLater:
-            return _page("Slack is unavailable", "Slack did not answer. Please start the installation again.", 503)
-        except DeliveryError as exc:
-            log.warning("slack channel %s: install refused: %s", self._name, exc)
-            return _page("Installation refused", f"Slack refused the installation ({html.escape(str(exc))}).", 400)
-        await self._workspaces.store.save(installation)
-        log.info("slack channel %s: installed in team %s", self._name, installation.team_id)
-        response = _page(
-            "Installed",
-            f"The bot is installed in <b>{html.escape(installation.team_name or installation.team_id)}</b>. "
-            "Send it a direct message, or mention it in a channel it was invited to.",
-            200,
+            answer = await flow.handle_callback(to_async_bolt_request(request, b""))
+        except (TimeoutError, aiohttp.ClientError, SlackClientError, OSError) as exc:
+            # Bolt lets network failures of oauth.v2.access / auth.test through.
+            log.warning("slack channel %s: Slack unreachable during install: %s", self._name, type(exc).__name__)
+            return _starlette(_page("Slack is unavailable", "Slack did not answer. Please start the installation again.", 503))
+        return _starlette(answer)
+
+    async def _success(self, args: AsyncSuccessArgs) -> BoltResponse:
+        installation = args.installation
+        where = installation.team_name or installation.enterprise_name or installation.team_id or installation.enterprise_id
+        log.info(
+            "slack channel %s: installed in %s %s", self._name,
+            "organisation" if installation.is_enterprise_install else "team",
+            installation.enterprise_id if installation.is_enterprise_install else installation.team_id,
+        )  # fmt: skip
+        body = (
+            f"The bot is installed in <b>{html.escape(where or 'your workspace')}</b>. "
+            "Send it a direct message, or mention it in a channel it was invited to."
         )
-        response.delete_cookie(_COOKIE, path=f"/slack/{self._name}/")
-        return response
+        deletion = args.settings.state_utils.build_set_cookie_for_deletion()
+        return _page("Installed", body, 200, set_cookie=deletion)
 
-    async def _exchange(self, code: str, redirect_uri: str) -> Installation:
-        assert self._config.client_id is not None and self._config.client_secret is not None
-        # Client credentials go as HTTP Basic, as Slack prefers; we build the header ourselves
-        # because slack_sdk's oauth_v2_access uses aiohttp.BasicAuth, deprecated in aiohttp 3.14.
-        credentials = f"{self._config.client_id}:{self._config.client_secret.reveal()}".encode()
-        basic = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
-        with slack_errors("oauth.v2.access"):
-            granted = await self._api.client().api_call(
-                "oauth.v2.access", data={"code": code, "redirect_uri": redirect_uri}, headers=basic
-            )
-        token = str(granted.get("access_token") or "")
-        if granted.get("token_type") != "bot" or not token:
-            raise DeliveryRejected("oauth.v2.access returned no bot token")
-        team: Mapping[str, Any] = granted.get("team") or {}
-        enterprise: Mapping[str, Any] = granted.get("enterprise") or {}
-        # oauth.v2.access has no bot_id; auth.test with the new token does (§2.7).
-        identity = await self._workspaces.auth_test(token)
-        return Installation(
-            team_id=str(team.get("id") or enterprise.get("id") or identity.team_id),
-            bot_token=token,
-            bot_user_id=str(granted.get("bot_user_id") or identity.user_id),
-            bot_id=identity.bot_id,
-            enterprise_id=str(enterprise.get("id") or ""),
-            team_name=str(team.get("name") or enterprise.get("name") or ""),
-            app_id=str(granted.get("app_id") or ""),
-            scope=str(granted.get("scope") or ""),
-            installed_at=time.time(),
-        )
+    async def _failure(self, args: AsyncFailureArgs) -> BoltResponse:
+        title, text = _FAILURES.get(args.reason, ("Installation failed", f"Slack reported: {args.reason}."))
+        if args.reason != "access_denied":
+            log.warning("slack channel %s: install failed: %s", self._name, args.reason)
+        again = f'/slack/{html.escape(self._name)}/install'
+        body = f'{html.escape(text)} <a href="{again}">Start again</a>.'
+        return _page(title, body, args.suggested_status_code)
 
-    async def forget(self, team: str, enterprise: str, event: Mapping[str, Any]) -> None:
-        """Delete a workspace's installation on ``app_uninstalled`` or revoked bot tokens.
-
-        ``tokens_revoked`` lists user ids per token kind; only ``bot`` matters, we keep no user
-        tokens (Bolt's TokenRevocationListeners does the same split).
-        """
-        if event.get("type") == "tokens_revoked":
-            tokens = event.get("tokens") or {}
-            if not (isinstance(tokens, dict) and tokens.get("bot")):
-                return
-        deleted = await self._workspaces.store.delete(team)
-        if not deleted and enterprise:
-            deleted = await self._workspaces.store.delete(enterprise)  # an org-wide installation
-        log.info("slack channel %s: %s for team %s (installation deleted: %s)", self._name, event.get("type"), team, deleted)
+    async def forget(self, team: str, enterprise: str, org_wide: bool, event: Mapping[str, Any]) -> None:
+        """Delete on ``app_uninstalled`` (everything) or ``tokens_revoked`` (the revoked user
+        tokens' installations; the bot when its token is revoked), as Bolt does. Idempotent, so
+        Slack's retries of the same event are harmless."""
+        ids: dict[str, str | None] = {"enterprise_id": enterprise or None, "team_id": None if org_wide else team}
+        if event.get("type") == "app_uninstalled":
+            await self.store.async_delete_all(**ids)
+        else:
+            given = event.get("tokens")
+            tokens: Mapping[str, Any] = given if isinstance(given, dict) else {}
+            oauth = tokens.get("oauth")
+            users: list[Any] = oauth if isinstance(oauth, list) else []
+            for user_id in users:
+                if isinstance(user_id, str):
+                    await self.store.async_delete_installation(**ids, user_id=user_id)
+            if tokens.get("bot"):
+                await self.store.async_delete_bot(**ids)
+        log.info("slack channel %s: %s for %s", self._name, event.get("type"), enterprise if org_wide else team)
 
 
-def _page(title: str, body_html: str, status: int) -> HTMLResponse:
+def _page(title: str, body_html: str, status: int, *, set_cookie: str | None = None) -> BoltResponse:
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head>"
         f"<body style='font-family:sans-serif;max-width:40em;margin:4em auto'><h1>{html.escape(title)}</h1>"
         f"<p>{body_html}</p></body></html>"
     )
-    return HTMLResponse(page, status_code=status)
+    headers: dict[str, str | Sequence[str]] = {"Content-Type": "text/html; charset=utf-8"}
+    if set_cookie is not None:
+        headers["Set-Cookie"] = [set_cookie]
+    return BoltResponse(status=status, body=page, headers=headers)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _starlette(answer: BoltResponse) -> Response:
+    """Bolt's response as it is, cookies included (Bolt's Starlette adapter rewrites them)."""
+    response = Response(content=answer.body, status_code=answer.status)
+    for name, values in answer.headers.items():
+        if name.lower() == "content-length":
+            continue
+        for value in values:
+            response.raw_headers.append((name.lower().encode("latin-1"), str(value).encode("latin-1")))
+    return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
 
 from gateway.core.config import GatewayConfig, SlackChannelConfig
 from gateway.core.errors import ConfigError
@@ -46,8 +46,10 @@ def bot_scopes(config: SlackChannelConfig) -> tuple[str, ...]:
     return (*BOT_SCOPES, "commands") if config.slash_command else BOT_SCOPES
 
 
-def manifest(config: GatewayConfig, channel: str) -> str:
-    """The app manifest (YAML) for the Slack channel ``channel`` of ``config``.
+def manifest(config: GatewayConfig, channel: str, *, socket_mode: bool | None = None) -> str:
+    """The app manifest (YAML) for the Slack channel ``channel`` of ``config``; a Socket Mode app
+    (no request URLs, ``socket_mode_enabled``) when ``socket_mode`` is True, or None and the
+    channel has ``socket_mode: true``.
 
     Raises:
         ConfigError: no such channel, or it is not a Slack channel.
@@ -57,6 +59,7 @@ def manifest(config: GatewayConfig, channel: str) -> str:
         raise ConfigError(f"channel {channel!r} is not a slack channel in the configuration")
     base = config.public_url or _PLACEHOLDER_URL
     events_url = f"{base}/slack/{channel}/events"
+    socket = slack.socket_mode if socket_mode is None else socket_mode
     features: dict[str, Any] = {
         "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
         "bot_user": {"display_name": channel[:80], "always_online": True},
@@ -65,14 +68,20 @@ def manifest(config: GatewayConfig, channel: str) -> str:
         features["slash_commands"] = [
             {
                 "command": slack.slash_command,
-                "url": events_url,
                 "description": "Start the conversation over",
                 "should_escape": False,
+                # Over Socket Mode the command arrives on the socket: no URL.
+                **({} if socket else {"url": events_url}),
             }
         ]
     oauth: dict[str, Any] = {"scopes": {"bot": list(bot_scopes(slack))}}
+    if slack.user_scopes:
+        oauth["scopes"]["user"] = list(slack.user_scopes)
     if slack.client_id is not None:
         oauth["redirect_urls"] = [f"{base}/slack/{channel}/oauth_redirect"]
+    # Over Socket Mode the events arrive on the socket: no request URL.
+    subscriptions: dict[str, Any] = {} if socket else {"request_url": events_url}
+    subscriptions["bot_events"] = list(BOT_EVENTS)
     document = {
         "display_information": {
             "name": f"OCS {channel}"[:35],
@@ -81,13 +90,16 @@ def manifest(config: GatewayConfig, channel: str) -> str:
         "features": features,
         "oauth_config": oauth,
         "settings": {
-            "event_subscriptions": {"request_url": events_url, "bot_events": list(BOT_EVENTS)},
+            "event_subscriptions": subscriptions,
             "org_deploy_enabled": False,
-            "socket_mode_enabled": False,
-            "token_rotation_enabled": False,
+            "socket_mode_enabled": socket,
+            # Rotating tokens expire after 12 h; the gateway refreshes them (adapters/slack/tokens.py).
+            "token_rotation_enabled": slack.token_rotation,
         },
     }
     header = f"# Slack app manifest for channel {channel!r}: paste it at https://api.slack.com/apps (From a manifest).\n"
-    if config.public_url is None:
+    if socket:
+        header += "# Socket Mode: then create an app-level token with connections:write (Basic Information) for app_token.\n"
+    if config.public_url is None and (not socket or slack.client_id is not None):
         header += f"# public_url is not set in the config: replace {_PLACEHOLDER_URL} with your gateway's URL.\n"
     return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

@@ -1,5 +1,6 @@
-"""``Reply`` → Slack: render to mrkdwn parts, post them in the thread at a pace Slack accepts, and
-show a reaction while OCS works.
+"""``Reply`` → Slack: render to parts (a Block Kit ``markdown`` block with the mrkdwn conversion as
+its ``text`` fallback, ``format.py``), post them in the thread at a pace Slack accepts, and show a
+reaction while OCS works.
 
 Pacing: ``chat.postMessage`` allows about one message per second per channel (§2.6); every worker
 takes its slot through ``gateway.store.pacing.take_slot`` on a per-channel key. A short wait is booked
@@ -20,7 +21,9 @@ import redis.asyncio as aioredis
 from adapters.slack.api import SlackApi, slack_errors
 from adapters.slack.files import MAX_UPLOAD_BYTES, upload_file
 from adapters.slack.format import (
+    MAX_MARKDOWN_CHARS,
     escape,
+    markdown_for_blocks,
     markdown_to_mrkdwn,
     mrkdwn_to_plain,
     split_message,
@@ -32,7 +35,7 @@ from gateway.core.keys import Keys
 from gateway.core.models import Outgoing, Reply, ReplyAttachment, Route
 from gateway.store.pacing import take_slot
 
-__all__ = ["PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
+__all__ = ["MARKDOWN_HINT", "PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,19 @@ MAX_INLINE_WAIT_S = 1.5
 #: The reaction put on the user's message while OCS works, removed when the answer is out.
 WORKING_REACTION = "hourglass_flowing_sand"
 
+#: The ``Outgoing.hints`` key holding a part's Markdown for its ``markdown`` block.
+MARKDOWN_HINT = "markdown"
+
 FetchOCSFile = Callable[[ReplyAttachment], Awaitable[bytes]]
 
 
 def render(reply: Reply) -> list[Outgoing]:
-    """Markdown → mrkdwn messages of at most 3,000 characters, then one part per attachment."""
-    parts = [Outgoing(text=chunk, plain=mrkdwn_to_plain(chunk)) for chunk in split_message(markdown_to_mrkdwn(reply.text))]
+    """Markdown → messages of at most 12,000 characters of Markdown (one ``markdown`` block each,
+    in ``hints``) with their mrkdwn conversion as ``text``, then one part per attachment."""
+    parts: list[Outgoing] = []
+    for chunk in split_message(markdown_for_blocks(reply.text), MAX_MARKDOWN_CHARS):
+        fallback = "\n\n".join(markdown_to_mrkdwn(chunk))
+        parts.append(Outgoing(text=fallback, plain=mrkdwn_to_plain(fallback), hints={MARKDOWN_HINT: chunk}))
     parts.extend(Outgoing(attachment=attachment) for attachment in reply.attachments)
     return parts
 
@@ -91,19 +101,23 @@ class SlackSender:
         if outgoing.attachment is not None:
             part_id = await self._send_attachment(token, route, outgoing.attachment)
         else:
-            part_id = await self._post(token, route, outgoing.text)
+            part_id = await self._post(token, route, outgoing.text, markdown=outgoing.hints.get(MARKDOWN_HINT))
         thread_ts = route.get("thread_ts")
         if thread_ts and not channel.startswith("D"):
             await self._threads.join(team, channel, thread_ts)  # follow-ups need no mention
         return part_id
 
-    async def _post(self, token: str, route: Route, text: str) -> str:
+    async def _post(self, token: str, route: Route, text: str, *, markdown: str | None = None) -> str:
+        # With blocks, ``text`` is the fallback shown in notifications; parts rendered before
+        # blocks (no hint in the ledger) go out as mrkdwn text, as they were rendered.
+        blocks = [{"type": "markdown", "text": markdown}] if markdown else None
         with slack_errors("chat.postMessage"):
             response = await self._api.client().chat_postMessage(
                 token=token,
                 channel=route["channel"],
                 thread_ts=route.get("thread_ts") or None,
                 text=text,
+                blocks=blocks,
                 mrkdwn=True,
                 # Link previews of every URL the bot cites would bury the answer.
                 unfurl_links=False,

@@ -1,4 +1,5 @@
-"""``ocs-gateway telegram set-webhook | webhook-info``: point a bot at the gateway, and check it.
+"""``ocs-gateway telegram set-webhook | delete-webhook | webhook-info``: point a bot at the
+gateway (webhook mode) or clear the way for long polling (polling mode), and check it.
 
 Plain Bot API calls over the gateway's httpx client (no PTB ``Bot`` needed for two calls). The
 URL of every call holds the bot token, so no error message here ever includes a URL.
@@ -12,7 +13,7 @@ Telegram recorded a delivery error.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ import httpx
 from gateway.core.config import GatewayConfig, TelegramChannelConfig
 from gateway.core.errors import ConfigError
 
-__all__ = ["PENDING_WARNING", "expected_webhook_url", "set_webhook", "webhook_info"]
+__all__ = ["PENDING_WARNING", "delete_webhook", "expected_webhook_url", "set_webhook", "webhook_info"]
 
 #: More waiting updates than this deserves a warning: deliveries are failing or slow.
 PENDING_WARNING = 50
@@ -54,6 +55,11 @@ async def set_webhook(
             Telegram refuses, the Bot API is unreachable or refuses the call.
     """
     settings = _channel(config, channel)
+    if settings.mode == "polling" or settings.webhook_secret is None:
+        raise ConfigError(
+            f"channel {channel!r} uses long polling (mode: polling), which Telegram refuses while a webhook "
+            f"is set; to receive by webhook set mode: webhook and a webhook_secret"
+        )
     url = expected_webhook_url(config, channel)
     secret = settings.webhook_secret.reveal()
     if not _SECRET_TOKEN.match(secret):
@@ -70,6 +76,24 @@ async def set_webhook(
     await _call(http, settings, channel, "setWebhook", params)
     report = await webhook_info(config, channel, http=http)
     return f"Webhook set for channel {channel!r}: {url}\n{report}"
+
+
+async def delete_webhook(
+    config: GatewayConfig, channel: str, *, http: httpx.AsyncClient, drop_pending_updates: bool = False
+) -> str:
+    """Remove the bot's webhook so that long polling may start (Telegram refuses getUpdates
+    while one is set, PROTOCOLS §1.3). Pending updates are kept unless ``drop_pending_updates``.
+
+    Returns the webhook report to print.
+
+    Raises:
+        ConfigError: the channel is not Telegram, or the Bot API is unreachable or refuses.
+    """
+    settings = _channel(config, channel)
+    await _call(http, settings, channel, "deleteWebhook", {"drop_pending_updates": drop_pending_updates})
+    report = await webhook_info(config, channel, http=http)
+    dropped = " (pending updates dropped)" if drop_pending_updates else ""
+    return f"Webhook deleted for channel {channel!r}{dropped}.\n{report}"
 
 
 async def webhook_info(config: GatewayConfig, channel: str, *, http: httpx.AsyncClient) -> str:
@@ -106,6 +130,13 @@ def _drift(config: GatewayConfig, channel: str, settings: TelegramChannelConfig,
     fix = f"run `ocs-gateway telegram set-webhook --channel {channel}`"
     warnings: list[str] = []
     url = info.get("url") or ""
+    if settings.mode == "polling":
+        if url:
+            warnings.append(
+                f"a webhook is set ({url}), so Telegram refuses the gateway's getUpdates: "
+                f"run `ocs-gateway telegram delete-webhook --channel {channel}`"
+            )
+        return warnings
     if not config.public_url:
         warnings.append("public_url is not set in the config, so the webhook URL cannot be checked")
     elif not url:
@@ -132,7 +163,7 @@ def _drift(config: GatewayConfig, channel: str, settings: TelegramChannelConfig,
 def _when(timestamp: Any) -> str:
     if not isinstance(timestamp, int):
         return "(time unknown)"
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _channel(config: GatewayConfig, channel: str) -> TelegramChannelConfig:

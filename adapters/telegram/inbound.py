@@ -1,5 +1,5 @@
-"""Telegram webhook updates → ``Inbound`` events: the secret check, the parse, group gating and
-the conversation keys.
+"""Telegram updates (webhook POSTs and getUpdates alike) → ``Inbound`` events: the secret
+check, the parse, group gating and the conversation keys.
 
 Everything here is pure (no I/O): the adapter fetches the bot's own identity (getMe) and writes
 membership changes to Redis; this module only decides.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from telegram import Chat, Message, Update, User
 
@@ -238,11 +238,11 @@ def conversation_id(
 
 
 @_refusing_bad_shapes
-def membership_change(update: Update, channel: str) -> MembershipChange | None:
+def membership_change(update: Update, channel: str, conversation_chat: int | None = None) -> MembershipChange | None:
     """The bot's own membership change: blocked/kicked/left → gone, let back in → not gone.
 
     Only the chat-level conversation is marked; topic and per-speaker conversations of a group
-    learn it on their next send (403 → RecipientGone).
+    learn it on their next send (403 → RecipientGone). ``conversation_chat`` as in ``to_inbound``.
     """
     member = update.my_chat_member
     if member is None:
@@ -250,7 +250,7 @@ def membership_change(update: Update, channel: str) -> MembershipChange | None:
     if member.chat is None or member.new_chat_member is None:
         raise PayloadInvalid("my_chat_member: needs chat and new_chat_member")
     status = member.new_chat_member.status
-    key = ConversationKey(channel, conversation_id(member.chat.id))
+    key = ConversationKey(channel, conversation_id(conversation_chat if conversation_chat is not None else member.chat.id))
     if status in ("kicked", "left"):
         return MembershipChange(key, gone=True)
     if status in ("member", "administrator", "creator", "restricted"):
@@ -266,21 +266,26 @@ def to_inbound(
     config: TelegramChannelConfig,
     me: BotIdentity | None,
     received_at: float = 0.0,
+    conversation_chat: int | None = None,
 ) -> Inbound | None:
-    """The event for OCS in ``update``, or None when the update is not for the bot."""
+    """The event for OCS in ``update``, or None when the update is not for the bot.
+
+    ``conversation_chat``: the chat id to key the conversation by when it is not the update's
+    own (a supergroup continuing its group's conversations, ``adapters.telegram.migration``).
+    """
     if update.callback_query is not None:
-        return _from_button(update, channel=channel, config=config, received_at=received_at)
+        return _from_button(
+            update, channel=channel, config=config, received_at=received_at, conversation_chat=conversation_chat
+        )
     message = update.message  # edited_message, channel_post...: never for OCS
     if message is None or message.migrate_to_chat_id or message.migrate_from_chat_id:
-        if message is not None:
-            log.info("telegram chat %s migrated to %s", message.chat.id, message.migrate_to_chat_id)
-        return None
+        return None  # a migration notice: the adapter records it (adapters.telegram.migration)
     sender = message.from_user
     if sender is None or message.is_automatic_forward or message.chat.type not in _CHAT_TYPES:
         return None
-    if sender.is_bot and sender.id not in _HUMAN_PROXY_BOTS:
-        if (me is not None and sender.id == me.id) or config.ignore_other_bots:
-            return None
+    is_self = me is not None and sender.id == me.id
+    if sender.is_bot and sender.id not in _HUMAN_PROXY_BOTS and (is_self or config.ignore_other_bots):
+        return None
 
     group = message.chat.type in _GROUP_TYPES
     content = message_content(message)
@@ -294,16 +299,17 @@ def to_inbound(
 
     speaker = message.sender_chat.id if message.sender_chat and sender.id in _HUMAN_PROXY_BOTS else sender.id
     thread = message.message_thread_id if message.is_topic_message else None
-    key, route = _place(channel, config, message.chat, thread=thread, speaker=speaker, message_id=message.message_id)
+    key, route = _place(
+        channel, config, message.chat, thread=thread, speaker=speaker, message_id=message.message_id,
+        conversation_chat=conversation_chat,
+    )
 
     kind, text, context = InboundKind.MESSAGE, content.text, {"telegram_chat_type": message.chat.type}
     if command is not None:
         if command.name == "reset":
             kind, text = InboundKind.RESET, ""
         elif command.name == "start":
-            text = "/start"
-            if command.args:
-                context["start_payload"] = command.args
+            text = _start_text(command.args, config, context)
         else:
             text = command.text
     elif group:
@@ -330,15 +336,17 @@ def _place(
     thread: int | None,
     speaker: int,
     message_id: int,
+    conversation_chat: int | None = None,
 ) -> tuple[ConversationKey, dict[str, str]]:
     """The conversation key and the reply route of a message in ``chat``.
 
     Groups get one conversation per forum topic, optionally per speaker, and answers that reply
     to the question (so they thread under it); a private chat is one conversation, no reply.
+    The route's ``chat_type`` tells pacing a group from a private chat.
     """
     group = chat.type in _GROUP_TYPES
     conversation = conversation_id(
-        chat.id,
+        conversation_chat if conversation_chat is not None else chat.id,
         thread_id=thread if group else None,
         speaker_id=speaker if group and config.group_conversation == "per_speaker" else None,
     )
@@ -356,8 +364,23 @@ def _sender_name(message: Message, sender: User) -> str:
     return sender.full_name
 
 
+def _start_text(payload: str, config: TelegramChannelConfig, context: dict[str, Any]) -> str:
+    """What OCS reads for ``/start <payload>`` (a deep link ``t.me/<bot>?start=<payload>``),
+    per ``config.start_payload``: the payload as the text, in the context, or both."""
+    if payload and config.start_payload in ("context", "both"):
+        context["start_payload"] = payload
+    if payload and config.start_payload in ("text", "both"):
+        return payload
+    return "/start"
+
+
 def _from_button(
-    update: Update, *, channel: str, config: TelegramChannelConfig, received_at: float
+    update: Update,
+    *,
+    channel: str,
+    config: TelegramChannelConfig,
+    received_at: float,
+    conversation_chat: int | None = None,
 ) -> Inbound | None:
     """An inline-button press, read as the user sending the button's data as text."""
     query = update.callback_query
@@ -368,7 +391,10 @@ def _from_button(
         return None
     message = query.message
     thread = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
-    key, route = _place(channel, config, chat, thread=thread, speaker=query.from_user.id, message_id=message.message_id)
+    key, route = _place(
+        channel, config, chat, thread=thread, speaker=query.from_user.id, message_id=message.message_id,
+        conversation_chat=conversation_chat,
+    )
     return Inbound(
         key=key,
         event_id=str(update.update_id),

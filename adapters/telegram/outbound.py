@@ -41,7 +41,9 @@ from gateway.store.pacing import take_slots
 
 __all__ = [
     "UPLOAD_LIMIT_BYTES",
+    "chat_interval",
     "pace",
+    "retry_after_seconds",
     "send_file",
     "send_link",
     "send_text",
@@ -56,12 +58,13 @@ UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
 #: sendPhoto takes at most 10 MB and only these formats; other images go as documents.
 _PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
-#: Flood limits (PROTOCOLS §1.5): about 1 message/s per chat, ~30/s per bot; we keep under both.
-#: Groups are asked for at most ~20 messages/minute (one per 3 s); this interval applies to every
-#: chat alike, so a busy group can still meet 429s (``RetryLater``, honoured). Group rates are
-#: another issue's to change.
+#: Flood limits (PROTOCOLS §1.5): about 1 message/s per private chat, at most ~20 a minute in a
+#: group, ~30/s for the bot. The channel config sets the intervals (``private_interval_s``,
+#: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses.
 CHAT_INTERVAL_S = 1.0
 BOT_INTERVAL_S = 1 / 25
+#: Chat types Telegram paces as groups (a channel post is paced like one too).
+_GROUP_CHAT_TYPES = frozenset({"group", "supergroup", "channel"})
 #: A pacing wait up to this is booked and slept; a longer one books nothing and goes back to
 #: the queue (``PacingWait``).
 MAX_PACING_SLEEP_S = 1.5
@@ -72,7 +75,7 @@ NETWORK_RETRY_S = 5.0
 def translate(exc: TelegramError) -> DeliveryError:
     """The gateway error for a PTB error (raise it ``from exc``)."""
     if isinstance(exc, RetryAfter):
-        return RetryLater(_seconds(exc), "telegram flood control (429)")
+        return RetryLater(retry_after_seconds(exc), "telegram flood control (429)", rate_limited=True)
     if isinstance(exc, ChatMigrated):
         return RecipientGone("group moved to a supergroup", new_chat_id=str(exc.new_chat_id))
     if isinstance(exc, Forbidden):
@@ -90,7 +93,8 @@ def translate(exc: TelegramError) -> DeliveryError:
     return DeliveryRejected(f"telegram: {exc.message}")
 
 
-def _seconds(exc: RetryAfter) -> float:
+def retry_after_seconds(exc: RetryAfter) -> float:
+    """The wait Telegram asked for, in seconds."""
     # PTB 22 returns an int or a timedelta depending on PTB_TIMEDELTA and warns about the change.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -98,7 +102,21 @@ def _seconds(exc: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-async def pace(redis: aioredis.Redis, keys: Keys, channel: str, chat_id: str) -> None:
+def chat_interval(chat_type: str | None, *, private_s: float, group_s: float) -> float:
+    """The spacing between two sends in one chat: groups get Telegram's per-group limit; a
+    route without a type (stored before routes carried one) is paced as a private chat."""
+    return group_s if chat_type in _GROUP_CHAT_TYPES else private_s
+
+
+async def pace(
+    redis: aioredis.Redis,
+    keys: Keys,
+    channel: str,
+    chat_id: str,
+    *,
+    chat_interval_s: float = CHAT_INTERVAL_S,
+    bot_interval_s: float = BOT_INTERVAL_S,
+) -> None:
     """Wait for this chat's and this bot's next send slot (shared by every worker).
 
     Both slots are booked in one script or neither is: a sender sent back to the queue holds no
@@ -110,8 +128,8 @@ async def pace(redis: aioredis.Redis, keys: Keys, channel: str, chat_id: str) ->
     """
     slot = await take_slots(
         redis,
-        [(keys.telegram_chat_pace(channel, chat_id), CHAT_INTERVAL_S),
-         (keys.telegram_bot_pace(channel), BOT_INTERVAL_S)],
+        [(keys.telegram_chat_pace(channel, chat_id), chat_interval_s),
+         (keys.telegram_bot_pace(channel), bot_interval_s)],
         max_wait_s=MAX_PACING_SLEEP_S,
     )
     if not slot.granted:

@@ -195,7 +195,7 @@ def _classify(response: httpx.Response, delivery_id: str) -> str:
             retry_after = float(response.headers.get("retry-after", "5"))
         except ValueError:
             retry_after = 5.0
-        raise RetryLater(retry_after, f"callback answered {status}")
+        raise RetryLater(retry_after, f"callback answered {status}", rate_limited=status == 429)
     raise DeliveryRejected(f"callback answered {status}: {response.text[:200]}")
 
 

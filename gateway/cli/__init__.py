@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -12,13 +13,15 @@ import shlex
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 
 from gateway.core.config import GatewayConfig, load_config
 from gateway.core.errors import ConfigError
+from gateway.core.logs import LogFormat, configure_logging, set_message_text
 from gateway.core.redaction import install_redaction
 
 if TYPE_CHECKING:
@@ -33,9 +36,10 @@ log = logging.getLogger("ocsgw")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # One line per HTTP call is noise in production logs; our own modules log the ids.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.log_format not in (None, *get_args(LogFormat)):  # argparse checks the option, not the env default
+        parser.error(f"OCS_GATEWAY_LOG_FORMAT: choose from {', '.join(get_args(LogFormat))}, not {args.log_format!r}")
+    # JSON or key=value lines, ours and the SDKs', each with the ids bound where work happens.
+    configure_logging(log_format=args.log_format, level=args.log_level)
     # Token shapes from the first line on; the config's own secrets join once it is loaded.
     install_redaction()
     try:
@@ -48,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ocs-gateway", description=__doc__)
     parser.add_argument("--config", help="config file (default: $OCS_GATEWAY_CONFIG or ./gateway.yaml)")
+    parser.add_argument(
+        "--log-format", choices=get_args(LogFormat), default=os.environ.get("OCS_GATEWAY_LOG_FORMAT") or None,
+        help="json (one object per line) or text (key=value); default $OCS_GATEWAY_LOG_FORMAT, else text on a terminal, json otherwise",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default $LOG_LEVEL or INFO")
     parser.set_defaults(func=_run)
     sub = parser.add_subparsers(title="commands")
 
@@ -86,14 +95,27 @@ def _parser() -> argparse.ArgumentParser:
         func=_budget
     )
 
-    telegram = sub.add_parser("telegram", help="set-webhook | webhook-info for a Telegram channel")
-    telegram.add_argument("action", choices=["set-webhook", "webhook-info"])
+    status = sub.add_parser("status", help="the operator's summary: channels, workers, turns in flight, delays, DLQ")
+    status.add_argument("--json", action="store_true", help="print the summary as JSON (what /admin/api/summary gives)")
+    status.add_argument("--no-platforms", action="store_true", help="do not ask the platforms (Telegram's webhook)")
+    status.set_defaults(func=_status)
+
+    telegram = sub.add_parser("telegram", help="set-webhook | delete-webhook | webhook-info for a Telegram channel")
+    telegram.add_argument("action", choices=["set-webhook", "delete-webhook", "webhook-info"])
     telegram.add_argument("--channel", required=True)
+    telegram.add_argument(
+        "--drop-pending-updates", action="store_true",
+        help="set-webhook/delete-webhook: discard the updates Telegram holds for the bot",
+    )
     telegram.set_defaults(func=_telegram)
 
     slack = sub.add_parser("slack", help="manifest: print the Slack app manifest for a channel")
     slack.add_argument("action", choices=["manifest"])
     slack.add_argument("--channel", required=True)
+    slack.add_argument(
+        "--socket-mode", action="store_true", default=None,
+        help="a Socket Mode app (no request URLs) even if the channel does not say socket_mode: true",
+    )
     slack.set_defaults(func=_slack)
     return parser
 
@@ -112,6 +134,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     if config is None:
         raise ConfigError("no configuration: write gateway.yaml (see docs/CONFIG.md) or set OCS_GATEWAY_CONFIG")
     install_redaction(config)
+    set_message_text(config.log_message_text)
     return config
 
 
@@ -150,11 +173,12 @@ def _run(args: argparse.Namespace) -> int:
         config = demo_config(base_url, DATA_DIR, redis_url)
         extra = demo_routes(base_url, demo_secret(DATA_DIR))
     install_redaction(config)
+    set_message_text(config.log_message_text)
     worker = worker_process(config, redis_url)
     worker.start()
     app = create_app(config, redis_url, extra_routes=extra)
     if demo:
-        _print_demo_banner(base_url)
+        _print_demo_banner(base_url, telegram="telegram" in config.channels, slack="slack" in config.channels)
     try:
         # log_config=None: uvicorn's loggers go through the root handlers and their redaction.
         uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)
@@ -165,13 +189,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_demo_banner(base_url: str) -> None:
+def _print_demo_banner(base_url: str, *, telegram: bool = False, slack: bool = False) -> None:
     print(
         f"\nocs-gateway is running at {base_url} with a demo channel wired to the built-in OCS simulator.\n"
         "Paste this in another terminal to send a signed message and see the bot's reply:\n\n"
         f"    {_command_name()} send \"Hello, bot!\" --url {base_url}\n",
         flush=True,
     )
+    if telegram:
+        print(
+            "Telegram: long polling with $TELEGRAM_BOT_TOKEN (no public URL needed); message your bot and\n"
+            "the simulator answers. If a webhook is still set for the bot, the log says how to delete it.\n",
+            flush=True,
+        )
+    if slack:
+        print(
+            "Slack: Socket Mode with $SLACK_APP_TOKEN and $SLACK_BOT_TOKEN (no public URL needed); DM your app\n"
+            "or mention it in a channel it was invited to, and the simulator answers in the thread.\n",
+            flush=True,
+        )
 
 
 def _command_name() -> str:
@@ -340,6 +376,26 @@ async def _budget_async(config: GatewayConfig) -> int:
         await redis.aclose()
 
 
+def _status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    return asyncio.run(_status_async(args, config))
+
+
+async def _status_async(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.edge.admin.app import summary_json
+    from gateway.edge.admin.summary import gather_summary
+    from gateway.edge.admin.text import format_summary
+    from gateway.services import Services
+
+    services = await Services.open(config, _redis_url(config))
+    try:
+        summary = await gather_summary(services, platforms=not args.no_platforms)
+    finally:
+        await services.aclose()
+    print(json.dumps(summary_json(summary), indent=2) if args.json else format_summary(summary))
+    return 1 if summary.stuck or not summary.workers_alive else 0
+
+
 async def _dlq_list(store: DeadLetterStore, args: argparse.Namespace, since: float | None) -> int:
     """Print letters newest first; one page, or every page with ``--all``. The command for the
     next page goes to stderr so that stdout stays one letter per line."""
@@ -370,7 +426,12 @@ def _telegram(args: argparse.Namespace) -> int:
     from adapters.telegram import cli as telegram_cli
 
     config = _config(args)
-    return asyncio.run(_with_http(telegram_cli.set_webhook if args.action == "set-webhook" else telegram_cli.webhook_info, config, args.channel))
+    if args.action == "webhook-info":
+        return asyncio.run(_with_http(telegram_cli.webhook_info, config, args.channel))
+    change = telegram_cli.set_webhook if args.action == "set-webhook" else telegram_cli.delete_webhook
+    return asyncio.run(
+        _with_http(functools.partial(change, drop_pending_updates=args.drop_pending_updates), config, args.channel)
+    )
 
 
 async def _with_http(fn: Any, config: GatewayConfig, channel: str) -> int:
@@ -382,7 +443,21 @@ async def _with_http(fn: Any, config: GatewayConfig, channel: str) -> int:
 def _slack(args: argparse.Namespace) -> int:
     from adapters.slack.manifest import manifest
 
-    print(manifest(_config(args), args.channel))
+    if load_config(args.config) is None:
+        # No gateway.yaml: the quickstart's Socket Mode channel, whose tokens exist only once
+        # the app made from this manifest does.
+        from gateway.cli.demo import DEMO_SLACK_CHANNEL, demo_slack_channel
+        from gateway.core.config import Secret
+        from gateway.ocs.simulator import DEMO_CHATBOT_ID
+
+        placeholders = {"app_token": Secret("xapp-placeholder"), "bot_token": Secret("xoxb-placeholder")}
+        config = GatewayConfig.from_mapping({
+            "bots": {"simulator": {"chatbot_id": DEMO_CHATBOT_ID, "auth": "keyless"}},
+            "channels": {DEMO_SLACK_CHANNEL: {**demo_slack_channel(), **placeholders}},
+        })  # fmt: skip
+    else:
+        config = _config(args)
+    print(manifest(config, args.channel, socket_mode=args.socket_mode))
     return 0
 
 

@@ -1,12 +1,17 @@
 """The offline quickstart: a webhook channel ``demo`` wired to the built-in OCS simulator, and
-a reply inbox the ``ocs-gateway send`` command reads. Nothing here runs in production configs."""
+a reply inbox the ``ocs-gateway send`` command reads; with ``TELEGRAM_BOT_TOKEN`` set, also a
+Telegram channel ``telegram`` that long-polls (no public URL) and answers with the same
+simulator; with ``SLACK_APP_TOKEN`` and ``SLACK_BOT_TOKEN`` set, a Slack channel ``slack`` over
+Socket Mode (no public URL either). Nothing here runs in production configs."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,9 +28,36 @@ from gateway.ocs.simulator import (
 )
 from gateway.services import Services
 
-__all__ = ["DEMO_CHANNEL", "demo_config", "demo_routes", "demo_secret"]
+__all__ = [
+    "DEMO_CHANNEL",
+    "DEMO_SLACK_CHANNEL",
+    "DEMO_TELEGRAM_CHANNEL",
+    "SLACK_APP_TOKEN_ENV",
+    "SLACK_BOT_TOKEN_ENV",
+    "TELEGRAM_TOKEN_ENV",
+    "demo_config",
+    "demo_routes",
+    "demo_secret",
+    "demo_slack_channel",
+]
 
 DEMO_CHANNEL = "demo"
+DEMO_TELEGRAM_CHANNEL = "telegram"
+#: Set it (a token from @BotFather) and the quickstart talks to that bot by long polling.
+TELEGRAM_TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+DEMO_SLACK_CHANNEL = "slack"
+#: Set both (a Socket Mode app's tokens) and the quickstart answers in Slack over Socket Mode.
+SLACK_APP_TOKEN_ENV = "SLACK_APP_TOKEN"
+SLACK_BOT_TOKEN_ENV = "SLACK_BOT_TOKEN"
+
+
+def demo_slack_channel() -> dict[str, Any]:
+    """The quickstart's Slack channel: Socket Mode (no public URL), tokens read from the
+    environment like every secret."""
+    return {
+        "type": "slack", "bot": "simulator", "socket_mode": True,
+        "app_token": f"${{{SLACK_APP_TOKEN_ENV}}}", "bot_token": f"${{{SLACK_BOT_TOKEN_ENV}}}",
+    }  # fmt: skip
 
 
 def demo_secret(data_dir: Path) -> str:
@@ -39,6 +71,21 @@ def demo_secret(data_dir: Path) -> str:
 
 
 def demo_config(base_url: str, data_dir: Path, redis_url: str | None) -> GatewayConfig:
+    channels: dict[str, Any] = {
+        DEMO_CHANNEL: {
+            "type": "webhook",
+            "bot": "simulator",
+            "secret": Secret(demo_secret(data_dir)),
+            "callback_url": f"{base_url}/demo/replies",
+        }
+    }
+    if os.environ.get(TELEGRAM_TOKEN_ENV):
+        # A reference, not the value: the token is read where every secret is, and redacted.
+        channels[DEMO_TELEGRAM_CHANNEL] = {
+            "type": "telegram", "bot": "simulator", "mode": "polling", "token": f"${{{TELEGRAM_TOKEN_ENV}}}",
+        }
+    if os.environ.get(SLACK_APP_TOKEN_ENV) and os.environ.get(SLACK_BOT_TOKEN_ENV):
+        channels[DEMO_SLACK_CHANNEL] = demo_slack_channel()
     return GatewayConfig.from_mapping(
         {
             "redis_url": redis_url,
@@ -51,14 +98,7 @@ def demo_config(base_url: str, data_dir: Path, redis_url: str | None) -> Gateway
                     "client_secret": Secret("demo-secret"),
                 }
             },
-            "channels": {
-                DEMO_CHANNEL: {
-                    "type": "webhook",
-                    "bot": "simulator",
-                    "secret": Secret(demo_secret(data_dir)),
-                    "callback_url": f"{base_url}/demo/replies",
-                }
-            },
+            "channels": channels,
         }
     )
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
     Any,
-    Awaitable,
-    Callable,
     ClassVar,
     Generic,
-    Mapping,
     TypeVar,
 )
 
@@ -36,6 +34,7 @@ from gateway.core.models import (
 )
 
 if TYPE_CHECKING:
+    import aiohttp
     import redis.asyncio as aioredis
     from starlette.routing import BaseRoute
 
@@ -81,6 +80,9 @@ class AdapterServices:
     keys: Keys
     #: Downloads a reply attachment from OCS with the bot's credentials (CONTRACT §4.14).
     fetch_ocs_file: Callable[[ReplyAttachment], Awaitable[bytes]] | None = None
+    #: One aiohttp session per process for SDKs built on aiohttp (slack_sdk's AsyncWebClient), so
+    #: every channel's Web API calls share a connection pool; None: the adapter opens its own.
+    aiohttp_session: aiohttp.ClientSession | None = None
 
 
 ConfigT = TypeVar("ConfigT")
@@ -180,3 +182,9 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     def describe(self) -> Mapping[str, Any]:
         """A few facts for logs and the startup banner (never secrets)."""
         return {"kind": self.kind, "path": self.inbound_path.format(channel=self.name)}
+
+    async def status(self) -> Mapping[str, Any]:
+        """What the platform says about this channel, for the operator's console (never secrets
+        or user text): e.g. Telegram's webhook as Telegram has it. May call the platform; the
+        caller bounds the time. ``{"warnings": [...]}`` entries are shown as drift."""
+        return {}

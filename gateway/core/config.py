@@ -27,10 +27,10 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -57,8 +57,12 @@ __all__ = [
 ]
 
 CONFIG_ENV = "OCS_GATEWAY_CONFIG"
+#: Overrides ``worker.metrics_port`` (a platform that assigns ports per process sets it).
+METRICS_PORT_ENV = "OCS_GATEWAY_METRICS_PORT"
 _REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: The shortest ``admin_token`` accepted: guessing is throttled, but a short token still falls.
+MIN_ADMIN_TOKEN_CHARS = 24
 
 
 class Secret:
@@ -89,7 +93,8 @@ def _secret_from_reference(value: Any) -> Secret:
     if isinstance(value, Secret):
         return value
     if not isinstance(value, str):
-        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")
+        # Not TypeError: pydantic reports a ValueError as a validation error, a TypeError it does not.
+        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")  # noqa: TRY004
     match = _REF.match(value.strip())
     if not match:
         raise ValueError(
@@ -233,11 +238,16 @@ class WebhookChannelConfig(_ChannelBase):
 
 
 class TelegramChannelConfig(_ChannelBase):
-    """One Telegram bot (token from BotFather) and its webhook secret."""
+    """One Telegram bot (token from BotFather): updates by webhook (with its secret) or by long
+    polling (``mode: polling``, no public URL needed; docs/TELEGRAM.md)."""
 
     type: Literal["telegram"]
     token: SecretRef
-    webhook_secret: SecretRef
+    #: ``webhook``: Telegram POSTs to ``public_url``; ``polling``: the web process asks with
+    #: getUpdates (one poller per bot across replicas). Telegram allows one or the other.
+    mode: Literal["webhook", "polling"] = "webhook"
+    #: Required in webhook mode (Telegram sends it on every POST); unused when polling.
+    webhook_secret: SecretRef | None = None
     #: Groups: one conversation per chat, or per speaker inside the chat.
     group_conversation: Literal["per_chat", "per_speaker"] = "per_chat"
     #: Groups: answer only when mentioned/replied to/commanded, or answer everything.
@@ -246,13 +256,33 @@ class TelegramChannelConfig(_ChannelBase):
     api_base_url: HttpUrl = "https://api.telegram.org"
     allowed_updates: tuple[str, ...] = ("message", "my_chat_member", "callback_query")
     ignore_other_bots: bool = True
+    #: ``/start <payload>`` deep links: the payload reaches OCS as the message text, as
+    #: ``context.start_payload`` (the text stays "/start"), or both.
+    start_payload: Literal["text", "context", "both"] = "context"
+    #: Send spacing (Telegram's flood limits, PROTOCOLS §1.5): ~1/s in a private chat, at most
+    #: ~20 a minute in a group, ~30/s for the whole bot.
+    private_interval_s: float = Field(default=1.0, gt=0)
+    group_interval_s: float = Field(default=3.0, gt=0)
+    bot_interval_s: float = Field(default=1 / 25, gt=0)
+    #: Polling: how long one getUpdates waits for news, and the poller lease's life (a replica
+    #: takes over this long after the poller's process died).
+    poll_timeout_s: int = Field(default=25, ge=0, le=50)
+    poll_lease_ttl_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_for_webhook(self) -> TelegramChannelConfig:
+        if self.mode == "webhook" and self.webhook_secret is None:
+            raise ValueError("telegram webhook mode needs webhook_secret (or set mode: polling)")
+        return self
 
 
 class SlackChannelConfig(_ChannelBase):
     """One Slack app: single workspace (bot_token) or multi-workspace OAuth (client id/secret)."""
 
     type: Literal["slack"]
-    signing_secret: SecretRef
+    #: Checks the Events API's HTTP requests; not used in Socket Mode, where the app-level
+    #: token authenticates the connection and nothing arrives over HTTP.
+    signing_secret: SecretRef | None = None
     bot_token: SecretRef | None = None
     client_id: EnvStr | None = None
     client_secret: SecretRef | None = None
@@ -261,7 +291,17 @@ class SlackChannelConfig(_ChannelBase):
     reset_keyword: str = "reset"
     slash_command: str | None = None
     ignore_other_bots: bool = True
+    #: OAuth: user scopes to request beside the bot scopes (user tokens are stored, not used yet).
+    user_scopes: tuple[str, ...] = ()
+    #: OAuth: the app has token rotation on; bot tokens expire (12 h) and are refreshed before.
+    token_rotation: bool = False
+    #: Refresh a rotating token this long before it expires (Bolt's default: 120 minutes).
+    token_rotation_expiration_minutes: int = Field(default=120, ge=1, le=600)
     api_base_url: HttpUrl = "https://slack.com/api"
+    #: Receive events over Slack's WebSocket (Socket Mode) instead of HTTP: no public URL needed.
+    socket_mode: bool = False
+    #: The app-level token (``xapp-...``, scope ``connections:write``) that opens the socket.
+    app_token: SecretRef | None = None
 
     @model_validator(mode="after")
     def _token_or_oauth(self) -> SlackChannelConfig:
@@ -269,9 +309,25 @@ class SlackChannelConfig(_ChannelBase):
             raise ValueError("slack needs bot_token (one workspace) or client_id + client_secret (OAuth)")
         return self
 
+    @model_validator(mode="after")
+    def _rotation_needs_oauth(self) -> SlackChannelConfig:
+        if self.token_rotation and (self.client_id is None or self.client_secret is None):
+            # Rotating tokens are refreshed with the app's client credentials, and only OAuth
+            # installs store the refresh token.
+            raise ValueError("slack token_rotation needs client_id + client_secret (OAuth installs)")
+        return self
+
+    @model_validator(mode="after")
+    def _inbound_credentials(self) -> SlackChannelConfig:
+        if self.socket_mode and self.app_token is None:
+            raise ValueError("slack socket_mode needs app_token (an app-level xapp- token)")
+        if not self.socket_mode and self.signing_secret is None:
+            raise ValueError("slack needs signing_secret (or socket_mode: true with app_token)")
+        return self
+
 
 ChannelConfig = Annotated[
-    Union[WebhookChannelConfig, TelegramChannelConfig, SlackChannelConfig],
+    WebhookChannelConfig | TelegramChannelConfig | SlackChannelConfig,
     Field(discriminator="type"),
 ]
 
@@ -309,6 +365,20 @@ class WorkerTuning(_Model):
     watch_max_interval_s: float = 1800.0
     watch_window_s: float = 24 * 3600
     watch_per_sweep: int = 50
+    #: Seconds between a worker's heartbeats (gateway/store/heartbeats.py); a worker silent for
+    #: three of them is reported dead.
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    #: The worker's own HTTP port for /metrics, /livez and /readyz (gateway/edge/worker_http.py):
+    #: None = none, 0 = any free port (logged). ``OCS_GATEWAY_METRICS_PORT`` overrides it.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, validate_default=True)
+    #: The address that listener binds (all interfaces: Prometheus scrapes from another host).
+    metrics_host: str = "0.0.0.0"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port_from_env(cls, value: Any) -> Any:
+        override = os.environ.get(METRICS_PORT_ENV, "").strip()
+        return int(override) if override else value
 
 
 class GatewayConfig(_Model):
@@ -321,6 +391,12 @@ class GatewayConfig(_Model):
     require_durable_redis: bool = False
     #: Private hosts/CIDRs (optionally ``:port``) that attachment downloads may reach (gateway/core/fetching.py).
     fetch_allowlist: tuple[str, ...] = ()
+    #: Log message text, platform user ids and raw conversation keys (gateway/core/logs.py); off,
+    #: lines carry a short hash of the conversation key and SDK payload dumps are withheld.
+    log_message_text: bool = False
+    #: The operator console at /admin (gateway/edge/admin/) exists only when this is set; at
+    #: least ``MIN_ADMIN_TOKEN_CHARS`` long (it guards message text and dead-letter drops).
+    admin_token: SecretRef | None = None
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     worker: WorkerTuning = WorkerTuning()
@@ -334,6 +410,16 @@ class GatewayConfig(_Model):
                 known = ", ".join(sorted(self.bots)) or "none defined"
                 raise ValueError(f"channel {name!r} uses bot {channel.bot!r}, which is not under bots: ({known})")
         return self
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: Secret | None) -> Secret | None:
+        if value is not None and len(value.reveal()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (a short one can be "
+                "guessed); make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+            )
+        return value
 
     @field_validator("fetch_allowlist")
     @classmethod

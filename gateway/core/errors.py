@@ -163,10 +163,13 @@ class RetryLater(DeliveryError):
     #: True when the wait is our own pacing (``PacingWait``) rather than the platform failing.
     pacing = False
 
-    def __init__(self, retry_after_s: float, reason: str = "") -> None:
+    def __init__(self, retry_after_s: float, reason: str = "", *, rate_limited: bool = False) -> None:
+        """``rate_limited``: the platform said we send too much (HTTP 429, Telegram's flood
+        control), as opposed to being down; the adapter that read the answer knows which."""
         super().__init__(f"retry after {retry_after_s:g} s: {reason}")
         self.retry_after_s = retry_after_s
         self.reason = reason
+        self.rate_limited = rate_limited
 
 
 class PacingWait(RetryLater):

@@ -27,8 +27,12 @@ key                              type    meaning
                                          stage, reply, parts); TTL ``dead_letter_retention_days``
 ``oauth:{bot}``                  string  the cached OCS access token (JSON); TTL to expiry
 ``demo:replies:{conversation}``  list    replies received by the demo callback receiver
-``slack:install:{channel}:{team}``  hash  a Slack workspace installation (bot token, ids)
+``slack:install:{channel}:{team}``  hash  a Slack installation (Bolt's Bot and Installation as
+                                         JSON: ``bot``, ``installation``, ``user:{id}``); the
+                                         enterprise id instead of the team for org-wide installs
 ``slack:state:{state}``          string  a pending Slack OAuth ``state``; TTL 10 min
+``slack:rotating:{channel}:{team}``  string  the process refreshing a rotating token (owner
+                                         token); PX TTL
 ``slack:thread:{channel}:{team}:{chan}:{thread_ts}``  string  a Slack thread the bot is part of
                                          (plain replies there reach it); TTL 30 days
 ``slack:pace:{channel}:{team}:{chan}``  string  next free chat.postMessage slot in a Slack
@@ -36,6 +40,12 @@ key                              type    meaning
 ``tg:pace:{channel}:chat:{id}``  string  next free send slot (ms) for one Telegram chat
                                          (``gateway.store.pacing``); PX TTL
 ``tg:pace:{channel}:bot``        string  next free send slot (ms) for the whole bot; PX TTL
+``tg:poll:{bot_id}:lease``       string  the replica that long-polls this Telegram bot (an
+                                         owner token); PX TTL, renewed while it polls
+``tg:poll:{bot_id}:offset``      string  getUpdates offset: the last stored update_id + 1
+``tg:migrated:{channel}``        hash    Telegram group chat id → the supergroup it became
+``tg:chat_alias:{channel}``      hash    supergroup chat id → the group chat id whose
+                                         conversations (and OCS sessions) it continues
 ``latency:{bot}``                hash    how long OCS took to complete a task, for the poll
                                          schedule (``workers.poll_schedule``): ``n``
                                          observations, ``b<i>`` forward-decayed bucket counts;
@@ -47,6 +57,16 @@ key                              type    meaning
                                          expires at the window's end
 ``budget:block:{scope}:{name}``  hash    OCS said stop (429, WAF 403): ``reason``, ``name``;
                                          PX TTL = the time to wait
+``workers``                      hash    worker id → its latest heartbeat (JSON;
+                                         ``gateway.store.heartbeats``)
+``traffic:{channel}:{minute}``   hash    requests the edge answered for a channel in one
+                                         minute (Unix s // 60): ``ok``, ``4xx``, ``5xx``
+                                         (``gateway.store.traffic``); TTL 62 min
+``reply_delay:{minute}``         hash    reply delays of every worker in one minute: histogram
+                                         bins ``{series}:{i}`` (``gateway.store.reply_delays``);
+                                         TTL 62 min
+``admin:failures:{address}``     string  wrong console tokens from one client address in the
+                                         current window (``gateway.edge.admin.auth``)
 ===============================  ======  ===================================================
 """
 
@@ -123,6 +143,10 @@ class Keys:
     def slack_oauth_state(self, state: str) -> str:
         return self._k("slack", "state", state)
 
+    def slack_rotation_lock(self, channel: str, workspace: str) -> str:
+        """String: the process refreshing this installation's rotating token (SET NX PX)."""
+        return self._k("slack", "rotating", channel, workspace)
+
     def latency(self, bot: str) -> str:
         return self._k("latency", bot)
 
@@ -151,3 +175,27 @@ class Keys:
 
     def telegram_bot_pace(self, channel: str) -> str:
         return self._k("tg", "pace", channel, "bot")
+
+    def telegram_poll_lease(self, bot_id: str) -> str:
+        return self._k("tg", "poll", bot_id, "lease")
+
+    def telegram_poll_offset(self, bot_id: str) -> str:
+        return self._k("tg", "poll", bot_id, "offset")
+
+    def telegram_migrated(self, channel: str) -> str:
+        return self._k("tg", "migrated", channel)
+
+    def telegram_chat_alias(self, channel: str) -> str:
+        return self._k("tg", "chat_alias", channel)
+
+    def traffic(self, channel: str, minute: int) -> str:
+        """Hash: one channel's answered requests in one minute (``minute`` = Unix seconds // 60)."""
+        return self._k("traffic", channel, str(minute))
+
+    def admin_failures(self, address: str) -> str:
+        """String: wrong /admin tokens offered from ``address`` (an IP, or an IPv6 /64) lately."""
+        return self._k("admin", "failures", address)
+
+    def reply_delay(self, minute: int) -> str:
+        """Hash: every worker's reply delay bins in one minute (``minute`` = Unix seconds // 60)."""
+        return self._k("reply_delay", str(minute))

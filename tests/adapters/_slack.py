@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ from gateway.core.keys import Keys
 from gateway.core.models import ReplyAttachment
 from tests.fakes.slack_api import FakeSlack, signed_headers
 
-__all__ = ["SIGNING_SECRET", "SlackEnv", "MakeEnv", "make_slack"]
+__all__ = ["MakeEnv", "SIGNING_SECRET", "SlackEnv", "make_slack"]
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHATBOT_ID = "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23"
@@ -76,19 +77,26 @@ def gateway_config(fake: FakeSlack, name: str, **channel: Any) -> GatewayConfig:
 @pytest.fixture
 async def make_slack(redis_url: str, fake_slack: FakeSlack) -> AsyncIterator[MakeEnv]:
     """``await make_slack(bot_token=Secret(...), ...)``: a started adapter on channel ``sl``
-    (keyword arguments are channel config fields; ``fetch_ocs_file=`` lends the OCS download)."""
+    (keyword arguments are channel config fields; ``fetch_ocs_file=`` lends the OCS download,
+    ``aiohttp_session=`` a process's shared session, else the adapter opens its own)."""
     redis = aioredis.Redis.from_url(redis_url)
     http = httpx.AsyncClient(timeout=10)
     made: list[SlackAdapter] = []
 
     async def build(
-        *, name: str = "sl", fetch_ocs_file: Callable[[ReplyAttachment], Awaitable[bytes]] | None = None, **channel: Any
+        *,
+        name: str = "sl",
+        fetch_ocs_file: Callable[[ReplyAttachment], Awaitable[bytes]] | None = None,
+        aiohttp_session: aiohttp.ClientSession | None = None,
+        **channel: Any,
     ) -> SlackEnv:
         config = gateway_config(fake_slack, name, **channel)
         channel_config = config.channels[name]
         assert isinstance(channel_config, SlackChannelConfig)
         keys = Keys()
-        services = AdapterServices(config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=fetch_ocs_file)
+        services = AdapterServices(
+            config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=fetch_ocs_file, aiohttp_session=aiohttp_session
+        )
         adapter = SlackAdapter(name, channel_config, config.bots["demo"], services)
         await adapter.startup()
         made.append(adapter)

@@ -106,7 +106,8 @@ def test_render_makes_text_parts_then_one_part_per_attachment() -> None:
     attachment = ReplyAttachment(name="report.pdf", content_type="application/pdf", size=10, content_url="https://ocs/x")
     parts = render(Reply(text="**Hi** [there](https://x.org)", attachments=(attachment,)))
     assert parts == [
-        Outgoing(text="*Hi* <https://x.org|there>", plain="Hi there (https://x.org)"),
+        Outgoing(text="*Hi* <https://x.org|there>", plain="Hi there (https://x.org)",
+                 hints={"markdown": "**Hi** [there](https://x.org)"}),  # the markdown block (test_slack_blocks.py)
         Outgoing(attachment=attachment),
     ]
 

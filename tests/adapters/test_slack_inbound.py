@@ -187,8 +187,8 @@ async def test_other_bots_are_answered_when_configured(make_slack: MakeEnv, fake
 
 
 async def test_without_auth_test_every_bot_message_is_treated_as_our_own(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    fake_slack.fail_next("auth.test", "fatal_error", times=5)  # from start-up on
     env = await env_for(make_slack, fake_slack, ignore_other_bots=False)
-    fake_slack.fail_next("auth.test", "fatal_error", times=5)
     modern = load_sample("slack_message_from_bot_user_no_subtype.json")
     modern["event"]["channel_type"] = "im"
     assert (await env.adapter.parse(env.request(modern))).inbounds == ()  # silence beats a loop

@@ -1,5 +1,6 @@
 """Multi-workspace OAuth install through the real routes (our app, then the fake Slack's authorize
-page, then our redirect), uninstall clean-up, and the app manifest."""
+page, then our redirect; Bolt's AsyncOAuthFlow behind them), uninstall clean-up, and the app
+manifest."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ async def test_two_workspaces_install_and_each_gets_its_own_token(make_slack: Ma
             assert done.status_code == 200 and f"Team {team}" in done.text
     tokens = {ws.team_id: ws for ws in fake_slack.workspaces.values()}
     for team in ("TA", "TB"):
-        installation = await env.adapter._workspaces.store.find(team)
+        installation = await env.adapter._workspaces.store.async_find_bot(enterprise_id=None, team_id=team)
         assert installation is not None
         # bot_id is not in oauth.v2.access: it came from auth.test with the new token (§2.7)
         assert (installation.bot_token, installation.bot_id, installation.bot_user_id) == (
@@ -78,7 +79,7 @@ async def test_two_workspaces_install_and_each_gets_its_own_token(make_slack: Ma
 
 
 async def test_an_install_link_works_once(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
-    env, browser = await oauth_env(make_slack, fake_slack)
+    _env, browser = await oauth_env(make_slack, fake_slack)
     async with browser:
         start = await browser.get("/slack/sl/install")
         fake_slack.next_install_team = "TA"
@@ -87,7 +88,7 @@ async def test_an_install_link_works_once(make_slack: MakeEnv, fake_slack: FakeS
         assert (await browser.get(back)).status_code == 200
         browser.cookies.set("ocsgw_slack_state", httpx.URL(back).params["state"], domain="gw.example.com")
         again = await browser.get(back)
-    assert again.status_code == 400 and "expired" in again.text
+    assert again.status_code == 401 and "expired" in again.text  # Bolt's invalid_state
 
 
 async def test_install_finished_in_another_browser_is_refused(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
@@ -100,11 +101,11 @@ async def test_install_finished_in_another_browser_is_refused(make_slack: MakeEn
         browser.cookies.clear()
         response = await browser.get(back)
     assert response.status_code == 400 and "browser" in response.text
-    assert await env.adapter._workspaces.store.find("TA") is None
+    assert await env.adapter._workspaces.store.find_bot_for("TA") is None
 
 
 async def test_cancelled_or_refused_install_stores_nothing(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
-    env, browser = await oauth_env(make_slack, fake_slack)
+    _env, browser = await oauth_env(make_slack, fake_slack)
     async with browser:
         start = await browser.get("/slack/sl/install")
         state = httpx.URL(start.headers["location"]).params["state"]
@@ -113,7 +114,7 @@ async def test_cancelled_or_refused_install_stores_nothing(make_slack: MakeEnv, 
         start = await browser.get("/slack/sl/install")
         state = httpx.URL(start.headers["location"]).params["state"]
         refused = await browser.get("/slack/sl/oauth_redirect", params={"code": "made-up", "state": state})
-    assert refused.status_code == 400 and "invalid_code" in refused.text
+    assert refused.status_code == 401 and "invalid_code" in refused.text  # Bolt's status
     assert fake_slack.calls("oauth.v2.access")[0].error == "invalid_code"
 
 
@@ -135,25 +136,38 @@ async def test_uninstall_deletes_the_workspace_and_stops_sends(make_slack: MakeE
     await env.adapter.verify(env.request(body))
     assert (await env.adapter.parse(env.request(body))).inbounds == ()
     assert await env.redis.exists(env.keys.slack_installation("sl", "TA")) == 0
-    assert await env.adapter._workspaces.store.find("TB") is not None
+    assert await env.adapter._workspaces.store.find_bot_for("TB") is not None
     with pytest.raises(RecipientGone):
         await env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="anyone?"))
     await env.adapter.parse(env.request(body))  # Slack's retry of the same event is harmless
 
 
-async def test_revoked_bot_token_deletes_the_workspace_but_user_tokens_do_not(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
-    env, browser = await oauth_env(make_slack, fake_slack)
+async def test_revoked_user_token_deletes_that_users_installation_and_a_revoked_bot_the_bot(
+    make_slack: MakeEnv, fake_slack: FakeSlack
+) -> None:
+    env = await make_slack(
+        client_id=fake_slack.client_id, client_secret=Secret(fake_slack.client_secret), user_scopes=["search:read"]
+    )
+    browser = httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=env.adapter.routes())), base_url=GATEWAY)
     async with browser:
         await install(fake_slack, browser, "TA")
+    store = env.adapter._workspaces.store
+    installed = await store.async_find_installation(enterprise_id=None, team_id="TA", user_id="UINSTALLER")
+    assert installed is not None and (installed.user_token or "").startswith("xoxp-")
 
     def revoked(tokens: dict[str, list[str]]) -> dict[str, object]:
         event = {"type": "tokens_revoked", "tokens": tokens}
         return {"type": "event_callback", "team_id": "TA", "event_id": "EvR", "event": event}
 
-    await env.adapter.parse(env.request(revoked({"oauth": ["U1"]})))
-    assert await env.adapter._workspaces.store.find("TA") is not None
+    await env.adapter.parse(env.request(revoked({"oauth": ["UINSTALLER"]})))
+    assert await store.async_find_installation(enterprise_id=None, team_id="TA", user_id="UINSTALLER") is None
+    latest = await store.async_find_installation(enterprise_id=None, team_id="TA")
+    assert latest is not None and latest.user_token is None and latest.bot_token  # the bot still answers
+    assert await store.find_bot_for("TA") is not None
     await env.adapter.parse(env.request(revoked({"bot": ["UTABOT"]})))
-    assert await env.adapter._workspaces.store.find("TA") is None
+    assert await store.find_bot_for("TA") is None
+    with pytest.raises(RecipientGone):
+        await env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="anyone?"))
 
 
 # -- manifest -------------------------------------------------------------------------------------

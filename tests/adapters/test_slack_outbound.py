@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from slack_sdk.oauth.installation_store import Installation
 
 from adapters.slack.api import GONE_CODES, SlackApi, slack_errors
 from adapters.slack.files import MAX_UPLOAD_BYTES
 from adapters.slack.outbound import WORKING_REACTION
-from adapters.slack.workspaces import Installation
 from gateway.core.config import Secret
 from gateway.core.errors import (
     AttachmentUnavailable,
@@ -83,6 +83,7 @@ async def test_transient_codes_become_retry_later(make_slack: MakeEnv, fake_slac
     with pytest.raises(RetryLater) as caught:
         await env.adapter.send(THREAD, Outgoing(text="hi"))
     assert caught.value.retry_after_s == 5.0
+    assert not caught.value.rate_limited  # Slack failing, not throttling: counted as an error
 
 
 async def test_429_becomes_retry_later_with_retry_after(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
@@ -91,22 +92,23 @@ async def test_429_becomes_retry_later_with_retry_after(make_slack: MakeEnv, fak
     with pytest.raises(RetryLater) as caught:
         await env.adapter.send(THREAD, Outgoing(text="hi"))
     assert caught.value.retry_after_s == 7.0
+    assert caught.value.rate_limited
     assert fake_slack.messages() == []
 
 
 async def test_http_5xx_becomes_retry_later(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, _ = await single(make_slack, fake_slack)
     fake_slack.fail_next("chat.postMessage", "upstream", status=503)
-    with pytest.raises(RetryLater):
+    with pytest.raises(RetryLater) as caught:
         await env.adapter.send(THREAD, Outgoing(text="hi"))
+    assert not caught.value.rate_limited
 
 
 async def test_unreachable_slack_becomes_retry_later() -> None:
     api = SlackApi(f"http://127.0.0.1:{free_port()}/api", timeout_s=2)
     try:
-        with pytest.raises(RetryLater):
-            with slack_errors("chat.postMessage"):
-                await api.client().chat_postMessage(token="xoxb-x", channel="C1", text="hi")
+        with pytest.raises(RetryLater), slack_errors("chat.postMessage"):
+            await api.client().chat_postMessage(token="xoxb-x", channel="C1", text="hi")
     finally:
         await api.aclose()
 
@@ -165,7 +167,9 @@ async def test_each_workspace_is_answered_with_its_own_token(make_slack: MakeEnv
     store = env.adapter._workspaces.store
     for team in ("TA", "TB"):
         ws = fake_slack.add_workspace(team)
-        await store.save(Installation(team_id=team, bot_token=ws.token, bot_user_id=ws.user_id, bot_id=ws.bot_id))
+        await store.async_save(
+            Installation(team_id=team, user_id="UADMIN", bot_token=ws.token, bot_user_id=ws.user_id, bot_id=ws.bot_id)
+        )
     await env.adapter.send({**THREAD, "team": "TA"}, Outgoing(text="to A"))
     await env.adapter.send({**THREAD, "team": "TB", "channel": "C2"}, Outgoing(text="to B"))
     assert fake_slack.texts(team_id="TA") == ["to A"] and fake_slack.texts(team_id="TB") == ["to B"]

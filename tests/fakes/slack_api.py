@@ -6,12 +6,19 @@ and parameters in the query string, a form body or a JSON body, as slack_sdk sen
 answers ``{"ok": true, ...}``, logical errors as **HTTP 200** ``{"ok": false, "error": code}``,
 and rate limits as HTTP 429 + ``Retry-After`` + ``{"ok": false, "error": "ratelimited"}``.
 It also serves the file upload URLs, private file downloads (Slack's HTML sign-in page for a
-wrong token) and an auto-approving ``/oauth/v2/authorize``. Every call is recorded::
+wrong token) and an auto-approving ``/oauth/v2/authorize``. ``oauth.v2.access`` exchanges codes
+(bot token, a user token when ``user_scope`` was asked, org-wide installs) and, with
+``token_expires_in`` set, issues rotating tokens that expire (``token_expired``) and refresh
+(``grant_type=refresh_token``: a new pair, the old refresh token spent). Every call is recorded,
+with the client's address (one address: one reused connection)::
 
     with FakeSlack(client_id="cid", client_secret="csecret") as slack:
         ws = slack.add_workspace("T1")                     # token, bot user id and bot id
         slack.rate_limit_next("chat.postMessage", retry_after=2)
         slack.fail_next("chat.postMessage", "channel_not_found")
+        slack.add_workspace("E1", org_wide=True)           # an Enterprise Grid org-wide install
+        slack.token_expires_in = 600                       # OAuth installs get rotating tokens
+        slack.hang("auth.test")                            # no answer until the fake stops
         ...
         assert [m.text for m in slack.messages(channel="C1")] == [...]
 
@@ -21,6 +28,7 @@ in a channel config).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -29,8 +37,8 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
@@ -46,6 +54,9 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from tests.support.servers import ServedApp
+
+if TYPE_CHECKING:
+    from tests.fakes.slack_socket import SlackSocketFake
 
 __all__ = [
     "Call",
@@ -71,6 +82,9 @@ class Workspace:
     bot_id: str
     team_name: str
     enterprise_id: str | None = None
+    #: An Enterprise Grid org-wide installation: ``team_id`` is the enterprise id, and
+    #: oauth.v2.access answers ``team: null`` with ``is_enterprise_install: true`` (§2.7).
+    org_wide: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,8 @@ class Call:
     status: int = 200
     error: str | None = None
     at: float = 0.0
+    #: The client's ``host:port``: one value across calls means one reused TCP connection.
+    peer: str = ""
 
 
 @dataclass
@@ -135,13 +151,24 @@ class FakeSlack(ServedApp):
         self.shared_files: list[FileShare] = []
         #: The team the next /oauth/v2/authorize approves (the admin "picks a workspace").
         self.next_install_team: str | None = None
+        #: The Socket Mode server apps.connections.open hands out URLs of (tests/fakes/slack_socket.py).
+        self.socket_mode: SlackSocketFake | None = None
         self._messages: list[Message] = []
         self._calls: list[Call] = []
         self._failures: list[_Failure] = []
-        self._codes: dict[str, tuple[str, str]] = {}  # code → (team_id, redirect_uri)
+        self._codes: dict[str, tuple[str, str, str]] = {}  # code → (team_id, redirect_uri, user_scope)
         self._uploads: dict[str, dict[str, Any]] = {}  # file_id → filename, length, data, team
         self._files: dict[str, tuple[str, bytes, str]] = {}  # path → (team_id, data, mimetype)
         self._ids = itertools.count(1)
+        #: With a number, code grants return rotating tokens (``xoxe.xoxb-``) that expire after this
+        #: many seconds, with a refresh token; refresh grants use ``refresh_expires_in`` (§2.7).
+        self.token_expires_in: int | None = None
+        self.refresh_expires_in = 43_200
+        self._expires: dict[str, float] = {}  # access token → expiry (epoch seconds)
+        self._refresh_tokens: dict[str, str] = {}  # unspent refresh token → access token it renews
+        self._hung: set[str] = set()
+        self._slow: dict[str, float] = {}
+        self._release = threading.Event()
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
         self.url = ""
@@ -153,12 +180,16 @@ class FakeSlack(ServedApp):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FakeSlack:
+    def start(self) -> Self:
         super().start()
         return self
 
-    def __enter__(self) -> FakeSlack:
+    def __enter__(self) -> Self:
         return self.start()
+
+    def stop(self) -> None:
+        self._release.set()  # hung requests answer, so the server can shut down
+        super().stop()
 
 
     # -- knobs ----------------------------------------------------------------------------------
@@ -172,19 +203,41 @@ class FakeSlack(ServedApp):
         bot_id: str | None = None,
         team_name: str | None = None,
         enterprise_id: str | None = None,
+        org_wide: bool = False,
     ) -> Workspace:
-        """A workspace with the app installed; its bot token works from now on."""
+        """A workspace with the app installed; its bot token works from now on. ``org_wide``:
+        an Enterprise Grid organisation (``team_id`` is then its enterprise id)."""
         ws = Workspace(
             team_id=team_id,
             token=token or f"xoxb-{team_id}-{next(self._ids)}",
             user_id=user_id or f"U{team_id}BOT",
             bot_id=bot_id or f"B{team_id}BOT",
-            team_name=team_name or f"Team {team_id}",
-            enterprise_id=enterprise_id,
+            team_name=team_name or (f"Org {team_id}" if org_wide else f"Team {team_id}"),
+            enterprise_id=team_id if org_wide else enterprise_id,
+            org_wide=org_wide,
         )
         with self._lock:
             self.workspaces[ws.token] = ws
         return ws
+
+    def hang(self, method: str) -> None:
+        """Calls of ``method`` get no answer until the fake stops (Slack hanging, issue 10)."""
+        with self._lock:
+            self._hung.add(method)
+
+    def slow(self, method: str, seconds: float) -> None:
+        """Calls of ``method`` answer after ``seconds`` (to make two callers overlap)."""
+        with self._lock:
+            self._slow[method] = seconds
+
+    def expire(self, token: str) -> None:
+        """``token`` answers ``token_expired`` from now on, as a rotating token past its 12 h."""
+        with self._lock:
+            self._expires[token] = 0.0
+
+    def refresh_grants(self) -> list[Call]:
+        """The ``oauth.v2.access`` calls that refreshed a token."""
+        return [c for c in self.calls("oauth.v2.access") if c.params.get("grant_type") == "refresh_token"]
 
     def revoke(self, token: str) -> None:
         """Calls with ``token`` now answer ``token_revoked`` (an uninstalled app)."""
@@ -201,10 +254,11 @@ class FakeSlack(ServedApp):
         with self._lock:
             self._failures.append(_Failure(method, "ratelimited", 429, retry_after, times))
 
-    def add_oauth_code(self, code: str, team_id: str, *, redirect_uri: str = "") -> None:
-        """A code oauth.v2.access will exchange for ``team_id``'s bot token (one use)."""
+    def add_oauth_code(self, code: str, team_id: str, *, redirect_uri: str = "", user_scope: str = "") -> None:
+        """A code oauth.v2.access will exchange for ``team_id``'s bot token (one use), and a user
+        token of the installer when user scopes were asked."""
         with self._lock:
-            self._codes[code] = (team_id, redirect_uri)
+            self._codes[code] = (team_id, redirect_uri, user_scope)
 
     def add_file(self, team_id: str, name: str, data: bytes, *, mimetype: str = "application/octet-stream") -> dict[str, Any]:
         """A file a user shared; returns the ``files[]`` item of a ``file_share`` message."""
@@ -254,6 +308,13 @@ class FakeSlack(ServedApp):
         method = request.path_params["method"]
         params = await _read_params(request)
         token = _bearer(request) or params.pop("token", None)
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        with self._lock:
+            hung, delay = method in self._hung, self._slow.get(method, 0.0)
+        while hung and not self._release.is_set():
+            await asyncio.sleep(0.05)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             self._injected_failure(method)
             handler = getattr(self, "_api_" + method.replace(".", "_"), None)
@@ -261,13 +322,15 @@ class FakeSlack(ServedApp):
                 raise _ApiError("unknown_method")
             if method == "oauth.v2.access":
                 result = handler(request, params)
+            elif method == "apps.connections.open":
+                result = handler(token, params)  # the app-level token, not a workspace's
             else:
                 result = handler(self._authed(token), params)
         except _ApiError as exc:
-            self._record(Call(method, token, params, exc.status, exc.error, time.time()))
+            self._record(Call(method, token, params, exc.status, exc.error, time.time(), peer))
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
             return JSONResponse({"ok": False, "error": exc.error}, status_code=exc.status, headers=headers)
-        self._record(Call(method, token, params, 200, None, time.time()))
+        self._record(Call(method, token, params, 200, None, time.time(), peer))
         return JSONResponse({"ok": True, **result})
 
     def _record(self, call: Call) -> None:
@@ -289,6 +352,8 @@ class FakeSlack(ServedApp):
         ws = self.workspaces.get(token)
         if ws is None:
             raise _ApiError("invalid_auth")
+        if token in self._expires and self._expires[token] <= time.time():
+            raise _ApiError("token_expired")
         return ws
 
     def _ts(self) -> str:
@@ -304,7 +369,8 @@ class FakeSlack(ServedApp):
             "team_id": ws.team_id,
             "user_id": ws.user_id,
             "bot_id": ws.bot_id,
-            "is_enterprise_install": False,
+            **({"enterprise_id": ws.enterprise_id} if ws.enterprise_id else {}),
+            "is_enterprise_install": ws.org_wide,
         }
 
     def _api_chat_postMessage(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
@@ -324,6 +390,17 @@ class FakeSlack(ServedApp):
         if thread_ts:
             message["thread_ts"] = thread_ts
         return {"channel": channel, "ts": ts, "message": message}
+
+    def _api_apps_connections_open(self, token: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        """A one-use Socket Mode URL; only the app-level ``xapp-`` token may ask."""
+        if not token:
+            raise _ApiError("not_authed")
+        if not token.startswith("xapp-"):
+            raise _ApiError("not_allowed_token_type")
+        url = self.socket_mode.open_url(token) if self.socket_mode is not None else None
+        if url is None:
+            raise _ApiError("invalid_auth")
+        return {"url": url}
 
     def _api_chat_update(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
@@ -391,25 +468,75 @@ class FakeSlack(ServedApp):
             raise _ApiError("invalid_client_id")
         if client_secret != self.client_secret:
             raise _ApiError("bad_client_secret")
+        if params.get("grant_type") == "refresh_token":
+            return self._refresh(str(params.get("refresh_token") or ""))
         with self._lock:
             granted = self._codes.pop(str(params.get("code") or ""), None)
         if granted is None:
             raise _ApiError("invalid_code")
-        team_id, redirect_uri = granted
+        team_id, redirect_uri, user_scope = granted
         if redirect_uri and params.get("redirect_uri") != redirect_uri:
             raise _ApiError("bad_redirect_uri")
         ws = next((w for w in self.workspaces.values() if w.team_id == team_id), None) or self.add_workspace(team_id)
+        if self.token_expires_in is not None:
+            ws = self._rotating_token(ws, self.token_expires_in)
+        enterprise = {"name": f"Org {ws.enterprise_id}", "id": ws.enterprise_id} if ws.enterprise_id else None
+        installer: dict[str, Any] = {"id": "UINSTALLER"}
+        if user_scope:
+            user_token = f"xoxp-{ws.team_id}-{next(self._ids)}"
+            with self._lock:
+                self.workspaces[user_token] = ws
+            installer.update({"scope": user_scope, "access_token": user_token, "token_type": "user"})
         # The shape of OAUTH_V2_ACCESS_RESPONSE in bolt's mock server (§2.7): no bot_id here.
-        return {
+        answer = {
             "access_token": ws.token,
             "token_type": "bot",
             "scope": "chat:write,commands",
             "bot_user_id": ws.user_id,
             "app_id": "AFAKEAPP",
-            "team": {"name": ws.team_name, "id": ws.team_id},
-            "enterprise": {"name": "Org", "id": ws.enterprise_id} if ws.enterprise_id else None,
-            "is_enterprise_install": False,
-            "authed_user": {"id": "UINSTALLER"},
+            "team": None if ws.org_wide else {"name": ws.team_name, "id": ws.team_id},
+            "enterprise": enterprise,
+            "is_enterprise_install": ws.org_wide,
+            "authed_user": installer,
+        }
+        return {**answer, **self._rotation_fields(ws.token)}
+
+    def _rotating_token(self, ws: Workspace, expires_in: int) -> Workspace:
+        """A new rotating access token for ``ws`` with its refresh token; the old token keeps
+        working until it expires, as Slack's do."""
+        fresh = replace(ws, token=f"xoxe.xoxb-{ws.team_id}-{next(self._ids)}")
+        with self._lock:
+            self.workspaces[fresh.token] = fresh
+            self._expires[fresh.token] = time.time() + expires_in
+            self._refresh_tokens[f"xoxe-1-{next(self._ids)}"] = fresh.token
+        return fresh
+
+    def _rotation_fields(self, token: str) -> dict[str, Any]:
+        with self._lock:
+            expiry = self._expires.get(token)
+            refresh = next((r for r, t in self._refresh_tokens.items() if t == token), None)
+        if expiry is None or refresh is None:
+            return {}
+        return {"refresh_token": refresh, "expires_in": max(0, int(expiry - time.time()))}
+
+    def _refresh(self, refresh_token: str) -> dict[str, Any]:
+        """``grant_type=refresh_token``: a new token pair; the refresh token is spent."""
+        with self._lock:
+            old = self._refresh_tokens.pop(refresh_token, None)
+            ws = self.workspaces.get(old or "")
+        if ws is None:
+            raise _ApiError("invalid_refresh_token")
+        fresh = self._rotating_token(ws, self.refresh_expires_in)
+        return {
+            "access_token": fresh.token,
+            "token_type": "bot",
+            "scope": "chat:write,commands",
+            "bot_user_id": fresh.user_id,
+            "app_id": "AFAKEAPP",
+            "team": None if fresh.org_wide else {"name": fresh.team_name, "id": fresh.team_id},
+            "enterprise": {"id": fresh.enterprise_id} if fresh.enterprise_id else None,
+            "is_enterprise_install": fresh.org_wide,
+            **self._rotation_fields(fresh.token),
         }
 
     # -- non-API endpoints ----------------------------------------------------------------------
@@ -447,7 +574,7 @@ class FakeSlack(ServedApp):
             return HTMLResponse("<p>invalid client_id or no workspace chosen</p>", status_code=400)
         code = f"code-{next(self._ids)}"
         redirect_uri = query.get("redirect_uri", "")
-        self.add_oauth_code(code, self.next_install_team, redirect_uri=redirect_uri)
+        self.add_oauth_code(code, self.next_install_team, redirect_uri=redirect_uri, user_scope=query.get("user_scope", ""))
         self._record(Call("oauth.authorize", None, dict(query), 302, None, time.time()))
         return RedirectResponse(f"{redirect_uri}?{urlencode({'code': code, 'state': query.get('state', '')})}", status_code=302)
 
@@ -493,19 +620,34 @@ def signed_headers(secret: str, body: bytes, *, timestamp: int | None = None, re
     return headers
 
 
-def event_envelope(event: dict[str, Any], *, team_id: str, event_id: str, bot_user_id: str = "") -> dict[str, Any]:
-    """An ``event_callback`` envelope around ``event`` (§2.3)."""
+def event_envelope(
+    event: dict[str, Any],
+    *,
+    team_id: str,
+    event_id: str,
+    bot_user_id: str = "",
+    enterprise_id: str | None = None,
+    org_wide: bool = False,
+) -> dict[str, Any]:
+    """An ``event_callback`` envelope around ``event`` (§2.3); ``org_wide``: received by an
+    Enterprise Grid org-wide installation, whose authorization names no team."""
+    authorization = {
+        "enterprise_id": enterprise_id,
+        "team_id": None if org_wide else team_id,
+        "user_id": bot_user_id,
+        "is_bot": True,
+        "is_enterprise_install": org_wide,
+    }
     return {
         "token": "deprecated-verification-token",
         "team_id": team_id,
+        **({"enterprise_id": enterprise_id} if enterprise_id else {}),
         "api_app_id": "AFAKEAPP",
         "event": event,
         "type": "event_callback",
         "event_id": event_id,
         "event_time": int(time.time()),
-        "authorizations": [
-            {"enterprise_id": None, "team_id": team_id, "user_id": bot_user_id, "is_bot": True, "is_enterprise_install": False}
-        ],
+        "authorizations": [authorization],
         "is_ext_shared_channel": False,
         "event_context": f"4-{event_id}",
     }

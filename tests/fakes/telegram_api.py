@@ -12,8 +12,14 @@ to inject the failures the gateway must survive::
         tg.rate_limit_next("sendMessage", retry_after=3)     # 429 + Retry-After
         tg.block_chat(42)                                    # 403 bot was blocked
         tg.reject_html_next()                                # 400 can't parse entities
+        tg.push_update("123:abc", message_update(1, chat_id=42, user_id=42, text="hi"))  # for getUpdates
         ...
         assert [c.params["text"] for c in tg.calls("sendMessage")] == [...]
+
+``getUpdates`` works like Telegram's (PROTOCOLS §1.3): an update stays pending until a call
+with ``offset`` past its id confirms it; with nothing pending the call waits up to ``timeout``
+seconds for one; a webhook set makes it fail with 409, and a second call while one waits
+ends the first with 409 "terminated by other getUpdates request".
 
 HTML sent with ``parse_mode=HTML`` is checked like Telegram does (allowed tags only, balanced,
 ``< > &`` escaped, length ≤ 4096 UTF-16 units after parsing), so a renderer bug fails a test.
@@ -21,14 +27,16 @@ HTML sent with ``parse_mode=HTML`` is checked like Telegram does (allowed tags o
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, Iterator
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -46,7 +54,11 @@ __all__ = ["Call", "FakeBot", "FakeTelegram", "Upload", "fake_telegram", "messag
 _TEXT_FIELDS = frozenset({"text", "caption", "url", "secret_token", "file_id", "callback_query_id",
                           "action", "parse_mode", "ip_address", "description", "emoji"})
 _METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "getFile",
-            "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery")
+            "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery", "getUpdates")
+_WEBHOOK_CONFLICT = ("Conflict: can't use getUpdates method while webhook is active; "
+                     "use deleteWebhook to delete the webhook first")
+_POLL_CONFLICT = ("Conflict: terminated by other getUpdates request; "
+                  "make sure that only one bot instance is running")
 _CANONICAL = {name.lower(): name for name in _METHODS}
 _CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
                            "upload_voice", "upload_document", "choose_sticker", "find_location",
@@ -85,6 +97,12 @@ class FakeBot:
     webhook: dict[str, Any] = field(default_factory=dict)
     pending_update_count: int = 0
     last_error_message: str | None = None
+    #: Updates for getUpdates, oldest first, until an offset confirms them.
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    #: Bumped by every getUpdates: a waiting call that sees it move was superseded (409).
+    poll_generation: int = 0
+    #: Every update id getUpdates handed out, repeats included (an unconfirmed one comes again).
+    fetched: list[int] = field(default_factory=list)
 
     def user(self) -> dict[str, Any]:
         return {"id": self.id, "is_bot": True, "first_name": self.first_name, "username": self.username,
@@ -122,11 +140,11 @@ class FakeTelegram(ServedApp):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FakeTelegram:
+    def start(self) -> Self:
         super().start()
         return self
 
-    def __enter__(self) -> FakeTelegram:
+    def __enter__(self) -> Self:
         return self.start()
 
 
@@ -158,6 +176,21 @@ class FakeTelegram(ServedApp):
 
     def migrate_chat(self, chat_id: int, new_chat_id: int) -> None:
         self.migrated[chat_id] = new_chat_id
+
+    def push_update(self, token: str, update: dict[str, Any]) -> None:
+        """Queue ``update`` for the bot's getUpdates (it needs an ``update_id``)."""
+        with self._lock:
+            self.bots[token].updates.append(update)
+
+    def fetched_updates(self, token: str) -> list[int]:
+        """Every update id getUpdates returned, in order, repeats included."""
+        with self._lock:
+            return list(self.bots[token].fetched)
+
+    def pending_updates(self, token: str) -> list[int]:
+        """The ids of updates not yet confirmed by an offset."""
+        with self._lock:
+            return [u["update_id"] for u in self.bots[token].updates]
 
     def reject_html_next(self, times: int = 1) -> None:
         """Refuse the next ``times`` HTML messages with 400 can't parse entities."""
@@ -211,9 +244,12 @@ class FakeTelegram(ServedApp):
         try:
             self._injected_failure(name, token)
             handler = getattr(self, f"_api_{name}", None)
-            if handler is None:
+            if name == "getUpdates":
+                result = await self._get_updates(bot, params)
+            elif handler is None:
                 raise ApiError(404, "Not Found: method not found")
-            result = handler(bot, params, files)
+            else:
+                result = handler(bot, params, files)
         except ApiError as exc:
             self._record(Call(name, token, params, files, exc.code, time.time()))
             return _error(exc)
@@ -329,7 +365,34 @@ class FakeTelegram(ServedApp):
 
     def _api_deleteWebhook(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
         bot.webhook = {}
+        if params.get("drop_pending_updates"):
+            with self._lock:
+                bot.updates.clear()
         return True
+
+    async def _get_updates(self, bot: FakeBot, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """getUpdates: confirm below ``offset``, then answer what is pending or wait for it."""
+        if bot.webhook.get("url"):
+            raise ApiError(409, _WEBHOOK_CONFLICT)
+        offset, timeout = params.get("offset"), float(params.get("timeout") or 0)
+        limit = int(params.get("limit") or 100)
+        with self._lock:
+            bot.poll_generation += 1
+            generation = bot.poll_generation
+            if isinstance(offset, int):
+                bot.updates = [u for u in bot.updates if u["update_id"] >= offset]
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if bot.poll_generation != generation:
+                    raise ApiError(409, _POLL_CONFLICT)
+                if bot.updates:
+                    batch = list(bot.updates[:limit])
+                    bot.fetched.extend(u["update_id"] for u in batch)
+                    return batch
+            if time.monotonic() >= deadline:
+                return []
+            await asyncio.sleep(0.02)
 
     def _api_getWebhookInfo(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
         info: dict[str, Any] = {"url": bot.webhook.get("url", ""), "has_custom_certificate": False,

@@ -138,6 +138,31 @@ async def test_replaying_an_ocs_failure_queues_the_original_message_again(
     assert await store.replay(letter_id) is None  # replayed once only
 
 
+async def test_two_replays_at_once_queue_the_letter_once(redis_url: str, redis: aioredis.Redis) -> None:
+    # Two web replicas (or a double click) replay one letter: both read it before either writes.
+    item = inbound()
+    letter_id = await park(DeadLetterStore(redis, KEYS), item, stage="ocs")
+    both_read = asyncio.Barrier(2)
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    stores = [DeadLetterStore(client, KEYS) for client in clients]
+    for replica in stores:
+        read = replica.get
+
+        async def get_then_wait(letter: str, read=read) -> object:  # type: ignore[no-untyped-def]
+            found = await read(letter)
+            await both_read.wait()
+            return found
+
+        replica.get = get_then_wait  # type: ignore[method-assign]
+    try:
+        outcomes = await asyncio.gather(*(replica.replay(letter_id) for replica in stores))
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert sorted(outcomes, key=str) == sorted([item.key, None], key=str)
+    assert await redis.lrange(KEYS.inbox(item.key), 0, -1) == [item.to_json().encode()]
+
+
 async def test_replaying_an_unreadable_item_is_refused_and_keeps_the_letter(store: DeadLetterStore) -> None:
     parked = await store.park(ConversationKey("tg", "x"), "{not json", error="unreadable", stage="unreadable",
                               ocs={}, ledger={})

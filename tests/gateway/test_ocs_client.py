@@ -3,7 +3,7 @@ translated (CONTRACT §2, §4, §7)."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from gateway.core.errors import (
 )
 from gateway.core.keys import Keys
 from gateway.core.version import USER_AGENT
+from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.ocs.simulator import (
     DEMO_CHATBOT_ID,
@@ -210,3 +211,30 @@ async def test_end_session_needs_the_bearer_and_marks_pending_review(wire, state
     session = await client.start_session(remote_id="x:1", name=None)
     assert await client.end_session(session.session_id) is True
     assert state.sessions[session.session_id].status == "pending-review"
+
+
+async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_open_sessions(
+    state: SimulatorState, redis_url: str
+) -> None:
+    # OCS throttles start/ per channel (CONTRACT §3.1): a 429 there says nothing about the
+    # sessions already open, whose turns must go on.
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_simulator_app(state)))
+    redis = aioredis.Redis.from_url(redis_url)
+    bot = BotConfig(base_url=BASE, chatbot_id=DEMO_CHATBOT_ID, client_id="demo-client", client_secret=Secret("demo-secret"))
+    keys = Keys("start429")
+    budget = RequestBudget(redis, keys, lambda _: bot.budget)
+    client = OCSClient(name="demo", bot=bot, http=http, redis=redis, keys=keys, budget=budget)
+    try:
+        open_session = await client.start_session(remote_id="x:1", name=None, channel="support")
+        state.fail_next("start", 429, retry_after=40)
+        with pytest.raises(OCSRateLimited) as throttled:
+            await client.start_session(remote_id="x:2", name=None, channel="support")
+        assert throttled.value.scope == "starts"
+        with pytest.raises(OCSRateLimited) as held:  # refused by our budget, OCS not asked
+            await client.start_session(remote_id="x:3", name=None, channel="support")
+        assert held.value.scope == "budget" and held.value.retry_after_s > 30
+        await client.send_message(open_session, "still answered")  # the open session goes on
+        await client.start_session(remote_id="x:4", name=None, channel="other")  # another channel starts
+    finally:
+        await http.aclose()
+        await redis.aclose()

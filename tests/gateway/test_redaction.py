@@ -84,6 +84,8 @@ def test_configured_secret_goes_from_format_and_arguments() -> None:
         ("set-cookie ocsgw_slack_state=CSRF-state-1; Path=/", "CSRF-state-1"),
         ("(b'set-cookie', b'sid=abc; HttpOnly')", "sid=abc"),
         ("connecting to redis://:hunter2@10.0.0.5:6379/0", "hunter2"),
+        # slack_bolt's AsyncOAuthFlow when oauth.v2.access fails.
+        ("Failed to fetch oauth.v2.access result with code: 1234.5678.0a1b2c - error: internal_error", "0a1b2c"),
     ],
 )
 def test_token_shapes_are_redacted(text: str, gone: str) -> None:

@@ -23,6 +23,8 @@ class CallbackReceiver:
     secret: str
     #: Status codes to answer with before accepting (e.g. [503, 503] fails twice).
     fail_with: list[int] = field(default_factory=list)
+    #: Headers sent with those failures (e.g. ``{"Retry-After": "0"}``: the adapter's default wait is 5 s).
+    fail_headers: dict[str, str] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     #: The webhook-id of every delivery attempt, refused ones included.
@@ -41,7 +43,7 @@ class CallbackReceiver:
                 self.attempts += 1
                 self.attempt_ids.append(headers["webhook-id"])
                 if self.fail_with:
-                    return Response(status_code=self.fail_with.pop(0))
+                    return Response(status_code=self.fail_with.pop(0), headers=self.fail_headers)
                 if headers["webhook-id"] in self.webhook_ids:
                     return JSONResponse({"duplicate": True})  # what a careful receiver does
                 self.webhook_ids.append(headers["webhook-id"])

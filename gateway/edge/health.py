@@ -1,0 +1,124 @@
+"""The operational endpoints, the same on the web process and on a worker's own listener:
+
+* ``GET /livez`` — 200 while the process serves HTTP; no Redis call (a restart would not help a
+  Redis outage, so liveness must not depend on it).
+* ``GET /readyz`` — 200 when the process can do its work (Redis answers PING, the configuration
+  is loaded, and on a worker its housekeeping runs); else 503 with a JSON reason that names no
+  host or port (those go to the log).
+* ``GET /metrics`` — the Prometheus exposition, the Redis-backed gauges refreshed first; when
+  Redis does not answer, what the process has is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.core.config import GatewayConfig
+from gateway.core.keys import Keys
+from gateway.core.metrics import Metrics
+from gateway.edge.gauges import refresh_gauges
+
+__all__ = ["Opened", "Probe", "ServicesProbe", "health_routes", "ping", "refreshed"]
+
+log = logging.getLogger("ocsgw.health")
+
+#: A readiness or gauge read that takes longer than this counts as Redis not answering
+#: (Prometheus's scrape timeout is 10 s by default; a probe must answer well within it).
+REDIS_TIMEOUT_S = 3.0
+
+
+class Probe(Protocol):
+    """What the endpoints ask of a process."""
+
+    async def problem(self) -> str | None:
+        """None when ready, else a short reason for the 503 (no host, no port)."""
+        ...
+
+    async def exposition(self) -> tuple[bytes, str]:
+        """The metrics, Redis-backed gauges refreshed when possible, and their content type."""
+        ...
+
+
+class Opened(Protocol):
+    """The opened services the endpoints read (``gateway.services.Services`` fits)."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def redis(self) -> aioredis.Redis: ...
+    @property
+    def keys(self) -> Keys: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+async def ping(redis: aioredis.Redis) -> str | None:
+    """None when Redis answers PING in time, else the reason for a 503."""
+    try:
+        await asyncio.wait_for(redis.ping(), REDIS_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        # The exception names Redis's host and port: for the log, not for whoever asks.
+        log.warning("readiness: Redis unreachable: %s", exc or type(exc).__name__)
+        return "redis unreachable"
+    return None
+
+
+async def refreshed(services: Opened) -> tuple[bytes, str]:
+    """``services.metrics`` rendered after refreshing the Redis-backed gauges, or with their
+    last values when Redis does not answer (counted in ``ocsgw_gauges_refresh_errors_total``)."""
+    try:
+        await asyncio.wait_for(
+            refresh_gauges(services.metrics, services.redis, services.keys, services.config), REDIS_TIMEOUT_S
+        )
+    except (RedisError, OSError, TimeoutError) as exc:
+        services.metrics.gauges_refresh_errors.inc()
+        log.warning("metrics: Redis-backed gauges not refreshed: %s", exc or type(exc).__name__)
+    return services.metrics.render()
+
+
+class ServicesProbe:
+    """The web process's probe: its opened services (None until the app's lifespan ran)."""
+
+    def __init__(self, services: Opened | None) -> None:
+        self.services = services
+
+    async def problem(self) -> str | None:
+        if self.services is None:
+            return "configuration not loaded"
+        return await ping(self.services.redis)
+
+    async def exposition(self) -> tuple[bytes, str]:
+        if self.services is None:
+            return Metrics().render()  # before start-up: valid, and empty
+        return await refreshed(self.services)
+
+
+def health_routes(probe_of: Callable[[Request], Probe]) -> list[Route]:
+    """``/livez``, ``/readyz`` (and ``/healthz``, its older name) and ``/metrics``."""
+
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        reason = await probe_of(request).problem()
+        if reason is not None:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await probe_of(request).exposition()
+        return Response(body, media_type=content_type)
+
+    handlers: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
+        ("/livez", livez), ("/readyz", readyz), ("/healthz", readyz), ("/metrics", metrics),
+    ]
+    return [Route(path, handler, methods=["GET"]) for path, handler in handlers]

@@ -1,0 +1,75 @@
+"""The web process's health endpoints: ``/livez`` answers while the process serves, whatever
+Redis does; ``/readyz`` (and its older name ``/healthz``) says 503 while Redis is away, with a
+reason that names no host or port, and 200 again once Redis is back; ``/metrics`` still answers
+with what the process has."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.edge.app import create_app
+from gateway.store.embedded_redis import EmbeddedRedis
+from tests.conftest import SimServer, stack_config, wait_for
+from tests.support.scrape import scrape
+from tests.support.servers import UvicornThread
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, to stop and start again (the shared one serves other tests)."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _status(url: str) -> int:
+    return httpx.get(url, timeout=10).status_code
+
+
+def test_readyz_follows_redis_while_livez_stays_up(own_redis: EmbeddedRedis, sim: SimServer, tmp_path: Path) -> None:
+    config = stack_config(sim.url, "http://127.0.0.1:9")
+    edge = UvicornThread(create_app(config, own_redis.url))
+    url = edge.start()
+    try:
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ok"}
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        assert _status(f"{url}/livez") == 200
+        before = scrape(url)
+
+        own_redis.stop()
+        wait_for(lambda: _status(f"{url}/readyz") == 503, what="readyz to fail without Redis")
+        refused = httpx.get(f"{url}/readyz")
+        assert refused.json() == {"status": "unavailable", "reason": "redis unreachable"}
+        assert str(own_redis.port) not in refused.text and "127.0.0.1" not in refused.text
+        assert _status(f"{url}/healthz") == 503
+        assert _status(f"{url}/livez") == 200
+        # Metrics still answer, with the counters as they are and the gauges' last values.
+        during = scrape(url)
+        assert during.value("ocsgw_gauges_refresh_errors_total") == before.value("ocsgw_gauges_refresh_errors_total") + 1
+
+        restarted = EmbeddedRedis(tmp_path / "redis", port=own_redis.port, persist=False)
+        restarted.start()
+        try:
+            wait_for(lambda: _status(f"{url}/readyz") == 200, timeout=20, what="readyz once Redis is back")
+            assert _status(f"{url}/livez") == 200
+        finally:
+            restarted.stop()
+    finally:
+        edge.stop()
+
+
+def test_metrics_parse_before_any_traffic(own_redis: EmbeddedRedis, sim: SimServer) -> None:
+    edge = UvicornThread(create_app(stack_config(sim.url, "http://127.0.0.1:9"), own_redis.url))
+    url = edge.start()
+    try:
+        scraped = scrape(url)
+        assert scraped.series("ocsgw_inbound_requests_total") == {}
+        assert scraped.value("ocsgw_ocs_budget_limit", bot="demo", scope="session") == 300
+        assert scraped.value("ocsgw_inbox_depth") == 0
+    finally:
+        edge.stop()
