@@ -17,6 +17,8 @@ dead letters, watches, workers alive, budget use) are read from Redis just befor
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -131,6 +133,24 @@ class Metrics:
             # Present from the start at 0, so rate() and alerts see the series before a failure.
             self.housekeeping_ticks.labels(task)
             self.housekeeping_errors.labels(task)
+
+        # The edge's children, by label values: ``labels()`` takes a lock and checks its arguments
+        # on every call, a cost every inbound request paid twice (bench/bench_ingest.py).
+        self._inbound_children: dict[tuple[str, str, str], Any] = {}
+        self._ack_children: dict[str, Any] = {}
+
+    def count_inbound(self, channel: str, kind: str, outcome: str, ack_s: float | None = None) -> None:
+        """One inbound request or listener event: its outcome and, for HTTP, its ack time."""
+        key = (channel, kind, outcome)
+        counter = self._inbound_children.get(key)
+        if counter is None:
+            counter = self._inbound_children[key] = self.inbound_requests.labels(channel, kind, outcome)
+        counter.inc()
+        if ack_s is not None:
+            histogram = self._ack_children.get(channel)
+            if histogram is None:
+                histogram = self._ack_children[channel] = self.inbound_ack_seconds.labels(channel)
+            histogram.observe(ack_s)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition (Prometheus text format) and its content type."""

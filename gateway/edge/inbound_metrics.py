@@ -108,8 +108,7 @@ class InboundMetrics:
                 outcome = note.outcome or "ignored"
             else:
                 outcome = _BY_STATUS.get(status or 500, "error")
-            self.metrics.inbound_requests.labels(channel, kind, outcome).inc()
-            self.metrics.inbound_ack_seconds.labels(channel).observe((acked or time.perf_counter()) - started)
+            self.metrics.count_inbound(channel, kind, outcome, (acked or time.perf_counter()) - started)
             app = scope.get("app")
             traffic = getattr(getattr(app, "state", None), "traffic", None)
             if isinstance(traffic, TrafficRecorder):
@@ -127,12 +126,12 @@ def counted_admit(
             try:
                 stored = await admit(inbound)
             except StoreUnavailable:
-                metrics.inbound_requests.labels(channel, kind, "unavailable").inc()
+                metrics.count_inbound(channel, kind, "unavailable")
                 traffic.note(channel, 503)
                 raise
             if not stored:
                 log.info("duplicate event")
-        metrics.inbound_requests.labels(channel, kind, "accepted" if stored else "duplicate").inc()
+        metrics.count_inbound(channel, kind, "accepted" if stored else "duplicate")
         traffic.note(channel, 200)
         return stored
 
