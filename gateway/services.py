@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from adapters import adapter_class
 from adapters.slack.api import new_session
 from gateway.core.channel import AdapterServices, ChannelAdapter
-from gateway.core.config import GatewayConfig
+from gateway.core.config import METRICS_PORT_ENV, GatewayConfig
+from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.core.models import ReplyAttachment
@@ -148,9 +149,19 @@ class _ObservedWorker(WorkerProcess):
     def start(self) -> None:
         port = self.config.worker.metrics_port
         if port is not None:
-            self.http = WorkerHttp(RunnerProbe(lambda: self.runner_thread.runner), host=self.config.worker.metrics_host, port=port)
-            self.http.start()
+            host = self.config.worker.metrics_host
+            probe = RunnerProbe(lambda: self.runner_thread.runner, lambda: self.runner_thread.failure)
+            try:
+                self.http = WorkerHttp(probe, host=host, port=port)
+            except OSError as exc:
+                # A setting to change, not a crash to debug: one line naming where it is set.
+                raise ConfigError(
+                    f"worker.metrics_port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                    f"choose another port with worker.metrics_port or {METRICS_PORT_ENV}"
+                ) from exc
         try:
+            if self.http is not None:
+                self.http.start()  # inside the try: a listener that started late is stopped too
             super().start()
         except BaseException:
             self._stop_http()

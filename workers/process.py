@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import dramatiq
 
@@ -15,7 +15,7 @@ from workers.broker import QUEUE, make_broker
 from workers.context import WorkerServices
 from workers.runner import RunnerThread, TurnRunner
 
-__all__ = ["WorkerProcess", "run_worker"]
+__all__ = ["WorkerProcess", "run_worker", "supervise"]
 
 log = logging.getLogger("ocsgw.worker")
 
@@ -23,6 +23,8 @@ log = logging.getLogger("ocsgw.worker")
 #: worker then costs about one Redis call a second per consumer, and a message that arrives
 #: after a quiet spell waits at most this long.
 _IDLE_POLL_MS = 1000
+#: How often the main thread looks whether the turn runner still runs.
+_WATCH_S = 0.5
 
 
 class WorkerProcess:
@@ -49,6 +51,11 @@ class WorkerProcess:
     def runner(self) -> TurnRunner:
         return self._runner()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the turn runner ended on its own, None while it runs (or after a clean stop)."""
+        return self.runner_thread.failure
+
     def start(self) -> None:
         self.runner_thread.start()
         self.runner_thread.wait_ready()
@@ -61,12 +68,31 @@ class WorkerProcess:
         self.broker.close()
 
 
+def supervise(process: WorkerProcess, stop: threading.Event) -> int:
+    """Start ``process`` and run it until ``stop`` is set (exit status 0) or its turn runner ends
+    on its own (1). Without its runner the process would only take wake-ups and fail them, so
+    Dramatiq is stopped too and the status tells the supervisor to restart it."""
+    process.start()
+    while not stop.wait(_WATCH_S):
+        failure = process.failure
+        if failure is not None:
+            log.error("worker exiting: %s; a restart brings it back", failure)
+            process.stop()
+            return 1
+    log.info("worker stopping")
+    process.stop()
+    return 0
+
+
 def run_worker(process: WorkerProcess) -> None:
-    """Run ``process`` until SIGTERM/SIGINT (what Procfile hosts send on shutdown)."""
+    """Run ``process`` until SIGTERM/SIGINT (what Procfile hosts send on shutdown).
+
+    Raises:
+        SystemExit: status 1, when the turn runner ended on its own (``supervise``).
+    """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    process.start()
-    stop.wait()
-    log.info("worker stopping")
-    process.stop()
+    status = supervise(process, stop)
+    if status:
+        raise SystemExit(status)

@@ -20,6 +20,9 @@ Who owns what:
 
 Each of these background loops (renew, sweep, watch start, heartbeat) survives whatever one tick
 raises: it is logged, counted in ``ocsgw_housekeeping_errors_total{task}``, and the next tick runs.
+That includes a ``CancelledError`` a callee let out which was not the loop's own cancellation. A
+loop that still ends before the stop is logged as an error and stops the runner: a process that
+no longer renews or sweeps must be restarted, not look healthy (``workers/process.py``).
 """
 
 from __future__ import annotations
@@ -140,10 +143,19 @@ class TurnRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: This process in the heartbeats (host:pid:random, so a restarted pid is a new worker).
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Redis time of the start (set again once the clock is synced).
         self.started_at = time.time()
-        #: Wall-clock time of the last completed sweep, None before the first: the heartbeat
-        #: and the worker's /readyz say from it whether housekeeping is running.
+        #: Redis time of the last completed sweep, None before the first: the heartbeat says
+        #: from it whether housekeeping is running, to readers on other hosts.
         self.housekeeping_at: float | None = None
+        #: ``time.monotonic()`` of the start, the last completed sweep and the last completed
+        #: lease renewal: this process's /readyz judges its own housekeeping on them, immune to
+        #: wall-clock steps.
+        self.started_mono = time.monotonic()
+        self.swept_mono: float | None = None
+        self.renewed_mono: float | None = None
+        #: Why the runner stopped on its own (a housekeeping loop ended), None otherwise.
+        self.failure: str | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -156,6 +168,8 @@ class TurnRunner:
         """Run until ``stop`` is set, then give every held conversation back."""
         self._loop = asyncio.get_running_loop()
         await self._until_redis(self.clock.sync)
+        self.started_at = self.clock.now()
+        self.started_mono = time.monotonic()
         loops = [
             asyncio.create_task(self._housekeeping("renew", self.tuning.lease_ttl_s / 3, self._renew), name="ocsgw-renew"),
             asyncio.create_task(self._housekeeping("sweep", self.tuning.sweep_interval_s, self._sweep_tick), name="ocsgw-sweep"),
@@ -164,6 +178,8 @@ class TurnRunner:
                 name="ocsgw-heartbeat",
             ),
         ]
+        for task in loops:
+            task.add_done_callback(lambda done: self._loop_ended(done, stop))
         try:
             await stop.wait()
         finally:
@@ -174,6 +190,17 @@ class TurnRunner:
             await asyncio.gather(*loops, return_exceptions=True)
             await self._hand_back()
             await self._forget()
+
+    def _loop_ended(self, task: asyncio.Task[Any], stop: asyncio.Event) -> None:
+        """A housekeeping loop only ends when stopped; one that ends before leaves leases to
+        lapse or conversations unadopted while the process looks alive, so the runner stops and
+        its process exits for its supervisor to restart it."""
+        if self._stopping:
+            return
+        reason = "cancelled" if task.cancelled() else repr(task.exception()) if task.exception() else "returned"
+        self.failure = f"housekeeping loop {task.get_name()} ended ({reason})"
+        log.error("%s before the stop: stopping the turn runner", self.failure, exc_info=None if task.cancelled() else task.exception())
+        stop.set()
 
     async def _until_redis(self, call: Any) -> None:
         while True:
@@ -342,7 +369,13 @@ class TurnRunner:
         try:
             await tick()
         except asyncio.CancelledError:
-            raise
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # the loop itself is being cancelled (the stop)
+            # A callee's future cancelled by someone else: one failed tick, not the loop's end.
+            metrics.housekeeping_errors.labels(task).inc()
+            log.error("%s tick failed: cancelled from within; the next one runs", task)
+            return False
         except (RedisError, OSError) as exc:
             # Expected while Redis is away: one line per tick, no traceback.
             metrics.housekeeping_errors.labels(task).inc()
@@ -363,6 +396,7 @@ class TurnRunner:
                 self.services.redis, self.services.keys.active, held[start:start + _RENEW_BATCH],
                 hold_until=self._hold_until(),
             )
+        self.renewed_mono = time.monotonic()
         for lease, key in held:
             if lease.lost:
                 poke = self._pokes.get(key)
@@ -371,14 +405,16 @@ class TurnRunner:
 
     async def _sweep_tick(self) -> None:
         await self.sweep()
-        self.housekeeping_at = time.time()
+        self.housekeeping_at = self.clock.now()
+        self.swept_mono = time.monotonic()
 
     async def beat(self) -> heartbeats.Heartbeat:
         """Publish this process's heartbeat (``gateway/store/heartbeats.py``) and return it."""
         heartbeat = heartbeats.Heartbeat(
             worker_id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), queue=QUEUE,
-            started_at=self.started_at, beat_at=time.time(), interval_s=self.tuning.heartbeat_interval_s,
+            started_at=self.started_at, beat_at=self.clock.now(), interval_s=self.tuning.heartbeat_interval_s,
             housekeeping_at=self.housekeeping_at, conversations=len(self._holds), version=VERSION,
+            sweep_interval_s=self.tuning.sweep_interval_s,
         )
         await heartbeats.beat(self.services.redis, self.services.keys, heartbeat)
         return heartbeat
@@ -438,7 +474,20 @@ class RunnerThread(threading.Thread):
         self._ready = threading.Event()
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
         self.error: BaseException | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the runner ended without being asked to (its thread is gone, or going), else None:
+        the process must then exit, and its ``/livez`` fails."""
+        if self._stop_requested or not self._ready.is_set():
+            return None
+        if self.runner is not None and self.runner.failure is not None:
+            return self.runner.failure
+        if self.error is not None:
+            return f"turn runner failed: {self.error!r}"
+        return None if self.is_alive() else "turn runner ended"
 
     def run(self) -> None:
         try:
@@ -470,6 +519,7 @@ class RunnerThread(threading.Thread):
         return self.runner
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stop_requested = True
         if self._loop is not None and self._stop_event is not None and not self._loop.is_closed():
             try:
                 self._loop.call_soon_threadsafe(self._stop_event.set)

@@ -743,7 +743,8 @@ class TurnEngine:
         raw = hold.head or ""
         hold.lease.check()
         await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage="unreadable")
-        ops = [Op("DEL", keys.turn(hold.conv))]
+        # Out of the waiting index too, as a finished turn is; the next begin puts the conversation back.
+        ops = [Op("DEL", keys.turn(hold.conv)), Op("ZREM", keys.waiting, (str(hold.conv),))]
         if raw:
             ops.append(Op("LREM", keys.inbox(hold.conv), (1, raw)))
         await self._write(hold, ops)

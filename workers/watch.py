@@ -120,6 +120,8 @@ class SessionWatcher:
         ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
         if fresh:
             ops.append(Op("ZADD", s.keys.active, (now, member)))
+            # NX: a user's message admitted meanwhile is older and stays the head's time.
+            ops.append(Op("ZADD", s.keys.waiting, ("NX", now, member)))
         await hold.lease.run(ops)
         hold.record = replace(record, cursor=cursor or record.cursor, last_polled=now)
         if fresh:

@@ -31,6 +31,8 @@ __all__ = ["main"]
 
 DATA_DIR = Path(os.environ.get("OCS_GATEWAY_DATA", ".ocs-gateway"))
 log = logging.getLogger("ocsgw")
+#: The levels ``--log-level`` / ``$LOG_LEVEL`` accept (any case).
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.log_format not in (None, *get_args(LogFormat)):  # argparse checks the option, not the env default
         parser.error(f"OCS_GATEWAY_LOG_FORMAT: choose from {', '.join(get_args(LogFormat))}, not {args.log_format!r}")
+    if str(args.log_level).upper() not in _LOG_LEVELS:  # logging would raise before any line is written
+        parser.error(f"--log-level / LOG_LEVEL: choose from {', '.join(_LOG_LEVELS)}, not {args.log_level!r}")
     # JSON or key=value lines, ours and the SDKs', each with the ids bound where work happens.
     configure_logging(log_format=args.log_format, level=args.log_level)
     # Token shapes from the first line on; the config's own secrets join once it is loaded.

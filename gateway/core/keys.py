@@ -17,6 +17,9 @@ key                              type    meaning
 ``lease:{conv}``                 string  the worker step that holds the conversation; PX TTL
 ``active``                       zset    conversations with work, scored by when their next
                                          step is due (the sweeper's list)
+``waiting``                      zset    conversations whose inbox is not empty, scored by
+                                         the ``received_at`` of the inbox's head (the oldest
+                                         message not yet answered): ``gateway.store.waiting``
 ``watch``                        zset    conversations with an OCS session, scored by when
                                          their next watch (a look for bot-initiated messages) is due
 ``fp:{conv}``                    zset    fingerprints of replies already delivered, scored by
@@ -114,6 +117,11 @@ class Keys:
     @property
     def active(self) -> str:
         return self._k("active")
+
+    @property
+    def waiting(self) -> str:
+        """Zset: conversation → its inbox head's ``received_at``; ``gateway/store/waiting.py``."""
+        return self._k("waiting")
 
     @property
     def watch(self) -> str:

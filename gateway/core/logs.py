@@ -21,7 +21,10 @@ Privacy (``log_message_text``, off by default): conversation keys are logged as 
 hash (``conversation_label``; they may hold a chat or user id), and the payload dumps that SDKs
 write at DEBUG (python-telegram-bot's Bot API parameters and results, slack_sdk's request and
 response bodies, Socket Mode envelopes — message text and user ids) are withheld, as are the
-arguments Dramatiq prints (our actor's argument is the conversation key).
+Dramatiq messages its lines print (a message renders as its actor's call, and our actor's
+argument is the conversation key) and the arguments its per-actor loggers print. Dramatiq's
+other arguments (queue names, message ids, Redis errors) are kept: they are what an operator
+needs, and they pass through redaction like every value.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ import hashlib
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Literal, get_args
 
 import structlog
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gateway.core.models import ConversationKey
@@ -61,16 +66,18 @@ CONTEXT_KEYS: tuple[str, ...] = ("channel", "kind", "bot", "conversation", "even
 #: What replaces an SDK's payload while message text is not logged.
 WITHHELD = "[withheld]"
 #: Loggers that print payloads, and up to which level: the SDKs dump request and response
-#: bodies (message text, user ids) at DEBUG; Dramatiq prints a message's arguments (our actor's
-#: is the conversation key) at DEBUG and in its failure lines.
+#: bodies (message text, user ids) at DEBUG; Dramatiq's per-actor loggers print the call's
+#: arguments (our actor's is the conversation key).
 _PAYLOAD_LOGGERS: dict[str, int] = {
     "telegram": logging.DEBUG,
     "slack_sdk": logging.DEBUG,
     "slack_bolt": logging.DEBUG,
     "adapters.slack.socket_mode.sdk": logging.DEBUG,  # slack_sdk's Socket Mode client, given our logger
-    "dramatiq": logging.CRITICAL,
     "workers.actors": logging.CRITICAL,  # Dramatiq's per-actor loggers are named after the module
 }
+#: Dramatiq's own loggers: at every level, only the arguments that are messages are withheld
+#: ("Failed to process message %s ..."); a connection error's text stays.
+_MESSAGE_LOGGERS = ("dramatiq",)
 #: Hex digits of the conversation hash: enough to tell a deployment's conversations apart.
 _LABEL_HEX = 12
 #: Keys rendered first, so a line reads the same way in every format.
@@ -154,6 +161,10 @@ class LogFormatter(structlog.stdlib.ProcessorFormatter):
         args = event_dict.pop("positional_args", None)
         if self.message_text or not isinstance(record, logging.LogRecord):
             return event_dict
+        if _is_under(record.name, _MESSAGE_LOGGERS):
+            if isinstance(args, tuple) and isinstance(record.msg, str) and any(map(_is_message, args)):
+                event_dict["event"] = _without_args(record.msg, args, withhold=_is_message)
+            return event_dict
         if record.levelno > _withheld_up_to(record.name):
             return event_dict
         if args and isinstance(record.msg, str):
@@ -177,9 +188,10 @@ class LogFormatter(structlog.stdlib.ProcessorFormatter):
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
 
 
-def _without_args(template: str, args: Any) -> str:
+def _without_args(template: str, args: Any, *, withhold: Callable[[Any], bool] | None = None) -> str:
     """``template`` with each argument withheld, except floats (timings: "Completed after
-    %.02fms."); ids are ints and strings, payloads dicts."""
+    %.02fms."); ids are ints and strings, payloads dicts. With ``withhold``, only the arguments
+    it picks are withheld and the others are formatted as ``logging`` would."""
     values = list(args) if isinstance(args, tuple) else []
 
     def fill(match: re.Match[str]) -> str:
@@ -187,6 +199,11 @@ def _without_args(template: str, args: Any) -> str:
         if spec == "%%":
             return "%"
         value = values.pop(0) if values else None
+        if withhold is not None and not withhold(value) and "(" not in spec and "*" not in spec:
+            try:
+                return spec % (value,)
+            except (TypeError, ValueError):
+                return WITHHELD
         if isinstance(value, float) and "(" not in spec:
             try:
                 return spec % value
@@ -195,6 +212,15 @@ def _without_args(template: str, args: Any) -> str:
         return WITHHELD
 
     return _PLACEHOLDER.sub(fill, template)
+
+
+def _is_message(value: Any) -> bool:
+    """A Dramatiq message, or the worker's proxy of one: it renders as ``actor(args)``."""
+    return isinstance(value, (Message, MessageProxy))
+
+
+def _is_under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def _withheld_up_to(name: str) -> int:

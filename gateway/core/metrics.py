@@ -22,19 +22,36 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["HOUSEKEEPING_TASKS", "INBOUND_OUTCOMES", "Metrics", "OCS_ENDPOINTS", "SEND_OUTCOMES"]
+__all__ = [
+    "HOUSEKEEPING_TASKS", "INBOUND_OUTCOMES", "Metrics", "OCS_ENDPOINTS", "OCS_STATUSES", "SEND_OUTCOMES",
+    "ocs_status_label",
+]
 
 #: ``ocsgw_inbound_requests_total{outcome}``: what the edge (or a listener) did with a request.
 INBOUND_OUTCOMES = (
     "accepted", "duplicate", "ignored", "invalid_signature", "invalid_payload", "too_large",
-    "unknown_channel", "unavailable", "error",
+    "unknown_channel", "unavailable", "error", "client_disconnected",
 )
 #: ``ocsgw_ocs_requests_total{endpoint}``: the OCS API calls the client makes.
 OCS_ENDPOINTS = ("token", "start", "send", "task", "messages", "session", "end", "upload", "file")
+#: ``ocsgw_ocs_requests_total{status}``: the HTTP statuses counted as themselves. Any other code
+#: counts under its class ("4xx", "5xx": a misbehaving proxy may answer any three digits, and
+#: each would be a new series per bot and endpoint), still matched by ``status=~"5.."``; a code
+#: outside 100-599 counts as "other".
+OCS_STATUSES = frozenset({200, 201, 202, 204, 400, 401, 403, 404, 409, 410, 413, 429, 500, 502, 503, 504})
 #: ``ocsgw_platform_sends_total{outcome}``.
 SEND_OUTCOMES = ("ok", "rate_limited", "gone", "rejected", "error")
 #: ``ocsgw_housekeeping_*_total{task}``: the worker runner's background loops.
 HOUSEKEEPING_TASKS = ("sweep", "renew", "watch", "heartbeat")
+
+
+
+def ocs_status_label(status: int) -> str:
+    """The ``status`` label of ``ocsgw_ocs_requests_total`` for an HTTP status (see ``OCS_STATUSES``)."""
+    if status in OCS_STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
 
 # A platform waits seconds for its acknowledgement (Slack 3 s, Telegram retries after ~60 s):
 # the interesting range is milliseconds to a few seconds.
@@ -74,8 +91,9 @@ class Metrics:
             "ocsgw_ocs_token_refreshes", "OAuth access tokens fetched from OCS.", ["bot"], registry=r,
         )
         self.ocs_budget_used = Gauge(
-            "ocsgw_ocs_budget_used", "OCS requests booked in the current budget window (session: the busiest "
-            "session; starts: the busiest channel).", ["bot", "scope"], registry=r,
+            "ocsgw_ocs_budget_used", "OCS requests the budget gate counts: origin, the sliding estimate over "
+            "the window; session (the busiest session) and starts (the busiest channel), the larger of this and "
+            "the previous window.", ["bot", "scope"], registry=r,
         )
         self.ocs_budget_limit = Gauge(
             "ocsgw_ocs_budget_limit", "The OCS request budget's limit per window.", ["bot", "scope"], registry=r,
@@ -117,7 +135,7 @@ class Metrics:
         self.watched_sessions = Gauge(
             "ocsgw_watched_sessions", "OCS sessions watched for bot-initiated messages.", registry=r,
         )
-        self.workers_alive = Gauge("ocsgw_workers_alive", "Worker processes whose heartbeat is fresh.", registry=r)
+        self.workers_alive = Gauge("ocsgw_workers_alive", "Worker processes whose heartbeat is fresh and whose housekeeping sweep is not stale.", registry=r)
         self.gauges_refresh_errors = Counter(
             "ocsgw_gauges_refresh_errors", "Scrapes whose Redis-backed gauges could not be refreshed.", registry=r,
         )

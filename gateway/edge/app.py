@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
@@ -30,8 +30,14 @@ from gateway.core.logs import bound, conversation_label
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
-from gateway.edge.health import ServicesProbe, health_routes
-from gateway.edge.inbound_metrics import InboundMetrics, counted_admit, note_outcome
+from gateway.edge.gauges import GaugeRefresher
+from gateway.edge.health import ServicesProbe, WriteCheck, health_routes
+from gateway.edge.inbound_metrics import (
+    CLIENT_CLOSED_REQUEST,
+    InboundMetrics,
+    counted_admit,
+    note_outcome,
+)
 from gateway.edge.limits import BodySizeLimit
 from gateway.services import Services
 from gateway.store.inbox import Admitter, WakeQueue
@@ -86,9 +92,11 @@ def create_app(
             await _stop_listeners(listeners)
             await services.aclose()
 
+    writes = WriteCheck()  # one per app: its verdict is cached across requests
+    gauges = GaugeRefresher(metrics)  # one per app (process): scrapes share its cached refresh
     routes: list[BaseRoute] = [
         Route("/", _banner(config), methods=["GET"]),
-        *health_routes(lambda request: ServicesProbe(getattr(request.app.state, "services", None))),
+        *health_routes(lambda request: ServicesProbe(getattr(request.app.state, "services", None), writes, gauges)),
     ]
     for kind, path in Services.inbound_paths(config).items():
         routes.append(Route(path, _ingest(kind), methods=["POST"]))
@@ -183,6 +191,13 @@ async def _platform_unavailable(request: Request, exc: RetryLater) -> Response:
     return _retry_response("platform temporarily unavailable; retry", exc.retry_after_s)
 
 
+async def _client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
+    """The client hung up before its body arrived: nothing to answer, nothing of ours failed.
+    The status only tells the counting middleware what happened (the server drops the reply)."""
+    log.info("client disconnected before the request body arrived")
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def _retry_response(message: str, retry_after_s: float) -> Response:
     # Telegram honours Retry-After on our errors; Slack and webhook senders retry on any 5xx.
     headers = {"Retry-After": str(max(int(retry_after_s), 1))}
@@ -194,4 +209,5 @@ _ERROR_STATUSES: dict[Any, Any] = {
     InboundError: _inbound_error,
     StoreUnavailable: _store_unavailable,
     RetryLater: _platform_unavailable,
+    ClientDisconnect: _client_disconnected,
 }

@@ -3,8 +3,8 @@
 * ``GET /livez`` — 200 while the process serves HTTP; no Redis call (a restart would not help a
   Redis outage, so liveness must not depend on it).
 * ``GET /readyz`` — 200 when the process can do its work (Redis answers PING, the configuration
-  is loaded, and on a worker its housekeeping runs); else 503 with a JSON reason that names no
-  host or port (those go to the log).
+  is loaded; on the web process Redis also takes writes, and on a worker its housekeeping runs);
+  else 503 with a JSON reason that names no host or port (those go to the log).
 * ``GET /metrics`` — the Prometheus exposition, the Redis-backed gauges refreshed first; when
   Redis does not answer, what the process has is still served.
 """
@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,15 +29,18 @@ from starlette.routing import Route
 from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
-from gateway.edge.gauges import refresh_gauges
+from gateway.edge.gauges import GaugeRefresher
 
-__all__ = ["Opened", "Probe", "ServicesProbe", "health_routes", "ping", "refreshed"]
+__all__ = ["Opened", "Probe", "ServicesProbe", "WriteCheck", "health_routes", "ping", "refreshed"]
 
 log = logging.getLogger("ocsgw.health")
 
 #: A readiness or gauge read that takes longer than this counts as Redis not answering
 #: (Prometheus's scrape timeout is 10 s by default; a probe must answer well within it).
 REDIS_TIMEOUT_S = 3.0
+#: How long a write probe's verdict stands: readiness is polled every few seconds by each load
+#: balancer, and a probe per poll would be a write per poll.
+WRITE_CHECK_EVERY_S = 5.0
 
 
 class Probe(Protocol):
@@ -72,12 +79,47 @@ async def ping(redis: aioredis.Redis) -> str | None:
     return None
 
 
-async def refreshed(services: Opened) -> tuple[bytes, str]:
-    """``services.metrics`` rendered after refreshing the Redis-backed gauges, or with their
-    last values when Redis does not answer (counted in ``ocsgw_gauges_refresh_errors_total``)."""
+class WriteCheck:
+    """Whether Redis takes writes, asked at most once every ``every_s`` (the verdict is cached).
+
+    A full Redis under ``noeviction`` (which the gateway requires), one that failed a background
+    save (MISCONF) and a read-only replica after a failover all still answer PING while every
+    webhook gets 503; a small ``SET`` that expires by itself fails in all three. One object per
+    app: the probe that uses it is built per request."""
+
+    def __init__(self, *, every_s: float = WRITE_CHECK_EVERY_S) -> None:
+        self.every_s = every_s
+        self._checked_at = -float("inf")
+        self._verdict: str | None = None
+
+    async def problem(self, redis: aioredis.Redis, keys: Keys) -> str | None:
+        """None when Redis took the probe's write (now or within ``every_s``), else the reason."""
+        now = time.monotonic()
+        if now - self._checked_at < self.every_s:
+            return self._verdict
+        self._checked_at = now  # concurrent probes reuse the verdict in hand rather than all write
+        key = f"{keys.namespace}:ready:{os.getpid()}"
+        try:
+            await asyncio.wait_for(redis.set(key, 1, px=int(max(self.every_s, 1.0) * 2000)), REDIS_TIMEOUT_S)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            log.warning("readiness: Redis unreachable: %s", exc or type(exc).__name__)
+            self._verdict = "redis unreachable"
+        except RedisError as exc:
+            # OOM, MISCONF, READONLY: Redis's own words name no host, but they go to the log only.
+            log.warning("readiness: Redis refuses writes: %s", exc or type(exc).__name__)
+            self._verdict = "redis refuses writes"
+        else:
+            self._verdict = None
+        return self._verdict
+
+
+async def refreshed(services: Opened, gauges: GaugeRefresher) -> tuple[bytes, str]:
+    """``services.metrics`` rendered after ``gauges`` (the process's refresher of those metrics)
+    refreshed the Redis-backed gauges, or with their last values when Redis does not answer
+    (counted in ``ocsgw_gauges_refresh_errors_total``)."""
     try:
         await asyncio.wait_for(
-            refresh_gauges(services.metrics, services.redis, services.keys, services.config), REDIS_TIMEOUT_S
+            gauges.refresh(services.redis, services.keys, services.config), REDIS_TIMEOUT_S
         )
     except (RedisError, OSError, TimeoutError) as exc:
         services.metrics.gauges_refresh_errors.inc()
@@ -86,20 +128,29 @@ async def refreshed(services: Opened) -> tuple[bytes, str]:
 
 
 class ServicesProbe:
-    """The web process's probe: its opened services (None until the app's lifespan ran)."""
+    """The web process's probe: its opened services (None until the app's lifespan ran) and,
+    when given, the app's ``WriteCheck`` (the web process must store what it acknowledges)."""
 
-    def __init__(self, services: Opened | None) -> None:
+    def __init__(
+        self, services: Opened | None, writes: WriteCheck | None = None, gauges: GaugeRefresher | None = None
+    ) -> None:
         self.services = services
+        self.writes = writes
+        self.gauges = gauges
 
     async def problem(self) -> str | None:
         if self.services is None:
             return "configuration not loaded"
-        return await ping(self.services.redis)
+        unreachable = await ping(self.services.redis)
+        if unreachable is not None or self.writes is None:
+            return unreachable
+        return await self.writes.problem(self.services.redis, self.services.keys)
 
     async def exposition(self) -> tuple[bytes, str]:
         if self.services is None:
             return Metrics().render()  # before start-up: valid, and empty
-        return await refreshed(self.services)
+        gauges = self.gauges if self.gauges is not None else GaugeRefresher(self.services.metrics)
+        return await refreshed(self.services, gauges)
 
 
 def health_routes(probe_of: Callable[[Request], Probe]) -> list[Route]:

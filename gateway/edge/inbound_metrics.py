@@ -32,11 +32,15 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import Inbound
 from gateway.store.traffic import TrafficRecorder
 
-__all__ = ["InboundMetrics", "counted_admit", "note_outcome"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "InboundMetrics", "counted_admit", "note_outcome"]
 
 log = logging.getLogger("ocsgw.edge")
 
 _SCOPE_KEY = "ocsgw.inbound"
+#: The status the edge gives a request whose client hung up before its body arrived (nginx's
+#: 499; nobody receives it): counted as ``client_disconnected``, and as a 4xx in the console's
+#: traffic, because the sender ended it and anyone can, so it must not look like our failure.
+CLIENT_CLOSED_REQUEST = 499
 #: An answer the route did not name, by status (the edge's error table, gateway/edge/app.py).
 _BY_STATUS = {
     400: "invalid_payload",
@@ -45,6 +49,7 @@ _BY_STATUS = {
     404: "unknown_channel",
     413: "too_large",
     422: "invalid_payload",
+    CLIENT_CLOSED_REQUEST: "client_disconnected",
     503: "unavailable",
 }
 _UNKNOWN = "-"

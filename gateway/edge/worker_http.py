@@ -9,8 +9,13 @@ runner's last sweep) and the routes are the web process's, so both answer alike.
 call runs on the turn runner's loop, where the worker's clients live, so a runner whose loop is
 stuck fails readiness rather than looking healthy from a loop of its own.
 
-A worker is ready when Redis answers and its housekeeping (the sweep) completed within the last
-``READY_SWEEPS`` sweep intervals (at least ``READY_MIN_S``, so a busy CPU does not flap it).
+A worker is ready when Redis answers, its sweep completed within the last ``READY_SWEEPS`` sweep
+intervals and its lease renewal within the last ``READY_SWEEPS`` renewal intervals (each at least
+``READY_MIN_S``, so a busy CPU does not flap it). These are judged on ``time.monotonic()``: an
+in-process question that a wall-clock step must not answer wrongly.
+
+A worker is live while its turn runner runs: once the runner has ended on its own, ``/livez``
+says 503 (the process is about to exit, ``workers/process.py``; a restart is what helps).
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.core.config import WorkerTuning
 from gateway.core.metrics import Metrics
+from gateway.edge.gauges import GaugeRefresher
 from gateway.edge.health import REDIS_TIMEOUT_S, Opened, health_routes, ping, refreshed
 
 __all__ = ["RunnerProbe", "RunnerView", "WorkerHttp"]
@@ -53,7 +62,11 @@ class RunnerView(Protocol):
     @property
     def tuning(self) -> WorkerTuning: ...
     @property
-    def housekeeping_at(self) -> float | None: ...
+    def started_mono(self) -> float: ...
+    @property
+    def swept_mono(self) -> float | None: ...
+    @property
+    def renewed_mono(self) -> float | None: ...
 
 
 class RunnerProbe:
@@ -61,10 +74,24 @@ class RunnerProbe:
 
     Parameters:
         runner_of: the running runner, or None while the worker starts or after it stopped.
+        failure_of: why the runner ended on its own, None while it runs (or was stopped).
     """
 
-    def __init__(self, runner_of: Callable[[], RunnerView | None]) -> None:
+    def __init__(
+        self, runner_of: Callable[[], RunnerView | None], failure_of: Callable[[], str | None] = lambda: None
+    ) -> None:
         self._runner_of = runner_of
+        self._failure_of = failure_of
+        # This process's refresher, made for the runner's metrics on the first scrape.
+        self._gauges: GaugeRefresher | None = None
+
+    def dead(self) -> str | None:
+        """None while live; else why not (the details are logged, not answered)."""
+        failure = self._failure_of()
+        if failure is None:
+            return None
+        log.error("liveness: %s", failure)
+        return "turn runner stopped"
 
     def _runner(self) -> RunnerView | None:
         runner = self._runner_of()
@@ -89,10 +116,16 @@ class RunnerProbe:
             return "turn runner not answering"
         if reason is not None:
             return reason
+        now = time.monotonic()
         limit = max(READY_SWEEPS * runner.tuning.sweep_interval_s, READY_MIN_S)
-        last = runner.housekeeping_at
-        if last is None or time.time() - last > limit:
+        swept = runner.swept_mono
+        if swept is None or now - swept > limit:
             return "housekeeping not running"
+        # Renewal runs every third of the lease TTL, its first tick one interval after the start.
+        limit = max(READY_SWEEPS * runner.tuning.lease_ttl_s / 3, READY_MIN_S)
+        renewed = runner.renewed_mono
+        if now - (runner.started_mono if renewed is None else renewed) > limit:
+            return "lease renewal not running"
         return None
 
     async def exposition(self) -> tuple[bytes, str]:
@@ -100,7 +133,9 @@ class RunnerProbe:
         if runner is None:
             return Metrics().render()  # starting or stopped: valid, and empty
         try:
-            return await self._on_runner(runner, refreshed(runner.services))
+            if self._gauges is None or self._gauges.metrics is not runner.services.metrics:
+                self._gauges = GaugeRefresher(runner.services.metrics)
+            return await self._on_runner(runner, refreshed(runner.services, self._gauges))
         except (TimeoutError, RuntimeError):
             return runner.services.metrics.render()  # counters as they are, gauges as they were
 
@@ -109,7 +144,14 @@ class WorkerHttp:
     """The listener: ``start()`` binds (port 0: any free one) and serves in a daemon thread."""
 
     def __init__(self, probe: RunnerProbe, *, host: str, port: int) -> None:
-        app = Starlette(routes=health_routes(lambda request: probe))
+        async def livez(request: Request) -> Response:
+            reason = probe.dead()
+            if reason is not None:
+                return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
+            return JSONResponse({"status": "ok"})
+
+        # Ahead of the shared routes, so this /livez is the one that answers.
+        app = Starlette(routes=[Route("/livez", livez, methods=["GET"]), *health_routes(lambda request: probe)])
         self._socket = socket.create_server((host, port), reuse_port=False)
         self.host = host
         self.port = int(self._socket.getsockname()[1])

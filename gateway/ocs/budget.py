@@ -15,6 +15,10 @@ polls may fill ``background_share`` of it, sends ``send_share``, waiting turns a
 user who is waiting is answered while the unsolicited-message polls pause. When OCS answers 429 or
 the WAF its 403 anyway (another client on the same IP, a lower server setting), ``block`` stops
 every process until the time OCS named.
+
+Every booking also counts in a per-window index of its scope (``index_key``), and every block in
+an index of blocks, so the busiest session (a gauge) and the open buckets (``usage``) are read
+from a few keys, never found by scanning the keyspace.
 """
 
 from __future__ import annotations
@@ -32,21 +36,36 @@ from gateway.core.config import BudgetLimits
 from gateway.core.keys import Keys, as_text
 from gateway.store.lua import LuaScript
 
-__all__ = ["BudgetUsage", "Grant", "Priority", "RequestBudget", "format_usage", "origin_key", "origin_of"]
+__all__ = [
+    "BudgetUsage",
+    "Grant",
+    "Priority",
+    "RequestBudget",
+    "format_usage",
+    "index_key",
+    "origin_key",
+    "origin_of",
+]
 
 # Grant/usage scope names, and the short names the keys use for them.
 _KEY_SCOPE = {"base_url": "url", "session": "session", "starts": "starts"}
 _SCOPE_OF_KEY = {short: scope for scope, short in _KEY_SCOPE.items()}
 
-# KEYS: the block keys that apply, then the prefixes of the buckets that apply (the script appends
-# the window start it computes from TIME). ARGV: window_s, how many KEYS are blocks, then per
-# bucket: cap (this priority's share), limit, scope, display name, sliding (1 or 0).
+# KEYS: the block keys that apply, then the prefixes of the buckets that apply, then the prefixes
+# of their indexes (same order; the script appends the window start it computes from TIME), then
+# the set of window sizes in use. ARGV: window_s, how many KEYS are blocks, then per bucket: cap
+# (this priority's share), limit, scope, display name, sliding (1 or 0), name in the key.
 # Returns {granted 0|1, ms to wait, refusing scope}.
 #
 # OCS's own limiter counts in aligned windows, so the session and start buckets do too. The
 # hosted WAF counts over a sliding five minutes: for the origin bucket the script estimates that
 # count as this window's plus the previous window's share of the time not yet elapsed (the usual
 # sliding-window counter), so a burst at a window boundary cannot spend the limit twice.
+#
+# Each booking also counts in a per-window sorted set per scope (score = the bucket's count), so
+# the busiest session and the open buckets are read from one key, never found by a SCAN of a
+# keyspace full of inboxes and markers. The index and the windows set only ever follow the
+# buckets: what is granted depends on the buckets alone.
 _ACQUIRE = LuaScript("""
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -54,6 +73,7 @@ local sec = tonumber(t[1])
 local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local nblocks = tonumber(ARGV[2])
+local nbuckets = (#KEYS - nblocks - 1) / 2
 local blocked = 0
 for i = 1, nblocks do
   local ttl = redis.call('PTTL', KEYS[i])
@@ -64,8 +84,8 @@ local start = sec - sec % window
 local start_ms = start * 1000
 local end_ms = (start + window) * 1000
 local buckets = {}
-for j = nblocks + 1, #KEYS do
-  local a = 3 + (j - nblocks - 1) * 5
+for j = nblocks + 1, nblocks + nbuckets do
+  local a = 3 + (j - nblocks - 1) * 6
   local key = KEYS[j] .. ':' .. start
   local cap = tonumber(ARGV[a])
   local used = tonumber(redis.call('HGET', key, 'n') or '0')
@@ -79,24 +99,44 @@ for j = nblocks + 1, #KEYS do
       return {0, math.max(math.ceil(fade_ms - now_ms), 1), ARGV[a + 2]}
     end
   end
-  buckets[#buckets + 1] = {key, ARGV[a + 1], ARGV[a + 3]}
+  buckets[#buckets + 1] = {key, ARGV[a + 1], ARGV[a + 3], KEYS[j + nbuckets] .. ':' .. start, ARGV[a + 5]}
 end
+-- Kept one window longer: the next window's sliding estimate (and its gauges) read it.
+local keep_ms = end_ms + window * 1000
+local opened = false
 for _, b in ipairs(buckets) do
+  redis.call('ZINCRBY', b[4], 1, b[5])
   if redis.call('HINCRBY', b[1], 'n', 1) == 1 then
     redis.call('HSET', b[1], 'limit', b[2], 'name', b[3], 'ends', end_ms)
-    -- Kept one window longer: the next window's sliding estimate reads it.
-    redis.call('PEXPIREAT', b[1], end_ms + window * 1000)
+    redis.call('PEXPIREAT', b[1], keep_ms)
+    redis.call('PEXPIREAT', b[4], keep_ms)
+    opened = true
   end
+end
+if opened then
+  local windows = KEYS[#KEYS]
+  redis.call('SADD', windows, window)
+  -- Only ever lengthened: a bot with a shorter window must not expire a longer one's entry.
+  if redis.call('PTTL', windows) < keep_ms - now_ms then redis.call('PEXPIREAT', windows, keep_ms) end
 end
 return {1, 0, ''}
 """)
 
 # A block only ever lengthens: a short Retry-After must not cut a longer one short.
+# KEYS: the block, the index of blocks (score: when each ends). ARGV: ms, reason, display name,
+# ``scope:name`` in the index. The index lets ``usage`` list blocks without a SCAN.
 _BLOCK = LuaScript("""
+if redis.replicate_commands then redis.replicate_commands() end
 local ms = tonumber(ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ms then
   redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'name', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ms)
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now_ms + ms, ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[2], tonumber(last[2]))
 end
 return 0
 """)
@@ -152,6 +192,22 @@ def origin_key(base_url: str) -> str:
     return hashlib.sha1(origin_of(base_url).encode()).hexdigest()[:12]
 
 
+def index_key(keys: Keys, scope: str, window_s: int, window_start: int | None = None) -> str:
+    """The per-window index of one scope's buckets (``"base_url"``, ``"session"`` or ``"starts"``):
+    a sorted set of the names in the bucket keys, scored by their count, kept as long as the
+    buckets. Without ``window_start``, the prefix the budget script completes."""
+    return keys.budget_bucket("index", f"{_KEY_SCOPE[scope]}:{window_s}", window_start)
+
+
+def _windows_key(keys: Keys) -> str:
+    # The window sizes booked lately, so ``usage`` knows which indexes to read.
+    return keys.budget_bucket("index", "windows")
+
+
+def _blocks_key(keys: Keys) -> str:
+    return keys.budget_bucket("index", "blocks")
+
+
 def _share(limits: BudgetLimits, priority: Priority) -> float:
     if priority is Priority.BACKGROUND:
         return limits.background_share
@@ -196,20 +252,29 @@ class RequestBudget:
         share = _share(limits, priority)
         origin = origin_of(base_url)
         url_id = origin_key(base_url)
+        window_s = limits.window_s
         blocks = [self._keys.budget_block("url", url_id)]
         prefixes = [self._keys.budget_bucket("url", url_id)]
-        args: list[str | int] = [_cap(limits.requests_per_window, share), limits.requests_per_window, "base_url", origin, 1]
+        indexes = [index_key(self._keys, "base_url", window_s)]
+        limit = limits.requests_per_window
+        args: list[str | int] = [_cap(limit, share), limit, "base_url", origin, 1, url_id]
         if session_id is not None:
             blocks.append(self._keys.budget_block("session", session_id))
             prefixes.append(self._keys.budget_bucket("session", session_id))
+            indexes.append(index_key(self._keys, "session", window_s))
             limit = limits.session_requests_per_window
-            args += [_cap(limit, share), limit, "session", session_id, 0]
+            args += [_cap(limit, share), limit, "session", session_id, 0, session_id]
         if start_channel is not None:
             blocks.append(self._keys.budget_block("starts", start_channel))
             prefixes.append(self._keys.budget_bucket("starts", start_channel))
+            indexes.append(index_key(self._keys, "starts", window_s))
             # Only starts use this bucket, so there is no lower priority to hold back for.
-            args += [limits.starts_per_window, limits.starts_per_window, "starts", start_channel, 0]
-        granted, wait_ms, scope = await _ACQUIRE(self._redis, [*blocks, *prefixes], [limits.window_s, len(blocks), *args])
+            args += [limits.starts_per_window, limits.starts_per_window, "starts", start_channel, 0, start_channel]
+        granted, wait_ms, scope = await _ACQUIRE(
+            self._redis,
+            [*blocks, *prefixes, *indexes, _windows_key(self._keys)],
+            [window_s, len(blocks), *args],
+        )
         if int(granted):
             return Grant(True, 0.0)
         return Grant(False, max(int(wait_ms), 1) / 1000.0, as_text(scope))
@@ -230,42 +295,62 @@ class RequestBudget:
         if seconds <= 0:
             return
         ms = max(1, math.ceil(seconds * 1000))
-        await _BLOCK(self._redis, [self._keys.budget_block(scope, key_name)], [ms, reason, name])
+        keys = [self._keys.budget_block(scope, key_name), _blocks_key(self._keys)]
+        await _BLOCK(self._redis, keys, [ms, reason, name, f"{scope}:{key_name}"])
 
     async def usage(self) -> list[BudgetUsage]:
         """Every bucket open in its current window and every block in force, base URLs first.
 
-        An operator's view (it scans the budget keys), not for the request path.
+        An operator's view: it reads the indexes the bookings and blocks keep (no SCAN), then every
+        bucket they name, so it costs in proportion to the open buckets.
         """
-        prefix = self._keys.budget_prefix
-        found = [as_text(key) async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000)]
-        if not found:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.smembers(_windows_key(self._keys))
+            pipe.zrange(_blocks_key(self._keys), 0, -1)
+            (seconds, micros), windows, blocked = await pipe.execute()
+        sec = int(seconds)
+        now_ms = sec * 1000 + int(micros) // 1000
+        listed: list[tuple[str, str, int]] = []  # (short scope, name in the key, window start)
+        sizes = sorted(int(w) for w in windows)
+        if sizes:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for window_s in sizes:
+                    for scope in _KEY_SCOPE:
+                        pipe.zrange(index_key(self._keys, scope, window_s, sec - sec % window_s), 0, -1)
+                members = await pipe.execute()
+            at = iter(members)
+            for window_s in sizes:
+                for short in _KEY_SCOPE.values():
+                    listed += [(short, as_text(m), sec - sec % window_s) for m in next(at)]
+        block_ids = [as_text(member).split(":", 1) for member in blocked]
+        if not listed and not block_ids:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for key in found:
-            pipe.hmget(key, ["n", "limit", "name", "reason", "ends"])
-            pipe.pttl(key)
-        pipe.time()
-        replies = await pipe.execute()
-        seconds, micros = replies[-1]
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for short, name, start in listed:
+                pipe.hmget(self._keys.budget_bucket(short, name, start), ["n", "limit", "name", "ends"])
+                pipe.pttl(self._keys.budget_bucket(short, name, start))
+            for short, name in block_ids:
+                pipe.hmget(self._keys.budget_block(short, name), ["reason", "name"])
+                pipe.pttl(self._keys.budget_block(short, name))
+            replies = await pipe.execute()
         rows: dict[tuple[str, str], _Row] = {}
-        for i, key in enumerate(found):
-            fields, ttl_ms = replies[2 * i], int(replies[2 * i + 1])
-            if ttl_ms < 0 or fields[2] is None:  # expired between SCAN and read
+        for i, (short, ident, _) in enumerate(listed):
+            (count, limit, name, ends), ttl_ms = replies[2 * i], int(replies[2 * i + 1])
+            if ttl_ms < 0 or name is None:  # expired between the index and the read
                 continue
-            parts = key[len(prefix) :].split(":")
-            is_block = parts[0] == "block"
-            scope = _SCOPE_OF_KEY[parts[1] if is_block else parts[0]]
-            ident = ":".join(parts[2:] if is_block else parts[1:-1])
-            row = rows.setdefault((scope, ident), _Row(scope, as_text(fields[2])))
-            if is_block:
-                row.blocked_ms, row.reason = ttl_ms, as_text(fields[3] or b"")
-                continue
-            ends_ms = int(fields[4] or 0) or now_ms + ttl_ms
+            ends_ms = int(ends or 0) or now_ms + ttl_ms
             if ends_ms <= now_ms:
-                continue  # the previous window, kept only for the sliding estimate
-            row.used, row.limit, row.resets_ms = int(fields[0] or 0), int(fields[1] or 0), ends_ms - now_ms
+                continue
+            row = rows.setdefault((_SCOPE_OF_KEY[short], ident), _Row(_SCOPE_OF_KEY[short], as_text(name)))
+            row.used, row.limit, row.resets_ms = int(count or 0), int(limit or 0), ends_ms - now_ms
+        offset = 2 * len(listed)
+        for i, (short, ident) in enumerate(block_ids):
+            (reason, name), ttl_ms = replies[offset + 2 * i], int(replies[offset + 2 * i + 1])
+            if ttl_ms < 0 or name is None or short not in _SCOPE_OF_KEY:  # lapsed since it was indexed
+                continue
+            row = rows.setdefault((_SCOPE_OF_KEY[short], ident), _Row(_SCOPE_OF_KEY[short], as_text(name)))
+            row.blocked_ms, row.reason = ttl_ms, as_text(reason or b"")
         order = {"base_url": 0, "starts": 1, "session": 2}
         usage = [row.freeze() for row in rows.values()]
         return sorted(usage, key=lambda u: (order[u.scope], -u.used, u.name))

@@ -34,7 +34,7 @@ from gateway.core.errors import (
     SessionExpired,
 )
 from gateway.core.keys import Keys
-from gateway.core.metrics import Metrics
+from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
@@ -179,7 +179,9 @@ class OCSClient:
 
     def _count(self, endpoint: str, status: str) -> None:
         if self.metrics is not None:
-            self.metrics.ocs_requests.labels(self.name, endpoint, status).inc()
+            # Raw codes are folded: any three digits would otherwise make a series of their own.
+            label = ocs_status_label(int(status)) if status.isdigit() else status
+            self.metrics.ocs_requests.labels(self.name, endpoint, label).inc()
 
     async def _block(self, scope: str, seconds: float, session_id: str | None, start_channel: str | None) -> None:
         if self.budget is None:

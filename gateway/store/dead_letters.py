@@ -55,15 +55,25 @@ _DAY_S = 24 * 3600
 _BATCH = 200
 
 
-# KEYS: the letter, the dlq index, the conversation's inbox, active. ARGV: letter id, inbox item,
-# conversation. Whoever deletes the letter queues it: two replays at once (a double click, two
-# operators, two web replicas) queue it once, and the other is told it is gone.
+# KEYS: the letter, the dlq index, the conversation's inbox, active, waiting. ARGV: letter id,
+# inbox item, conversation, the item's received_at (0: unknown). Whoever deletes the letter
+# queues it: two replays at once (a double click, two operators, two web replicas) queue it
+# once, and the other is told it is gone.
 _REPLAY = LuaScript("""
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[2])
+local length = redis.call('RPUSH', KEYS[3], ARGV[2])
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[3])
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[4], now, ARGV[3])
+-- The waiting index (gateway/store/waiting.py), as admission keeps it.
+local received = tonumber(ARGV[4])
+if received <= 0 then received = now end
+if length == 1 then
+  redis.call('ZADD', KEYS[5], received, ARGV[3])
+else
+  redis.call('ZADD', KEYS[5], 'NX', received, ARGV[3])
+end
 return 1
 """)
 
@@ -283,8 +293,9 @@ class DeadLetterStore:
         item = letter.inbound
         if letter.stage == STAGE_DELIVERY and letter.reply is not None:
             item = _as_push(original, letter.reply, letter.parts, letter_id).to_json()
-        keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active]
-        if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv)]):
+        keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active, self._keys.waiting]
+        received_at = Inbound.from_json(item).received_at
+        if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv), repr(float(received_at))]):
             return None  # replayed (or dropped) by someone else meanwhile
         return conv
 

@@ -1,5 +1,5 @@
 """Admitting an inbound event: claim its ids, append it to the conversation's inbox, mark the
-conversation active and put its wake-up on the Dramatiq queue, in one atomic step and one round
+conversation active and waiting (``gateway/store/waiting.py``) and put its wake-up on the Dramatiq queue, in one atomic step and one round
 trip, before the platform gets its 200 (DESIGN "Nothing acknowledged is lost").
 
 A claim without the append would lose the message on a crash between the two (the platform's
@@ -30,27 +30,38 @@ from gateway.store.lua import LuaScript
 
 __all__ = ["Admitter", "WakeQueue", "admit"]
 
-# KEYS: inbox, active, seen-1 … seen-n, then (when waking) the Dramatiq heartbeats zset, queue
-# list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, then (when
-# waking) now (ms), enqueuer id, redis message id, encoded message.
+# KEYS: inbox, active, waiting, seen-1 … seen-n, then (when waking) the Dramatiq heartbeats
+# zset, queue list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, the
+# event's received_at (0: unknown), then (when waking) now (ms), enqueuer id, redis message id,
+# encoded message.
 # Returns 1 when stored, 0 when any id was seen before (nothing written then).
 _ADMIT = LuaScript("""
 local n = tonumber(ARGV[1])
-for i = 3, 2 + n do
+for i = 4, 3 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
-for i = 3, 2 + n do
+for i = 4, 3 + n do
   redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
 end
-redis.call('RPUSH', KEYS[1], ARGV[3])
+local length = redis.call('RPUSH', KEYS[1], ARGV[3])
 -- Due now on Redis's clock, the one every worker's sweeper reads (gateway/store/clock.py).
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[4])
-if #KEYS > 2 + n then
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[2], 'NX', now, ARGV[4])
+-- The waiting index (gateway/store/waiting.py): this item's time when it is the head, else
+-- an older head keeps its own.
+local received = tonumber(ARGV[5])
+if received <= 0 then received = now end
+if length == 1 then
+  redis.call('ZADD', KEYS[3], received, ARGV[4])
+else
+  redis.call('ZADD', KEYS[3], 'NX', received, ARGV[4])
+end
+if #KEYS > 3 + n then
   -- dispatch.lua "enqueue": the enqueuer's heartbeat, the message by id, the id on the queue.
-  redis.call('ZADD', KEYS[3 + n], ARGV[5], ARGV[6])
-  redis.call('HSET', KEYS[5 + n], ARGV[7], ARGV[8])
-  redis.call('RPUSH', KEYS[4 + n], ARGV[7])
+  redis.call('ZADD', KEYS[4 + n], ARGV[6], ARGV[7])
+  redis.call('HSET', KEYS[6 + n], ARGV[8], ARGV[9])
+  redis.call('RPUSH', KEYS[5 + n], ARGV[8])
 end
 return 1
 """)
@@ -126,8 +137,10 @@ class Admitter:
         channel = inbound.key.channel
         conversation = str(inbound.key)
         seen = [self._keys.seen(channel, inbound.event_id), *(self._keys.seen(channel, a) for a in inbound.alias_ids)]
-        keys: list[str] = [self._keys.inbox(inbound.key), self._keys.active, *seen]
-        args: list[str | bytes | int | float] = [len(seen), self._dedup_ttl_s, inbound.to_json(), conversation]
+        keys: list[str] = [self._keys.inbox(inbound.key), self._keys.active, self._keys.waiting, *seen]
+        args: list[str | bytes | int | float] = [
+            len(seen), self._dedup_ttl_s, inbound.to_json(), conversation, repr(float(inbound.received_at)),
+        ]
         if self._wake is not None:
             redis_message_id, body = self._wake.message(conversation)
             keys += self._wake.keys

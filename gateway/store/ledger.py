@@ -127,15 +127,31 @@ class TurnLedger:
     def begin(self, conv: ConversationKey, inbound_raw: str, *, now: float) -> tuple[Turn, list[Op]]:
         turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now)
         fields = {"id": turn.id, "inbound_raw": inbound_raw, "state": turn.state, "next_at": now}
-        return turn, [Op("DEL", self._keys.turn(conv)), Op("HSET", self._keys.turn(conv), tuple(_encode(fields)))]
+        # The head is the authority on the waiting index (gateway/store/waiting.py): overwrite
+        # whatever the appends or an earlier turn left there.
+        waiting_since = turn.inbound.received_at if turn.inbound.received_at > 0 else now
+        return turn, [
+            Op("DEL", self._keys.turn(conv)),
+            Op("HSET", self._keys.turn(conv), tuple(_encode(fields))),
+            Op("ZADD", self._keys.waiting, (repr(float(waiting_since)), str(conv))),
+        ]
 
     def update(self, conv: ConversationKey, turn: Turn, **changes: Any) -> tuple[Turn, list[Op]]:
         """The turn with ``changes`` and the write that records them."""
         return replace(turn, **changes), [Op("HSET", self._keys.turn(conv), tuple(_encode(changes)))]
 
     def finish(self, conv: ConversationKey, turn: Turn) -> list[Op]:
-        """Drop the turn and its inbox item together, so the next item becomes the head."""
-        return [Op("LREM", self._keys.inbox(conv), (1, turn.inbound_raw)), Op("DEL", self._keys.turn(conv))]
+        """Drop the turn and its inbox item together, so the next item becomes the head.
+
+        The conversation also leaves the waiting index: the next ``begin`` puts it back with the
+        next head's time. A crash in between leaves it out until the sweeper adopts the
+        conversation (within ``stall_grace_s``) and begins; no write here could know the next
+        head's time without reading its body."""
+        return [
+            Op("LREM", self._keys.inbox(conv), (1, turn.inbound_raw)),
+            Op("DEL", self._keys.turn(conv)),
+            Op("ZREM", self._keys.waiting, (str(conv),)),
+        ]
 
 
 def _parse_turn(data: dict[Any, Any]) -> Turn | None:

@@ -6,7 +6,8 @@ The edge notes each answered request in memory (``TrafficRecorder.note``: no I/O
 path) and a background task adds the counts to Redis every few seconds in one pipeline. One hash
 per channel and minute, ``traffic:{channel}:{minute}`` with fields ``ok``, ``4xx`` and ``5xx``,
 kept a little over an hour. Counts lost with a killed process are a few seconds' worth: this is
-a dashboard, not a ledger.
+a dashboard, not a ledger. While Redis is away the counts wait in memory, but only those of the
+minutes the summary still reads: a long outage cannot grow them without bound.
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ class TrafficRecorder:
             minute = int((time.time() if now is None else now) // 60)
             self._pending[(channel, minute, outcome_of(status))] += 1
 
-    async def flush(self) -> None:
+    async def flush(self, *, now: float | None = None) -> None:
         """Write what was noted since the last flush (one pipeline). On a Redis error the counts
-        are kept for the next flush."""
-        if not self._pending:
+        are kept for the next flush, as long as their minute is still within ``WINDOW_MINUTES``."""
+        oldest = int((time.time() if now is None else now) // 60) - WINDOW_MINUTES + 1
+        taken = Counter({entry: n for entry, n in self._pending.items() if entry[1] >= oldest})
+        self._pending = Counter()
+        if not taken:
             return
-        taken, self._pending = self._pending, Counter()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for (channel, minute, outcome), n in taken.items():

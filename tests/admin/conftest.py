@@ -87,6 +87,7 @@ def make_stuck_turn(stack: Stack, *, waited_s: float = 600.0, conversation: str 
                                      "task_id": "task-frozen", "attempts": "2", "next_at": repr(now - waited_s / 2)})
     r.set(KEYS.lease(conv), "frozen-owner", px=int(waited_s * 1000))
     r.zadd(KEYS.active, {str(conv): now - waited_s / 2})
+    r.zadd(KEYS.waiting, {str(conv): now - waited_s})  # as the turn's begin records its head
     return str(conv)
 
 

@@ -262,7 +262,8 @@ async def test_acquire_is_one_evalsha_round_trip_even_after_a_script_flush(aredi
     calls = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
     # Redis counts the commands a script runs too; the client itself sent only EVALSHA.
     assert calls.pop("evalsha") == 10
-    assert set(calls) <= {"time", "pttl", "hget", "hincrby", "hset", "pexpireat", "info", "config"}
+    allowed = {"time", "pttl", "hget", "hincrby", "hset", "pexpireat", "zincrby", "sadd", "info", "config"}
+    assert set(calls) <= allowed  # no SCAN, no KEYS: the indexes are kept as it books
     await aredis.script_flush()  # what a Redis restart does to the script cache
     assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)).granted
 
@@ -340,3 +341,26 @@ def test_budget_is_configured_per_bot_with_the_ocs_defaults() -> None:
 def test_out_of_range_budget_is_refused_naming_the_field(field: str, value: float, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"bots\.b\.budget.*{message}"):
         GatewayConfig.from_mapping({"bots": {"b": {"chatbot_id": CHATBOT, "auth": "keyless", "budget": {field: value}}}})
+
+
+# -- indexes (review R2 #2) -----------------------------------------------------------------------
+
+
+async def test_usage_reads_the_indexes_without_a_scan_and_they_expire_with_the_buckets(aredis: aioredis.Redis) -> None:
+    budget = make_budget(aredis, window_s=300)
+    await room_in_window(aredis, 300, 5.0)
+    await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING, session_id="s-1", start_channel="tg")
+    await budget.block_starts("tg", 30, reason="429")
+    await aredis.config_resetstat()
+    rows = await budget.usage()
+    stats = await aredis.info("commandstats")
+    assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats
+    assert [(r.scope, r.name, r.used, r.blocked_for_s > 29) for r in rows] == [
+        ("base_url", OCS, 1, False),
+        ("starts", "tg", 1, True),
+        ("session", "s-1", 1, False),
+    ]
+    # Every key the budget wrote, indexes included, lapses on its own.
+    keys = [key async for key in aredis.scan_iter(match=f"{Keys().budget_prefix}*")]
+    assert len(keys) == 9  # three buckets, one block, three indexes, the windows and the blocks sets
+    assert [key for key in keys if await aredis.pttl(key) <= 0] == []

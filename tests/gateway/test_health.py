@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from gateway.edge.app import create_app
+from gateway.edge.gauges import REFRESH_MAX_AGE_S
 from gateway.store.embedded_redis import EmbeddedRedis
 from tests.conftest import SimServer, stack_config, wait_for
 from tests.support.scrape import scrape
@@ -48,9 +50,11 @@ def test_readyz_follows_redis_while_livez_stays_up(own_redis: EmbeddedRedis, sim
         assert str(own_redis.port) not in refused.text and "127.0.0.1" not in refused.text
         assert _status(f"{url}/healthz") == 503
         assert _status(f"{url}/livez") == 200
-        # Metrics still answer, with the counters as they are and the gauges' last values.
-        during = scrape(url)
-        assert during.value("ocsgw_gauges_refresh_errors_total") == before.value("ocsgw_gauges_refresh_errors_total") + 1
+        # Metrics still answer, with the counters as they are and the gauges' last values; the
+        # outage is counted once the refresh cached before it (REFRESH_MAX_AGE_S) has expired.
+        errors_before = before.value("ocsgw_gauges_refresh_errors_total")
+        wait_for(lambda: scrape(url).value("ocsgw_gauges_refresh_errors_total") >= errors_before + 1,
+                 timeout=REFRESH_MAX_AGE_S + 10, what="the refresh failure counted")
 
         restarted = EmbeddedRedis(tmp_path / "redis", port=own_redis.port, persist=False)
         restarted.start()
@@ -72,4 +76,28 @@ def test_metrics_parse_before_any_traffic(own_redis: EmbeddedRedis, sim: SimServ
         assert scraped.value("ocsgw_ocs_budget_limit", bot="demo", scope="session") == 300
         assert scraped.value("ocsgw_inbox_depth") == 0
     finally:
+        edge.stop()
+
+
+def test_readyz_fails_while_redis_answers_ping_but_refuses_writes(own_redis: EmbeddedRedis, sim: SimServer) -> None:
+    """A full Redis under noeviction still answers PING while every webhook gets 503: readiness
+    writes a small expiring key (at most every few seconds) and says so, naming no host."""
+    edge = UvicornThread(create_app(stack_config(sim.url, "http://127.0.0.1:9"), own_redis.url))
+    url = edge.start()
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ok"}
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")  # below what Redis already uses: every write is refused
+        assert admin.ping()
+        wait_for(lambda: _status(f"{url}/readyz") == 503, what="readyz to see the refused writes")
+        refused = httpx.get(f"{url}/readyz")
+        assert refused.json() == {"status": "unavailable", "reason": "redis refuses writes"}
+        assert str(own_redis.port) not in refused.text and "127.0.0.1" not in refused.text
+        assert _status(f"{url}/livez") == 200
+
+        admin.config_set("maxmemory", "0")
+        wait_for(lambda: _status(f"{url}/readyz") == 200, what="readyz once Redis takes writes again")
+    finally:
+        admin.close()
         edge.stop()

@@ -13,19 +13,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import dramatiq
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.cli import main
 from gateway.core.keys import Keys
-from gateway.core.logs import LogFormat, bound, conversation_label, make_handler, set_message_text
+from gateway.core.logs import (
+    LogFormat,
+    bound,
+    conversation_label,
+    make_handler,
+    set_message_text,
+)
 from gateway.core.metrics import Metrics
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.core.redaction import RedactionFilter, install_redaction, secret_values
 from gateway.edge.inbound_metrics import counted_admit
 from gateway.store.inbox import Admitter
 from gateway.store.traffic import TrafficRecorder
-from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, settled, stack_config, wait_for
+from tests.conftest import (
+    WEBHOOK_SECRET,
+    SimServer,
+    Stack,
+    settled,
+    stack_config,
+    wait_for,
+)
 
 #: Distinctive enough that finding them in a line cannot be a coincidence.
 CONVERSATION = "conv-private-7f3a"
@@ -284,3 +298,40 @@ def test_a_listeners_lines_carry_its_channel_and_each_events_ids(
     (sdk,) = [r for r in records if r["event"] == "an SDK line from inside the listener"]
     assert sdk["channel"] == "tg" and "event_id" not in sdk
     assert CONVERSATION not in captured.stream.getvalue()
+
+
+def test_dramatiq_lines_keep_their_arguments_but_not_the_messages_they_print(capture: Callable[[LogFormat], Captured]) -> None:
+    """A Dramatiq message renders as its actor's call (ours carries the conversation key): only
+    that is withheld; a connection error's text is what an operator needs, and stays."""
+    captured = capture("json")
+    consumer = logging.getLogger("dramatiq.worker.ConsumerThread(default)")
+    worker = logging.getLogger("dramatiq.worker.WorkerThread")
+    message: dramatiq.Message[Any] = dramatiq.Message(queue_name="default", actor_name="advance", args=(CONVERSATION,), kwargs={}, options={})
+    refused = ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    def emit() -> None:
+        consumer.critical("Consumer encountered a connection error: %s", refused)
+        worker.error("Failed to process message %s with unhandled exception.", message)
+        worker.warning("Failed to post_process_message(%s) due to a connection error: %s", message, refused)
+
+    emit()
+    assert [r["event"] for r in captured.records()] == [
+        "Consumer encountered a connection error: Error 111 connecting to redis:6379. Connection refused.",
+        "Failed to process message [withheld] with unhandled exception.",
+        "Failed to post_process_message([withheld]) due to a connection error: " + str(refused),
+    ]
+    set_message_text(True)
+    emit()
+    assert CONVERSATION in captured.records()[4]["event"]
+
+
+@pytest.mark.parametrize("level", ["verbose", "10"])
+def test_an_invalid_log_level_is_a_usage_error_naming_the_valid_ones(
+    level: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", level)
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in err and repr(level) in err

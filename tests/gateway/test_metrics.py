@@ -5,17 +5,30 @@ body. Read from the web process's and the worker's ``/metrics`` as Prometheus wo
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from gateway.core.errors import StoreUnavailable
+from gateway.core.config import BotConfig
+from gateway.core.errors import OCSRejected, OCSUnavailable, StoreUnavailable
 from gateway.core.keys import Keys
-from gateway.core.metrics import Metrics
+from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.edge.inbound_metrics import counted_admit
+from gateway.ocs.client import OCSClient
+from gateway.store.embedded_redis import EmbeddedRedis
 from gateway.store.inbox import Admitter
 from gateway.store.traffic import ChannelTraffic, TrafficRecorder, read_traffic
 from tests.conftest import Stack, settled, wait_for
@@ -186,3 +199,96 @@ def test_listener_events_are_counted_where_they_are_stored(redis_url: str) -> No
     for outcome in ("accepted", "duplicate", "unavailable"):
         assert count("ocsgw_inbound_requests_total", {"channel": "tg", "kind": "telegram", "outcome": outcome}) == 1
     assert seen.last_5m == {"ok": 2, "4xx": 0, "5xx": 1}
+
+
+def test_a_client_hanging_up_mid_body_counts_as_client_disconnected_not_as_a_failure(
+    make_stack: Callable[..., Stack], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who knows a channel's URL can start a body and hang up: that is the sender's doing,
+    so it is neither the ``error`` the critical alert watches nor a 5xx in the console."""
+    stack = make_stack(start_worker=False)
+    port = int(stack.url.rsplit(":", 1)[1])
+    half = (
+        b"POST /webhooks/hooks HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\n\r\n{\"conversation_id\":"
+    )
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(half)
+    disconnected = _labels(channel="hooks", kind="webhook", outcome="client_disconnected")
+    counted = wait_for(lambda: _inbound(scrape(stack.url)).get(disconnected) == 1.0 and _inbound(scrape(stack.url)),
+                       what="the hang-up to be counted")
+    assert counted == {disconnected: 1.0}
+
+    async def console() -> ChannelTraffic:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            return (await read_traffic(client, Keys(), ["hooks"]))["hooks"]
+        finally:
+            await client.aclose()
+
+    seen = wait_for(lambda: (t := asyncio.run(console())).last_5m != {"ok": 0, "4xx": 0, "5xx": 0} and t,
+                    timeout=20, what="the traffic recorder's flush")
+    assert seen.last_5m == {"ok": 0, "4xx": 1, "5xx": 0}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a hang-up logged an error"
+
+
+async def test_ocs_status_codes_outside_the_known_set_count_under_their_class(redis_url: str) -> None:
+    """A proxy in front of OCS may answer any three digits; each must not become a series."""
+    answers = iter([418, 521, 599, 503])
+
+    async def start(request: Request) -> Response:
+        return JSONResponse({"detail": "no"}, status_code=next(answers))
+
+    metrics = Metrics()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=[Route("/api/chat/start/", start, methods=["POST"])])))
+    redis = aioredis.Redis.from_url(redis_url)
+    bot = BotConfig(base_url="http://ocs.test", chatbot_id=str(uuid.uuid4()), auth="keyless")
+    client = OCSClient(name="demo", bot=bot, http=http, redis=redis, keys=Keys("status-fold"), metrics=metrics)
+    try:
+        for _ in range(4):
+            with pytest.raises((OCSRejected, OCSUnavailable)):
+                await client.start_session(remote_id="r-1", name=None)
+    finally:
+        await http.aclose()
+        await redis.aclose()
+    counted = {
+        dict(sample.labels)["status"]: sample.value
+        for family in metrics.registry.collect() if family.name == "ocsgw_ocs_requests"
+        for sample in family.samples if sample.name.endswith("_total")
+    }
+    assert counted == {"4xx": 1.0, "5xx": 2.0, "503": 1.0}
+    assert [ocs_status_label(code) for code in (200, 429, 507, 99, 1000)] == ["200", "429", "5xx", "other", "other"]
+
+
+def test_traffic_counts_wait_out_a_redis_outage_only_for_the_window_they_are_read_in(tmp_path: Path) -> None:
+    """While Redis is away the counts stay in memory; those older than the 60 minutes the
+    summary reads are dropped instead of piling up for the whole outage."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    server.start()
+    keys = Keys("traffic-outage")
+    now = time.time()
+
+    async def through_an_outage() -> dict[str, ChannelTraffic]:
+        client = aioredis.Redis.from_url(server.url, socket_connect_timeout=2)
+        recorder = TrafficRecorder(client, keys, ["hooks"])
+        try:
+            server.stop()
+            recorder.note("hooks", 200, now=now - 2 * 3600)  # noted two hours into the outage's past
+            recorder.note("hooks", 503, now=now - 30 * 60)
+            recorder.note("hooks", 200, now=now)
+            await recorder.flush(now=now)  # Redis away: kept for later
+            restarted = EmbeddedRedis(tmp_path / "redis", port=server.port, persist=False)
+            restarted.start()
+            try:
+                await recorder.flush(now=now)
+                old_minute = int((now - 2 * 3600) // 60)
+                assert await client.exists(keys.traffic("hooks", old_minute)) == 0
+                return await read_traffic(client, keys, ["hooks"], now=now)
+            finally:
+                await client.aclose()
+                restarted.stop()
+        finally:
+            server.stop()
+
+    seen = asyncio.run(through_an_outage())["hooks"]
+    assert seen.last_60m == {"ok": 1, "4xx": 0, "5xx": 1}

@@ -124,3 +124,31 @@ def test_a_running_worker_beats_and_a_cleanly_stopped_one_is_forgotten(make_stac
 
     stack.stop_worker()
     assert asyncio.run(_alive(stack.redis_url)) == []
+
+
+def test_a_cancelled_error_from_inside_a_tick_is_counted_and_the_loop_goes_on(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="ocsgw.runner")
+    stack = make_stack()
+    assert stack.worker is not None
+    runner = stack.worker.runner
+    original = runner.sweep
+    cancelled: list[bool] = []
+
+    async def sweep() -> tuple[int, int]:
+        if not cancelled:
+            cancelled.append(True)
+            # A future this tick awaits is cancelled by someone else, not the loop's task.
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.cancel)
+            await future
+        return await original()
+
+    monkeypatch.setattr(runner, "sweep", sweep)
+    wait_for(lambda: cancelled, what="the sweep tick to be cancelled from within")
+    wait_for(lambda: _counter(runner, "ocsgw_housekeeping_errors_total", "sweep") == 1, what="the cancellation to be counted")
+    ticks = _counter(runner, "ocsgw_housekeeping_ticks_total", "sweep")
+    wait_for(lambda: _counter(runner, "ocsgw_housekeeping_ticks_total", "sweep") >= ticks + 2, what="sweeps after it")
+    assert any("sweep" in r.getMessage() and "cancelled" in r.getMessage() for r in caplog.records)
+    assert stack.worker.failure is None

@@ -334,6 +334,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
         ],
         "workers": [
             {"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "alive": w.is_alive(summary.generated_at),
+             "state": w.state(summary.generated_at),
              "beat_age_s": w.age_s(summary.generated_at), "conversations": w.conversations, "version": w.version}
             for w in summary.workers
         ],

@@ -2,8 +2,8 @@
 the one function behind both the ``/admin`` console and ``ocs-gateway status``.
 
 Every part is bounded so that the page stays cheap on a busy gateway: turns in flight are read
-for at most ``SCAN_TURNS`` conversations (the most overdue first) and the oldest ``SHOW_TURNS``
-shown; dead letters are counted, and only the newest few read; each platform gets
+for the ``SHOW_TURNS`` oldest waiting messages (the waiting index) and at most ``SCAN_TURNS``
+most overdue conversations, and the oldest ``SHOW_TURNS`` shown; dead letters are counted, and only the newest few read; each platform gets
 ``PLATFORM_TIMEOUT_S`` to answer. Nothing here shows a secret or a user's message text.
 """
 
@@ -24,6 +24,7 @@ from gateway.store.dead_letters import DeadLetter
 from gateway.store.heartbeats import Heartbeat, alive
 from gateway.store.reply_delays import DelayStats, read_delays
 from gateway.store.traffic import ChannelTraffic, read_traffic
+from gateway.store.waiting import oldest_waiting
 
 __all__ = ["ChannelStatus", "Summary", "TurnInFlight", "gather_summary"]
 
@@ -102,16 +103,25 @@ class Summary:
 
     @property
     def workers_alive(self) -> list[Heartbeat]:
-        return [w for w in self.workers if w.is_alive(self.generated_at)]
+        """Beating and sweeping (as ``ocsgw_workers_alive`` counts them)."""
+        return [w for w in self.workers if w.state(self.generated_at) == "alive"]
+
+    @property
+    def workers_stale(self) -> list[Heartbeat]:
+        """Beating, but their housekeeping (the sweep) stopped."""
+        return [w for w in self.workers if w.state(self.generated_at) == "stale"]
 
     def problems(self) -> list[str]:
         """What an operator should look at first, one line each."""
         found: list[str] = []
-        if not self.workers_alive:
+        if not self.workers_alive and not self.workers_stale:
             found.append("no worker is alive: nothing is being answered")
-        dead = len(self.workers) - len(self.workers_alive)
+        stale = len(self.workers_stale)
+        dead = len(self.workers) - len(self.workers_alive) - stale
         if dead and self.workers_alive:
             found.append(f"{dead} worker(s) stopped beating")
+        if stale:
+            found.append(f"{stale} worker(s) beating but not sweeping: restart them")
         if self.stuck:
             found.append(f"{len(self.stuck)} turn(s) stuck")
         if self.dead_letters_total:
@@ -177,31 +187,55 @@ async def _platform_statuses(adapters: Mapping[str, ChannelAdapter[Any]]) -> dic
 async def _turns(services: Services, now: float) -> tuple[list[TurnInFlight], int]:
     redis, keys, config = services.redis, services.keys, services.config
     total = int(await redis.zcard(keys.active))
+    # Candidates: the oldest waiting messages (the waiting index, exact however many are in
+    # flight, so a stuck turn is listed first whatever the number), and the most overdue of
+    # ``active`` (an unowned conversation no sweeper takes is stuck whatever its age).
+    oldest = await oldest_waiting(redis, keys, limit=SHOW_TURNS)
     # withscores=True replies (member, score) pairs; redis-py's overloads do not narrow to them.
-    members = cast("list[tuple[bytes, float]]", await redis.zrange(keys.active, 0, SCAN_TURNS - 1, withscores=True))
-    if not members:
+    overdue_rows = cast("list[tuple[bytes, float]]", await redis.zrange(keys.active, 0, SCAN_TURNS - 1, withscores=True))
+    candidates = list(dict.fromkeys([str(w.conversation) for w in oldest] + [as_text(m) for m, _ in overdue_rows]))
+    convs: list[tuple[str, ConversationKey]] = []
+    for conv_text in candidates:
+        try:
+            convs.append((conv_text, ConversationKey.parse(conv_text)))
+        except ValueError:
+            continue  # not a conversation of ours
+    if not convs:
         return [], total
-    convs = [(as_text(member), float(score)) for member, score in members]
     async with redis.pipeline(transaction=False) as pipe:
-        for conv_text, _ in convs:
-            conv = ConversationKey.parse(conv_text)
-            pipe.hmget(keys.turn(conv), ["state", "inbound_raw", "attempts", "last_error"])
+        for _, conv in convs:
+            pipe.hmget(keys.turn(conv), ["state", "attempts", "last_error"])
             pipe.exists(keys.lease(conv))
-            pipe.lindex(keys.inbox(conv), 0)
+            pipe.zscore(keys.active, str(conv))
+            pipe.zscore(keys.waiting, str(conv))
         replies = await pipe.execute()
+    rows = [replies[4 * i : 4 * i + 4] for i in range(len(convs))]
+    # The index misses a conversation only briefly (between a turn's end and the next one's
+    # start, or state written by hand): read those heads' times from the items themselves.
+    unindexed = [i for i, row in enumerate(rows) if row[3] is None]
+    fallback: dict[int, float | None] = {}
+    if unindexed:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in unindexed:
+                conv = convs[i][1]
+                pipe.hget(keys.turn(conv), "inbound_raw")
+                pipe.lindex(keys.inbox(conv), 0)
+            raws = await pipe.execute()
+        for j, i in enumerate(unindexed):
+            raw = raws[2 * j] or raws[2 * j + 1]
+            fallback[i] = _received_at(raw) if raw is not None else None
     tuning = config.worker
     # Unowned and this late: the sweeper should have adopted it by now, so no worker is taking it.
     abandoned_after_s = tuning.stall_grace_s + 2 * tuning.sweep_interval_s
     turns: list[TurnInFlight] = []
-    for i, (conv_text, due_at) in enumerate(convs):
-        (state, turn_inbound, attempts, last_error), owned, head = replies[3 * i : 3 * i + 3]
-        raw = turn_inbound or head
-        received_at = _received_at(raw) if raw is not None else None
+    for i, (conv_text, _) in enumerate(convs):
+        (state, attempts, last_error), owned, due_at, waiting_since = rows[i]
+        received_at = float(waiting_since) if waiting_since is not None else fallback.get(i)
         age = max(0.0, now - received_at) if received_at else 0.0
         channel = conv_text.partition("/")[0]
         channel_config = config.channels.get(channel)
         expected = config.bots[channel_config.bot].task_timeout_s if channel_config is not None else None
-        overdue = max(0.0, now - due_at)
+        overdue = max(0.0, now - float(due_at)) if due_at is not None else 0.0
         stuck = (expected is not None and age > STUCK_FACTOR * expected) or (
             not owned and overdue > abandoned_after_s
         )

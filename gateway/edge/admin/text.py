@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.edge.admin.summary import Summary
+from gateway.store.heartbeats import Heartbeat
 
 __all__ = ["ago", "clock", "duration", "format_summary"]
 
@@ -35,6 +36,13 @@ def ago(timestamp: float | None, now: float | None = None) -> str:
     if not timestamp:
         return "never"
     return f"{duration(max(0.0, (time.time() if now is None else now) - timestamp))} ago"
+
+
+def _worker_state(worker: Heartbeat, now: float) -> str:
+    state = worker.state(now)
+    if state == "stale":
+        return f"STALE (swept {ago(worker.housekeeping_at or worker.started_at, now)})"
+    return "alive" if state == "alive" else "DEAD"
 
 
 def clock(timestamp: float | None) -> str:
@@ -72,7 +80,7 @@ def format_summary(summary: Summary) -> str:
     if summary.workers:
         rows = [("worker", "host", "pid", "state", "last beat", "conversations")]
         for worker in summary.workers:
-            rows.append((worker.worker_id, worker.host, str(worker.pid), "alive" if worker.is_alive(now) else "DEAD",
+            rows.append((worker.worker_id, worker.host, str(worker.pid), _worker_state(worker, now),
                          ago(worker.beat_at, now), str(worker.conversations)))
         lines.extend(_table(rows))
 
