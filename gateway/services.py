@@ -152,7 +152,8 @@ class _ObservedWorker(WorkerProcess):
             host = self.config.worker.metrics_host
             probe = RunnerProbe(lambda: self.runner_thread.runner, lambda: self.runner_thread.failure)
             try:
-                self.http = WorkerHttp(probe, host=host, port=port)
+                token = self.config.metrics_token.reveal() if self.config.metrics_token is not None else None
+                self.http = WorkerHttp(probe, host=host, port=port, metrics_token=token)
             except OSError as exc:
                 # A setting to change, not a crash to debug: one line naming where it is set.
                 raise ConfigError(

@@ -96,7 +96,10 @@ def create_app(
     gauges = GaugeRefresher(metrics)  # one per app (process): scrapes share its cached refresh
     routes: list[BaseRoute] = [
         Route("/", _banner(config), methods=["GET"]),
-        *health_routes(lambda request: ServicesProbe(getattr(request.app.state, "services", None), writes, gauges)),
+        *health_routes(
+            lambda request: ServicesProbe(getattr(request.app.state, "services", None), writes, gauges),
+            metrics_token=config.metrics_token.reveal() if config.metrics_token is not None else None,
+        ),
     ]
     for kind, path in Services.inbound_paths(config).items():
         routes.append(Route(path, _ingest(kind), methods=["POST"]))

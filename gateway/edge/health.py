@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -153,8 +154,10 @@ class ServicesProbe:
         return await refreshed(self.services, gauges)
 
 
-def health_routes(probe_of: Callable[[Request], Probe]) -> list[Route]:
-    """``/livez``, ``/readyz`` (and ``/healthz``, its older name) and ``/metrics``."""
+def health_routes(probe_of: Callable[[Request], Probe], *, metrics_token: str | None = None) -> list[Route]:
+    """``/livez``, ``/readyz`` (and ``/healthz``, its older name) and ``/metrics``; with
+    ``metrics_token``, ``/metrics`` answers only ``Authorization: Bearer <token>`` (401 otherwise).
+    The probes stay open: an orchestrator asks them without credentials, and they say nothing."""
 
     async def livez(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -166,6 +169,9 @@ def health_routes(probe_of: Callable[[Request], Probe]) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_is(request, metrics_token):
+            return JSONResponse({"error": "metrics need Authorization: Bearer <metrics_token>"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
         body, content_type = await probe_of(request).exposition()
         return Response(body, media_type=content_type)
 
@@ -173,3 +179,8 @@ def health_routes(probe_of: Callable[[Request], Probe]) -> list[Route]:
         ("/livez", livez), ("/readyz", readyz), ("/healthz", readyz), ("/metrics", metrics),
     ]
     return [Route(path, handler, methods=["GET"]) for path, handler in handlers]
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered.strip().encode(), token.encode())

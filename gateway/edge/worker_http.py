@@ -143,7 +143,7 @@ class RunnerProbe:
 class WorkerHttp:
     """The listener: ``start()`` binds (port 0: any free one) and serves in a daemon thread."""
 
-    def __init__(self, probe: RunnerProbe, *, host: str, port: int) -> None:
+    def __init__(self, probe: RunnerProbe, *, host: str, port: int, metrics_token: str | None = None) -> None:
         async def livez(request: Request) -> Response:
             reason = probe.dead()
             if reason is not None:
@@ -151,7 +151,7 @@ class WorkerHttp:
             return JSONResponse({"status": "ok"})
 
         # Ahead of the shared routes, so this /livez is the one that answers.
-        app = Starlette(routes=[Route("/livez", livez, methods=["GET"]), *health_routes(lambda request: probe)])
+        app = Starlette(routes=[Route("/livez", livez, methods=["GET"]), *health_routes(lambda request: probe, metrics_token=metrics_token)])
         self._socket = socket.create_server((host, port), reuse_port=False)
         self.host = host
         self.port = int(self._socket.getsockname()[1])

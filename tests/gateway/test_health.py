@@ -11,9 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.core.config import Secret
 from gateway.edge.app import create_app
 from gateway.edge.gauges import REFRESH_MAX_AGE_S
+from gateway.edge.worker_http import RunnerProbe, WorkerHttp
 from gateway.store.embedded_redis import EmbeddedRedis
 from tests.conftest import SimServer, stack_config, wait_for
 from tests.support.scrape import scrape
@@ -101,3 +104,31 @@ def test_readyz_fails_while_redis_answers_ping_but_refuses_writes(own_redis: Emb
     finally:
         admin.close()
         edge.stop()
+
+
+def test_a_metrics_token_guards_metrics_and_leaves_the_probes_open(
+    own_redis: EmbeddedRedis, sim: SimServer, tmp_path: Path
+) -> None:
+    token = "m-" + "7" * 30
+    config = stack_config(sim.url, "http://127.0.0.1:9", metrics_token=Secret(token))
+    edge = UvicornThread(create_app(config, own_redis.url))
+    url = edge.start()
+    try:
+        assert _status(f"{url}/metrics") == 401
+        wrong = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer " + "8" * 32})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        allowed = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200
+        assert any(f.name == "ocsgw_inbound_requests" for f in text_string_to_metric_families(allowed.text))
+        assert _status(f"{url}/livez") == 200 and _status(f"{url}/readyz") == 200  # orchestrators ask without credentials
+    finally:
+        edge.stop()
+    # The worker's listener is guarded by the same token.
+    probe = RunnerProbe(lambda: None)
+    listener = WorkerHttp(probe, host="127.0.0.1", port=0, metrics_token=token)
+    listener.start()
+    try:
+        assert _status(f"{listener.url}/metrics") == 401
+        assert httpx.get(f"{listener.url}/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        listener.stop()
