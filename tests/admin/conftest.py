@@ -115,19 +115,18 @@ def chromium_path() -> str | None:
 
 @pytest.fixture
 def browser_context() -> Iterator[object]:
-    """A page in a real headless Chromium (Debian's package, driven by Playwright); skips with the
+    """A page in a real headless Chromium (Debian's package, driven by Playwright); fails with the
     reason when there is no Chromium (scripts/ensure_test_tools installs it)."""
     path = chromium_path()
     if path is None:
         wanted = os.environ.get("CHROMIUM", "/usr/bin/chromium")
         tool_missing(f"no Chromium at {wanted}: run scripts/ensure_test_tools (as root) for the browser tests")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[test]')")
     import tempfile
 
+    # A test dependency (pyproject's [test] extra), imported here so the other console tests run
+    # without loading it.
     from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="ocsgw-chromium-") as profile, sync_playwright() as pw:
         try:

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.core.keys import Keys
+from gateway.store.lua import LuaScript
 
 __all__ = ["AdminAuth", "COOKIE_NAME", "FailureThrottle", "Session", "client_address"]
 
@@ -158,15 +159,15 @@ class FailureThrottle:
     async def failed(self, redis: aioredis.Redis, keys: Keys, address: str) -> int:
         """Count one wrong token from ``address``; returns the failures in its current window."""
         # One script, so a counter never exists without its expiry (a lockout for good).
-        count = await redis.eval(_COUNT_FAILURE, 1, self.key(keys, address), int(self.window_s * 1000))
+        count = await _COUNT_FAILURE(redis, [self.key(keys, address)], [int(self.window_s * 1000)])
         return int(count)
 
 
-_COUNT_FAILURE = """
+_COUNT_FAILURE = LuaScript("""
 local n = redis.call('INCR', KEYS[1])
 if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
-"""
+""")
 
 
 def client_address(request: Request) -> str:
