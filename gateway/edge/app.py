@@ -26,7 +26,7 @@ from gateway.core.errors import (
     StoreUnavailable,
     UnknownChannel,
 )
-from gateway.core.logs import bound, conversation_label
+from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
@@ -35,6 +35,7 @@ from gateway.edge.health import ServicesProbe, WriteCheck, health_routes
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
+    admit_with_ids,
     counted_admit,
     note_outcome,
 )
@@ -155,13 +156,11 @@ def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
             admitter: Admitter = request.app.state.admitter
             stored = duplicates = 0
             for inbound in parsed.inbounds:
-                with bound(event_id=inbound.event_id, conversation=conversation_label(inbound.key, reveal=reveal)):
-                    # Stored, listed as active and queued in one script: no half-done admission to repair.
-                    if await admitter(inbound):
-                        stored += 1
-                    else:
-                        duplicates += 1
-                        log.info("duplicate event")
+                # Stored, listed as active and queued in one script: no half-done admission to repair.
+                if await admit_with_ids(admitter, inbound, reveal=reveal):
+                    stored += 1
+                else:
+                    duplicates += 1
         note_outcome(request.scope, "accepted" if stored else "duplicate" if duplicates else "ignored")
         return JSONResponse(parsed.response if parsed.response is not None else {"ok": True})
 

@@ -32,7 +32,7 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import Inbound
 from gateway.store.traffic import TrafficRecorder
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "InboundMetrics", "counted_admit", "note_outcome"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "InboundMetrics", "admit_with_ids", "counted_admit", "note_outcome"]
 
 log = logging.getLogger("ocsgw.edge")
 
@@ -120,6 +120,17 @@ class InboundMetrics:
                 traffic.note(channel, status or 500)
 
 
+async def admit_with_ids(admit: Admit, inbound: Inbound, *, reveal: bool) -> bool:
+    """``admit(inbound)`` with the event's ids bound for every line logged meanwhile (redis-py's
+    included), a duplicate said once: the HTTP route and the listeners store events alike.
+    ``reveal``: ``log_message_text`` (the raw conversation key instead of its hash)."""
+    with bound(event_id=inbound.event_id, conversation=conversation_label(inbound.key, reveal=reveal)):
+        stored = await admit(inbound)
+        if not stored:
+            log.info("duplicate event")
+    return stored
+
+
 def counted_admit(
     admit: Admit, metrics: Metrics, traffic: TrafficRecorder, *, channel: str, kind: str, reveal: bool = False
 ) -> Admit:
@@ -127,15 +138,12 @@ def counted_admit(
     its ids for the lines logged while it is stored (``reveal``: ``log_message_text``)."""
 
     async def counted(inbound: Inbound) -> bool:
-        with bound(event_id=inbound.event_id, conversation=conversation_label(inbound.key, reveal=reveal)):
-            try:
-                stored = await admit(inbound)
-            except StoreUnavailable:
-                metrics.count_inbound(channel, kind, "unavailable")
-                traffic.note(channel, 503)
-                raise
-            if not stored:
-                log.info("duplicate event")
+        try:
+            stored = await admit_with_ids(admit, inbound, reveal=reveal)
+        except StoreUnavailable:
+            metrics.count_inbound(channel, kind, "unavailable")
+            traffic.note(channel, 503)
+            raise
         metrics.count_inbound(channel, kind, "accepted" if stored else "duplicate")
         traffic.note(channel, 200)
         return stored
