@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey, Inbound, InboundKind, Outgoing, Reply
 from gateway.store.lua import LuaScript
+from gateway.store.waiting import NOTE_WAITING_LUA
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -59,21 +60,14 @@ _BATCH = 200
 # inbox item, conversation, the item's received_at (0: unknown). Whoever deletes the letter
 # queues it: two replays at once (a double click, two operators, two web replicas) queue it
 # once, and the other is told it is gone.
-_REPLAY = LuaScript("""
+_REPLAY = LuaScript(NOTE_WAITING_LUA + """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local length = redis.call('RPUSH', KEYS[3], ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[4], now, ARGV[3])
--- The waiting index (gateway/store/waiting.py), as admission keeps it.
-local received = tonumber(ARGV[4])
-if received <= 0 then received = now end
-if length == 1 then
-  redis.call('ZADD', KEYS[5], received, ARGV[3])
-else
-  redis.call('ZADD', KEYS[5], 'NX', received, ARGV[3])
-end
+note_waiting(KEYS[5], ARGV[3], length, ARGV[4], now)
 return 1
 """)
 

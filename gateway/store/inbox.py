@@ -27,6 +27,7 @@ from gateway.core.errors import StoreUnavailable
 from gateway.core.keys import Keys
 from gateway.core.models import Inbound
 from gateway.store.lua import LuaScript
+from gateway.store.waiting import NOTE_WAITING_LUA
 
 __all__ = ["Admitter", "WakeQueue", "admit"]
 
@@ -35,7 +36,7 @@ __all__ = ["Admitter", "WakeQueue", "admit"]
 # event's received_at (0: unknown), then (when waking) now (ms), enqueuer id, redis message id,
 # encoded message.
 # Returns 1 when stored, 0 when any id was seen before (nothing written then).
-_ADMIT = LuaScript("""
+_ADMIT = LuaScript(NOTE_WAITING_LUA + """
 local n = tonumber(ARGV[1])
 for i = 4, 3 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
@@ -48,15 +49,7 @@ local length = redis.call('RPUSH', KEYS[1], ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[2], 'NX', now, ARGV[4])
--- The waiting index (gateway/store/waiting.py): this item's time when it is the head, else
--- an older head keeps its own.
-local received = tonumber(ARGV[5])
-if received <= 0 then received = now end
-if length == 1 then
-  redis.call('ZADD', KEYS[3], received, ARGV[4])
-else
-  redis.call('ZADD', KEYS[3], 'NX', received, ARGV[4])
-end
+note_waiting(KEYS[3], ARGV[4], length, ARGV[5], now)
 if #KEYS > 3 + n then
   -- dispatch.lua "enqueue": the enqueuer's heartbeat, the message by id, the id on the queue.
   redis.call('ZADD', KEYS[4 + n], ARGV[6], ARGV[7])

@@ -13,8 +13,8 @@ message body. The writers keep it right in the same atomic step as the inbox cha
 * a turn's ``finish`` removes it; the next ``begin`` puts it back.
 
 Nothing else may be trusted to be exact (a crash between ``finish`` and the next ``begin``
-leaves the conversation out until the sweeper adopts it, within ``stall_grace_s``; an
-unreadable head dropped by the turn engine may leave an entry behind), so the reader heals what
+leaves the conversation out until the sweeper adopts it, within ``stall_grace_s``; an inbox
+trimmed by hand leaves its entry behind), so the reader heals what
 it reads: an entry whose inbox is empty is removed, atomically with the check, and not reported.
 """
 
@@ -29,7 +29,23 @@ from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey
 from gateway.store.lua import LuaScript
 
-__all__ = ["Waiting", "oldest_waiting"]
+__all__ = ["NOTE_WAITING_LUA", "Waiting", "oldest_waiting"]
+
+#: Lua, prepended to the scripts that append to an inbox and see the append's result (admission,
+#: dead-letter replay): ``note_waiting(waiting, conv, length, received, now)`` after an RPUSH
+#: that left the inbox ``length`` long. The item's time (``now`` when it has none) when it became
+#: the head, else an older head keeps its own.
+NOTE_WAITING_LUA = """
+local function note_waiting(waiting, conv, length, received, now)
+  received = tonumber(received)
+  if received <= 0 then received = now end
+  if length == 1 then
+    redis.call('ZADD', waiting, received, conv)
+  else
+    redis.call('ZADD', waiting, 'NX', received, conv)
+  end
+end
+"""
 
 #: Rounds of ``oldest_waiting`` spent when everything read was stale (healed) before giving up.
 _ROUNDS = 3
