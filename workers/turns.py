@@ -54,7 +54,7 @@ from gateway.store.conversations import ConversationRecord
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Lease, LeaseLost, Op
 from gateway.store.ledger import Turn, TurnLedger, TurnState
-from gateway.store.reply_delays import record_delays
+from gateway.store.reply_delays import delay_ops
 from workers.context import WorkerServices
 from workers.poll_schedule import CompletionHistogram, HistogramStore, PollSchedule
 
@@ -581,13 +581,13 @@ class TurnEngine:
                 await self._write(hold, ops, turn=turn)
             hold.lease.check()
             platform_id = await self._send_part(hold, adapter, {**route, "delivery_id": f"{turn.id}.{index}"}, turn.parts[index])
-            if index == 0:
-                await self._note_first_part(hold, turn)
             following = index + 1 if index + 1 < len(turn.parts) else -1
             turn, ops = ledger.update(
                 conv, turn, delivered=index + 1, sending_part=following,
                 platform_ids=(*turn.platform_ids, platform_id), failing_since=0.0, attempts=0,
             )
+            if index == 0:
+                ops += self._first_part_ops(hold, turn)
             await self._write(hold, ops, turn=turn)
         if turn.working_at:
             try:
@@ -598,11 +598,11 @@ class TurnEngine:
         log.info("turn done (%d parts)", len(turn.parts))
         return CONTINUE
 
-    async def _note_first_part(self, hold: Hold, turn: Turn) -> None:
+    def _first_part_ops(self, hold: Hold, turn: Turn) -> list[Op]:
         """The answer's first part is out: observe the reply delay (OCS done → sent) for this
-        process's metric, and record it with the user's wait (edge → sent) for the console's
-        fleet-wide p50/p95. Bot-initiated messages had no one waiting. Best effort: a lost
-        sample is harmless."""
+        process's metric, and return the writes that record it with the user's wait (edge →
+        sent) for the console's fleet-wide p50/p95, to ride with the delivery record (no round
+        trip of their own). Bot-initiated messages had no one waiting."""
         now = self.clock.now()
         samples: dict[str, float] = {}
         if hold.ready_at is not None:
@@ -611,10 +611,7 @@ class TurnEngine:
             hold.ready_at = None
         if turn.inbound.kind != InboundKind.PUSH and turn.inbound.received_at:
             samples["wait"] = max(now - turn.inbound.received_at, 0.0)
-        try:
-            await record_delays(self.services.redis, self.services.keys, samples, now=now)
-        except (RedisError, OSError) as exc:
-            log.debug("reply delay not recorded: %s", exc)
+        return delay_ops(self.services.keys, samples, now=now)
 
     async def _finish(self, hold: Hold, turn: Turn, *, outcome: str | None = None) -> None:
         """Drop the turn and its inbox item; learn the next head in the same round trip.

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
+from gateway.store.lease import Op
 
-__all__ = ["DelayStats", "SERIES", "bin_of", "bin_upper_s", "read_delays", "record_delays"]
+__all__ = ["DelayStats", "SERIES", "bin_of", "bin_upper_s", "delay_ops", "read_delays", "record_delays"]
 
 #: The series a turn may record (see the module docstring).
 SERIES = ("reply", "wait")
@@ -48,20 +49,27 @@ def bin_upper_s(index: int) -> float:
     return BASE_S * GROWTH**index
 
 
-async def record_delays(
-    redis: aioredis.Redis, keys: Keys, samples: Mapping[str, float], *, now: float | None = None
-) -> None:
-    """Count one reply in each series of ``samples`` (series name → seconds)."""
+def delay_ops(keys: Keys, samples: Mapping[str, float], *, now: float) -> list[Op]:
+    """The writes that count one reply in each series of ``samples`` (series name → seconds),
+    for a caller to add to a write it makes anyway (the turn engine's delivery record)."""
     unknown = set(samples) - set(SERIES)
     if unknown:
         raise ValueError(f"unknown reply delay series {sorted(unknown)}; use {SERIES}")
     if not samples:
-        return
-    key = keys.reply_delay(int((time.time() if now is None else now) // 60))
+        return []
+    key = keys.reply_delay(int(now // 60))
+    ops = [Op("HINCRBY", key, (f"{series}:{bin_of(max(0.0, delay_s))}", 1)) for series, delay_s in samples.items()]
+    return [*ops, Op("EXPIRE", key, (_TTL_S,))]
+
+
+async def record_delays(
+    redis: aioredis.Redis, keys: Keys, samples: Mapping[str, float], *, now: float | None = None
+) -> None:
+    """Count one reply in each series of ``samples`` (series name → seconds), on its own."""
+    ops = delay_ops(keys, samples, now=time.time() if now is None else now)
     async with redis.pipeline(transaction=False) as pipe:
-        for series, delay_s in samples.items():
-            pipe.hincrby(key, f"{series}:{bin_of(max(0.0, delay_s))}", 1)
-        pipe.expire(key, _TTL_S)
+        for op in ops:
+            pipe.execute_command(op.command, op.key, *op.args)
         await pipe.execute()
 
 
