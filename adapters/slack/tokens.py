@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import copy
 import logging
-import secrets
 import time
 
 import aiohttp
@@ -46,7 +45,7 @@ from adapters.slack.api import TRANSIENT_RETRY_S, classify
 from adapters.slack.installation_store import RedisInstallationStore, installation_key
 from gateway.core.errors import RetryLater
 from gateway.core.keys import Keys
-from gateway.store.lua import LuaScript
+from gateway.store.lease import KeyLease
 
 __all__ = ["LOCK_TTL_S", "TokenKeeper"]
 
@@ -59,12 +58,6 @@ LOCK_TTL_S = 30.0
 #: How long a process waits for another one's refresh before it gives the send back as a retry.
 WAIT_S = 20.0
 _POLL_S = 0.05
-#: Deletes the lock only if this process still owns it (it may have expired and moved on).
-_RELEASE = LuaScript("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-#: Extends the lock only if this process still owns it.
-_RENEW = LuaScript(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-)
 
 
 class TokenKeeper:
@@ -117,10 +110,10 @@ class TokenKeeper:
         lock = self._keys.slack_rotation_lock(self._channel, workspace)
         deadline = time.monotonic() + WAIT_S
         while True:
-            owner = secrets.token_hex(16)
-            if await self._redis.set(lock, owner, nx=True, px=int(LOCK_TTL_S * 1000)):
+            held = KeyLease(self._redis, lock, LOCK_TTL_S)
+            if await held.take():
                 # Shielded: a send cancelled mid-refresh must not drop the pair Slack is issuing.
-                work = asyncio.ensure_future(self._refresh_locked(seen, workspace, lock, owner))
+                work = asyncio.ensure_future(self._refresh_locked(seen, workspace, held))
                 work.add_done_callback(_retrieve)
                 return await asyncio.shield(work)
             # Another process is refreshing: its saved token is what we want.
@@ -133,8 +126,8 @@ class TokenKeeper:
             if time.monotonic() > deadline:
                 raise RetryLater(1.0, "waiting for another process to refresh the Slack token")
 
-    async def _refresh_locked(self, seen: Bot, workspace: str, lock: str, owner: str) -> str | None:
-        renewer = asyncio.create_task(_renew(self._redis, lock, owner))
+    async def _refresh_locked(self, seen: Bot, workspace: str, held: KeyLease) -> str | None:
+        renewer = asyncio.create_task(_renew(held))
         try:
             # Re-read under the lock: the previous holder may have refreshed since our read.
             bot = await self._find(seen)
@@ -147,7 +140,7 @@ class TokenKeeper:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await _RELEASE(self._redis, [lock], [owner])
+            await held.release()
 
     async def _rotate(self, bot: Bot, workspace: str) -> str | None:
         if self._rotator is None:
@@ -210,11 +203,11 @@ def _one_shot(rotator: AsyncTokenRotator) -> AsyncTokenRotator:
     return AsyncTokenRotator(client_id=rotator.client_id, client_secret=rotator.client_secret, client=client)
 
 
-async def _renew(redis: aioredis.Redis, lock: str, owner: str) -> None:
+async def _renew(held: KeyLease) -> None:
     """Keep the lock while the refresh runs; stop once it was lost (the save does not need it)."""
     while True:
         await asyncio.sleep(LOCK_TTL_S / 3)
-        if not await _RENEW(redis, [lock], [owner, int(LOCK_TTL_S * 1000)]):
+        if not await held.renew():
             return
 
 

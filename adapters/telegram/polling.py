@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from gateway.core.channel import Admit
 from gateway.core.errors import PayloadInvalid, StoreUnavailable
 from gateway.core.keys import Keys, as_text
 from gateway.core.models import Inbound
+from gateway.store.lease import KeyLease
 from gateway.store.lua import LuaScript
 
 __all__ = ["PollLease", "Poller", "PollerSettings", "SavedOffset"]
@@ -59,37 +59,6 @@ Clock = Callable[[], float]
 #: Telegram keeps updates 24 h and may restart update ids after a week without updates
 #: (PROTOCOLS §1.3); a day short of that week, so the offset is gone before the ids can restart.
 OFFSET_TTL_S = 6 * 24 * 3600
-
-# KEYS[1] lease; ARGV token, ttl ms. Take the lease if free, extend it if ours; 1 when held.
-_ACQUIRE = LuaScript("""
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-""")
-
-# KEYS[1] lease; ARGV token, ttl ms. Extend only our own lease; 0 when it is gone or another's.
-_RENEW = LuaScript("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-""")
-
-# KEYS[1] lease; ARGV token. Delete only our own lease.
-_RELEASE = LuaScript("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-""")
 
 # KEYS[1] lease, KEYS[2] offset; ARGV token, offset, ttl s. A poller that lost its lease must not
 # move the new poller's offset back.
@@ -127,20 +96,19 @@ class PollLease:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, bot_id: str, ttl_s: float) -> None:
         self._redis = redis
-        self._keys = keys
-        self._key = keys.telegram_poll_lease(bot_id)
+        self._lease = KeyLease(redis, keys.telegram_poll_lease(bot_id), ttl_s)
+        self._key = self._lease.key
         self._offset_key = keys.telegram_poll_offset(bot_id)
-        self._ttl_ms = max(int(ttl_s * 1000), 1)
-        self.token = secrets.token_hex(16)
+        self.token = self._lease.token
 
     async def acquire(self) -> bool:
-        return bool(await _ACQUIRE(self._redis, [self._key], [self.token, self._ttl_ms]))
+        return await self._lease.take()
 
     async def renew(self) -> bool:
-        return bool(await _RENEW(self._redis, [self._key], [self.token, self._ttl_ms]))
+        return await self._lease.renew()
 
     async def release(self) -> None:
-        await _RELEASE(self._redis, [self._key], [self.token])
+        await self._lease.release()
 
     async def load_offset(self) -> SavedOffset | None:
         """The saved offset with its remaining life (read together: a replica taking over on day 5

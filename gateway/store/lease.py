@@ -7,6 +7,9 @@ conversations when the TTL lapses and another process adopts them. Every write t
 the conversation's state goes through ``Lease.run``: one Lua script that checks the token and
 applies the writes atomically, so a process that lost its lease (paused, partitioned, too slow)
 can never overwrite what the new owner recorded.
+
+``KeyLease`` is the same owner-token idea without the conversation's bookkeeping, for one
+process at a time on anything else (a Telegram bot's poller, a Slack token refresh).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import redis.asyncio as aioredis
 from gateway.core.errors import GatewayError
 from gateway.store.lua import LuaScript
 
-__all__ = ["Lease", "LeaseLost", "Op", "renew_leases"]
+__all__ = ["KeyLease", "Lease", "LeaseLost", "Op", "renew_leases"]
 
 # KEYS[1] lease, KEYS[2..] the keys the ops name. ARGV[1] token, ARGV[2] ttl ms (extends the
 # lease: a write is also a sign of life), then per op: command, key index, argument count, args.
@@ -64,6 +67,29 @@ return 1
 
 _RELEASE = LuaScript("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+# KEYS[1] lease; ARGV token, ttl ms. Take the lease if free, extend it if ours; 1 when held.
+_TAKE = LuaScript("""
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+""")
+
+# KEYS[1] lease; ARGV token, ttl ms. Extend only our own lease; 0 when it is gone or another's.
+_EXTEND = LuaScript("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
 return 0
 """)
 
@@ -204,3 +230,32 @@ async def renew_leases(redis: aioredis.Redis, active: str, held: Sequence[tuple[
             lease.lost = True
         else:
             lease.renewed(started)
+
+
+class KeyLease:
+    """One holder at a time of ``key`` across processes: the key holds the holder's random token
+    and lapses ``ttl_s`` after its last renewal, so a dead holder frees it.
+
+    Parameters:
+        redis: an asyncio client.
+        key: the lease's key.
+        ttl_s: how long a take or renewal holds it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, key: str, ttl_s: float) -> None:
+        self._redis = redis
+        self.key = key
+        self.ttl_ms = max(int(ttl_s * 1000), 1)
+        self.token = secrets.token_hex(16)
+
+    async def take(self) -> bool:
+        """Take the lease if it is free (or extend it if this holder has it); True when held."""
+        return bool(await _TAKE(self._redis, (self.key,), (self.token, self.ttl_ms)))
+
+    async def renew(self) -> bool:
+        """Extend the lease; False when it lapsed or another holder has it."""
+        return bool(await _EXTEND(self._redis, (self.key,), (self.token, self.ttl_ms)))
+
+    async def release(self) -> None:
+        """Give the lease up, if this holder still has it."""
+        await _RELEASE(self._redis, (self.key,), (self.token,))
