@@ -54,7 +54,8 @@ from gateway.store.lease import Lease, LeaseLost, renew_leases
 from gateway.store.ledger import TurnState
 from gateway.store.lua import LuaScript
 from workers.context import WorkerServices
-from workers.turns import Hold, TurnEngine
+from workers.hold import Hold
+from workers.turns import TurnEngine
 from workers.watch import SessionWatcher
 
 __all__ = ["RunnerThread", "StepGate", "TurnRunner"]
@@ -309,7 +310,7 @@ class TurnRunner:
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except (RedisError, OSError) as exc:
-                    hold.stale = True
+                    hold.invalidate()
                     log.warning("Redis error in a step: %s", exc)
                     hold.lease.check()  # past the lease's life: stop, the next owner adopts it
                     await asyncio.sleep(_REDIS_RETRY_S)
@@ -328,14 +329,15 @@ class TurnRunner:
                     # A wake-up that came while the release was on its way found us still here;
                     # claim again once we are gone, so it is not lost.
                     return poke.is_set()
-                hold.stale = True  # a message arrived meanwhile
+                hold.invalidate()  # a message arrived meanwhile
                 continue
             delay = outcome.at - self.clock.now()
             if delay > 0:
                 poke.clear()
                 try:
                     await asyncio.wait_for(poke.wait(), timeout=delay)
-                    hold.stale = hold.turn is None  # new inbox items matter only between turns
+                    if hold.turn is None:
+                        hold.invalidate()  # new inbox items matter only between turns
                 except TimeoutError:
                     pass
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from gateway.core.config import WorkerTuning
@@ -32,7 +31,7 @@ from gateway.store.clock import RedisClock
 from gateway.store.fingerprints import delivered_ops, was_delivered
 from gateway.store.lease import Op
 from workers.context import WorkerServices
-from workers.turns import Hold
+from workers.hold import Hold
 
 __all__ = ["SessionWatcher", "watch_interval"]
 
@@ -64,16 +63,15 @@ class SessionWatcher:
         member = str(conv)
         await hold.refresh(s.ledger)
         record = hold.record
-        assert record is not None
         if hold.turn is not None or hold.head is not None:
             return False  # a turn is running; its end reschedules the poll
         now = self.clock.now()
         interval = watch_interval(self.tuning, now - record.last_active)
         if record.session is None or record.gone or conv.channel not in s.adapters or interval is None:
-            await hold.lease.run([Op("ZREM", s.keys.watch, (member,))])
+            await hold.write([Op("ZREM", s.keys.watch, (member,))])
             return False
         if now - record.last_polled < interval * 0.9:
-            await hold.lease.run([Op("ZADD", s.keys.watch, (record.last_polled + interval, member))])
+            await hold.write([Op("ZADD", s.keys.watch, (record.last_polled + interval, member))])
             return False  # never more than once per interval per session (§4.4)
         ocs = s.ocs_for(conv.channel)
         cursor = record.cursor
@@ -91,15 +89,15 @@ class SessionWatcher:
                 if not page.has_more:
                     break
         except SessionExpired:
-            await hold.lease.run(s.conversations.forget_session_ops(conv))
-            hold.record = replace(record, session=None, cursor=None, user_messages=None)
+            forgotten, forget = s.conversations.forget_session(conv, record)
+            await hold.write(forget, record=forgotten)
             return False
         except OCSRateLimited as exc:
-            await hold.lease.run([Op("ZADD", s.keys.watch, (now + max(exc.retry_after_s, interval), member))])
+            await hold.write([Op("ZADD", s.keys.watch, (now + max(exc.retry_after_s, interval), member))])
             return False
         except (OCSUnavailable, OCSRejected) as exc:
             log.warning("watch failed: %s", exc)
-            await hold.lease.run([Op("ZADD", s.keys.watch, (now + interval * 2, member))])
+            await hold.write([Op("ZADD", s.keys.watch, (now + interval * 2, member))])
             return False
         route = {k: v for k, v in record.route.items() if k != "reply_to"}
         ops: list[Op] = []
@@ -116,15 +114,15 @@ class SessionWatcher:
             )
             ops.append(Op("RPUSH", s.keys.inbox(conv), (push.to_json(),)))
             ops.extend(delivered_ops(s.keys.fingerprints(conv), message, now=now))
-        ops.extend(s.conversations.polled_ops(conv, cursor=cursor, now=now))
+        polled, polled_ops = s.conversations.polled(conv, record, cursor=cursor, now=now)
+        ops.extend(polled_ops)
         ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
         if fresh:
             ops.append(Op("ZADD", s.keys.active, (now, member)))
             # NX: a user's message admitted meanwhile is older and stays the head's time.
             ops.append(Op("ZADD", s.keys.waiting, ("NX", now, member)))
-        await hold.lease.run(ops)
-        hold.record = replace(record, cursor=cursor or record.cursor, last_polled=now)
+        await hold.write(ops, record=polled)
         if fresh:
-            hold.stale = True
+            hold.invalidate()
             log.info("queued %d bot-initiated message(s)", len(fresh))
         return bool(fresh)

@@ -44,7 +44,7 @@ from gateway.core.channel import (
 )
 from gateway.core.config import BotConfig, SlackChannelConfig
 from gateway.core.errors import AttachmentUnavailable, RecipientGone, UnknownChannel
-from gateway.core.models import Attachment, Outgoing, ParsedRequest, Reply, Route
+from gateway.core.models import Attachment, Delivery, Outgoing, ParsedRequest, Reply, Route
 
 __all__ = ["SlackAdapter"]
 
@@ -126,8 +126,8 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     def render(self, reply: Reply) -> list[Outgoing]:
         return render(reply)
 
-    async def send(self, route: Route, outgoing: Outgoing) -> str:
-        return await self._sender.send(route, outgoing)
+    async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
+        return await self._sender.send(route, outgoing, delivery)
 
     async def download(self, attachment: Attachment, route: Route) -> InboundFile:
         try:

@@ -32,7 +32,7 @@ from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
 from gateway.core.errors import DeliveryError, PacingWait
 from gateway.core.keys import Keys
-from gateway.core.models import Outgoing, Reply, ReplyAttachment, Route
+from gateway.core.models import Delivery, Outgoing, Reply, ReplyAttachment, Route
 from gateway.store.pacing import take_slot
 
 __all__ = ["MARKDOWN_HINT", "PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
@@ -86,7 +86,7 @@ class SlackSender:
         self._keys = keys
         self._fetch_ocs_file = fetch_ocs_file
 
-    async def send(self, route: Route, outgoing: Outgoing) -> str:
+    async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         """Post one part; returns its ``ts`` (a message) or file id (an upload).
 
         Raises:

@@ -58,6 +58,7 @@ from gateway.core.logs import conversation_label
 from gateway.core.models import (
     Attachment,
     ConversationKey,
+    Delivery,
     Inbound,
     Outgoing,
     ParsedRequest,
@@ -308,7 +309,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         parts.extend(Outgoing(attachment=attachment) for attachment in reply.attachments)
         return parts
 
-    async def send(self, route: Route, outgoing: Outgoing) -> str:
+    async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         if not route.get("chat_id"):
             raise DeliveryRejected("the route has no Telegram chat_id")
         if route.get("chat_type") == "group":  # only basic groups migrate

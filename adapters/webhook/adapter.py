@@ -31,6 +31,7 @@ from gateway.core.fetching import fetch_url
 from gateway.core.models import (
     Attachment,
     ConversationKey,
+    Delivery,
     Inbound,
     InboundKind,
     Outgoing,
@@ -131,14 +132,15 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
 
     def render(self, reply: Reply) -> list[Outgoing]:
         """One part for the text, one per file: the receiver gets files as they are ready."""
-        count = (1 if reply.text else 0) + len(reply.attachments)
-        hints = {"kind": str(reply.kind), "in_reply_to": reply.in_reply_to or "", "parts": str(count)}
+        hints = {"kind": str(reply.kind), "in_reply_to": reply.in_reply_to or ""}
         parts = [Outgoing(text=reply.text, plain=reply.text, hints=hints)] if reply.text else []
         parts += [Outgoing(attachment=a, hints=hints) for a in reply.attachments]
         return parts
 
-    async def send(self, route: Route, outgoing: Outgoing) -> str:
-        delivery_id = route.get("delivery_id") or f"msg_{time.time_ns()}"
+    async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
+        if delivery is None:
+            delivery = Delivery(id=f"msg_{time.time_ns()}")
+        delivery_id = delivery.id
         payload: dict[str, Any] = {
             "type": "message",
             "conversation_id": route["conversation_id"],
@@ -146,8 +148,8 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
             "kind": outgoing.hints.get("kind", "answer"),
             "text": outgoing.text,
             "attachments": [await self._attachment(outgoing)] if outgoing.attachment else [],
-            "part": int(delivery_id.rsplit(".", 1)[-1]) + 1 if "." in delivery_id else 1,
-            "parts": int(outgoing.hints.get("parts", "1")),
+            "part": delivery.index + 1,
+            "parts": delivery.total,
         }
         body = json.dumps(payload, ensure_ascii=False).encode()
         url = self.config.callback_url

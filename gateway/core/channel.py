@@ -25,6 +25,7 @@ import httpx
 
 from gateway.core.models import (
     Attachment,
+    Delivery,
     Inbound,
     Outgoing,
     ParsedRequest,
@@ -150,8 +151,12 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
         """Turn the bot's Markdown reply into platform messages, split to the platform's limits."""
 
     @abstractmethod
-    async def send(self, route: Route, outgoing: Outgoing) -> str:
+    async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         """Send one part; returns the platform's message id.
+
+        ``delivery`` says which part of which reply this is (its id is the same for every try of
+        the part). The engine always passes it; None is a lone message outside any turn (an
+        operator's tool, a test), sent as part 1 of 1 under a fresh id.
 
         Raises:
             RetryLater: rate limited or the platform is failing; try again after the delay.

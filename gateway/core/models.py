@@ -14,6 +14,7 @@ from typing import Any, Mapping
 __all__ = [
     "Attachment",
     "ConversationKey",
+    "Delivery",
     "Inbound",
     "InboundKind",
     "OCSSession",
@@ -213,6 +214,25 @@ class Outgoing:
             attachment=ReplyAttachment(**att) if att else None,
             hints=data.get("hints") or {},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Which part of which reply ``ChannelAdapter.send`` carries.
+
+    ``id`` is the same for every try of that part, a dead-letter replay's included (the webhook
+    adapter sends it as ``webhook-id``, so a receiver can drop a repeat); ``index`` counts from
+    0 over the whole reply and ``total`` is the reply's number of parts, so a replay that
+    resumes at part 3 of 3 still says "3 of 3".
+    """
+
+    id: str
+    index: int = 0
+    total: int = 1
+
+    @classmethod
+    def of_part(cls, reply_id: str, index: int, total: int) -> Delivery:
+        return cls(id=f"{reply_id}.{index}", index=index, total=total)
 
 
 @dataclass(frozen=True, slots=True)

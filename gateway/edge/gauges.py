@@ -42,7 +42,7 @@ WAITING_READ = 10
 #: Scrapes within this many seconds of a refresh reuse its gauges (per process).
 REFRESH_MAX_AGE_S = 5.0
 #: Turn states as the gauge labels them; ``queued``: an inbox item no turn has begun yet.
-_STATES = (*(str(state) for state in TurnState if state is not TurnState.DONE), "queued")
+_STATES = (*(str(state) for state in TurnState), "queued")
 
 
 class GaugeRefresher:

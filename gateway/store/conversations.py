@@ -8,7 +8,7 @@ writes it through its lease: ``ConversationStore`` builds those fenced writes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core.keys import Keys, as_text
@@ -54,42 +54,63 @@ def parse_record(data: dict[Any, Any]) -> ConversationRecord:
 
 
 class ConversationStore:
+    """Builds the fenced writes of the conversation record. Each method returns the record as it
+    will be once its writes are applied, with those writes (as ``TurnLedger.update`` does for the
+    turn): the owner applies both together (``workers/hold.py``), so its memory is never a copy
+    edited by hand beside the write."""
+
     def __init__(self, keys: Keys) -> None:
         self._keys = keys
 
-    def save_session_ops(self, conv: ConversationKey, session: OCSSession) -> list[Op]:
+    def save_session(
+        self, conv: ConversationKey, record: ConversationRecord, session: OCSSession
+    ) -> tuple[ConversationRecord, list[Op]]:
+        """A new session: its cursor and its count of user messages start again."""
         key = self._keys.conversation(conv)
         fields = (
             "session_id", session.session_id, "session_token", session.session_token,
             "chatbot_id", session.chatbot_id, "started_at", repr(session.started_at),
             "cursor", "", "user_messages", "0",
         )
-        return [Op("HSET", key, fields), Op("EXPIRE", key, (RECORD_TTL_S,))]
+        updated = replace(record, session=session, cursor=None, user_messages=0)
+        return updated, [Op("HSET", key, fields), Op("EXPIRE", key, (RECORD_TTL_S,))]
 
-    def forget_session_ops(self, conv: ConversationKey) -> list[Op]:
-        return [
+    def forget_session(self, conv: ConversationKey, record: ConversationRecord) -> tuple[ConversationRecord, list[Op]]:
+        """The session is over (reset, expired, forgotten by OCS): the next turn starts another."""
+        updated = replace(record, session=None, cursor=None, user_messages=None)
+        return updated, [
             Op("HDEL", self._keys.conversation(conv), (*_SESSION_FIELDS, "cursor", "user_messages")),
             Op("DEL", self._keys.fingerprints(conv)),
             Op("ZREM", self._keys.watch, (str(conv),)),
         ]
 
-    def touch_ops(self, conv: ConversationKey, route: Route, *, now: float) -> list[Op]:
+    def touch(
+        self, conv: ConversationKey, record: ConversationRecord, route: Route, *, now: float
+    ) -> tuple[ConversationRecord, list[Op]]:
         """Remember where replies go and that the user was active now."""
         key = self._keys.conversation(conv)
-        return [
+        updated = replace(record, route=dict(route), last_active=now)
+        return updated, [
             Op("HSET", key, ("route", json.dumps(dict(route)), "last_active", repr(now))),
             Op("EXPIRE", key, (RECORD_TTL_S,)),
         ]
 
-    def set_gone_ops(self, conv: ConversationKey, gone: bool) -> list[Op]:
+    def set_gone(self, conv: ConversationKey, record: ConversationRecord, gone: bool) -> tuple[ConversationRecord, list[Op]]:
         key = self._keys.conversation(conv)
-        return [Op("HSET", key, ("gone", "1"))] if gone else [Op("HDEL", key, ("gone",))]
+        ops = [Op("HSET", key, ("gone", "1"))] if gone else [Op("HDEL", key, ("gone",))]
+        return replace(record, gone=gone), ops
 
-    def count_ops(self, conv: ConversationKey, user_messages: int) -> list[Op]:
-        return [Op("HSET", self._keys.conversation(conv), ("user_messages", str(user_messages)))]
+    def count(self, conv: ConversationKey, record: ConversationRecord, user_messages: int) -> tuple[ConversationRecord, list[Op]]:
+        """How many user messages the current session holds (``ConversationRecord.user_messages``)."""
+        ops = [Op("HSET", self._keys.conversation(conv), ("user_messages", str(user_messages)))]
+        return replace(record, user_messages=user_messages), ops
 
-    def polled_ops(self, conv: ConversationKey, *, cursor: str | None, now: float) -> list[Op]:
+    def polled(
+        self, conv: ConversationKey, record: ConversationRecord, *, cursor: str | None, now: float
+    ) -> tuple[ConversationRecord, list[Op]]:
+        """The watch looked at the session now, and handled its messages up to ``cursor``."""
         fields: tuple[str, ...] = ("last_polled", repr(now))
         if cursor:
             fields += ("cursor", cursor)
-        return [Op("HSET", self._keys.conversation(conv), fields)]
+        updated = replace(record, cursor=cursor or record.cursor, last_polled=now)
+        return updated, [Op("HSET", self._keys.conversation(conv), fields)]

@@ -17,7 +17,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterPage",
     "DeadLetterStore",
+    "ReplayedParts",
     "STAGE_CONFIG",
     "STAGE_DELIVERY",
     "STAGE_OCS",
@@ -286,7 +287,7 @@ class DeadLetterStore:
         conv = original.key
         item = letter.inbound
         if letter.stage == STAGE_DELIVERY and letter.reply is not None:
-            item = _as_push(original, letter.reply, letter.parts, letter_id).to_json()
+            item = _as_push(original, letter, letter.reply).to_json()
         keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active, self._keys.waiting]
         received_at = Inbound.from_json(item).received_at
         if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv), repr(float(received_at))]):
@@ -299,14 +300,14 @@ def _pairs(rows: Any) -> builtins.list[tuple[Any, Any]]:
     return [(member, score) for member, score in rows]
 
 
-def _as_push(original: Inbound, reply: Reply, parts: Sequence[Outgoing], letter_id: str) -> Inbound:
-    """A ready answer as the inbox carries one (workers/turns.py starts a PUSH from its text)."""
+def _as_push(original: Inbound, letter: DeadLetter, reply: Reply) -> Inbound:
+    """A ready answer as the inbox carries one (the engine starts a PUSH from its text)."""
     context: dict[str, Any] = {"attachments": [asdict(attachment) for attachment in reply.attachments]}
-    if parts:
-        context["parts"] = [part.to_dict() for part in parts]
+    if letter.parts:
+        context.update(ReplayedParts.of_letter(letter).to_context())
     return Inbound(
         key=original.key,
-        event_id=f"replay:{letter_id}",
+        event_id=f"replay:{letter.id}",
         kind=InboundKind.PUSH,
         sender_id="ocs",
         text=reply.text,
@@ -314,6 +315,46 @@ def _as_push(original: Inbound, reply: Reply, parts: Sequence[Outgoing], letter_
         route=dict(original.route),
         received_at=time.time(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedParts:
+    """The undelivered rest of a reply, as a replayed delivery carries it in its inbound's
+    ``context``: the parts, where they stood in the whole reply and whose reply it was, so the
+    replay numbers them as the first delivery would have ("3 of 3", not "1 of 3") under the same
+    delivery ids. This class is the one reader and writer of that layout."""
+
+    parts: tuple[Outgoing, ...]
+    #: The index of ``parts[0]`` in the whole reply (the parts delivered before the failure).
+    first: int = 0
+    #: The id of the turn whose reply this is ("" in letters parked before it was kept).
+    reply_id: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.first + len(self.parts)
+
+    @classmethod
+    def of_letter(cls, letter: DeadLetter) -> ReplayedParts:
+        delivered = letter.ledger.get("delivered")
+        first = delivered if isinstance(delivered, int) and delivered >= 0 else 0
+        return cls(parts=letter.parts, first=first, reply_id=str(letter.ledger.get("turn") or ""))
+
+    def to_context(self) -> dict[str, Any]:
+        return {"parts": [part.to_dict() for part in self.parts], "first_part": self.first, "reply_id": self.reply_id}
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, Any]) -> ReplayedParts | None:
+        """The replayed parts an inbound's context carries; None when it carries none."""
+        stored = context.get("parts")
+        if not isinstance(stored, list) or not stored:
+            return None
+        first = context.get("first_part")
+        return cls(
+            parts=tuple(Outgoing.from_dict(part) for part in stored),
+            first=first if isinstance(first, int) and not isinstance(first, bool) and first >= 0 else 0,
+            reply_id=str(context.get("reply_id") or ""),
+        )
 
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

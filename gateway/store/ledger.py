@@ -4,7 +4,11 @@ OCS has no idempotency key, so a retried or resumed turn must never repeat a ste
 effect. The ledger is a Redis hash ``turn:{conv}`` for the inbox's head item; its ``state``
 moves forward only::
 
-    received → sending → sent(task_id) → replied(reply) → delivering(parts, delivered=n) → done
+    received → sending → sent(task_id) → delivering(reply, parts, delivered=n)
+
+and a finished turn is deleted with its inbox item (``TurnLedger.finish``): there is no "done"
+state to read. ``sending`` and ``sent`` may fall back to ``received`` (not accepted, the session
+gone, or a send that never reached OCS), never forward past a step that was not recorded.
 
 ``sending`` is written *before* the message goes to OCS, with the number of user messages the
 session will hold once it is in (``expect_count``); ``sent`` right after. A worker killed in
@@ -38,9 +42,8 @@ class TurnState(StrEnum):
     RECEIVED = "received"
     SENDING = "sending"
     SENT = "sent"
-    REPLIED = "replied"
+    #: The answer (or the gateway's notice) is recorded with its rendered parts.
     DELIVERING = "delivering"
-    DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)

@@ -372,3 +372,24 @@ def test_replaying_a_failed_delivery_end_to_end_sends_no_second_ocs_message(
     (session,) = stack.sim.state.list_sessions()
     assert stack.sim.state.user_messages(session.id) == ["hello"]  # OCS was not asked again
     assert stack.redis.zcard(KEYS.dlq) == 0
+
+
+def test_a_replayed_delivery_resumes_the_part_numbering_and_ids_of_the_original(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Part 1 of 2 is delivered, the callback refuses part 2 for good: the replay sends that
+    part as "2 of 2" under the id the first delivery gave it, so the receiver can tell a repeat."""
+    stack.sim.state.knobs.reply_attachments = True  # the answer: its text, then a file
+    stack.receiver.fail_parts = {2: [400]}
+    stack.say("c1", "hello")
+    wait_for(lambda: stack.redis.zcard(KEYS.dlq), what="the refused part in the dead-letter store")
+    (letter_id,) = [m.decode() for m in stack.redis.zrange(KEYS.dlq, 0, -1)]
+    first = [(m["part"], m["parts"]) for m in stack.receiver.received]
+    assert first == [(1, 2)]
+    refused_id = stack.receiver.attempt_ids[-1]
+
+    assert cli.main(["--config", _config_file(tmp_path, stack.redis_url), "dlq", "replay", letter_id]) == 0
+    wait_for(lambda: len(stack.receiver.received) == 2, what="the replayed part")
+    assert [(m["part"], m["parts"]) for m in stack.receiver.received] == [(1, 2), (2, 2)]
+    assert stack.receiver.webhook_ids[-1] == refused_id  # the same part, the same webhook-id
+    assert stack.receiver.received[-1]["attachments"]

@@ -25,6 +25,8 @@ class CallbackReceiver:
     fail_with: list[int] = field(default_factory=list)
     #: Headers sent with those failures (e.g. ``{"Retry-After": "0"}``: the adapter's default wait is 5 s).
     fail_headers: dict[str, str] = field(default_factory=dict)
+    #: Per part number (the body's ``part``): status codes to answer with before accepting it.
+    fail_parts: dict[int, list[int]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     #: The webhook-id of every delivery attempt, refused ones included.
@@ -44,6 +46,9 @@ class CallbackReceiver:
                 self.attempt_ids.append(headers["webhook-id"])
                 if self.fail_with:
                     return Response(status_code=self.fail_with.pop(0), headers=self.fail_headers)
+                refusals = self.fail_parts.get(json.loads(body).get("part"), [])
+                if refusals:
+                    return Response(status_code=refusals.pop(0), headers=self.fail_headers)
                 if headers["webhook-id"] in self.webhook_ids:
                     return JSONResponse({"duplicate": True})  # what a careful receiver does
                 self.webhook_ids.append(headers["webhook-id"])

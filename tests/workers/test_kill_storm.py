@@ -87,7 +87,7 @@ async def _send_all(edge_url: str, rng: random.Random) -> list[tuple[str, int, i
             }).content  # fmt: skip
             headers = signing.signed_headers(key, f"msg_{conversation}_{n}", body)
             async with gate:
-                response = await client.post(f"{edge_url}/webhooks/hooks", content=body, headers=headers)
+                response = await _post(client, f"{edge_url}/webhooks/hooks", body, headers)
             if response.status_code != 200:
                 refused.append((conversation, n, response.status_code))
 
@@ -95,6 +95,19 @@ async def _send_all(edge_url: str, rng: random.Random) -> list[tuple[str, int, i
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         await asyncio.gather(*(one_conversation(client, i) for i in range(CONVERSATIONS)))
     return refused
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST as a Standard Webhooks sender does: a connection lost on the way (here, a kept-alive
+    connection the server closed as it was reused, on a loaded machine) is sent again under the
+    same webhook-id, which the edge deduplicates."""
+    for attempt in range(5):
+        try:
+            return await client.post(url, content=body, headers=headers)
+        except httpx.TransportError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _killer(fleet: WorkerFleet, stop: threading.Event, rng: random.Random, errors: list[BaseException]) -> None:

@@ -35,6 +35,7 @@ from gateway.edge.admin.text import ago, clock, duration
 from gateway.edge.admin.wake import wake_conversation
 from gateway.services import Services
 from gateway.store.dead_letters import STAGE_DELIVERY, DeadLetter
+from gateway.store.ledger import TurnState
 
 __all__ = ["create_admin_app", "summary_json"]
 
@@ -291,8 +292,8 @@ class _ReplayPlan:
     possible: bool = True
 
 
-#: Ledger states after which OCS holds the message (workers/turns.py parks with the turn's state).
-_OCS_HAD_IT = {"sent", "replied", "delivering", "done"}
+#: Ledger states after which OCS holds the message (the failure policy parks with the turn's state).
+_OCS_HAD_IT = {str(TurnState.SENT), str(TurnState.DELIVERING)}
 
 
 def _replay_plan(letter: DeadLetter) -> _ReplayPlan:

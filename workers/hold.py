@@ -1,0 +1,137 @@
+"""A conversation this process owns, and what a step of its turn engine asks for next.
+
+``Hold`` is the owner's memory of what Redis holds for the conversation: the turn, the
+conversation record and the inbox's head. It has one way in for each of them: ``refresh`` reads
+all three, ``write`` applies fenced writes through the lease and only then takes the values those
+writes stored (``end_turn`` also learns the next head), and ``keep`` moves the turn on in memory alone (a task poll that saw no answer
+writes nothing). Nothing else assigns them, so the memory cannot drift from what was written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from gateway.core.models import ConversationKey
+from gateway.store.conversations import ConversationRecord
+from gateway.store.lease import Lease, LeaseLost, Op
+from gateway.store.ledger import Turn, TurnLedger
+
+__all__ = ["CONTINUE", "Hold", "IDLE", "Outcome", "wait_until"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the runner does after a step: step again now, wait until ``at``, or let go."""
+
+    kind: Literal["continue", "wait", "idle"]
+    #: For "wait": when to step again, on the shared clock (``RedisClock.now``).
+    at: float = 0.0
+
+
+CONTINUE: Final = Outcome("continue")
+IDLE: Final = Outcome("idle")
+
+
+def wait_until(at: float) -> Outcome:
+    return Outcome("wait", at)
+
+
+class _Keep:
+    """The default of ``Hold.write``'s ``turn`` and ``record``: leave that memory as it is."""
+
+
+_KEEP: Final = _Keep()
+
+
+@dataclass
+class Hold:
+    """A conversation this process owns through ``lease``.
+
+    Who writes what: ``turn``, ``record`` and ``head`` change only through ``refresh``,
+    ``write``, ``end_turn`` and ``keep``; ``stale`` is set by ``invalidate`` (the runner, when new inbox items
+    arrive between turns; a write whose outcome is unknown) and cleared by ``refresh``;
+    ``failures`` belongs to the failure policy (``workers/failures.py``); ``ready_at`` is set by
+    the engine when it finds the answer and taken once by delivery (``workers/delivery.py``).
+    """
+
+    conv: ConversationKey
+    lease: Lease
+    _turn: Turn | None = field(default=None, repr=False)
+    _record: ConversationRecord | None = field(default=None, repr=False)
+    _head: str | None = field(default=None, repr=False)
+    #: The memory may be behind Redis (after an error, or new inbox items): read before stepping.
+    stale: bool = True
+    #: Unexpected failures in a row (reset by any step that completes).
+    failures: int = 0
+    #: When OCS most likely completed the current turn's task (shared clock), until its first
+    #: part reaches the platform: the start of ``ocsgw_reply_delay_seconds``. Memory only: a
+    #: turn adopted after a crash is simply not measured.
+    ready_at: float | None = None
+
+    @property
+    def turn(self) -> Turn | None:
+        return self._turn
+
+    @property
+    def record(self) -> ConversationRecord:
+        """The conversation record (read before the first step, so never missing then)."""
+        if self._record is None:
+            raise RuntimeError("the conversation record has not been read yet")
+        return self._record
+
+    @property
+    def head(self) -> str | None:
+        return self._head
+
+    @property
+    def loaded(self) -> bool:
+        return self._record is not None and not self.stale
+
+    def invalidate(self) -> None:
+        """Redis may hold more than the memory: read it again before the next step."""
+        self.stale = True
+
+    async def refresh(self, ledger: TurnLedger) -> None:
+        """Read the turn, the conversation record and the inbox's head again (one round trip)."""
+        snapshot = await ledger.load(self.conv)
+        self._turn, self._record, self._head = snapshot.turn, snapshot.record, snapshot.head
+        self.stale = False
+
+    async def write(
+        self,
+        ops: list[Op],
+        *,
+        turn: Turn | None | _Keep = _KEEP,
+        record: ConversationRecord | _Keep = _KEEP,
+    ) -> list[Any]:
+        """Apply ``ops`` through the lease; once they are applied, the memory holds ``turn`` and
+        ``record`` where given (the values those ops stored).
+
+        Raises:
+            LeaseLost: another process owns the conversation now; nothing was written.
+        """
+        try:
+            result = await self.lease.run(ops)
+        except LeaseLost:
+            raise
+        except BaseException:
+            self.stale = True  # we cannot tell whether it was written
+            raise
+        if not isinstance(turn, _Keep):
+            self._turn = turn
+        if not isinstance(record, _Keep):
+            self._record = record
+        return result
+
+    async def end_turn(self, ops: list[Op], *, inbox: str) -> None:
+        """Apply ``ops``, which end the current turn, and learn the inbox's new head in the same
+        round trip (the next turn begins from it without another read)."""
+        result = await self.write([*ops, Op("LINDEX", inbox, (0,))], turn=None)
+        head = result[-1]
+        self._head = head.decode() if isinstance(head, bytes) else (head or None)
+
+    def keep(self, turn: Turn) -> None:
+        """Move the turn on in this process's memory only: a new owner after a crash starts from
+        what was last written (a poll again, a step at once), which is always safe."""
+        self._turn = turn
