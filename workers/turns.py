@@ -45,10 +45,10 @@ from gateway.core.models import (
     OCSSession,
     Outgoing,
     Reply,
-    ReplyAttachment,
     ReplyKind,
     Route,
 )
+from gateway.ocs.messages import MessageRole, OCSMessage, TaskStatus, parse_attachment
 from gateway.store.clock import RedisClock
 from gateway.store.conversations import ConversationRecord
 from gateway.store.fingerprints import delivered_ops
@@ -111,10 +111,9 @@ class Hold:
         self.stale = False
 
 
-def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
-    """A reply from an OCS message; fields OCS may add later are ignored, odd values coerced."""
-    attachments = tuple(_attachment(a) for a in message.get("attachments") or () if isinstance(a, Mapping))
-    return Reply(text=str(message.get("content") or ""), kind=kind, attachments=attachments, in_reply_to=in_reply_to)
+def reply_from_ocs(message: OCSMessage, *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
+    """A reply from an OCS message (coerced once, where the client parsed it)."""
+    return Reply(text=message.content, kind=kind, attachments=message.attachments, in_reply_to=in_reply_to)
 
 
 def _turn_outcome(turn: Turn) -> str:
@@ -128,19 +127,6 @@ def _turn_outcome(turn: Turn) -> str:
     if turn.reply is not None and turn.reply.kind is ReplyKind.ANSWER:
         return "answered"
     return "notice"  # the gateway's own words: a slow-bot notice, OCS's error text
-
-
-def _attachment(data: Mapping[str, Any]) -> ReplyAttachment:
-    try:
-        size = int(data.get("size") or 0)
-    except (TypeError, ValueError):
-        size = 0
-    return ReplyAttachment(
-        name=str(data.get("name") or "file"),
-        content_type=str(data.get("content_type") or "application/octet-stream"),
-        size=size,
-        content_url=str(data.get("content_url") or ""),
-    )
 
 
 class TurnEngine:
@@ -289,7 +275,7 @@ class TurnEngine:
         conv, inbound = hold.conv, turn.inbound
         channel = self.services.config.channels[conv.channel]
         if inbound.kind is InboundKind.PUSH:
-            attachments = tuple(_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
+            attachments = tuple(parse_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
             reply = Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=attachments)
             # A replayed delivery carries the parts that were never delivered: only those go out.
             stored = inbound.context.get("parts")
@@ -398,7 +384,7 @@ class TurnEngine:
             return record.user_messages
         # A session from before the gateway counted: count its history once.
         history = await self._history(hold, session)
-        count = sum(1 for m in history if m.get("role") == "user")
+        count = sum(1 for m in history if m.role is MessageRole.USER)
         await self._write(hold, self.services.conversations.count_ops(hold.conv, count))
         if record is not None:
             hold.record = replace(record, user_messages=count)
@@ -449,10 +435,10 @@ class TurnEngine:
             await self._write(hold, ops, turn=turn)
             return CONTINUE
         history = await self._history(hold, session)
-        users = [i for i, m in enumerate(history) if m.get("role") == "user"]
+        users = [i for i, m in enumerate(history) if m.role is MessageRole.USER]
         if turn.expect_count and len(users) >= turn.expect_count:
             after = users[turn.expect_count - 1] + 1
-            answer = next((m for m in history[after:] if m.get("role") == "assistant"), None)
+            answer = next((m for m in history[after:] if m.role is MessageRole.ASSISTANT), None)
             count_ops = self.services.conversations.count_ops(conv, turn.expect_count)
             if hold.record is not None:
                 hold.record = replace(hold.record, user_messages=turn.expect_count)
@@ -473,9 +459,9 @@ class TurnEngine:
             return CONTINUE
         return self._wait_in_memory(hold, _HISTORY_POLL_S)
 
-    async def _history(self, hold: Hold, session: OCSSession) -> list[Mapping[str, Any]]:
+    async def _history(self, hold: Hold, session: OCSSession) -> list[OCSMessage]:
         ocs = self.services.ocs_for(hold.conv.channel)
-        messages: list[Mapping[str, Any]] = []
+        messages: list[OCSMessage] = []
         since: str | None = None
         while True:
             hold.lease.check()
@@ -483,7 +469,7 @@ class TurnEngine:
             messages.extend(page.messages)
             if not page.has_more or not page.messages:
                 return messages
-            since = str(page.messages[-1].get("created_at") or "") or None
+            since = page.messages[-1].created_at
 
     async def _poll(self, hold: Hold, turn: Turn) -> Outcome:
         conv = hold.conv
@@ -502,9 +488,9 @@ class TurnEngine:
         # OCS looked at the task about halfway through our request: that is what the bot's
         # completion-time histogram learns from, not when the answer reached us.
         looked = max((asked + now) / 2 - turn.sent_at, 0.0)
-        if result.status in ("complete", "error"):
+        if result.status in (TaskStatus.COMPLETE, TaskStatus.ERROR):
             self.services.metrics.task_polls_per_turn.labels(ocs.name).observe(turn.polls + 1)
-        if result.status == "complete" and result.message is not None:
+        if result.status is TaskStatus.COMPLETE and result.message is not None:
             # OCS finished somewhere between the last poll that saw it working and this one.
             hold.ready_at = turn.sent_at + (turn.last_poll_s + looked) / 2
             if looked - turn.last_poll_s <= self.tuning.poll_max_s:
@@ -515,7 +501,7 @@ class TurnEngine:
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self._replied(hold, turn, reply, extra=fingerprints)
             return CONTINUE
-        if result.status == "error":
+        if result.status is TaskStatus.ERROR:
             # OCS's error text is written for the end user (§4.3): it is the answer.
             reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
             await self._replied(hold, turn, reply, last_error=result.error or "")
