@@ -76,7 +76,10 @@ class Services:
         budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget)
         metrics = metrics if metrics is not None else Metrics()
         ocs = {
-            name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics)
+            name: OCSClient(
+                name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics,
+                fetch_allowlist=config.fetch_allowlist,
+            )
             for name, bot in config.bots.items()
         }
         session = new_session() if any(c.type == "slack" for c in config.channels.values()) else None

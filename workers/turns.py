@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 from gateway.core.config import WorkerTuning
 from gateway.core.errors import (
@@ -52,9 +51,9 @@ from gateway.core.models import (
     InboundKind,
     OCSSession,
     Reply,
-    ReplyAttachment,
     ReplyKind,
 )
+from gateway.ocs.messages import MessageRole, OCSMessage, TaskStatus, parse_attachment
 from gateway.store.clock import RedisClock
 from gateway.store.dead_letters import ReplayedParts
 from gateway.store.fingerprints import delivered_ops
@@ -79,23 +78,9 @@ _HISTORY_PAGE = 200
 _ATTACHMENT_TRIES = 3
 
 
-def reply_from_ocs(message: Mapping[str, Any], *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
-    """A reply from an OCS message; fields OCS may add later are ignored, odd values coerced."""
-    attachments = tuple(_attachment(a) for a in message.get("attachments") or () if isinstance(a, Mapping))
-    return Reply(text=str(message.get("content") or ""), kind=kind, attachments=attachments, in_reply_to=in_reply_to)
-
-
-def _attachment(data: Mapping[str, Any]) -> ReplyAttachment:
-    try:
-        size = int(data.get("size") or 0)
-    except (TypeError, ValueError):
-        size = 0
-    return ReplyAttachment(
-        name=str(data.get("name") or "file"),
-        content_type=str(data.get("content_type") or "application/octet-stream"),
-        size=size,
-        content_url=str(data.get("content_url") or ""),
-    )
+def reply_from_ocs(message: OCSMessage, *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
+    """A reply from an OCS message (coerced once, where the client parsed it)."""
+    return Reply(text=message.content, kind=kind, attachments=message.attachments, in_reply_to=in_reply_to)
 
 
 class TurnEngine:
@@ -191,7 +176,7 @@ class TurnEngine:
         conv, inbound = hold.conv, turn.inbound
         channel = self.services.config.channels[conv.channel]
         if inbound.kind is InboundKind.PUSH:
-            attachments = tuple(_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
+            attachments = tuple(parse_attachment(a) for a in inbound.context.get("attachments", ()) if isinstance(a, Mapping))
             reply = Reply(text=inbound.text, kind=ReplyKind.PUSH, attachments=attachments)
             # A replayed delivery carries the parts that were never delivered: only those go out.
             replayed = ReplayedParts.from_context(inbound.context)
@@ -301,7 +286,7 @@ class TurnEngine:
             return record.user_messages
         # A session from before the gateway counted: count its history once.
         history = await self._history(hold, session)
-        count = sum(1 for m in history if m.get("role") == "user")
+        count = sum(1 for m in history if m.role is MessageRole.USER)
         record, ops = self.services.conversations.count(hold.conv, record, count)
         await hold.write(ops, record=record)
         return count
@@ -350,10 +335,10 @@ class TurnEngine:
             await hold.write(ops, turn=turn)
             return CONTINUE
         history = await self._history(hold, session)
-        users = [i for i, m in enumerate(history) if m.get("role") == "user"]
+        users = [i for i, m in enumerate(history) if m.role is MessageRole.USER]
         if turn.expect_count and len(users) >= turn.expect_count:
             after = users[turn.expect_count - 1] + 1
-            answer = next((m for m in history[after:] if m.get("role") == "assistant"), None)
+            answer = next((m for m in history[after:] if m.role is MessageRole.ASSISTANT), None)
             counted, count_ops = self.services.conversations.count(conv, hold.record, turn.expect_count)
             if answer is not None:
                 reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
@@ -373,9 +358,9 @@ class TurnEngine:
             return CONTINUE
         return self.failures.wait_in_memory(hold, _HISTORY_POLL_S)
 
-    async def _history(self, hold: Hold, session: OCSSession) -> list[Mapping[str, Any]]:
+    async def _history(self, hold: Hold, session: OCSSession) -> list[OCSMessage]:
         ocs = self.services.ocs_for(hold.conv.channel)
-        messages: list[Mapping[str, Any]] = []
+        messages: list[OCSMessage] = []
         since: str | None = None
         while True:
             hold.lease.check()
@@ -383,7 +368,7 @@ class TurnEngine:
             messages.extend(page.messages)
             if not page.has_more or not page.messages:
                 return messages
-            since = str(page.messages[-1].get("created_at") or "") or None
+            since = page.messages[-1].created_at
 
     async def _poll(self, hold: Hold, turn: Turn) -> Outcome:
         conv = hold.conv
@@ -401,9 +386,9 @@ class TurnEngine:
         # OCS looked at the task about halfway through our request: that is what the bot's
         # completion-time histogram learns from, not when the answer reached us.
         looked = max((asked + now) / 2 - turn.sent_at, 0.0)
-        if result.status in ("complete", "error"):
+        if result.status in (TaskStatus.COMPLETE, TaskStatus.ERROR):
             self.services.metrics.task_polls_per_turn.labels(ocs.name).observe(turn.polls + 1)
-        if result.status == "complete" and result.message is not None:
+        if result.status is TaskStatus.COMPLETE and result.message is not None:
             # OCS finished somewhere between the last poll that saw it working and this one.
             hold.ready_at = turn.sent_at + (turn.last_poll_s + looked) / 2
             if looked - turn.last_poll_s <= self.tuning.poll_max_s:
@@ -414,7 +399,7 @@ class TurnEngine:
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self.closer.answer(hold, turn, reply, extra=fingerprints)
             return CONTINUE
-        if result.status == "error":
+        if result.status is TaskStatus.ERROR:
             # OCS's error text is written for the end user (§4.3): it is the answer.
             reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
             await self.closer.answer(hold, turn, reply, last_error=result.error or "")

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import asdict
 
 from gateway.core.config import WorkerTuning
 from gateway.core.errors import (
@@ -27,6 +26,7 @@ from gateway.core.errors import (
 )
 from gateway.core.models import Inbound, InboundKind
 from gateway.ocs.budget import Priority
+from gateway.ocs.messages import MessageRole, OCSMessage
 from gateway.store.clock import RedisClock
 from gateway.store.fingerprints import delivered_ops, was_delivered
 from gateway.store.lease import Op
@@ -75,14 +75,14 @@ class SessionWatcher:
             return False  # never more than once per interval per session (§4.4)
         ocs = s.ocs_for(conv.channel)
         cursor = record.cursor
-        fresh: list[Mapping[str, Any]] = []
+        fresh: list[OCSMessage] = []
         try:
             for _ in range(_MAX_PAGES):
                 hold.lease.check()
                 page = await ocs.session_messages(record.session, since=cursor, priority=Priority.BACKGROUND)
                 for message in page.messages:
-                    cursor = str(message.get("created_at") or cursor)
-                    if message.get("role") != "assistant":
+                    cursor = message.created_at or cursor
+                    if message.role is not MessageRole.ASSISTANT:
                         continue
                     if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
                         fresh.append(message)
@@ -107,8 +107,8 @@ class SessionWatcher:
                 event_id=f"push:{uuid.uuid4().hex}",
                 kind=InboundKind.PUSH,
                 sender_id="ocs",
-                text=str(message.get("content") or ""),
-                context={"attachments": [a for a in message.get("attachments") or () if isinstance(a, Mapping)]},
+                text=message.content,
+                context={"attachments": [asdict(a) for a in message.attachments]},
                 route=route,
                 received_at=now,
             )

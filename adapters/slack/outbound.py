@@ -30,7 +30,7 @@ from adapters.slack.format import (
 )
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
-from gateway.core.errors import DeliveryError, PacingWait
+from gateway.core.errors import AttachmentUnavailable, DeliveryError, PacingWait
 from gateway.core.keys import Keys
 from gateway.core.models import Delivery, Outgoing, Reply, ReplyAttachment, Route
 from gateway.store.pacing import take_slot
@@ -128,7 +128,11 @@ class SlackSender:
     async def _send_attachment(self, token: str, route: Route, attachment: ReplyAttachment) -> str:
         if attachment.size > MAX_UPLOAD_BYTES or self._fetch_ocs_file is None:
             return await self._post(token, route, _link_text(attachment))
-        data = await self._fetch_ocs_file(attachment)
+        try:
+            data = await self._fetch_ocs_file(attachment)
+        except AttachmentUnavailable as exc:
+            log.warning("reply attachment %s not fetched, posting its link: %s", attachment.name, exc.reason)
+            return await self._post(token, route, _link_text(attachment))
         if len(data) > MAX_UPLOAD_BYTES:
             return await self._post(token, route, _link_text(attachment))
         return await upload_file(self._api.client(), token=token, route=route, attachment=attachment, data=data)

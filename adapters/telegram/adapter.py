@@ -49,6 +49,7 @@ from gateway.core.channel import (
 )
 from gateway.core.config import BotConfig, TelegramChannelConfig
 from gateway.core.errors import (
+    AttachmentUnavailable,
     DeliveryError,
     DeliveryRejected,
     SignatureInvalid,
@@ -352,7 +353,11 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
             return await outbound.send_link(bot, route, attachment)
         if self.services.fetch_ocs_file is None:
             raise DeliveryRejected("no OCS file fetcher configured for reply attachments")
-        data = await self.services.fetch_ocs_file(attachment)
+        try:
+            data = await self.services.fetch_ocs_file(attachment)
+        except AttachmentUnavailable as exc:
+            log.warning("reply attachment %s not fetched, sending its link: %s", attachment.name, exc.reason)
+            return await outbound.send_link(bot, route, attachment)
         if len(data) > outbound.UPLOAD_LIMIT_BYTES:  # OCS under-reported the size
             return await outbound.send_link(bot, route, attachment)
         return await outbound.send_file(bot, route, attachment, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from gateway.core import safe_json
 from gateway.core.channel import ChannelAdapter, InboundFile, InboundRequest
 from gateway.core.config import WebhookChannelConfig
 from gateway.core.errors import (
+    AttachmentUnavailable,
     DeliveryRejected,
     PayloadInvalid,
     RecipientGone,
@@ -41,6 +43,8 @@ from gateway.core.models import (
 )
 
 __all__ = ["WebhookAdapter", "WebhookMessage"]
+
+log = logging.getLogger(__name__)
 
 #: OCS takes files up to 50 MB (CONTRACT §3.3); fetching more would only fail later.
 MAX_ATTACHMENT_BYTES = 50 * 1024 * 1024
@@ -167,7 +171,11 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         assert att is not None
         item: dict[str, Any] = {"name": att.name, "content_type": att.content_type, "size": att.size, "url": att.content_url}
         if att.size <= INLINE_FILE_BYTES and self.services.fetch_ocs_file is not None:
-            item["content_base64"] = base64.b64encode(await self.services.fetch_ocs_file(att)).decode()
+            try:
+                item["content_base64"] = base64.b64encode(await self.services.fetch_ocs_file(att)).decode()
+            except AttachmentUnavailable as exc:
+                # The receiver gets the file's description without its bytes, as for a big file.
+                log.warning("reply attachment %s not inlined: %s", att.name, exc.reason)
         return item
 
     async def download(self, attachment: Attachment, route: Route) -> InboundFile:

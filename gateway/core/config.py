@@ -185,6 +185,9 @@ class BotConfig(_Model):
     waf_backoff_s: float = Field(default=60.0, gt=0)
     #: Read-only management key used to download reply attachments in non-OAuth modes.
     api_key: SecretRef | None = None
+    #: The largest reply attachment downloaded (refused by its Content-Length, cut off while it
+    #: streams); OCS itself stores files up to 50 MB (CONTRACT §3.3).
+    max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     #: This bot's share of OCS's request limits (per base URL, session, start channel).
     budget: BudgetLimits = BudgetLimits()
 
@@ -389,7 +392,8 @@ class GatewayConfig(_Model):
     dead_letter_retention_days: float = Field(default=14.0, gt=0)
     #: Refuse to start unless Redis fsyncs before replying (appendonly yes + appendfsync always).
     require_durable_redis: bool = False
-    #: Private hosts/CIDRs (optionally ``:port``) that attachment downloads may reach (gateway/core/fetching.py).
+    #: Private hosts/CIDRs (optionally ``:port``) that downloads by URL (a webhook user's file, a
+    #: reply file outside OCS's origin) may reach (gateway/core/fetching.py).
     fetch_allowlist: tuple[str, ...] = ()
     #: Log message text, platform user ids and raw conversation keys (gateway/core/logs.py); off,
     #: lines carry a short hash of the conversation key and SDK payload dumps are withheld.

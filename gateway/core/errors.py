@@ -21,7 +21,7 @@
     │   │   └── PacingWait          our own pacing: not a failure, never counted as an attempt
     │   ├── RecipientGone           blocked, kicked, uninstalled: stop sending to them
     │   └── DeliveryRejected        a request that cannot succeed: dead letter
-    └── AttachmentUnavailable       a user's file cannot be fetched (too large, login page)
+    └── AttachmentUnavailable       a file cannot be fetched (too large, login page, refused)
 
 Transient and permanent failures are siblings, never parent and child, so that retrying one
 family never retries the other by accident (the PTB ``BadRequest`` wart, STYLE.md §5).
@@ -201,7 +201,8 @@ class DeliveryRejected(DeliveryError):
 
 
 class AttachmentUnavailable(GatewayError):
-    """Raised when a user's file cannot be fetched from the platform; the text still goes on."""
+    """Raised when a file cannot be fetched (a user's from the platform, or one the bot attached
+    from OCS); the text still goes on."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

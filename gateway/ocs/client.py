@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
 
 from gateway.core.config import BotConfig
 from gateway.core.errors import (
+    AttachmentUnavailable,
+    ConfigError,
     OCSAmbiguous,
     OCSAuthFailed,
     OCSRateLimited,
@@ -33,13 +35,17 @@ from gateway.core.errors import (
     OCSUnavailable,
     SessionExpired,
 )
+from gateway.core.fetching import FetchLimits, fetch_url
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
+from gateway.ocs.messages import SessionPage, TaskPoll
 
-__all__ = ["OCSClient", "SessionPage", "TaskResult"]
+__all__ = ["OCSClient"]
+
+log = logging.getLogger(__name__)
 
 #: Refresh the cached token this long before OCS says it expires (§7.1: expires_in − 5 min).
 TOKEN_MARGIN_S = 300
@@ -50,22 +56,12 @@ _SESSION_GONE = "Authentication credentials were not provided."
 #: Transport failures after which the request may have reached OCS (it was written, the answer
 #: never came): only these make a state-changing call ambiguous.
 _MAYBE_DELIVERED = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteTimeout)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Redirects followed within OCS's origin, with its credentials, for one file.
+_FILE_REDIRECTS = 3
 
-
-
-
-@dataclass(frozen=True, slots=True)
-class TaskResult:
-    status: Literal["processing", "complete", "error"]
-    message: Mapping[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPage:
-    messages: Sequence[Mapping[str, Any]]
-    has_more: bool
-    session_status: str
+#: (scheme, host, port): what must match for OCS's credentials to go with a request.
+_Origin = tuple[str, str, int]
 
 
 class OCSClient:
@@ -77,6 +73,8 @@ class OCSClient:
         http: the process's pooled client (never closed here).
         redis: where the OAuth token is cached, so every process shares one token (§2.3: the
             token endpoint is rate limited per IP and fail-closed).
+        fetch_allowlist: the internal hosts a reply attachment outside OCS's origin may still be
+            fetched from (``GatewayConfig.fetch_allowlist``, ``gateway.core.fetching``).
     """
 
     def __init__(
@@ -89,6 +87,7 @@ class OCSClient:
         keys: Keys,
         budget: RequestBudget | None = None,
         metrics: Metrics | None = None,
+        fetch_allowlist: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.bot = bot
@@ -97,6 +96,11 @@ class OCSClient:
         self._http = http
         self._redis = redis
         self._keys = keys
+        self._fetch_allowlist = tuple(fetch_allowlist)
+        origin = _origin(httpx.URL(bot.base_url))
+        if origin is None:
+            raise ConfigError(f"bots.{name}.base_url {bot.base_url!r} is not an http(s) URL with a host")
+        self._origin: _Origin = origin
         self._token: tuple[str, float] | None = None  # (token, expires_at) memo of the Redis copy
         # Concurrent turns that find no token wait for one fetch instead of each minting one.
         self._token_lock = asyncio.Lock()
@@ -306,7 +310,7 @@ class OCSClient:
         )
         return str(response.json()["task_id"])
 
-    async def poll_task(self, session: OCSSession, task_id: str) -> TaskResult:
+    async def poll_task(self, session: OCSSession, task_id: str) -> TaskPoll:
         """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
         response = await self._call(
             "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
@@ -315,11 +319,7 @@ class OCSClient:
         data = _body(response)
         if not isinstance(data, dict):
             raise OCSUnavailable(f"task poll answered {response.status_code} without JSON")
-        if response.status_code >= 400 or data.get("status") == "error":
-            return TaskResult("error", error=str(data.get("error") or "Unknown error"))
-        if data.get("status") == "complete" and isinstance(data.get("message"), dict):
-            return TaskResult("complete", message=data["message"])
-        return TaskResult("processing")
+        return TaskPoll.parse(data, failed=response.status_code >= 400)
 
     async def session_messages(
         self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING
@@ -332,8 +332,10 @@ class OCSClient:
             "GET", f"/api/chat/{session.session_id}/poll/", endpoint="messages", headers=self._session_headers(session), params=params,
             priority=priority, session_id=session.session_id,
         )
-        data = response.json()
-        return SessionPage(data.get("messages", []), bool(data.get("has_more")), str(data.get("session_status", "active")))
+        data = _body(response)
+        if not isinstance(data, dict):
+            raise OCSUnavailable(f"session messages answered {response.status_code} without JSON")
+        return SessionPage.parse(data)
 
     async def upload(self, session: OCSSession, files: Sequence[tuple[str, bytes, str]]) -> list[int]:
         """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
@@ -371,20 +373,96 @@ class OCSClient:
         return False
 
     async def download_file(self, content_url: str) -> bytes:
-        """Reply attachments need the Bearer token with ``files:read``, not the session token
-        (§0.10, §4.14)."""
-        headers = {"User-Agent": USER_AGENT, **(await self._management_headers())}
+        """A reply attachment's bytes, at most ``bot.max_file_bytes``.
+
+        OCS's files need the Bearer token with ``files:read`` or the API key, not the session
+        token (§0.10, §4.14). Those credentials go only to OCS's own origin (``base_url``'s
+        scheme, host and port), also across its redirects: a URL elsewhere, whether the message
+        or a redirect names it, is fetched as a user's file is, without credentials and through
+        the address checks (``gateway.core.fetching``), so it can neither collect our token nor
+        point us inward.
+
+        Raises:
+            AttachmentUnavailable: too large, refused, not there (an HTTP 4xx), or a host
+                outside OCS failed: the caller sends the text without the file.
+            OCSUnavailable: OCS could not be reached or failed (5xx): worth a retry.
+        """
+        cap = self.bot.max_file_bytes
+        url = content_url
+        for _ in range(_FILE_REDIRECTS + 1):
+            own = _own_url(url, self._origin)
+            if own is None:
+                log.info("reply attachment outside OCS's origin, fetched without credentials: %s", _loggable(url))
+                fetched = await fetch_url(url, allowlist=self._fetch_allowlist, limits=FetchLimits(max_bytes=cap))
+                return fetched.data
+            got = await self._download_own(own, cap)
+            if isinstance(got, bytes):
+                return got
+            url = str(got)
+        raise AttachmentUnavailable(f"OCS redirected the file more than {_FILE_REDIRECTS} times")
+
+    async def _download_own(self, url: httpx.URL, cap: int) -> bytes | httpx.URL:
+        """One GET within OCS's origin, with its credentials: the bytes, or where a redirect
+        points. httpx never follows the redirect itself: it would carry our ``X-api-key`` header
+        to any host."""
+        headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **(await self._management_headers())}
+        request = self._http.build_request("GET", url, headers=headers)
+        where = _loggable(str(url))
         try:
-            response = await self._http.get(content_url, headers=headers)
+            response = await self._http.send(request, stream=True, follow_redirects=False)
         except httpx.TransportError as exc:
             self._count("file", "error")
-            raise OCSUnavailable(f"GET {content_url}: {exc}") from exc
-        self._count("file", str(response.status_code))
-        if response.status_code >= 500:
-            raise OCSUnavailable(f"GET {content_url}: HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise OCSRejected(response.status_code, _body(response))
-        return response.content
+            raise OCSUnavailable(f"GET {where}: {type(exc).__name__}") from exc
+        try:
+            status = response.status_code
+            self._count("file", str(status))
+            if status in _REDIRECTS:
+                location = response.headers.get("location")
+                if not location:
+                    raise AttachmentUnavailable(f"OCS answered a redirect ({status}) without a Location for the file")
+                try:
+                    return url.join(location)
+                except (httpx.InvalidURL, ValueError):
+                    raise AttachmentUnavailable("OCS redirected the file to an invalid address") from None
+            if status >= 500:
+                raise OCSUnavailable(f"GET {where}: HTTP {status}")
+            if status != 200:
+                raise AttachmentUnavailable(f"OCS answered HTTP {status} for the file")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise AttachmentUnavailable(f"the file is larger than {cap} bytes")
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data.extend(chunk)
+                if len(data) > cap:  # no Content-Length, or a wrong one
+                    raise AttachmentUnavailable(f"the file is larger than {cap} bytes")
+            return bytes(data)
+        except httpx.TransportError as exc:
+            raise OCSUnavailable(f"GET {where}: the download broke off ({type(exc).__name__})") from exc
+        finally:
+            await response.aclose()
+
+
+def _origin(url: httpx.URL) -> _Origin | None:
+    """Scheme, host and port (default ports spelled out); None for a URL that may not carry our
+    credentials anywhere (another scheme, no host, a user name in it)."""
+    if url.scheme not in ("http", "https") or not url.host or url.userinfo:
+        return None
+    return url.scheme, url.raw_host.decode("ascii").lower(), url.port or (443 if url.scheme == "https" else 80)
+
+
+def _own_url(url: str, origin: _Origin) -> httpx.URL | None:
+    """``url`` parsed, if it lies within ``origin``; else None (it is someone else's)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    return parsed if _origin(parsed) == origin else None
+
+
+def _loggable(url: str) -> str:
+    """The URL without its query (a signed link's token)."""
+    return url.split("?", 1)[0]
 
 
 def _body(response: httpx.Response) -> Any:

@@ -10,27 +10,38 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Mapping
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
 from gateway.store.lease import Op
 
-__all__ = ["delivered_ops", "was_delivered"]
+__all__ = ["BotMessage", "delivered_ops", "was_delivered"]
 
 CONTENT_WINDOW_S = 600
 KEEP_S = 7 * 24 * 3600
 
 
-def _exact(message: Mapping[str, Any]) -> str:
-    return "x:" + hashlib.sha1(f"{message.get('created_at')}|{message.get('content')}".encode()).hexdigest()
+class BotMessage(Protocol):
+    """What a fingerprint is made of (``gateway.ocs.messages.OCSMessage`` has it)."""
+
+    @property
+    def created_at(self) -> str | None: ...
+    @property
+    def content(self) -> str: ...
 
 
-def _content(message: Mapping[str, Any]) -> str:
-    return "c:" + hashlib.sha1(str(message.get("content")).encode()).hexdigest()
+def _exact(message: BotMessage) -> str:
+    # Spelled as when messages were dicts ("None" for a missing time), so marks already
+    # stored keep matching.
+    return "x:" + hashlib.sha1(f"{message.created_at}|{message.content}".encode()).hexdigest()
 
 
-def delivered_ops(key: str, message: Mapping[str, Any], *, now: float) -> list[Op]:
+def _content(message: BotMessage) -> str:
+    return "c:" + hashlib.sha1(message.content.encode()).hexdigest()
+
+
+def delivered_ops(key: str, message: BotMessage, *, now: float) -> list[Op]:
     """Mark ``message`` delivered: fenced writes for the conversation's owner (both marks,
     and the pruning of marks older than ``KEEP_S``)."""
     return [
@@ -40,6 +51,6 @@ def delivered_ops(key: str, message: Mapping[str, Any], *, now: float) -> list[O
     ]
 
 
-async def was_delivered(redis: aioredis.Redis, key: str, message: Mapping[str, Any]) -> bool:
+async def was_delivered(redis: aioredis.Redis, key: str, message: BotMessage) -> bool:
     exact, content = await redis.zmscore(key, [_exact(message), _content(message)])
     return exact is not None or (content is not None and content > time.time() - CONTENT_WINDOW_S)

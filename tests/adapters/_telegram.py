@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from adapters.telegram import TelegramAdapter
 from gateway.core.channel import AdapterServices, InboundRequest
 from gateway.core.config import GatewayConfig, Secret
+from gateway.core.errors import AttachmentUnavailable
 from gateway.core.keys import Keys
 from gateway.core.models import ReplyAttachment
 from tests.fakes.telegram_api import FakeTelegram
@@ -86,6 +87,8 @@ async def make_telegram(fake_telegram: FakeTelegram, redis_url: str) -> AsyncIte
 
         async def fetch(attachment: ReplyAttachment) -> bytes:
             env.fetched.append(attachment)
+            if attachment.content_url not in (files or {}):
+                raise AttachmentUnavailable("OCS answered HTTP 404 for the file")
             return (files or {})[attachment.content_url]
 
         services = AdapterServices(config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=fetch)

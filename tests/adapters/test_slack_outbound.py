@@ -240,6 +240,18 @@ async def test_too_large_attachment_is_posted_as_a_link(make_slack: MakeEnv, fak
     assert fake_slack.shared_files == []
 
 
+async def test_attachment_that_cannot_be_fetched_from_ocs_is_posted_as_a_link(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    async def fetch(attachment: ReplyAttachment) -> bytes:
+        raise AttachmentUnavailable("the file is larger than 1024 bytes")
+
+    ws = fake_slack.add_workspace("T1")
+    env = await make_slack(bot_token=Secret(ws.token), fetch_ocs_file=fetch)
+    await env.adapter.send(THREAD, Outgoing(attachment=ocs_attachment()))
+    (text,) = fake_slack.texts()
+    assert "<https://ocs.example/files/9/content|report.txt>" in text
+    assert fake_slack.shared_files == []
+
+
 async def test_user_file_is_downloaded_with_the_bot_token(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, ws = await single(make_slack, fake_slack)
     item = fake_slack.add_file("T1", "photo.png", b"\x89PNG...", mimetype="image/png")

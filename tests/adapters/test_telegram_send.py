@@ -207,6 +207,14 @@ async def test_file_over_the_50_mb_upload_limit_is_sent_as_a_link(make_telegram:
     assert env.fetched == []  # not downloaded just to find out
 
 
+async def test_file_that_cannot_be_fetched_from_ocs_is_sent_as_a_link(make_telegram: MakeEnv) -> None:
+    env = await make_telegram(files={})  # OCS refuses the download (gone, too big, another host)
+    attachment = ReplyAttachment("roster.pdf", "application/pdf", 2 * MB, "https://ocs/f/4")
+    await env.adapter.send(PRIVATE, Outgoing(attachment=attachment))
+    assert env.fake.sent_texts(55) == ["roster.pdf (2 MB): https://ocs/f/4"]
+    assert env.fake.calls("sendDocument") == [] and env.fetched == [attachment]
+
+
 # -- several bots ------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from gateway.core.keys import Keys
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
+from gateway.ocs.messages import MessageRole, SessionStatus, TaskStatus
 from gateway.ocs.simulator import (
     DEMO_CHATBOT_ID,
     SimChatbot,
@@ -67,8 +68,9 @@ async def test_session_calls_send_the_session_token_and_no_credentials(wire, sta
     session = await client.start_session(remote_id="x:1", name=None)
     task = await client.send_message(session, "hi", context={"source": "test"})
     result = await client.poll_task(session, task)
-    assert result.status == "complete"
-    assert result.message is not None and result.message["content"] == "Echo #1: hi"
+    assert result.status is TaskStatus.COMPLETE
+    assert result.message is not None and result.message.content == "Echo #1: hi"
+    assert result.message.role is MessageRole.ASSISTANT and result.message.created_at
     for request in sent:
         if request.url.path.startswith(f"/api/chat/{session.session_id}/"):
             assert request.headers["x-session-token"] == session.session_token
@@ -193,9 +195,10 @@ async def test_session_poll_pages_forward_with_the_exclusive_cursor(wire, state:
     for n in range(3):
         state.push_bot_message(session.session_id, f"note {n}")
     first = await client.session_messages(session, since=None, limit=2)
-    assert [m["content"] for m in first.messages] == ["note 0", "note 1"] and first.has_more
-    second = await client.session_messages(session, since=first.messages[-1]["created_at"], limit=2)
-    assert [m["content"] for m in second.messages] == ["note 2"] and not second.has_more
+    assert [m.content for m in first.messages] == ["note 0", "note 1"] and first.has_more
+    second = await client.session_messages(session, since=first.messages[-1].created_at, limit=2)
+    assert [m.content for m in second.messages] == ["note 2"] and not second.has_more
+    assert second.session_status is SessionStatus.ACTIVE
 
 
 async def test_upload_then_message_with_attachment_ids(wire, state: SimulatorState) -> None:

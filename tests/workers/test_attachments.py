@@ -10,7 +10,8 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import Stack, wait_for
+from gateway.core.keys import Keys
+from tests.conftest import Stack, settled, wait_for
 from tests.support.servers import UvicornThread
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -58,3 +59,33 @@ def test_reply_attachment_reaches_the_callback_inline(stack: Stack) -> None:
     stored = next(f for f in stack.sim.state.files.values() if f.name == attachment["name"])
     assert base64.b64decode(attachment["content_base64"]) == stored.data
     assert file_part["part"] == 2
+
+
+def test_reply_attachment_over_the_bots_cap_goes_without_its_bytes_and_the_text_still_goes(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(bots={"demo": {"max_file_bytes": 8}})
+    stack.sim.state.knobs.reply_attachments = True
+    stack.say("c1", "send me the roster")
+    wait_for(lambda: len(stack.receiver.received) == 2, what="text and file callbacks")
+    text, file_part = stack.receiver.received
+    assert text["text"] == "Echo #1: send me the roster"
+    (attachment,) = file_part["attachments"]
+    assert attachment["name"] == "reply-1.txt" and "content_base64" not in attachment
+    settled(stack.redis)
+    assert stack.redis.zcard(Keys().dlq) == 0  # a file left out is not a failed turn
+
+
+def test_reply_attachment_on_another_host_never_gets_the_bots_token(stack: Stack) -> None:
+    # OCS names a file URL outside its own origin (here: another host name for the same
+    # machine). Before issue 15 the Bearer token went with the download.
+    stack.sim.state.base_url = stack.sim.url.replace("127.0.0.1", "localhost")
+    stack.sim.state.knobs.reply_attachments = True
+    stack.say("c1", "send me the roster")
+    wait_for(lambda: len(stack.receiver.received) == 2, what="text and file callbacks")
+    text, file_part = stack.receiver.received
+    assert text["text"] == "Echo #1: send me the roster"
+    (attachment,) = file_part["attachments"]
+    assert attachment["url"].startswith("http://localhost:") and "content_base64" not in attachment
+    # Refused as an internal address (no fetch_allowlist) before any connection: nothing reached OCS.
+    assert stack.sim.state.request_count("files") == 0

@@ -1,0 +1,131 @@
+"""What the OCS Chat API answers, as typed values parsed once where the client reads the JSON
+(CONTRACT §4.3, §4.4, §5).
+
+The parsers are lenient the way the engine always was: fields OCS adds later are ignored, odd
+values are coerced (a missing ``content`` is ``""``, a size that is not a number is 0), and
+entries that are not objects are skipped, so a new shape of answer never sinks a turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from gateway.core.models import ReplyAttachment
+
+__all__ = [
+    "MessageRole",
+    "OCSMessage",
+    "SessionPage",
+    "SessionStatus",
+    "TaskPoll",
+    "TaskStatus",
+    "parse_attachment",
+]
+
+
+class MessageRole(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+
+
+class TaskStatus(StrEnum):
+    #: Still running, unknown, or expired: OCS cannot tell these apart (§0.9).
+    PROCESSING = "processing"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+class SessionStatus(StrEnum):
+    """``session_status`` of the session messages: ``ended`` only once OCS completed it (§6.1)."""
+
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+def parse_attachment(data: Mapping[str, Any]) -> ReplyAttachment:
+    """A §5 File object (also the stored form of a pushed message's attachments)."""
+    try:
+        size = int(data.get("size") or 0)
+    except (TypeError, ValueError):
+        size = 0
+    return ReplyAttachment(
+        name=str(data.get("name") or "file"),
+        content_type=str(data.get("content_type") or "application/octet-stream"),
+        size=size,
+        content_url=str(data.get("content_url") or ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OCSMessage:
+    """One §5 Message. ``role`` is None for a role this client does not know."""
+
+    role: MessageRole | None
+    content: str
+    #: OCS's own spelling, kept as is: it is the ``since`` cursor (§6.3). None when absent.
+    created_at: str | None
+    attachments: tuple[ReplyAttachment, ...] = ()
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> OCSMessage:
+        created_at = data.get("created_at")
+        files = data.get("attachments")
+        return cls(
+            role=_role(data.get("role")),
+            content=str(data.get("content") or ""),
+            created_at=str(created_at) if created_at else None,
+            attachments=tuple(parse_attachment(a) for a in _items(files)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPoll:
+    """What one task poll found (§4.3). Progress text while processing is not a reply: dropped."""
+
+    status: TaskStatus
+    message: OCSMessage | None = None
+    #: For ``ERROR``: OCS's text, written for the end user.
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], *, failed: bool) -> TaskPoll:
+        """``failed``: the answer's HTTP status was an error (OCS's 400 and 500 task failures)."""
+        if failed or data.get("status") == "error":
+            return cls(TaskStatus.ERROR, error=str(data.get("error") or "Unknown error"))
+        message = data.get("message")
+        if data.get("status") == "complete" and isinstance(message, Mapping):
+            return cls(TaskStatus.COMPLETE, message=OCSMessage.parse(message))
+        return cls(TaskStatus.PROCESSING)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """One page of a session's messages (§4.4), oldest first."""
+
+    messages: tuple[OCSMessage, ...]
+    has_more: bool
+    session_status: SessionStatus
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> SessionPage:
+        status = SessionStatus.ENDED if data.get("session_status") == "ended" else SessionStatus.ACTIVE
+        messages = tuple(OCSMessage.parse(m) for m in _items(data.get("messages")))
+        return cls(messages, bool(data.get("has_more")), status)
+
+
+def _role(value: Any) -> MessageRole | None:
+    try:
+        return MessageRole(value)
+    except ValueError:
+        return None
+
+
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array; anything else in it, or a value that is no array, is skipped."""
+    if not isinstance(value, (list, tuple)):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
