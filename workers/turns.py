@@ -51,6 +51,7 @@ from gateway.core.models import (
 )
 from gateway.store.clock import RedisClock
 from gateway.store.conversations import ConversationRecord
+from gateway.store.dead_letters import DeadLetterStage
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Lease, LeaseLost, Op
 from gateway.store.ledger import Turn, TurnLedger, TurnState
@@ -183,7 +184,7 @@ class TurnEngine:
             return Outcome("wait", turn.next_at)  # woken early: wait again, nothing lost
         conv = hold.conv
         if conv.channel not in self.services.adapters:
-            await self._park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage="config")
+            await self._park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage=DeadLetterStage.CONFIG)
             await self._finish(hold, turn, outcome="failed")
             return CONTINUE
         try:
@@ -713,9 +714,9 @@ class TurnEngine:
         if turn.dead_letter:
             await self._finish(hold, turn, outcome="failed")  # the notice itself failed: nothing more to do
             return CONTINUE
-        stage = "delivery" if turn.state in (TurnState.REPLIED, TurnState.DELIVERING) else "ocs"
+        stage = DeadLetterStage.DELIVERY if turn.state in (TurnState.REPLIED, TurnState.DELIVERING) else DeadLetterStage.OCS
         letter = await self._park(hold, turn, error, stage=stage)
-        if stage == "delivery" or turn.inbound.kind is InboundKind.PUSH:
+        if stage is DeadLetterStage.DELIVERY or turn.inbound.kind is InboundKind.PUSH:
             await self._finish(hold, turn, outcome="failed")
             return CONTINUE
         notice = Reply(self.services.config.channels[hold.conv.channel].failure_notice, ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
@@ -724,13 +725,13 @@ class TurnEngine:
         await self._replied(hold, turn, notice, extra=ops)
         return CONTINUE
 
-    async def _park(self, hold: Hold, turn: Turn, error: str, *, stage: str) -> str:
+    async def _park(self, hold: Hold, turn: Turn, error: str, *, stage: DeadLetterStage) -> str:
         hold.lease.check()
         letter = await self.services.dead_letters.park(
             hold.conv, turn.inbound_raw, error=error, ocs=turn.ocs_ids(), stage=stage,
             ledger={"turn": turn.id, "state": str(turn.state), "attempts": turn.attempts, "delivered": turn.delivered},
-            reply=turn.reply if stage == "delivery" else None,
-            parts=turn.parts[turn.delivered:] if stage == "delivery" else (),
+            reply=turn.reply if stage is DeadLetterStage.DELIVERY else None,
+            parts=turn.parts[turn.delivered:] if stage is DeadLetterStage.DELIVERY else (),
         )
         return letter.id
 
@@ -739,7 +740,7 @@ class TurnEngine:
         keys = self.services.keys
         raw = hold.head or ""
         hold.lease.check()
-        await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage="unreadable")
+        await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage=DeadLetterStage.UNREADABLE)
         # Out of the waiting index too, as a finished turn is; the next begin puts the conversation back.
         ops = [Op("DEL", keys.turn(hold.conv)), Op("ZREM", keys.waiting, (str(hold.conv),))]
         if raw:
