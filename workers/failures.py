@@ -23,6 +23,7 @@ from gateway.core.errors import OCSRateLimited, RetryLater, SessionExpired
 from gateway.core.logs import bound
 from gateway.core.models import ConversationKey, InboundKind, Reply, ReplyKind
 from gateway.store.clock import RedisClock
+from gateway.store.dead_letters import DeadLetterStage
 from gateway.store.lease import LeaseLost, Op
 from gateway.store.ledger import Turn, TurnState
 from workers.closing import TurnCloser
@@ -135,9 +136,9 @@ class FailurePolicy:
         if turn.dead_letter:
             await self.closer.finish(hold, turn, outcome="failed")  # the notice itself failed: nothing more to do
             return CONTINUE
-        stage = "delivery" if turn.state is TurnState.DELIVERING else "ocs"
+        stage = DeadLetterStage.DELIVERY if turn.state is TurnState.DELIVERING else DeadLetterStage.OCS
         letter = await self.park(hold, turn, error, stage=stage)
-        if stage == "delivery" or turn.inbound.kind is InboundKind.PUSH:
+        if stage is DeadLetterStage.DELIVERY or turn.inbound.kind is InboundKind.PUSH:
             await self.closer.finish(hold, turn, outcome="failed")
             return CONTINUE
         channel = self.services.config.channels[hold.conv.channel]
@@ -145,13 +146,13 @@ class FailurePolicy:
         await self.closer.answer(hold, turn, notice, dead_letter=letter, last_error=error[:500])
         return CONTINUE
 
-    async def park(self, hold: Hold, turn: Turn, error: str, *, stage: str) -> str:
+    async def park(self, hold: Hold, turn: Turn, error: str, *, stage: DeadLetterStage) -> str:
         hold.lease.check()
         letter = await self.services.dead_letters.park(
             hold.conv, turn.inbound_raw, error=error, ocs=turn.ocs_ids(), stage=stage,
             ledger={"turn": turn.id, "state": str(turn.state), "attempts": turn.attempts, "delivered": turn.delivered},
-            reply=turn.reply if stage == "delivery" else None,
-            parts=turn.parts[turn.delivered:] if stage == "delivery" else (),
+            reply=turn.reply if stage is DeadLetterStage.DELIVERY else None,
+            parts=turn.parts[turn.delivered:] if stage is DeadLetterStage.DELIVERY else (),
         )
         return letter.id
 
@@ -193,7 +194,7 @@ class FailurePolicy:
         keys = self.services.keys
         raw = hold.head or ""
         hold.lease.check()
-        await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage="unreadable")
+        await self.services.dead_letters.park(hold.conv, raw, error=f"unreadable: {error}", ocs={}, ledger={}, stage=DeadLetterStage.UNREADABLE)
         # Out of the waiting index too, as a finished turn is; the next begin puts the conversation back.
         ops = [Op("DEL", keys.turn(hold.conv)), Op("ZREM", keys.waiting, (str(hold.conv),))]
         if raw:

@@ -55,7 +55,7 @@ from gateway.core.models import (
 )
 from gateway.ocs.messages import MessageRole, OCSMessage, TaskStatus, parse_attachment
 from gateway.store.clock import RedisClock
-from gateway.store.dead_letters import ReplayedParts
+from gateway.store.dead_letters import DeadLetterStage, ReplayedParts
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Op
 from gateway.store.ledger import Turn, TurnState
@@ -125,7 +125,7 @@ class TurnEngine:
         conv = hold.conv
         failures = self.failures
         if conv.channel not in self.services.adapters:
-            await failures.park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage="config")
+            await failures.park(hold, turn, f"channel {conv.channel!r} is no longer configured", stage=DeadLetterStage.CONFIG)
             await self.closer.finish(hold, turn, outcome="failed")
             return CONTINUE
         try:

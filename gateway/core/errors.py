@@ -29,6 +29,7 @@ family never retries the other by accident (the PTB ``BadRequest`` wart, STYLE.m
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "DeliveryRejected",
     "GatewayError",
     "InboundError",
+    "LimitScope",
     "OCSAmbiguous",
     "OCSAuthFailed",
     "OCSError",
@@ -112,14 +114,28 @@ class OCSAmbiguous(OCSUnavailable):
     settled from the session history, never simply sent again."""
 
 
-class OCSRateLimited(OCSError):
-    """Raised on OCS 429 or the hosted WAF's HTML 403; wait ``retry_after_s``.
+class LimitScope(StrEnum):
+    """Whose request limit an ``OCSRateLimited`` hit, and so who waits (the value is what logs show)."""
 
-    ``scope`` says whose limit it was: ``session`` (OCS's per-session bucket), ``service`` (the
-    channel or the WAF's per-IP rule: every request to that OCS must wait).
+    #: OCS's per-session bucket: only that session's requests wait.
+    SESSION = "session"
+    #: OCS's per-channel limit on session starts: new sessions of that channel wait.
+    STARTS = "starts"
+    #: The whole service (OCS's 429 without a session or channel, the WAF's per-IP rule):
+    #: every request to that OCS waits.
+    SERVICE = "service"
+    #: Our own shared request budget (``gateway.ocs.budget``) refused before anything was sent.
+    BUDGET = "budget"
+
+
+class OCSRateLimited(OCSError):
+    """Raised on OCS 429, the hosted WAF's HTML 403 or our own request budget; wait
+    ``retry_after_s``. ``scope`` says whose limit it was (``LimitScope``).
     """
 
-    def __init__(self, retry_after_s: float, detail: str = "rate limited", *, scope: str = "session") -> None:
+    def __init__(
+        self, retry_after_s: float, detail: str = "rate limited", *, scope: LimitScope = LimitScope.SESSION
+    ) -> None:
         super().__init__(f"{detail} (retry after {retry_after_s:g} s)")
         self.retry_after_s = retry_after_s
         self.scope = scope

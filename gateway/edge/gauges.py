@@ -28,7 +28,7 @@ from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys, as_text
 from gateway.core.metrics import Metrics
 from gateway.core.models import ConversationKey
-from gateway.ocs.budget import index_key, origin_key
+from gateway.ocs.budget import BudgetScope, index_key, origin_key
 from gateway.store import heartbeats
 from gateway.store.ledger import TurnState
 from gateway.store.waiting import oldest_waiting
@@ -181,4 +181,4 @@ async def _budget_gauges(
 def _busiest_session(pipe: Pipeline, keys: Keys, window_s: int, window_start: int) -> None:
     # The top entry of the window's session index the budget script keeps (score = the count),
     # so the hot session is found in O(log n) however large the keyspace is.
-    pipe.zrevrange(index_key(keys, "session", window_s, window_start), 0, 0, withscores=True)
+    pipe.zrevrange(index_key(keys, BudgetScope.SESSION, window_s, window_start), 0, 0, withscores=True)

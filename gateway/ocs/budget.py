@@ -27,7 +27,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from gateway.core.keys import Keys, as_text
 from gateway.store.lua import LuaScript
 
 __all__ = [
+    "BudgetScope",
     "BudgetUsage",
     "Grant",
     "Priority",
@@ -47,8 +48,23 @@ __all__ = [
     "origin_of",
 ]
 
-# Grant/usage scope names, and the short names the keys use for them.
-_KEY_SCOPE = {"base_url": "url", "session": "session", "starts": "starts"}
+
+class BudgetScope(StrEnum):
+    """Which bucket a grant was refused by or a usage row is about (the value is what
+    ``ocs-gateway budget`` and the console show, and what the booking script returns)."""
+
+    #: Every request to one OCS origin.
+    BASE_URL = "base_url"
+    #: The requests of one OCS session.
+    SESSION = "session"
+    #: The session starts of one channel.
+    STARTS = "starts"
+    #: A block OCS asked for is in force (a refusal only; no bucket of its own).
+    BLOCKED = "blocked"
+
+
+# The short names the keys use for the bucket scopes.
+_KEY_SCOPE = {BudgetScope.BASE_URL: "url", BudgetScope.SESSION: "session", BudgetScope.STARTS: "starts"}
 _SCOPE_OF_KEY = {short: scope for scope, short in _KEY_SCOPE.items()}
 
 # KEYS: the block keys that apply, then the prefixes of the buckets that apply, then the prefixes
@@ -156,15 +172,15 @@ class Grant:
 
     granted: bool
     wait_s: float
-    #: Which limit refused: "base_url" | "session" | "starts" | "blocked".
-    scope: str = ""
+    #: Which limit refused (None when granted).
+    scope: BudgetScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetUsage:
     """One bucket open in the current window, or one block in force (``ocs-gateway budget``)."""
 
-    scope: str
+    scope: BudgetScope
     #: The origin for base_url (never credentials), the OCS session id, or the channel.
     name: str
     used: int
@@ -192,8 +208,8 @@ def origin_key(base_url: str) -> str:
     return hashlib.sha1(origin_of(base_url).encode()).hexdigest()[:12]
 
 
-def index_key(keys: Keys, scope: str, window_s: int, window_start: int | None = None) -> str:
-    """The per-window index of one scope's buckets (``"base_url"``, ``"session"`` or ``"starts"``):
+def index_key(keys: Keys, scope: BudgetScope, window_s: int, window_start: int | None = None) -> str:
+    """The per-window index of one scope's buckets (any but ``BLOCKED``):
     a sorted set of the names in the bucket keys, scored by their count, kept as long as the
     buckets. Without ``window_start``, the prefix the budget script completes."""
     return keys.budget_bucket("index", f"{_KEY_SCOPE[scope]}:{window_s}", window_start)
@@ -255,21 +271,21 @@ class RequestBudget:
         window_s = limits.window_s
         blocks = [self._keys.budget_block("url", url_id)]
         prefixes = [self._keys.budget_bucket("url", url_id)]
-        indexes = [index_key(self._keys, "base_url", window_s)]
+        indexes = [index_key(self._keys, BudgetScope.BASE_URL, window_s)]
         limit = limits.requests_per_window
-        args: list[str | int] = [_cap(limit, share), limit, "base_url", origin, 1, url_id]
+        args: list[str | int] = [_cap(limit, share), limit, BudgetScope.BASE_URL, origin, 1, url_id]
         if session_id is not None:
             blocks.append(self._keys.budget_block("session", session_id))
             prefixes.append(self._keys.budget_bucket("session", session_id))
-            indexes.append(index_key(self._keys, "session", window_s))
+            indexes.append(index_key(self._keys, BudgetScope.SESSION, window_s))
             limit = limits.session_requests_per_window
-            args += [_cap(limit, share), limit, "session", session_id, 0, session_id]
+            args += [_cap(limit, share), limit, BudgetScope.SESSION, session_id, 0, session_id]
         if start_channel is not None:
             blocks.append(self._keys.budget_block("starts", start_channel))
             prefixes.append(self._keys.budget_bucket("starts", start_channel))
-            indexes.append(index_key(self._keys, "starts", window_s))
+            indexes.append(index_key(self._keys, BudgetScope.STARTS, window_s))
             # Only starts use this bucket, so there is no lower priority to hold back for.
-            args += [limits.starts_per_window, limits.starts_per_window, "starts", start_channel, 0, start_channel]
+            args += [limits.starts_per_window, limits.starts_per_window, BudgetScope.STARTS, start_channel, 0, start_channel]
         granted, wait_ms, scope = await _ACQUIRE(
             self._redis,
             [*blocks, *prefixes, *indexes, _windows_key(self._keys)],
@@ -277,7 +293,7 @@ class RequestBudget:
         )
         if int(granted):
             return Grant(True, 0.0)
-        return Grant(False, max(int(wait_ms), 1) / 1000.0, as_text(scope))
+        return Grant(False, max(int(wait_ms), 1) / 1000.0, BudgetScope(as_text(scope)))
 
     async def block(self, base_url: str, seconds: float, *, reason: str) -> None:
         """Stop every process sending to ``base_url`` for ``seconds`` (OCS 429, WAF 403)."""
@@ -351,7 +367,7 @@ class RequestBudget:
                 continue
             row = rows.setdefault((_SCOPE_OF_KEY[short], ident), _Row(_SCOPE_OF_KEY[short], as_text(name)))
             row.blocked_ms, row.reason = ttl_ms, as_text(reason or b"")
-        order = {"base_url": 0, "starts": 1, "session": 2}
+        order = {BudgetScope.BASE_URL: 0, BudgetScope.STARTS: 1, BudgetScope.SESSION: 2}
         usage = [row.freeze() for row in rows.values()]
         return sorted(usage, key=lambda u: (order[u.scope], -u.used, u.name))
 
@@ -360,7 +376,7 @@ class RequestBudget:
 class _Row:
     """A bucket and its block, gathered from several keys while ``usage`` reads them."""
 
-    scope: str
+    scope: BudgetScope
     name: str
     used: int = 0
     limit: int = 0

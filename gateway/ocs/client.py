@@ -28,6 +28,7 @@ from gateway.core.config import BotConfig
 from gateway.core.errors import (
     AttachmentUnavailable,
     ConfigError,
+    LimitScope,
     OCSAmbiguous,
     OCSAuthFailed,
     OCSRateLimited,
@@ -132,7 +133,7 @@ class OCSClient:
                 session_id=session_id, start_channel=start_channel,
             )
             if not grant.granted:
-                raise OCSRateLimited(grant.wait_s, f"request budget ({grant.scope})", scope="budget")
+                raise OCSRateLimited(grant.wait_s, f"request budget ({grant.scope})", scope=LimitScope.BUDGET)
         url = f"{self.bot.base_url}{path}"
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         try:
@@ -158,15 +159,17 @@ class OCSClient:
         if status == 429:
             # OCS throttles a session's calls per session and starts per channel (CONTRACT
             # §3.1): a throttled start must not stop the turns of sessions already open.
-            scope = "session" if session_id is not None else "starts" if start_channel else "service"
+            scope = (
+                LimitScope.SESSION if session_id is not None else LimitScope.STARTS if start_channel else LimitScope.SERVICE
+            )
             wait = _retry_after(response, body)
             await self._block(scope, wait, session_id, start_channel)
             raise OCSRateLimited(wait, str(body), scope=scope)
         if status == 403 and not isinstance(body, dict):
             # Not OCS speaking: the hosted WAF's block page. Everyone waits, nothing is refused.
             wait = self.bot.waf_backoff_s
-            await self._block("service", wait, None, None)
-            raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope="service")
+            await self._block(LimitScope.SERVICE, wait, None, None)
+            raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope=LimitScope.SERVICE)
         if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response  # a task that failed inside OCS: the caller reads it (§4.3)
         if status in (502, 504) and changes_state:
@@ -187,12 +190,12 @@ class OCSClient:
             label = ocs_status_label(int(status)) if status.isdigit() else status
             self.metrics.ocs_requests.labels(self.name, endpoint, label).inc()
 
-    async def _block(self, scope: str, seconds: float, session_id: str | None, start_channel: str | None) -> None:
+    async def _block(self, scope: LimitScope, seconds: float, session_id: str | None, start_channel: str | None) -> None:
         if self.budget is None:
             return
-        if scope == "session" and session_id is not None:
+        if scope is LimitScope.SESSION and session_id is not None:
             await self.budget.block_session(session_id, seconds)
-        elif scope == "starts" and start_channel is not None:
+        elif scope is LimitScope.STARTS and start_channel is not None:
             await self.budget.block_starts(start_channel, seconds)
         else:
             await self.budget.block(self.bot.base_url, seconds, reason="OCS asked us to wait")

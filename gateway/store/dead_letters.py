@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,23 +34,40 @@ __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "DeadLetter",
     "DeadLetterPage",
+    "DeadLetterStage",
     "DeadLetterStore",
     "ReplayedParts",
-    "STAGE_CONFIG",
-    "STAGE_DELIVERY",
-    "STAGE_OCS",
-    "STAGE_UNKNOWN",
     "since_from_text",
 ]
 
-#: Never got an answer: starting the session, sending or polling failed.
-STAGE_OCS = "ocs"
-#: The answer exists; sending it to the platform failed.
-STAGE_DELIVERY = "delivery"
-#: The conversation's channel is no longer configured.
-STAGE_CONFIG = "config"
-#: Parked without a stage (letters from before stages were kept).
-STAGE_UNKNOWN = "unknown"
+
+class DeadLetterStage(StrEnum):
+    """Where a parked turn failed; the value is what the letter stores and the CLI and console show."""
+
+    #: Never got an answer: starting the session, sending or polling failed.
+    OCS = "ocs"
+    #: The answer exists; sending it to the platform failed.
+    DELIVERY = "delivery"
+    #: The conversation's channel is no longer configured.
+    CONFIG = "config"
+    #: The inbox item could not be read as a message.
+    UNREADABLE = "unreadable"
+    #: Parked without a stage (letters from before stages were kept), or with one this version
+    #: does not know (a newer version's): such a letter still lists, counts and replays (its
+    #: inbound, afresh), and its record in Redis keeps the stage it was written with.
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def read(cls, raw: object) -> DeadLetterStage:
+        """The stage a stored letter names; ``UNKNOWN`` for none or one not listed here."""
+        if isinstance(raw, str):
+            try:
+                return cls(raw)
+            except ValueError:
+                pass
+        return cls.UNKNOWN
+
+
 #: How long letters are kept unless configured otherwise.
 DEFAULT_RETENTION_DAYS = 14.0
 _DAY_S = 24 * 3600
@@ -82,7 +100,7 @@ class DeadLetter:
     ocs: dict[str, str]
     ledger: dict[str, Any]
     parked_at: float
-    stage: str = STAGE_UNKNOWN
+    stage: DeadLetterStage = DeadLetterStage.UNKNOWN
     reply: Reply | None = None
     parts: tuple[Outgoing, ...] = ()
 
@@ -106,7 +124,7 @@ class DeadLetter:
         return cls(
             id=data["id"], conversation=data["conversation"], inbound=data["inbound"], error=data["error"],
             ocs=data.get("ocs") or {}, ledger=data.get("ledger") or {}, parked_at=float(data["parked_at"]),
-            stage=data.get("stage") or STAGE_UNKNOWN,
+            stage=DeadLetterStage.read(data.get("stage")),
             reply=Reply.from_dict(reply) if reply else None,
             parts=tuple(Outgoing.from_dict(part) for part in data.get("parts") or ()),
         )
@@ -166,12 +184,11 @@ class DeadLetterStore:
         error: str,
         ocs: dict[str, str],
         ledger: dict[str, Any],
-        stage: str = STAGE_UNKNOWN,
+        stage: DeadLetterStage = DeadLetterStage.UNKNOWN,
         reply: Reply | None = None,
         parts: Sequence[Outgoing] = (),
     ) -> DeadLetter:
-        """Keep a failed turn. ``stage`` is ``"ocs"``, ``"delivery"`` or ``"config"``; a delivery
-        failure passes the ``reply`` (and its rendered ``parts``) so a replay needs no OCS call."""
+        """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its rendered ``parts``) so a replay needs no OCS call."""
         letter = DeadLetter(
             uuid.uuid4().hex[:12], str(conv), inbound_raw, error, ocs, ledger, time.time(),
             stage=stage, reply=reply, parts=tuple(parts),
@@ -206,9 +223,9 @@ class DeadLetterStore:
         page = [letter for letter, _ in letters[:limit]]
         return DeadLetterPage(page, letters[limit - 1][1].cursor() if more else None)
 
-    async def count(self, *, since: float | None = None) -> dict[tuple[str, str], int]:
+    async def count(self, *, since: float | None = None) -> dict[tuple[str, DeadLetterStage], int]:
         """How many letters there are per ``(channel, stage)``."""
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, DeadLetterStage], int] = {}
         async for letter, _ in self._walk(_Position(), since):
             counts[(letter.channel, letter.stage)] = counts.get((letter.channel, letter.stage), 0) + 1
         return counts
@@ -286,7 +303,7 @@ class DeadLetterStore:
             raise ValueError(f"dead letter {letter_id} holds no readable message ({exc}); drop it") from None
         conv = original.key
         item = letter.inbound
-        if letter.stage == STAGE_DELIVERY and letter.reply is not None:
+        if letter.stage is DeadLetterStage.DELIVERY and letter.reply is not None:
             item = _as_push(original, letter, letter.reply).to_json()
         keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active, self._keys.waiting]
         received_at = Inbound.from_json(item).received_at

@@ -4,9 +4,28 @@ write of that owner fenced by it.
 A lease is a Redis key holding a random token with a TTL. The owning process renews it while it
 holds the conversation (waiting turns included), so a process killed with SIGKILL frees its
 conversations when the TTL lapses and another process adopts them. Every write the owner makes to
-the conversation's state goes through ``Lease.run``: one Lua script that checks the token and
-applies the writes atomically, so a process that lost its lease (paused, partitioned, too slow)
-can never overwrite what the new owner recorded.
+the conversation's state goes through ``Lease.run``: one Lua script that checks the token, so a
+process that lost its lease (paused, partitioned, too slow) can never overwrite what the new owner
+recorded.
+
+What a fenced write guarantees. Redis runs the script with nothing else in between, but it does
+not undo a script's earlier commands when a later one fails. So the script first checks every op
+without writing: the command is one it knows (``DEL``, ``EXPIRE``, ``HSET``, ``HDEL``,
+``HINCRBY``, ``ZADD``, ``ZREM``, ``ZREMRANGEBYSCORE``, ``RPUSH``, ``LREM``, ``LINDEX``), the
+arguments are as many and of the kind it needs (integers, scores), each key holds the type the
+command needs as the earlier ops will have left it, and a ``HINCRBY`` field holds an integer. Any
+op that fails a check refuses the whole write (``WriteRefused``): nothing is written and the lease
+is not extended. Integers of more than 15 digits are refused though Redis would take some.
+
+Once the checks pass, the ops cannot fail for any reason the script can see. Redis refuses a
+script's writes for lack of memory (``maxmemory``) only at its first write, and on a read-only
+replica or after a failed disk write at any write, but none of those conditions changes while a
+script runs: either the first write fails and nothing is written, or every op is applied. What
+remains, and is not guarded: a Redis user whose ACL denies some of these commands or keys but not
+others (the first denied op fails and the ones before it stay: a configuration error); and Redis
+itself dying mid-script (a crash, a kill, an allocation that fails): what was in memory is lost,
+and since Redis hands a script's writes to its AOF and replicas as one MULTI/EXEC, a restart or a
+failover finds all of a script's writes or none.
 
 ``KeyLease`` is the same owner-token idea without the conversation's bookkeeping, for one
 process at a time on anything else (a Telegram bot's poller, a Slack token refresh).
@@ -20,28 +39,161 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from gateway.core.errors import GatewayError
 from gateway.store.lua import LuaScript
 
-__all__ = ["KeyLease", "Lease", "LeaseLost", "Op", "renew_leases"]
+__all__ = ["KeyLease", "Lease", "LeaseLost", "Op", "WriteRefused", "renew_leases"]
 
 # KEYS[1] lease, KEYS[2..] the keys the ops name. ARGV[1] token, ARGV[2] ttl ms (extends the
 # lease: a write is also a sign of life), then per op: command, key index, argument count, args.
+# Redis does not roll a script back when a command in it fails, so every op is checked before the
+# first write, against the keys as the earlier ops will leave them; only then is anything applied.
 _FENCED = LuaScript("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local results = {0}
+
+-- Redis's own integer syntax (no sign but '-', no leading zero), kept to 15 digits: exact as a
+-- Lua number, and no command here can overflow with it (EXPIRE in ms, HINCRBY's sum).
+local function integer(s)
+  if type(s) == 'number' then return s end
+  if s ~= '0' and not (s:match('^-?[1-9]%d*$') and #s:gsub('^-', '') <= 15) then return nil end
+  return tonumber(s)
+end
+
+-- A float as Redis reads one: the whole text, no space, not NaN, not out of range (strtod's
+-- overflow to inf and underflow to 0 are refused; 'inf' itself is a score).
+local function float(s)
+  if s:find('[%sxX]') then return nil end
+  local n = tonumber(s)
+  if n == nil or n ~= n then return nil end
+  if (n == math.huge or n == -math.huge) and not s:lower():match('^[+-]?inf') then return nil end
+  if n == 0 and s:match('^[^eE]*[1-9]') then return nil end
+  return n
+end
+
+local function bound(s)
+  if s:sub(1, 1) == '(' then s = s:sub(2) end
+  return float(s)
+end
+
+-- What the key of each KEYS index will hold when the op being checked runs: its type ('none'
+-- when absent) and the hash fields the checked ops wrote (false: deleted). 'fresh' means no
+-- field exists that the checked ops did not write.
+local held = {}
+local function key_state(k)
+  if held[k] == nil then
+    local t = redis.call('TYPE', KEYS[k])['ok']
+    held[k] = {type = t, fields = {}, fresh = t == 'none'}
+  end
+  return held[k]
+end
+
+local function hash_field(k, state, f)
+  local v = state.fields[f]
+  if v ~= nil then return v end
+  if state.fresh then return false end
+  return redis.call('HGET', KEYS[k], f)
+end
+
+local ZADD_FLAGS = {NX = true, XX = true, GT = true, LT = true, CH = true}
+
+-- Per command: the type it needs (nil: any), whether it creates the key when absent, and a check
+-- of its arguments that returns why it would fail, or nil, and notes what the op leaves behind.
+-- An op that may empty a key (HDEL, ZREM, LREM, ...) leaves its type as it was: a later op of
+-- another type on that key is refused though it might have run; never the other way round.
+local COMMANDS = {
+  DEL = {check = function(a, k)
+    if #a ~= 0 then return 'takes no arguments' end
+    held[k] = {type = 'none', fields = {}, fresh = true}
+  end},
+  EXPIRE = {check = function(a)
+    if #a ~= 1 or not integer(a[1]) then return 'takes one integer (seconds)' end
+  end},
+  HSET = {creates = true, needs = 'hash', check = function(a, k, state)
+    if #a < 2 or #a % 2 ~= 0 then return 'takes field value pairs' end
+    for j = 1, #a, 2 do state.fields[a[j]] = a[j + 1] end
+  end},
+  HDEL = {needs = 'hash', check = function(a, k, state)
+    if #a < 1 then return 'takes at least one field' end
+    for j = 1, #a do state.fields[a[j]] = false end
+  end},
+  HINCRBY = {creates = true, needs = 'hash', check = function(a, k, state)
+    if #a ~= 2 then return 'takes a field and an increment' end
+    local by = integer(a[2])
+    if not by then return 'increment ' .. a[2] .. ' is not an integer' end
+    local current = hash_field(k, state, a[1])
+    local base = 0
+    if current then base = integer(current) end
+    if not base then return 'field ' .. a[1] .. ' holds no integer (of at most 15 digits)' end
+    if math.abs(base + by) >= 1e15 then return 'the sum would pass 15 digits' end
+    state.fields[a[1]] = base + by
+  end},
+  ZADD = {creates = true, needs = 'zset', check = function(a)
+    local flags, i = {}, 1
+    while a[i] and ZADD_FLAGS[a[i]:upper()] do flags[a[i]:upper()] = true; i = i + 1 end
+    local pairs_left = #a - i + 1
+    if pairs_left < 2 or pairs_left % 2 ~= 0 then return 'takes [flags] score member pairs' end
+    if (flags.NX and (flags.XX or flags.GT or flags.LT)) or (flags.GT and flags.LT) then
+      return 'flags that do not go together'
+    end
+    for j = i, #a, 2 do
+      if not float(a[j]) then return 'score ' .. a[j] .. ' is not a number' end
+    end
+  end},
+  ZREM = {needs = 'zset', check = function(a)
+    if #a < 1 then return 'takes at least one member' end
+  end},
+  ZREMRANGEBYSCORE = {needs = 'zset', check = function(a)
+    if #a ~= 2 or not bound(a[1]) or not bound(a[2]) then return 'takes a min and a max score' end
+  end},
+  RPUSH = {creates = true, needs = 'list', check = function(a)
+    if #a < 1 then return 'takes at least one element' end
+  end},
+  LREM = {needs = 'list', check = function(a)
+    if #a ~= 2 or not integer(a[1]) then return 'takes a count (integer) and an element' end
+  end},
+  LINDEX = {needs = 'list', check = function(a)
+    if #a ~= 1 or not integer(a[1]) then return 'takes an index (integer)' end
+  end},
+}
+
+local function refuse(n, command, why)
+  return redis.error_reply('ERR fenced write refused, nothing written: op ' .. n .. ' (' .. tostring(command) .. '): ' .. why)
+end
+
+local ops = {}
 local i = 3
 while i <= #ARGV do
-  local n = tonumber(ARGV[i + 2])
+  local n = #ops + 1
+  local name, k, count = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if k == nil or k < 2 or KEYS[k] == nil or count == nil or count < 0 or i + 2 + count > #ARGV then
+    return refuse(n, name, 'malformed op')
+  end
+  local command = COMMANDS[name:upper()]
+  if command == nil then return refuse(n, name, 'not a command a fenced write may run') end
   local args = {}
-  for j = 1, n do args[j] = ARGV[i + 2 + j] end
-  local ok, value = pcall(redis.call, ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(args))
-  if not ok then return redis.error_reply(tostring(value)) end
+  for j = 1, count do args[j] = ARGV[i + 2 + j] end
+  local state = nil  -- DEL and EXPIRE take any key: no need to ask its type
+  if command.needs then
+    state = key_state(k)
+    if state.type ~= 'none' and state.type ~= command.needs then
+      return refuse(n, name, 'the key holds a ' .. state.type .. ', not a ' .. command.needs)
+    end
+  end
+  local why = command.check(args, k, state)
+  if why then return refuse(n, name, why) end
+  if command.creates then state.type = command.needs end
+  ops[n] = {name:upper(), k, args}
+  i = i + 3 + count
+end
+
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local results = {0}
+for n = 1, #ops do
+  local value = redis.call(ops[n][1], KEYS[ops[n][2]], unpack(ops[n][3]))
   if type(value) == 'table' and value.ok then value = value.ok end
-  results[#results + 1] = value
-  i = i + 3 + n
+  results[n + 1] = value
 end
 return results
 """)
@@ -116,9 +268,18 @@ class LeaseLost(GatewayError):
     """Another process owns the conversation now: stop before the next outside call."""
 
 
+class WriteRefused(GatewayError):
+    """Raised when a fenced write would fail part-way (a command it does not know, a wrong
+    argument, a key of another type): nothing was written. The message names the op."""
+
+
+_REFUSED = "fenced write refused"
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One Redis command on one key, applied inside a fenced write."""
+    """One Redis command on one key, applied inside a fenced write (the commands it may be are
+    listed in the module's docstring)."""
 
     command: str
     key: str
@@ -175,10 +336,11 @@ class Lease:
         self.valid_until = max(self.valid_until, started + self.ttl_ms / 1000)
 
     async def run(self, ops: Sequence[Op]) -> list[Any]:
-        """Apply ``ops`` atomically if we still hold the lease (and extend it); their replies.
+        """Apply all of ``ops`` if we still hold the lease (and extend it); their replies.
 
         Raises:
             LeaseLost: the token no longer matches; nothing was written.
+            WriteRefused: an op would fail; nothing was written.
         """
         keys: list[str] = [self.key]
         index: dict[str, int] = {}
@@ -189,7 +351,12 @@ class Lease:
                 index[op.key] = len(keys)
             argv.extend((op.command, index[op.key], len(op.args), *op.args))
         started = time.monotonic()
-        result = await _FENCED(self._redis, keys, argv)
+        try:
+            result = await _FENCED(self._redis, keys, argv)
+        except ResponseError as exc:
+            if _REFUSED in str(exc):
+                raise WriteRefused(str(exc)) from exc
+            raise
         if result and result[0] == -1:
             self.lost = True
             raise LeaseLost(self.key)

@@ -76,10 +76,20 @@ class Turn:
     sending_part: int = -1
     #: When delivery first failed in a row (platform or callback down): the retry budget's start.
     failing_since: float = 0.0
-    inbound: Inbound = field(init=False, compare=False)
+    #: ``inbound_raw`` parsed, beside the text it came from. ``replace`` hands it on to the new
+    #: turn, so a turn's inbound is parsed once however often the turn changes (each parse is tens
+    #: of microseconds); a changed ``inbound_raw`` is parsed again. Not stored, not compared.
+    _parsed: tuple[str, Inbound] | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inbound", Inbound.from_json(self.inbound_raw))
+        if self._parsed is None or self._parsed[0] != self.inbound_raw:
+            object.__setattr__(self, "_parsed", (self.inbound_raw, Inbound.from_json(self.inbound_raw)))
+
+    @property
+    def inbound(self) -> Inbound:
+        parsed = self._parsed
+        assert parsed is not None  # set by __post_init__
+        return parsed[1]
 
     def ocs_ids(self) -> dict[str, str]:
         return {"session_id": self.session_id, "task_id": self.task_id}

@@ -20,7 +20,7 @@ from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.edge.admin.app import create_admin_app
 from gateway.edge.admin.auth import FailureThrottle
 from gateway.services import Services
-from gateway.store.dead_letters import STAGE_OCS, DeadLetterStore
+from gateway.store.dead_letters import DeadLetterStage, DeadLetterStore
 from tests.admin.conftest import (
     ADMIN_TOKEN,
     KEYS,
@@ -293,7 +293,7 @@ async def _park_ocs_letter(redis_url: str, conversation: str, text: str, ledger_
         inbound = Inbound(key=conv, event_id=f"ev-{uuid.uuid4().hex}", kind=InboundKind.MESSAGE,
                           sender_id=f"user-{conversation}", text=text, route={"conversation_id": conversation})
         letter = await DeadLetterStore(client, KEYS).park(
-            conv, inbound.to_json(), error="OCS task poll failed", stage=STAGE_OCS,
+            conv, inbound.to_json(), error="OCS task poll failed", stage=DeadLetterStage.OCS,
             ocs={"session_id": "s-1" if task_id else "", "task_id": task_id},
             ledger={"turn": uuid.uuid4().hex, "state": ledger_state, "attempts": 5, "delivered": 0},
         )

@@ -17,6 +17,7 @@ from gateway.core.config import BudgetLimits, GatewayConfig
 from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
 from gateway.ocs.budget import (
+    BudgetScope,
     BudgetUsage,
     Grant,
     Priority,
@@ -78,13 +79,18 @@ async def take(budget: RequestBudget, priority: Priority, **where: Any) -> int:
     return granted
 
 
-def usage_of(rows: list[BudgetUsage], scope: str, name: str) -> BudgetUsage:
+def usage_of(rows: list[BudgetUsage], scope: BudgetScope, name: str) -> BudgetUsage:
     found = [row for row in rows if row.scope == scope and row.name == name]
     assert len(found) == 1, rows
     return found[0]
 
 
 # -- limits -------------------------------------------------------------------------------------
+
+
+def test_budget_scopes_keep_the_names_the_budget_table_shows() -> None:
+    assert [scope.value for scope in BudgetScope] == ["base_url", "session", "starts", "blocked"]
+    assert format_usage([BudgetUsage(BudgetScope.SESSION, "s-1", 1, 300, 60.0, 0.0)]).splitlines()[1].startswith("session ")
 
 
 async def test_grants_up_to_the_limit_then_refuses_until_the_window_ends(aredis: aioredis.Redis) -> None:
@@ -97,7 +103,7 @@ async def test_grants_up_to_the_limit_then_refuses_until_the_window_ends(aredis:
     after = await redis_now(aredis)
     assert (refused.granted, refused.scope) == (False, "base_url")
     assert end - after - 0.002 <= refused.wait_s <= end - before + 0.002
-    assert usage_of(await budget.usage(), "base_url", OCS).used == 5  # the refusal booked nothing
+    assert usage_of(await budget.usage(), BudgetScope.BASE_URL, OCS).used == 5  # the refusal booked nothing
 
 
 async def test_a_refused_session_books_nothing_in_the_base_url_bucket(aredis: aioredis.Redis) -> None:
@@ -106,7 +112,7 @@ async def test_a_refused_session_books_nothing_in_the_base_url_bucket(aredis: ai
     assert await take(budget, Priority.WAITING, session_id="s-1") == 2
     refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING, session_id="s-1")
     assert (refused.granted, refused.scope) == (False, "session")
-    assert usage_of(await budget.usage(), "base_url", OCS).used == 2
+    assert usage_of(await budget.usage(), BudgetScope.BASE_URL, OCS).used == 2
     assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING, session_id="s-2")).granted
 
 
@@ -115,7 +121,7 @@ async def test_starts_are_counted_per_channel(aredis: aioredis.Redis) -> None:
     await room_in_window(aredis, 300, 5.0)
     assert await take(budget, Priority.SEND, start_channel="tg") == 2
     refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.SEND, start_channel="tg")
-    assert refused.scope == "starts"
+    assert refused.scope is BudgetScope.STARTS
     assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.SEND, start_channel="slack")).granted
 
 
@@ -128,7 +134,7 @@ async def test_bot_initiated_polls_yield_first_then_sends_while_waiting_turns_us
     assert await take(budget, Priority.SEND) == 3
     assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.BACKGROUND)).scope == "base_url"
     assert await take(budget, Priority.WAITING) == 1
-    assert usage_of(await budget.usage(), "base_url", OCS).used == 10
+    assert usage_of(await budget.usage(), BudgetScope.BASE_URL, OCS).used == 10
 
 
 async def test_a_session_bucket_keeps_the_same_reserve_for_waiting_turns(aredis: aioredis.Redis) -> None:
@@ -185,7 +191,7 @@ async def test_block_refuses_every_process_until_it_ends(aredis: aioredis.Redis,
 
         await eventually(granted, what="the block to lapse")
         assert await redis_now(aredis) - started >= 0.5 - 0.002
-        assert usage_of(await first.usage(), "base_url", OCS).used == 1  # nothing booked while blocked
+        assert usage_of(await first.usage(), BudgetScope.BASE_URL, OCS).used == 1  # nothing booked while blocked
     finally:
         await other_client.aclose()
 
@@ -194,7 +200,7 @@ async def test_a_shorter_block_never_cuts_a_longer_one_short(aredis: aioredis.Re
     budget = make_budget(aredis)
     await budget.block(OCS, 30, reason="429")
     await budget.block(OCS, 1, reason="429")
-    row = usage_of(await budget.usage(), "base_url", OCS)
+    row = usage_of(await budget.usage(), BudgetScope.BASE_URL, OCS)
     assert row.blocked_for_s > 29 and row.reason == "429"
     assert (row.used, row.limit) == (0, 0)
 
@@ -246,7 +252,7 @@ async def test_the_origin_bucket_slides_so_a_window_boundary_cannot_spend_the_li
     refused = await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)
     assert refused.scope == "base_url" and 0 < refused.wait_s <= 4
     rows = await budget.usage()
-    assert usage_of(rows, "base_url", OCS).used == granted  # the current window only
+    assert usage_of(rows, BudgetScope.BASE_URL, OCS).used == granted  # the current window only
 
 
 # -- round trips and the operator's view ------------------------------------------------------------

@@ -27,7 +27,7 @@ from gateway.core.models import (
     ReplyAttachment,
 )
 from gateway.store import dead_letters
-from gateway.store.dead_letters import DeadLetterStore, since_from_text
+from gateway.store.dead_letters import DeadLetterStage, DeadLetterStore, since_from_text
 from tests.conftest import Stack, wait_for
 
 KEYS = Keys()
@@ -65,7 +65,7 @@ class SteppingClock:
         return self.start + (self.calls // self.per_tick) * 0.25
 
 
-async def park(store: DeadLetterStore, item: Inbound, *, stage: str = "ocs", error: str = "OCSUnavailable: 503") -> str:
+async def park(store: DeadLetterStore, item: Inbound, *, stage: DeadLetterStage = DeadLetterStage.OCS, error: str = "OCSUnavailable: 503") -> str:
     letter = await store.park(item.key, item.to_json(), error=error, stage=stage, ocs={"session_id": "s1"},
                               ledger={"turn": "t1", "state": "sent"})
     return letter.id
@@ -79,13 +79,13 @@ async def test_a_delivery_letter_keeps_its_stage_reply_and_rendered_parts(store:
     reply = Reply(text="We open at **9**.", attachments=(ATTACHMENT,), in_reply_to=item.event_id)
     parts = (Outgoing(text="We open at <b>9</b>.", plain="We open at 9.", hints={"parse_mode": "HTML"}),
              Outgoing(attachment=ATTACHMENT))
-    parked = await store.park(item.key, item.to_json(), error="RetryLater: telegram unreachable", stage="delivery",
+    parked = await store.park(item.key, item.to_json(), error="RetryLater: telegram unreachable", stage=DeadLetterStage.DELIVERY,
                               ocs={"session_id": "s1", "task_id": "k1"},
                               ledger={"turn": "t1", "state": "delivering", "delivered": 0}, reply=reply, parts=parts)
     (listed,) = await store.list()
     for letter in (await store.get(parked.id), listed):
         assert letter is not None
-        assert (letter.stage, letter.reply, letter.parts) == ("delivery", reply, parts)
+        assert (letter.stage, letter.reply, letter.parts) == (DeadLetterStage.DELIVERY, reply, parts)
         assert letter.channel == "tg" and letter.ledger["state"] == "delivering"
         assert letter.ocs == {"session_id": "s1", "task_id": "k1"}
         assert Inbound.from_json(letter.inbound) == item
@@ -100,9 +100,39 @@ async def test_a_letter_parked_before_stages_existed_still_reads_and_replays_its
     await redis.set(KEYS.dead_letter("0123456789ab"), json.dumps(old))
     await redis.zadd(KEYS.dlq, {"0123456789ab": old["parked_at"]})
     (letter,) = await store.list()
-    assert (letter.stage, letter.reply, letter.parts) == ("unknown", None, ())
+    assert (letter.stage, letter.reply, letter.parts) == (DeadLetterStage.UNKNOWN, None, ())
     assert await store.replay(letter.id) == item.key
     assert [Inbound.from_json(raw) for raw in await redis.lrange(KEYS.inbox(item.key), 0, -1)] == [item]
+
+
+async def test_a_letter_with_a_stage_this_version_does_not_know_lists_counts_and_replays_its_inbound(
+    store: DeadLetterStore, redis: aioredis.Redis
+) -> None:
+    # A newer version may park with a stage this one has never heard of: it reads as UNKNOWN,
+    # and what Redis holds keeps the stage it was written with.
+    item, parked_at = inbound(), time.time()
+    newer = {"id": "ba9876543210", "conversation": str(item.key), "inbound": item.to_json(), "error": "x",
+             "ocs": {}, "ledger": {}, "parked_at": parked_at, "stage": "attachments", "reply": None, "parts": []}
+    await redis.set(KEYS.dead_letter("ba9876543210"), json.dumps(newer))
+    await redis.zadd(KEYS.dlq, {"ba9876543210": parked_at})
+    (letter,) = await store.list()
+    assert letter.stage is DeadLetterStage.UNKNOWN
+    assert await store.count() == {("tg", DeadLetterStage.UNKNOWN): 1}
+    assert json.loads(await redis.get(KEYS.dead_letter(letter.id)) or b"{}")["stage"] == "attachments"
+    assert await store.replay(letter.id) == item.key
+    assert [Inbound.from_json(raw) for raw in await redis.lrange(KEYS.inbox(item.key), 0, -1)] == [item]
+
+
+@pytest.mark.parametrize("stage", list(DeadLetterStage), ids=str)
+async def test_a_letter_stores_its_stage_by_the_name_earlier_versions_wrote(
+    store: DeadLetterStore, redis: aioredis.Redis, stage: DeadLetterStage
+) -> None:
+    names = {DeadLetterStage.OCS: "ocs", DeadLetterStage.DELIVERY: "delivery", DeadLetterStage.CONFIG: "config",
+             DeadLetterStage.UNREADABLE: "unreadable", DeadLetterStage.UNKNOWN: "unknown"}
+    letter_id = await park(store, inbound(), stage=stage)
+    assert json.loads(await redis.get(KEYS.dead_letter(letter_id)) or b"{}")["stage"] == names[stage]
+    fetched = await store.get(letter_id)
+    assert fetched is not None and fetched.stage is stage
 
 
 # -- replay -----------------------------------------------------------------------------------------
@@ -113,7 +143,7 @@ async def test_replaying_a_delivery_failure_queues_the_answer_as_a_push_not_the_
 ) -> None:
     item = inbound()
     reply = Reply(text="We open at 9.", attachments=(ATTACHMENT,), in_reply_to=item.event_id)
-    parked = await store.park(item.key, item.to_json(), error="gave up", stage="delivery", ocs={}, ledger={},
+    parked = await store.park(item.key, item.to_json(), error="gave up", stage=DeadLetterStage.DELIVERY, ocs={}, ledger={},
                               reply=reply, parts=[Outgoing(text="We open at 9.")])
     assert await store.replay(parked.id) == item.key
     (raw,) = await redis.lrange(KEYS.inbox(item.key), 0, -1)
@@ -132,7 +162,7 @@ async def test_replaying_an_ocs_failure_queues_the_original_message_again(
     store: DeadLetterStore, redis: aioredis.Redis
 ) -> None:
     item = inbound()
-    letter_id = await park(store, item, stage="ocs")
+    letter_id = await park(store, item, stage=DeadLetterStage.OCS)
     assert await store.replay(letter_id) == item.key
     assert await redis.lrange(KEYS.inbox(item.key), 0, -1) == [item.to_json().encode()]
     assert await store.replay(letter_id) is None  # replayed once only
@@ -141,7 +171,7 @@ async def test_replaying_an_ocs_failure_queues_the_original_message_again(
 async def test_two_replays_at_once_queue_the_letter_once(redis_url: str, redis: aioredis.Redis) -> None:
     # Two web replicas (or a double click) replay one letter: both read it before either writes.
     item = inbound()
-    letter_id = await park(DeadLetterStore(redis, KEYS), item, stage="ocs")
+    letter_id = await park(DeadLetterStore(redis, KEYS), item, stage=DeadLetterStage.OCS)
     both_read = asyncio.Barrier(2)
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
     stores = [DeadLetterStore(client, KEYS) for client in clients]
@@ -164,7 +194,7 @@ async def test_two_replays_at_once_queue_the_letter_once(redis_url: str, redis: 
 
 
 async def test_replaying_an_unreadable_item_is_refused_and_keeps_the_letter(store: DeadLetterStore) -> None:
-    parked = await store.park(ConversationKey("tg", "x"), "{not json", error="unreadable", stage="unreadable",
+    parked = await store.park(ConversationKey("tg", "x"), "{not json", error="unreadable", stage=DeadLetterStage.UNREADABLE,
                               ocs={}, ledger={})
     with pytest.raises(ValueError, match="drop it"):
         await store.replay(parked.id)
@@ -183,7 +213,7 @@ async def test_paging_with_filters_lists_every_letter_exactly_once(
     for n in range(150):
         channel = ("tg", "slack", "hooks")[n % 3]
         letter = await store.park(inbound(channel, f"c{n}").key, inbound(channel, f"c{n}").to_json(), error="e",
-                                  stage="ocs", ocs={}, ledger={})
+                                  stage=DeadLetterStage.OCS, ocs={}, ledger={})
         parked[letter.id] = (channel, letter.parked_at)
     since = 1_800_000_000.0 + 5.0  # the newer ~130 letters
 
@@ -226,10 +256,10 @@ async def test_a_page_of_the_last_letters_has_no_next_cursor(store: DeadLetterSt
 
 
 async def test_count_is_per_channel_and_stage(store: DeadLetterStore) -> None:
-    await park(store, inbound("tg", "a"), stage="ocs")
-    await park(store, inbound("tg", "b"), stage="delivery")
-    await park(store, inbound("tg", "c"), stage="delivery")
-    await park(store, inbound("slack", "d"), stage="config")
+    await park(store, inbound("tg", "a"), stage=DeadLetterStage.OCS)
+    await park(store, inbound("tg", "b"), stage=DeadLetterStage.DELIVERY)
+    await park(store, inbound("tg", "c"), stage=DeadLetterStage.DELIVERY)
+    await park(store, inbound("slack", "d"), stage=DeadLetterStage.CONFIG)
     assert await store.count() == {("tg", "ocs"): 1, ("tg", "delivery"): 2, ("slack", "config"): 1}
 
 

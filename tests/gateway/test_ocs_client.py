@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.config import BotConfig, Secret
 from gateway.core.errors import (
+    LimitScope,
     OCSAuthFailed,
     OCSRateLimited,
     OCSRejected,
@@ -216,6 +217,11 @@ async def test_end_session_needs_the_bearer_and_marks_pending_review(wire, state
     assert state.sessions[session.session_id].status == "pending-review"
 
 
+def test_limit_scopes_keep_the_names_the_logs_show() -> None:
+    assert [scope.value for scope in LimitScope] == ["session", "starts", "service", "budget"]
+    assert f"demo:{LimitScope.STARTS}" == "demo:starts"  # workers/turns.py's pause key and log line
+
+
 async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_open_sessions(
     state: SimulatorState, redis_url: str
 ) -> None:
@@ -232,10 +238,10 @@ async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_ope
         state.fail_next("start", 429, retry_after=40)
         with pytest.raises(OCSRateLimited) as throttled:
             await client.start_session(remote_id="x:2", name=None, channel="support")
-        assert throttled.value.scope == "starts"
+        assert throttled.value.scope is LimitScope.STARTS
         with pytest.raises(OCSRateLimited) as held:  # refused by our budget, OCS not asked
             await client.start_session(remote_id="x:3", name=None, channel="support")
-        assert held.value.scope == "budget" and held.value.retry_after_s > 30
+        assert held.value.scope is LimitScope.BUDGET and held.value.retry_after_s > 30
         await client.send_message(open_session, "still answered")  # the open session goes on
         await client.start_session(remote_id="x:4", name=None, channel="other")  # another channel starts
     finally:

@@ -34,7 +34,7 @@ from gateway.edge.admin.summary import Summary, gather_summary
 from gateway.edge.admin.text import ago, clock, duration
 from gateway.edge.admin.wake import wake_conversation
 from gateway.services import Services
-from gateway.store.dead_letters import STAGE_DELIVERY, DeadLetter
+from gateway.store.dead_letters import DeadLetter, DeadLetterStage
 from gateway.store.ledger import TurnState
 
 __all__ = ["create_admin_app", "summary_json"]
@@ -299,7 +299,7 @@ _OCS_HAD_IT = {str(TurnState.SENT), str(TurnState.DELIVERING)}
 def _replay_plan(letter: DeadLetter) -> _ReplayPlan:
     """Mirrors ``DeadLetterStore.replay``: a delivery failure with its answer re-delivers that
     answer; every other letter puts the original message back, which starts a new turn."""
-    if letter.stage == STAGE_DELIVERY and letter.reply is not None:
+    if letter.stage is DeadLetterStage.DELIVERY and letter.reply is not None:
         return _ReplayPlan("re-delivers the stored answer",
                            "Replay re-delivers the answer stored with this letter; OCS is not asked again.", False)
     try:

@@ -18,7 +18,7 @@ from typing import Any, cast
 from gateway.core.channel import ChannelAdapter
 from gateway.core.keys import as_text
 from gateway.core.models import ConversationKey, Inbound
-from gateway.ocs.budget import BudgetUsage, origin_of
+from gateway.ocs.budget import BudgetScope, BudgetUsage, origin_of
 from gateway.services import Services
 from gateway.store.dead_letters import DeadLetter
 from gateway.store.heartbeats import Heartbeat, alive
@@ -156,9 +156,9 @@ async def gather_summary(services: Services, *, platforms: bool = True) -> Summa
     turns, total = await _turns(services, now)
     series = await read_delays(redis, keys, now=now)
     usage = await services.budget.usage()
-    sessions = [row for row in usage if row.scope == "session"]
+    sessions = [row for row in usage if row.scope is BudgetScope.SESSION]
     busiest = sorted(sessions, key=lambda row: (-row.used, row.name))[:SHOW_SESSIONS]
-    budget = [row for row in usage if row.scope != "session"] + busiest
+    budget = [row for row in usage if row.scope is not BudgetScope.SESSION] + busiest
     letters = await services.dead_letters.list(limit=SHOW_DEAD_LETTERS)
     letters_total = int(await redis.zcard(keys.dlq))
     return Summary(
