@@ -73,8 +73,8 @@ class Services:
             limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
         )
         # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
-        budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget)
         metrics = metrics if metrics is not None else Metrics()
+        budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
         ocs = {
             name: OCSClient(
                 name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics,

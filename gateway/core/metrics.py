@@ -98,6 +98,11 @@ class Metrics:
         self.ocs_budget_limit = Gauge(
             "ocsgw_ocs_budget_limit", "The OCS request budget's limit per window.", ["bot", "scope"], registry=r,
         )
+        self.ocs_budget_refusals = Counter(
+            "ocsgw_ocs_budget_refusals", "OCS requests the budget gate refused (each waits and asks again), by "
+            "the limit that refused: origin, session, starts, or blocked (a 429 or WAF block in force).",
+            ["bot", "scope"], registry=r,
+        )
         # -- turns ----------------------------------------------------------------------
         self.task_polls_per_turn = Histogram(
             "ocsgw_task_polls_per_turn", "Task polls a turn made before OCS had its answer.",

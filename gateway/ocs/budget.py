@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.config import BudgetLimits
 from gateway.core.keys import Keys, as_text
+from gateway.core.metrics import Metrics
 from gateway.store.lua import LuaScript
 
 __all__ = [
@@ -66,6 +67,11 @@ class BudgetScope(StrEnum):
 # The short names the keys use for the bucket scopes.
 _KEY_SCOPE = {BudgetScope.BASE_URL: "url", BudgetScope.SESSION: "session", BudgetScope.STARTS: "starts"}
 _SCOPE_OF_KEY = {short: scope for scope, short in _KEY_SCOPE.items()}
+# The ``scope`` label of ``ocsgw_ocs_budget_refusals_total``: the budget gauges' names.
+_REFUSAL_LABEL = {
+    BudgetScope.BASE_URL: "origin", BudgetScope.SESSION: "session", BudgetScope.STARTS: "starts",
+    BudgetScope.BLOCKED: "blocked",
+}
 
 # KEYS: the block keys that apply, then the prefixes of the buckets that apply, then the prefixes
 # of their indexes (same order; the script appends the window start it computes from TIME), then
@@ -242,12 +248,20 @@ class RequestBudget:
         redis: an asyncio client (the scripts are registered on it once, then sent by SHA).
         keys: the key builder (namespace).
         limits_for: a bot's limits, by bot name (``lambda bot: config.bots[bot].budget``).
+        metrics: counts every refusal in ``ocsgw_ocs_budget_refusals_total`` (none when omitted).
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, limits_for: Callable[[str], BudgetLimits]) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        limits_for: Callable[[str], BudgetLimits],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._limits_for = limits_for
+        self._metrics = metrics
 
     async def acquire(
         self,
@@ -293,7 +307,10 @@ class RequestBudget:
         )
         if int(granted):
             return Grant(True, 0.0)
-        return Grant(False, max(int(wait_ms), 1) / 1000.0, BudgetScope(as_text(scope)))
+        refused_by = BudgetScope(as_text(scope))
+        if self._metrics is not None:
+            self._metrics.ocs_budget_refusals.labels(bot, _REFUSAL_LABEL[refused_by]).inc()
+        return Grant(False, max(int(wait_ms), 1) / 1000.0, refused_by)
 
     async def block(self, base_url: str, seconds: float, *, reason: str) -> None:
         """Stop every process sending to ``base_url`` for ``seconds`` (OCS 429, WAF 403)."""

@@ -7,6 +7,7 @@ The simulator answers ``Echo #n: <text>`` with n counting the user messages of i
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -15,13 +16,17 @@ from typing import Any, Callable
 import httpx
 import pytest
 
+from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.format import TEXT_LIMIT_UTF16, utf16_len
 from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey
+from gateway.store.ledger import Turn
 from tests.adapters._telegram import SECRET, TOKEN
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, settled, wait_for
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update  # noqa: F401 - fixture
+from workers.delivery import Deliverer
+from workers.hold import Hold
 
 USER = 4242
 GROUP = -1001122334455
@@ -210,14 +215,35 @@ def test_two_bots_side_by_side(fake_telegram: FakeTelegram, make_stack: Callable
     assert first_ok[OTHER_TOKEN] < first_ok[TOKEN]  # the throttled bot did not hold the other back
 
 
-def test_typing_stays_alive_while_ocs_works_and_stops_with_the_reply(tg_stack: Stack, fake_telegram: FakeTelegram) -> None:
-    tg_stack.sim.state.knobs.reply_latency_s = 4.6  # longer than one typing indicator (~5 s, refreshed at 4 s)
-    say(tg_stack, 1, "take your time")
+def test_typing_stays_alive_while_ocs_works_and_stops_with_the_reply(
+    fake_telegram: FakeTelegram, make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine's own record of each indicator it showed (its clock, the one its refresh rule reads).
+    shown: list[float] = []
+    show_working = Deliverer.show_working
+
+    async def recording(self: Deliverer, hold: Hold, turn: Turn) -> Turn:
+        after = await show_working(self, hold, turn)
+        if after.working_at != turn.working_at:
+            shown.append(after.working_at)
+        return after
+
+    monkeypatch.setattr(Deliverer, "show_working", recording)
+    fake_telegram.add_bot(TOKEN, username="clinic_bot")
+    stack = make_stack(channels={"tg": telegram_channel(fake_telegram)}, bots={"demo": {"task_timeout_s": 120}})
+    stack.sim.state.knobs.reply_latency_s = 600  # OCS works until the test releases the task
+    say(stack, 1, "take your time")
+    wait_for(lambda: len(fake_telegram.calls("sendChatAction")) >= 3, timeout=60, what="the indicator shown thrice")
+    (task,) = stack.sim.state.tasks.values()
+    assert not task.finished  # all three while OCS was still working
+    stack.sim.state.finish_task_now(task.id)
     replies(fake_telegram, 1)
+    settled(stack.redis)  # the turn is over: nothing could show the indicator again
     typing = fake_telegram.calls("sendChatAction")
     [answer] = fake_telegram.sent_messages(USER)
-    assert len(typing) >= 2
-    assert typing[1].at - typing[0].at >= 3.9  # refreshed, not spammed
-    assert all(call.at < answer.at for call in typing)  # nothing after the reply
-    time.sleep(4.5)
-    assert len(fake_telegram.calls("sendChatAction")) == len(typing)
+    assert all(call.params["action"] == "typing" and call.at < answer.at for call in typing)
+    # One call per indicator the engine showed, each refreshed only once the last was nearly spent.
+    assert len(typing) == len(shown)
+    refresh = TelegramAdapter.working_refresh_s
+    assert refresh is not None and refresh < 5  # Telegram's "typing…" lasts about 5 s
+    assert all(later - earlier >= refresh - 0.05 for earlier, later in itertools.pairwise(shown))

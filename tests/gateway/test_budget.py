@@ -16,6 +16,7 @@ from gateway.cli import main
 from gateway.core.config import BudgetLimits, GatewayConfig
 from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
+from gateway.core.metrics import Metrics
 from gateway.ocs.budget import (
     BudgetScope,
     BudgetUsage,
@@ -37,9 +38,14 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def make_budget(client: aioredis.Redis, **limits: Any) -> RequestBudget:
+def make_budget(client: aioredis.Redis, metrics: Metrics | None = None, **limits: Any) -> RequestBudget:
     chosen = BudgetLimits(**limits)
-    return RequestBudget(client, Keys(), lambda bot: chosen)
+    return RequestBudget(client, Keys(), lambda bot: chosen, metrics)
+
+
+def refusals(metrics: Metrics, scope: str) -> float:
+    value = metrics.registry.get_sample_value("ocsgw_ocs_budget_refusals_total", {"bot": "b", "scope": scope})
+    return value or 0.0
 
 
 async def redis_now(client: aioredis.Redis) -> float:
@@ -104,6 +110,32 @@ async def test_grants_up_to_the_limit_then_refuses_until_the_window_ends(aredis:
     assert (refused.granted, refused.scope) == (False, "base_url")
     assert end - after - 0.002 <= refused.wait_s <= end - before + 0.002
     assert usage_of(await budget.usage(), BudgetScope.BASE_URL, OCS).used == 5  # the refusal booked nothing
+
+
+async def test_requests_beyond_the_limit_are_counted_as_refused_and_admitted_only_once_the_window_ends(
+    aredis: aioredis.Redis,
+) -> None:
+    metrics = Metrics()
+    budget = make_budget(aredis, metrics, requests_per_window=1000, session_requests_per_window=3, window_s=2)
+    end = await room_in_window(aredis, 2, 1.0)
+    assert await take(budget, Priority.WAITING, session_id="s-1") == 3  # take's last ask was refused
+    before = await redis_now(aredis)
+    refused = [await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING, session_id="s-1") for _ in range(2)]
+    after = await redis_now(aredis)
+    assert [(grant.granted, grant.scope) for grant in refused] == [(False, "session")] * 2
+    assert (refusals(metrics, "session"), refusals(metrics, "origin")) == (3, 0)
+    # A refusal names the window's end (by Redis TIME) as the earliest it may ask again.
+    assert end - after - 0.002 <= refused[-1].wait_s <= end - before + 0.002
+
+    async def window_ended() -> bool:
+        return await redis_now(aredis) >= end
+
+    await eventually(window_ended, what="the session's window to end")
+    assert (await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING, session_id="s-1")).granted
+    assert refusals(metrics, "session") == 3  # admitted, not counted again
+    await budget.block(OCS, 30, reason="429")
+    assert not (await budget.acquire(bot="b", base_url=OCS, priority=Priority.WAITING)).granted
+    assert refusals(metrics, "blocked") == 1
 
 
 async def test_a_refused_session_books_nothing_in_the_base_url_bucket(aredis: aioredis.Redis) -> None:

@@ -4,15 +4,19 @@ WAF refusing requests, an exhausted request budget, and OCS forgetting every ses
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 import pytest
+import redis.asyncio as aioredis
 
 from adapters.webhook.adapter import WebhookAdapter
 from gateway.core.keys import Keys
 from gateway.core.models import Reply
+from gateway.ocs.budget import Priority, RequestBudget
 from gateway.services import worker_process
 from tests.conftest import SimServer, Stack, wait_for
+from tests.support.scrape import scrape
 
 
 def _demo_bot(sim: SimServer, **extra: Any) -> dict[str, Any]:
@@ -91,12 +95,51 @@ def test_a_waf_storm_is_waited_out_and_nothing_is_dead_lettered(make_stack: Call
         assert stack.receiver.texts(f"c{n}") == [f"Echo #1: hi {n}"]
 
 
+def _fill_the_origin_budget(stack: Stack, limit: int, window_s: int, *, room_s: float) -> float:
+    """Book every request of the demo bot's origin bucket in the current window, once that has
+    ``room_s`` left by Redis TIME, as another gateway process would; returns the window's end."""
+
+    async def fill() -> float:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            budget = RequestBudget(client, Keys(), lambda bot: stack.config.bots[bot].budget)
+            while True:
+                seconds, micros = await client.time()
+                now = seconds + micros / 1_000_000
+                end = now - now % window_s + window_s
+                if end - now >= room_s:
+                    break
+                await asyncio.sleep(0.02)
+            base_url = stack.config.bots["demo"].base_url
+            for _ in range(limit):
+                assert (await budget.acquire(bot="demo", base_url=base_url, priority=Priority.WAITING)).granted
+            assert not (await budget.acquire(bot="demo", base_url=base_url, priority=Priority.WAITING)).granted
+            return end
+        finally:
+            await client.aclose()
+
+    return asyncio.run(fill())
+
+
 def test_an_exhausted_request_budget_delays_turns_but_loses_none(make_stack: Callable[..., Stack], sim: SimServer) -> None:
-    stack = make_stack(bots=_demo_bot(sim, budget={"requests_per_window": 10, "window_s": 1}))
+    limit, window_s = 30, 3
+    stack = make_stack(
+        bots=_demo_bot(sim, budget={"requests_per_window": limit, "window_s": window_s}),
+        worker={"metrics_port": 0, "metrics_host": "127.0.0.1"},
+    )
+    worker_http: Any = getattr(stack.worker, "http", None)
+    assert worker_http is not None, "the worker's HTTP listener is not running"
+    end = _fill_the_origin_budget(stack, limit, window_s, room_s=2.0)
     for n in range(8):
         stack.say(f"c{n}", f"budget {n}")
+    wait_for(
+        lambda: scrape(str(worker_http.url)).value("ocsgw_ocs_budget_refusals_total", bot="demo", scope="origin"),
+        what="the worker's first request refused by the budget",
+    )
     for n in range(8):
         wait_for(lambda n=n: stack.receiver.texts(f"c{n}"), timeout=40, what=f"the answer in c{n}")
+    # Refused, not lost: every turn began at OCS only once the window the budget was full in ended.
+    assert min(session.created_at.timestamp() for session in stack.sim.state.list_sessions()) >= end
     assert _dead_letters(stack) == 0
     assert sorted(_sessions_user_messages(stack)) == sorted([[f"budget {n}"] for n in range(8)])
 

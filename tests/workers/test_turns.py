@@ -58,10 +58,23 @@ def test_quick_messages_in_one_conversation_are_answered_in_order(stack: Stack) 
 
 
 def test_conversations_do_not_wait_for_each_other(stack: Stack) -> None:
-    for n in range(5):
-        stack.say(f"c{n}", f"hi {n}")
-    wait_for(lambda: len(stack.receiver.texts()) == 5, what="five replies")
-    assert sorted(stack.receiver.texts()) == [f"Echo #1: hi {n}" for n in range(5)]
+    # The slow conversation's bot answers only when the test releases it, so the quick ones can
+    # only be answered first by a gateway that works on several conversations at once.
+    stack.sim.state.knobs.reply_latency_s = 600
+    stack.say("slow", "take your time")
+    wait_for(lambda: stack.redis.hget("ocsgw:turn:hooks/slow", "state") == b"sent", what="the slow message at OCS")
+    (slow_task,) = stack.sim.state.tasks.values()
+    stack.sim.state.knobs.reply_latency_s = 0.05
+    for n in range(4):
+        stack.say(f"quick{n}", f"hi {n}")
+    wait_for(lambda: len(stack.receiver.texts()) == 4, what="four quick replies")
+    # Every quick turn ended while the slow one was still waiting on OCS for its answer.
+    assert sorted(stack.receiver.texts()) == [f"Echo #1: hi {n}" for n in range(4)]
+    assert not slow_task.finished
+    assert stack.redis.hget("ocsgw:turn:hooks/slow", "state") == b"sent"
+    stack.sim.state.finish_task_now(slow_task.id)
+    wait_for(lambda: stack.receiver.texts("slow"), what="the slow reply once released")
+    assert stack.receiver.received[-1]["text"] == "Echo #1: take your time"
     assert len(_session_ids(stack)) == 5
     assert stack.sim.state.token_requests == 1  # one cached OAuth token for everyone
 

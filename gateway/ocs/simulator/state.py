@@ -400,6 +400,16 @@ class SimulatorState:
         with self._lock:
             return {task_id: self.task_completed_at(task_id) for task_id in list(self._finish_times)}
 
+    def finish_task_now(self, task_id: str) -> None:
+        """Test helper: the worker answers ``task_id`` now, however long its latency was. A test
+        gives a message a latency it will never sit out, then releases it once it has seen what
+        must happen while that task runs."""
+        now = self.clock()
+        with self._lock:
+            task = self.tasks[task_id]
+            task.start_at, task.finish_at = min(task.start_at, now), min(task.finish_at, now)
+            self._finish_times[task_id] = task.finish_at
+
     def fail_next_tasks(self, outcome: TaskOutcome, count: int = 1) -> None:
         """Make the next ``count`` accepted tasks end with ``outcome``."""
         self._forced_outcomes.extend([outcome] * count)
