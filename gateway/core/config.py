@@ -397,9 +397,10 @@ class GatewayConfig(_Model):
     #: The operator console at /admin (gateway/edge/admin/) exists only when this is set; at
     #: least ``MIN_ADMIN_TOKEN_CHARS`` long (it guards message text and dead-letter drops).
     admin_token: SecretRef | None = None
-    #: When set, ``/metrics`` (web process and workers) answers only ``Authorization: Bearer
-    #: <token>`` (Prometheus: ``authorization: {credentials_file: …}``): the web one is on the
-    #: public port, and its channel and bot names are not for everyone.
+    #: When set, ``/metrics`` (web process and workers) and the web's channel listing at ``/``
+    #: answer only ``Authorization: Bearer <token>`` (Prometheus: ``authorization:
+    #: {credentials_file: …}``): the web ones are on the public port, and their channel and bot
+    #: names are not for everyone.
     metrics_token: SecretRef | None = None
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
