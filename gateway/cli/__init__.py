@@ -184,8 +184,9 @@ def _run(args: argparse.Namespace) -> int:
     if demo:
         _print_demo_banner(base_url, telegram="telegram" in config.channels, slack="slack" in config.channels)
     try:
-        # log_config=None: uvicorn's loggers go through the root handlers and their redaction.
-        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)
+        # log_config=None: uvicorn's loggers go through the root handlers and their redaction;
+        # proxy_headers=False: the app believes X-Forwarded-* itself, from forwarded_allow_ips.
+        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, proxy_headers=False)
     finally:
         worker.stop()
         if embedded:
@@ -233,7 +234,8 @@ def _web(args: argparse.Namespace) -> int:
 
     config = _config(args)
     uvicorn.run(
-        create_app(config, _redis_url(config)), host=args.host, port=args.port, log_level="info", proxy_headers=True,
+        create_app(config, _redis_url(config)), host=args.host, port=args.port, log_level="info",
+        proxy_headers=False,  # the app believes X-Forwarded-* itself, from forwarded_allow_ips
         log_config=None,  # the access log goes through the root handlers and their redaction
     )  # fmt: skip
     return 0

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.core.channel import InboundRequest
 from gateway.core.config import GatewayConfig
@@ -109,6 +110,10 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            # Outermost, so everything below (the console's failure throttle, its Secure cookie)
+            # sees the client and scheme a trusted proxy names. Applied here rather than by the
+            # server: one trust list, `forwarded_allow_ips`, however the app is served.
+            Middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.forwarded_allow_ips)),
             Middleware(
                 InboundMetrics, paths=Services.inbound_paths(config), metrics=metrics,
                 channels={name: channel.type for name, channel in config.channels.items()},

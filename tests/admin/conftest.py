@@ -4,16 +4,18 @@ httpx client, and the states an operator must see (a stuck turn, a dead letter, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
 
 from gateway.core.config import Secret
 from gateway.core.keys import Keys
@@ -34,6 +36,19 @@ WORKER_ID = "worker-a:4242:test"
 def console(make_stack: Callable[..., Stack]) -> Stack:
     """A running gateway (edge + worker) with the console enabled."""
     return make_stack(admin_token=Secret(ADMIN_TOKEN))
+
+
+@contextlib.asynccontextmanager
+async def served_in_process(app: Starlette) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """``app`` with its lifespan run, and ``client_from(address)``: a client whose requests reach
+    the app from ``address`` (the peer a server would see), with no server, worker or simulator."""
+    async with app.router.lifespan_context(app):
+
+        def client_from(address: str, *, base_url: str = "http://gw") -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 40000))
+            return httpx.AsyncClient(transport=transport, base_url=base_url, timeout=10)
+
+        yield client_from
 
 
 def login(stack: Stack, client: httpx.Client | None = None) -> httpx.Client:

@@ -18,6 +18,7 @@ from gateway.core.config import GatewayConfig, Secret
 from gateway.core.errors import ConfigError
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.edge.admin.app import create_admin_app
+from gateway.edge.app import create_app
 from gateway.edge.admin.auth import FailureThrottle
 from gateway.services import Services
 from gateway.store.dead_letters import STAGE_OCS, DeadLetterStore
@@ -28,6 +29,7 @@ from tests.admin.conftest import (
     login,
     make_dead_letter,
     run,
+    served_in_process,
 )
 from tests.conftest import SimServer, Stack, stack_config, wait_for
 
@@ -242,6 +244,61 @@ async def test_a_throttled_address_may_log_in_again_once_its_window_passes(redis
             assert answer.status_code == 303
     finally:
         await services.aclose()
+
+
+#: A proxy's network the tests configure as trusted, and a proxy in it.
+PROXIES = "10.20.30.0/24"
+PROXY = "10.20.30.40"
+
+
+async def test_behind_a_trusted_proxy_one_clients_wrong_tokens_do_not_lock_out_another(redis_url: str) -> None:
+    config = stack_config("http://127.0.0.1:9", "http://127.0.0.1:9", admin_token=Secret(ADMIN_TOKEN),
+                          forwarded_allow_ips=[PROXIES])
+    origin = {"Origin": "http://gw"}
+    async with served_in_process(create_app(config, redis_url)) as client_from, client_from(PROXY) as proxy:
+        for _ in range(5):
+            assert (await proxy.post("/admin/login", data={"token": WRONG}, headers={**origin, **GUESSER})).status_code == 401
+        locked = await proxy.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={**origin, **GUESSER})
+        assert locked.status_code == 429
+        # Every client comes through the same proxy: the operator is another address all the same.
+        theirs = await proxy.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={**origin, **OPERATOR})
+        assert theirs.status_code == 303
+        summary = await proxy.get("/admin/api/summary", headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **OPERATOR})
+        assert summary.status_code == 200
+
+
+async def test_an_untrusted_peer_cannot_dodge_the_throttle_by_forging_x_forwarded_for(redis_url: str) -> None:
+    config = stack_config("http://127.0.0.1:9", "http://127.0.0.1:9", admin_token=Secret(ADMIN_TOKEN),
+                          forwarded_allow_ips=[PROXIES])
+    origin = {"Origin": "http://gw"}
+    # Loopback is not trusted once forwarded_allow_ips names the proxies; neither is anyone else.
+    for peer in ("192.0.2.50", "127.0.0.1"):
+        async with served_in_process(create_app(config, redis_url)) as client_from, client_from(peer) as direct:
+            for i in range(5):
+                forged = {"X-Forwarded-For": f"198.51.100.{10 + i}"}  # a fresh "client" each guess
+                assert (await direct.post("/admin/login", data={"token": WRONG}, headers={**origin, **forged})).status_code == 401
+            right = await direct.post("/admin/login", data={"token": ADMIN_TOKEN},
+                                      headers={**origin, "X-Forwarded-For": "198.51.100.99"})
+            assert right.status_code == 429
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await redis.get(FailureThrottle.key(KEYS, "192.0.2.50")) == b"5"
+        assert await redis.get(FailureThrottle.key(KEYS, "198.51.100.10")) is None
+    finally:
+        await redis.aclose()
+
+
+def test_forwarded_allow_ips_defaults_to_loopback_and_refuses_what_is_no_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert GatewayConfig.from_mapping({}).forwarded_allow_ips == ("127.0.0.1", "::1")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "172.16.0.0/12, 192.0.2.1")  # uvicorn's variable, as before
+    assert GatewayConfig.from_mapping({}).forwarded_allow_ips == ("172.16.0.0/12", "192.0.2.1")
+    assert GatewayConfig.from_mapping({"forwarded_allow_ips": [PROXIES]}).forwarded_allow_ips == (PROXIES,)
+    with pytest.raises(ConfigError) as refused:  # uvicorn would trust nobody for it, silently
+        GatewayConfig.from_mapping({"forwarded_allow_ips": ["10.20.30.40/24"]})
+    assert "10.20.30.40/24" in str(refused.value) and "IP address or network" in str(refused.value)
 
 
 # -- behind a TLS proxy --------------------------------------------------------------------------
