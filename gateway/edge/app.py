@@ -32,7 +32,12 @@ from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
 from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.health import ServicesProbe, WriteCheck, health_routes, metrics_token_refusal
+from gateway.edge.health import (
+    ServicesProbe,
+    WriteCheck,
+    health_routes,
+    metrics_token_refusal,
+)
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
