@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from gateway.cli.settings import configured, redis_url_of
+from gateway.cli.settings import operated, redis_url_of
 from gateway.core.config import GatewayConfig
 
 __all__ = ["register"]
@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _budget(args: argparse.Namespace) -> int:
-    config = configured(args)
+    config = operated(args)
     return asyncio.run(_budget_async(config))
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from gateway.cli.settings import configured, redis_url_of
+from gateway.cli.settings import operated, redis_url_of
 from gateway.core.config import GatewayConfig
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    config = configured(args)
+    config = operated(args)
     return asyncio.run(_dlq_async(args, config))
 
 

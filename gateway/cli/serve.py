@@ -4,11 +4,17 @@ process, and with nothing configured the quickstart (embedded Redis, demo channe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
+from gateway.cli.quickstart import announced
 from gateway.cli.settings import configured, data_dir, redis_url_of
 from gateway.core.config import load_config
 from gateway.core.logs import set_message_text
@@ -69,15 +75,48 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(config, redis_url, extra_routes=extra)
     if demo:
         _print_demo_banner(base_url, telegram="telegram" in config.channels, slack="slack" in config.channels)
+    terminated = False
     try:
-        # log_config=None: uvicorn's loggers go through the root handlers and their redaction;
-        # proxy_headers=False: the app believes X-Forwarded-* itself, from forwarded_allow_ips.
-        uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, proxy_headers=False)
+        with contextlib.ExitStack() as serving:
+            if demo:  # so that `ocs-gateway status`, `dlq` and `budget` find this Redis and config
+                serving.enter_context(announced(data, base_url=base_url, redis_url=embedded.url if embedded else None))
+            serving.enter_context(_sigterm_unwinds())
+            # log_config=None: uvicorn's loggers go through the root handlers and their redaction;
+            # proxy_headers=False: the app believes X-Forwarded-* itself, from forwarded_allow_ips.
+            uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None, proxy_headers=False)
+    except _Terminated:
+        terminated = True
     finally:
         worker.stop()
         if embedded:
             embedded.stop()
+    if terminated:  # end as uvicorn would have: by the signal, now that nothing is left running
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived and uvicorn has stopped serving."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """uvicorn stops gracefully on SIGTERM, then raises it again under the handler it found: the
+    default one would end the process there, before the worker, the embedded redis-server and the
+    quickstart's announcement are stopped. Under this one the signal unwinds through them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_demo_banner(base_url: str, *, telegram: bool = False, slack: bool = False) -> None:

@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import json
 
-from gateway.cli.settings import configured, redis_url_of
+from gateway.cli.settings import operated, redis_url_of
 from gateway.core.config import GatewayConfig
 
 __all__ = ["register"]
@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _status(args: argparse.Namespace) -> int:
-    config = configured(args)
+    config = operated(args)
     return asyncio.run(_status_async(args, config))
 
 
