@@ -23,6 +23,7 @@ start-up (fail closed). The YAML shape::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import uuid
@@ -61,6 +62,10 @@ CONFIG_ENV = "OCS_GATEWAY_CONFIG"
 METRICS_PORT_ENV = "OCS_GATEWAY_METRICS_PORT"
 _REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: uvicorn's variable for ``forwarded_allow_ips``, read when the file leaves the field unset.
+FORWARDED_ALLOW_IPS_ENV = "FORWARDED_ALLOW_IPS"
+#: Whose ``X-Forwarded-*`` headers are believed when neither the file nor the variable says (uvicorn's default).
+LOOPBACK_PROXIES = ("127.0.0.1", "::1")
 #: The shortest ``admin_token`` accepted: guessing is throttled, but a short token still falls.
 MIN_ADMIN_TOKEN_CHARS = 24
 
@@ -401,9 +406,15 @@ class GatewayConfig(_Model):
     #: The operator console at /admin (gateway/edge/admin/) exists only when this is set; at
     #: least ``MIN_ADMIN_TOKEN_CHARS`` long (it guards message text and dead-letter drops).
     admin_token: SecretRef | None = None
-    #: When set, ``/metrics`` (web process and workers) answers only ``Authorization: Bearer
-    #: <token>`` (Prometheus: ``authorization: {credentials_file: …}``): the web one is on the
-    #: public port, and its channel and bot names are not for everyone.
+    #: The proxies whose ``X-Forwarded-For``/``-Proto`` the web process believes (addresses or
+    #: networks, ``*`` for any; uvicorn's semantics): a request from one of them counts as coming
+    #: from the client the header names, e.g. for the console's failure throttle. Unset:
+    #: ``$FORWARDED_ALLOW_IPS``, else loopback only.
+    forwarded_allow_ips: tuple[str, ...] = Field(default=None, validate_default=True)
+    #: When set, ``/metrics`` (web process and workers) and the web's channel listing at ``/``
+    #: answer only ``Authorization: Bearer <token>`` (Prometheus: ``authorization:
+    #: {credentials_file: …}``): the web ones are on the public port, and their channel and bot
+    #: names are not for everyone.
     metrics_token: SecretRef | None = None
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
@@ -427,6 +438,32 @@ class GatewayConfig(_Model):
                 f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (a short one can be "
                 "guessed); make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
             )
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _forwarded_allow_ips_default(cls, value: Any) -> Any:
+        if value is None:
+            value = os.environ.get(FORWARDED_ALLOW_IPS_ENV, "").strip() or LOOPBACK_PROXIES
+        if isinstance(value, str):  # "10.0.0.0/8, 192.0.2.1", as uvicorn's variable is written
+            value = [part.strip() for part in _expand_env(value).split(",") if part.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips_are_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # uvicorn would take a mistyped entry for a literal host name that no peer ever has: the
+        # proxy would silently stay untrusted, so refuse it here.
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (write 10.0.0.0/8, "
+                    "not 10.0.0.1/8), nor *"
+                ) from None
         return value
 
     @field_validator("fetch_allowlist")

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.core.channel import InboundRequest
 from gateway.core.config import GatewayConfig
@@ -31,7 +32,12 @@ from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
 from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.health import ServicesProbe, WriteCheck, health_routes
+from gateway.edge.health import (
+    ServicesProbe,
+    WriteCheck,
+    health_routes,
+    metrics_token_refusal,
+)
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
@@ -95,11 +101,12 @@ def create_app(
 
     writes = WriteCheck()  # one per app: its verdict is cached across requests
     gauges = GaugeRefresher(metrics)  # one per app (process): scrapes share its cached refresh
+    metrics_token = config.metrics_token.reveal() if config.metrics_token is not None else None
     routes: list[BaseRoute] = [
-        Route("/", _banner(config), methods=["GET"]),
+        Route("/", _banner(metrics_token), methods=["GET"]),
         *health_routes(
             lambda request: ServicesProbe(getattr(request.app.state, "services", None), writes, gauges),
-            metrics_token=config.metrics_token.reveal() if config.metrics_token is not None else None,
+            metrics_token=metrics_token,
         ),
     ]
     for kind, path in Services.inbound_paths(config).items():
@@ -108,6 +115,10 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            # Outermost, so everything below (the console's failure throttle, its Secure cookie)
+            # sees the client and scheme a trusted proxy names. Applied here rather than by the
+            # server: one trust list, `forwarded_allow_ips`, however the app is served.
+            Middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.forwarded_allow_ips)),
             Middleware(
                 InboundMetrics, paths=Services.inbound_paths(config), metrics=metrics,
                 channels={name: channel.type for name, channel in config.channels.items()},
@@ -167,8 +178,13 @@ def _ingest(kind: str) -> Callable[[Request], Awaitable[Response]]:
     return ingest
 
 
-def _banner(config: GatewayConfig) -> Callable[[Request], Awaitable[Response]]:
+def _banner(metrics_token: str | None) -> Callable[[Request], Awaitable[Response]]:
+    """The channels, their paths and bot usernames: the names ``/metrics`` carries, so they are
+    guarded by the same token (open when it is unset, as ``/metrics`` is)."""
+
     async def banner(request: Request) -> Response:
+        if (refused := metrics_token_refusal(request, metrics_token)) is not None:
+            return refused
         services: Services = request.app.state.services
         return JSONResponse(
             {"service": "ocs-gateway", "channels": {name: dict(a.describe()) for name, a in services.adapters.items()}}

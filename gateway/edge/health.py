@@ -32,7 +32,9 @@ from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.edge.gauges import GaugeRefresher
 
-__all__ = ["Opened", "Probe", "ServicesProbe", "WriteCheck", "health_routes", "ping", "refreshed"]
+__all__ = [
+    "Opened", "Probe", "ServicesProbe", "WriteCheck", "health_routes", "metrics_token_refusal", "ping", "refreshed",
+]
 
 log = logging.getLogger("ocsgw.health")
 
@@ -169,9 +171,8 @@ def health_routes(probe_of: Callable[[Request], Probe], *, metrics_token: str | 
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
-        if metrics_token is not None and not _bearer_is(request, metrics_token):
-            return JSONResponse({"error": "metrics need Authorization: Bearer <metrics_token>"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+        if (refused := metrics_token_refusal(request, metrics_token)) is not None:
+            return refused
         body, content_type = await probe_of(request).exposition()
         return Response(body, media_type=content_type)
 
@@ -179,6 +180,18 @@ def health_routes(probe_of: Callable[[Request], Probe], *, metrics_token: str | 
         ("/livez", livez), ("/readyz", readyz), ("/healthz", readyz), ("/metrics", metrics),
     ]
     return [Route(path, handler, methods=["GET"]) for path, handler in handlers]
+
+
+def metrics_token_refusal(request: Request, metrics_token: str | None) -> Response | None:
+    """None when ``request`` may read what ``metrics_token`` guards (no token is configured, or
+    it offers ``Authorization: Bearer <token>``); else the 401 to answer, which names nothing of
+    the gateway. Every route that shows channel or bot names asks this one check."""
+    if metrics_token is None or _bearer_is(request, metrics_token):
+        return None
+    return JSONResponse(
+        {"service": "ocs-gateway", "error": "this needs Authorization: Bearer <metrics_token>"},
+        status_code=401, headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _bearer_is(request: Request, token: str) -> bool:

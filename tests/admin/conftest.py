@@ -1,26 +1,38 @@
-"""Fixtures for the /admin console's tests: a gateway stack with ``admin_token`` set, a logged-in
-httpx client, and the states an operator must see (a stuck turn, a dead letter, a worker)."""
+"""Fixtures for the /admin console's tests: the console alone in process over a real Redis (for
+what only the console decides: who gets in), a gateway stack with ``admin_token`` set (for what
+needs a worker), a logged-in httpx client, and the states an operator must see (a stuck turn, a
+dead letter, a worker)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.edge.admin.app import create_admin_app
+from gateway.edge.admin.auth import FailureThrottle
+from gateway.services import Services
+from gateway.store.dead_letters import DeadLetterStage, DeadLetterStore
 from gateway.store.heartbeats import Heartbeat, beat
 from gateway.store.traffic import ChannelTraffic, read_traffic
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack, stack_config, wait_for
 from tests.support.tools import tool_missing
 
 ADMIN_TOKEN = "adm_4f9c2e7b1d8a6035e9c4b7a1f2d8e6c3"
@@ -34,6 +46,76 @@ WORKER_ID = "worker-a:4242:test"
 def console(make_stack: Callable[..., Stack]) -> Stack:
     """A running gateway (edge + worker) with the console enabled."""
     return make_stack(admin_token=Secret(ADMIN_TOKEN))
+
+
+#: Where the in-process console's bots and callbacks point: nothing listens, nothing is called.
+NOWHERE = "http://127.0.0.1:9"
+#: The host the in-process console is reached at (its requests' ``Host``, hence its origin).
+CONSOLE = "http://gw"
+
+
+@dataclass
+class ConsoleApp:
+    """The console alone, in process: ``create_admin_app`` mounted at ``/admin`` over the
+    services of a real Redis; no server, worker, simulator or edge routes."""
+
+    redis: aioredis.Redis
+    app: Starlette
+
+    def client(self, address: str = "192.0.2.10", *, scheme: str = "http") -> httpx.AsyncClient:
+        """A client whose requests come from ``address`` (the peer a server would see)."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url=f"{scheme}://gw", timeout=10)
+
+    async def park_letter(self, conversation: str = "c-dlq", text: str = "hello", *, ledger_state: str = "sent",
+                          task_id: str = "task-41") -> str:
+        return await park_ocs_letter(self.redis, conversation, text, ledger_state, task_id)
+
+
+@contextlib.asynccontextmanager
+async def console_in_process(
+    redis_url: str, *, throttle: FailureThrottle | None = None, **overrides: Any
+) -> AsyncIterator[ConsoleApp]:
+    """A ``ConsoleApp`` whose config has ``admin_token`` (``overrides`` merge into it)."""
+    config = stack_config(NOWHERE, NOWHERE, **{"admin_token": Secret(ADMIN_TOKEN), **overrides})
+    services = await Services.open(config, redis_url)
+    try:
+        admin = create_admin_app(config, lambda: services, throttle=throttle)
+        yield ConsoleApp(services.redis, Starlette(routes=[Mount("/admin", admin)]))
+    finally:
+        await services.aclose()
+
+
+@pytest_asyncio.fixture
+async def console_app(redis_url: str) -> AsyncIterator[ConsoleApp]:
+    async with console_in_process(redis_url) as console:
+        yield console
+
+
+async def park_ocs_letter(redis: aioredis.Redis, conversation: str, text: str, ledger_state: str, task_id: str) -> str:
+    """A letter as the worker parks a turn that failed at the OCS stage (workers/failures.py)."""
+    conv = ConversationKey("hooks", conversation)
+    inbound = Inbound(key=conv, event_id=f"ev-{uuid.uuid4().hex}", kind=InboundKind.MESSAGE,
+                      sender_id=f"user-{conversation}", text=text, route={"conversation_id": conversation})
+    letter = await DeadLetterStore(redis, KEYS).park(
+        conv, inbound.to_json(), error="OCS task poll failed", stage=DeadLetterStage.OCS,
+        ocs={"session_id": "s-1" if task_id else "", "task_id": task_id},
+        ledger={"turn": uuid.uuid4().hex, "state": ledger_state, "attempts": 5, "delivered": 0},
+    )
+    return letter.id
+
+
+@contextlib.asynccontextmanager
+async def served_in_process(app: Starlette) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """``app`` with its lifespan run, and ``client_from(address)``: a client whose requests reach
+    the app from ``address`` (the peer a server would see), with no server, worker or simulator."""
+    async with app.router.lifespan_context(app):
+
+        def client_from(address: str, *, base_url: str = "http://gw") -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 40000))
+            return httpx.AsyncClient(transport=transport, base_url=base_url, timeout=10)
+
+        yield client_from
 
 
 def login(stack: Stack, client: httpx.Client | None = None) -> httpx.Client:

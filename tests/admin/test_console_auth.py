@@ -1,14 +1,15 @@
 """The console lets in only the holder of ``admin_token``, a guesser gets a handful of tries per
 address and window, a form posted from anywhere but the console itself changes nothing (behind
-a TLS proxy too), and each letter says what its replay will do (httpx against the real edge; no
-browser needed)."""
+a TLS proxy too), and each letter says what its replay will do. Who gets in is the console's
+own business: those tests drive it in process over a real Redis (``console_app``); only the
+replays, which must reach OCS and the platform, run a whole stack (httpx, no browser)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,136 +17,156 @@ import redis.asyncio as aioredis
 
 from gateway.core.config import GatewayConfig, Secret
 from gateway.core.errors import ConfigError
-from gateway.core.models import ConversationKey, Inbound, InboundKind
-from gateway.edge.admin.app import create_admin_app
 from gateway.edge.admin.auth import FailureThrottle
-from gateway.services import Services
-from gateway.store.dead_letters import DeadLetterStage, DeadLetterStore
+from gateway.edge.app import create_app
 from tests.admin.conftest import (
     ADMIN_TOKEN,
+    CONSOLE,
     KEYS,
+    NOWHERE,
+    ConsoleApp,
+    console_in_process,
     csrf_of,
     login,
     make_dead_letter,
+    park_ocs_letter,
     run,
+    served_in_process,
 )
-from tests.conftest import SimServer, Stack, stack_config, wait_for
+from tests.conftest import Stack, stack_config, wait_for
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
+SAME_ORIGIN = {"Origin": CONSOLE}
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def test_the_console_is_not_mounted_without_an_admin_token(stack: Stack) -> None:
-    assert stack.http.get(f"{stack.url}/admin/", headers=HTML).status_code == 404
-    assert stack.http.get(f"{stack.url}/admin/api/summary").status_code == 404
+@contextlib.asynccontextmanager
+async def logged_in(console: ConsoleApp, address: str = "192.0.2.10") -> AsyncIterator[httpx.AsyncClient]:
+    """A client holding a console session (logged in through the form, as a browser would)."""
+    async with console.client(address) as client:
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert response.status_code == 303, response.text
+        yield client
 
 
-def test_without_credentials_a_script_gets_401_and_a_browser_the_login_page(console: Stack) -> None:
-    api = console.http.get(f"{console.url}/admin/api/summary")
-    assert api.status_code == 401
-    assert api.headers["www-authenticate"].startswith("Bearer")
-    page = console.http.get(f"{console.url}/admin/", headers=HTML, follow_redirects=False)
-    assert page.status_code == 303 and page.headers["location"] == "/admin/login"
-    assert "admin token" in console.http.get(f"{console.url}/admin/login").text
+async def test_the_console_is_not_mounted_without_an_admin_token(redis_url: str) -> None:
+    config = stack_config(NOWHERE, NOWHERE)
+    async with served_in_process(create_app(config, redis_url)) as client_from, client_from("192.0.2.10") as client:
+        assert (await client.get("/admin/", headers=HTML)).status_code == 404
+        assert (await client.get("/admin/api/summary")).status_code == 404
+        assert (await client.get("/readyz")).status_code == 200  # the edge itself serves
 
 
-def test_a_post_without_credentials_is_refused_and_does_nothing(console: Stack) -> None:
-    letter_id = make_dead_letter(console)
-    for action in ("drop", "replay"):
-        response = console.http.post(f"{console.url}/admin/dead-letters/{letter_id}/{action}",
-                                     headers={"Origin": console.url, **HTML})
-        assert response.status_code == 401
-    assert console.redis.exists(KEYS.dead_letter(letter_id))
+async def test_without_credentials_a_script_gets_401_and_a_browser_the_login_page(console_app: ConsoleApp) -> None:
+    async with console_app.client() as client:
+        api = await client.get("/admin/api/summary")
+        assert api.status_code == 401
+        assert api.headers["www-authenticate"].startswith("Bearer")
+        page = await client.get("/admin/", headers=HTML, follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/admin/login"
+        assert "admin token" in (await client.get("/admin/login")).text
 
 
-def test_a_wrong_token_is_refused_by_header_and_by_the_form(console: Stack) -> None:
-    wrong = ADMIN_TOKEN[:-1] + ("0" if ADMIN_TOKEN[-1] != "0" else "1")
-    assert console.http.get(f"{console.url}/admin/api/summary",
-                            headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
-    form = console.http.post(f"{console.url}/admin/login", data={"token": wrong}, headers={"Origin": console.url})
-    assert form.status_code == 401 and "not right" in form.text
-    assert "set-cookie" not in form.headers
+async def test_a_post_without_credentials_is_refused_and_does_nothing(console_app: ConsoleApp) -> None:
+    letter_id = await console_app.park_letter()
+    async with console_app.client() as client:
+        for action in ("drop", "replay"):
+            response = await client.post(f"/admin/dead-letters/{letter_id}/{action}", headers={**SAME_ORIGIN, **HTML})
+            assert response.status_code == 401
+    assert await console_app.redis.exists(KEYS.dead_letter(letter_id))
 
 
-def test_the_bearer_token_reads_the_summary_as_json(console: Stack) -> None:
-    response = console.http.get(f"{console.url}/admin/api/summary", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+async def test_a_wrong_token_is_refused_by_header_and_by_the_form(console_app: ConsoleApp) -> None:
+    async with console_app.client() as client:
+        header = await client.get("/admin/api/summary", headers={"Authorization": f"Bearer {WRONG}"})
+        assert header.status_code == 401
+        form = await client.post("/admin/login", data={"token": WRONG}, headers=SAME_ORIGIN)
+        assert form.status_code == 401 and "not right" in form.text
+        assert "set-cookie" not in form.headers
+
+
+async def test_the_bearer_token_reads_the_summary_as_json(console_app: ConsoleApp) -> None:
+    async with console_app.client() as client:
+        response = await client.get("/admin/api/summary", headers=BEARER)
     assert response.status_code == 200
     summary = response.json()
     assert [c["name"] for c in summary["channels"]] == ["hooks"]
     assert summary["dead_letters_total"] == 0
 
 
-def test_login_sets_an_httponly_samesite_strict_cookie_for_the_console_only(console: Stack) -> None:
-    client = httpx.Client(base_url=console.url, timeout=10)
-    response = client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": console.url})
-    assert response.status_code == 303
-    cookie = response.headers["set-cookie"]
-    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
-    assert {"httponly", "samesite", "path", "max-age"} <= attributes
-    assert "samesite=strict" in cookie.lower() and "path=/admin" in cookie.lower()
-    assert "secure" not in attributes  # plain http here; see the https case below
-    assert ADMIN_TOKEN not in cookie
-    overview = client.get("/admin/", headers=HTML)
-    assert overview.status_code == 200 and "Turns in flight" in overview.text
+async def test_login_sets_an_httponly_samesite_strict_cookie_for_the_console_only(console_app: ConsoleApp) -> None:
+    async with console_app.client() as client:
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert response.status_code == 303
+        cookie = response.headers["set-cookie"]
+        attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "samesite", "path", "max-age"} <= attributes
+        assert "samesite=strict" in cookie.lower() and "path=/admin" in cookie.lower()
+        assert "secure" not in attributes  # plain http here; see the https case below
+        assert ADMIN_TOKEN not in cookie
+        overview = await client.get("/admin/", headers=HTML)
+        assert overview.status_code == 200 and "Turns in flight" in overview.text
 
 
-def test_the_cookie_is_secure_when_the_request_came_over_https(console: Stack) -> None:
-    # uvicorn trusts X-Forwarded-Proto from loopback, as from the TLS proxy in front of it.
-    response = console.http.post(f"{console.url}/admin/login", data={"token": ADMIN_TOKEN},
-                                 headers={"Origin": "https://" + console.url.split("://")[1], "X-Forwarded-Proto": "https"})
+async def test_the_cookie_is_secure_when_the_request_came_over_https(console_app: ConsoleApp) -> None:
+    # Over https itself; the same through a trusted TLS proxy's X-Forwarded-Proto is below.
+    async with console_app.client(scheme="https") as client:
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": "https://gw"})
     assert response.status_code == 303
     assert "secure" in {part.strip().lower() for part in response.headers["set-cookie"].split(";")}
 
 
-def test_a_cross_site_post_is_refused_and_the_letter_stays(console: Stack) -> None:
-    letter_id = make_dead_letter(console)
-    client = login(console)
-    csrf = csrf_of(client.get("/admin/dead-letters", headers=HTML).text)
-    drop = f"/admin/dead-letters/{letter_id}/drop"
-    # Another site's form: the browser sends the cookie (were it not SameSite) and its own Origin.
-    evil = client.post(drop, data={"csrf": csrf}, headers={"Origin": "https://evil.example", **HTML})
-    assert evil.status_code == 403
-    evil_referer = client.post(drop, data={"csrf": csrf}, headers={"Referer": "https://evil.example/x", **HTML})
-    assert evil_referer.status_code == 403
-    no_token = client.post(drop, data={}, headers={"Origin": console.url, **HTML})
-    assert no_token.status_code == 403
-    forged = client.post(drop, data={"csrf": csrf[::-1]}, headers={"Origin": console.url, **HTML})
-    assert forged.status_code == 403
-    assert console.redis.exists(KEYS.dead_letter(letter_id))
-    # The same form from the console itself goes through: the refusals above were the checks.
-    ours = client.post(drop, data={"csrf": csrf}, headers={"Origin": console.url, **HTML})
-    assert ours.status_code == 303 and "dropped" in ours.headers["location"]
-    assert not console.redis.exists(KEYS.dead_letter(letter_id))
+async def test_a_cross_site_post_is_refused_and_the_letter_stays(console_app: ConsoleApp) -> None:
+    letter_id = await console_app.park_letter()
+    async with logged_in(console_app) as client:
+        csrf = csrf_of((await client.get("/admin/dead-letters", headers=HTML)).text)
+        drop = f"/admin/dead-letters/{letter_id}/drop"
+        # Another site's form: the browser sends the cookie (were it not SameSite) and its own Origin.
+        evil = await client.post(drop, data={"csrf": csrf}, headers={"Origin": "https://evil.example", **HTML})
+        assert evil.status_code == 403
+        evil_referer = await client.post(drop, data={"csrf": csrf}, headers={"Referer": "https://evil.example/x", **HTML})
+        assert evil_referer.status_code == 403
+        no_token = await client.post(drop, data={}, headers={**SAME_ORIGIN, **HTML})
+        assert no_token.status_code == 403
+        forged = await client.post(drop, data={"csrf": csrf[::-1]}, headers={**SAME_ORIGIN, **HTML})
+        assert forged.status_code == 403
+        assert await console_app.redis.exists(KEYS.dead_letter(letter_id))
+        # The same form from the console itself goes through: the refusals above were the checks.
+        ours = await client.post(drop, data={"csrf": csrf}, headers={**SAME_ORIGIN, **HTML})
+        assert ours.status_code == 303 and "dropped" in ours.headers["location"]
+    assert not await console_app.redis.exists(KEYS.dead_letter(letter_id))
 
 
-def test_a_login_form_posted_from_another_site_is_refused(console: Stack) -> None:
-    response = console.http.post(f"{console.url}/admin/login", data={"token": ADMIN_TOKEN},
-                                 headers={"Origin": "https://evil.example"})
+async def test_a_login_form_posted_from_another_site_is_refused(console_app: ConsoleApp) -> None:
+    async with console_app.client() as client:
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": "https://evil.example"})
     assert response.status_code == 403 and "set-cookie" not in response.headers
 
 
-def test_logging_out_ends_the_session(console: Stack) -> None:
-    client = login(console)
-    csrf = csrf_of(client.get("/admin/", headers=HTML).text)
-    out = client.post("/admin/logout", data={"csrf": csrf}, headers={"Origin": console.url})
-    assert out.status_code == 303
-    assert client.get("/admin/api/summary").status_code == 401
+async def test_logging_out_ends_the_session(console_app: ConsoleApp) -> None:
+    async with logged_in(console_app) as client:
+        csrf = csrf_of((await client.get("/admin/", headers=HTML)).text)
+        out = await client.post("/admin/logout", data={"csrf": csrf}, headers=SAME_ORIGIN)
+        assert out.status_code == 303
+        assert (await client.get("/admin/api/summary")).status_code == 401
 
 
-def test_pages_forbid_framing_and_scripts(console: Stack) -> None:
-    client = login(console)
-    headers = client.get("/admin/", headers=HTML).headers
+async def test_pages_forbid_framing_and_scripts(console_app: ConsoleApp) -> None:
+    async with logged_in(console_app) as client:
+        headers = (await client.get("/admin/", headers=HTML)).headers
     assert headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "script-src" not in headers["content-security-policy"]  # default-src 'none' covers scripts
     assert headers["cache-control"] == "no-store"
 
 
-def test_a_session_from_another_token_is_not_accepted(console: Stack, make_stack: Callable[..., Stack]) -> None:
-    other = make_stack(admin_token=Secret("a-different-admin-token-0123456789"))
-    client = login(console)
-    cookie = client.cookies.get("ocsgw_admin")
+async def test_a_session_from_another_token_is_not_accepted(console_app: ConsoleApp, redis_url: str) -> None:
+    async with logged_in(console_app) as client:
+        cookie = client.cookies.get("ocsgw_admin")
     assert cookie
-    response = httpx.get(f"{other.url}/admin/api/summary", cookies={"ocsgw_admin": cookie}, timeout=10)
+    other_token = Secret("a-different-admin-token-0123456789")
+    async with console_in_process(redis_url, admin_token=other_token) as other, other.client() as stranger:
+        response = await stranger.get("/admin/api/summary", headers={"Cookie": f"ocsgw_admin={cookie}"})
     assert response.status_code == 401
 
 
@@ -164,9 +185,10 @@ def test_a_letter_page_shows_its_content_and_a_bearer_replay_answers_json(consol
     assert wait_for(lambda: console.receiver.texts("c-show"), what="the replayed answer") == ["Echo #1: where is my order?"]
 
 
-def test_a_letters_content_is_escaped_not_rendered(console: Stack) -> None:
-    letter_id = make_dead_letter(console, conversation="c-xss", text='<img src=x onerror="alert(1)">')
-    page = login(console).get(f"/admin/dead-letters/{letter_id}", headers=HTML).text
+async def test_a_letters_content_is_escaped_not_rendered(console_app: ConsoleApp) -> None:
+    letter_id = await console_app.park_letter("c-xss", '<img src=x onerror="alert(1)">')
+    async with logged_in(console_app) as client:
+        page = (await client.get(f"/admin/dead-letters/{letter_id}", headers=HTML)).text
     assert "<img src=x" not in page
     assert "&lt;img src=x" in page
 
@@ -174,7 +196,7 @@ def test_a_letters_content_is_escaped_not_rendered(console: Stack) -> None:
 # -- guessing ------------------------------------------------------------------------------------
 
 WRONG = ADMIN_TOKEN[:-1] + ("0" if ADMIN_TOKEN[-1] != "0" else "1")
-#: Two client addresses, as uvicorn reads them from a proxy it trusts (loopback here).
+#: Two client addresses, as a proxy the edge trusts names them.
 GUESSER = {"X-Forwarded-For": "203.0.113.66"}
 OPERATOR = {"X-Forwarded-For": "198.51.100.7"}
 
@@ -188,60 +210,110 @@ def test_a_short_admin_token_is_refused_at_load_with_how_to_make_one() -> None:
     assert GatewayConfig.from_mapping({"admin_token": Secret("x" * 24)}).admin_token is not None
 
 
-def test_the_sixth_login_after_five_wrong_ones_is_429_even_with_the_right_token(console: Stack) -> None:
-    url = f"{console.url}/admin/login"
-    for _ in range(5):
-        wrong = console.http.post(url, data={"token": WRONG}, headers={"Origin": console.url, **GUESSER})
-        assert wrong.status_code == 401
-    right = console.http.post(url, data={"token": ADMIN_TOKEN}, headers={"Origin": console.url, **GUESSER})
-    assert right.status_code == 429 and "set-cookie" not in right.headers
-    assert 0 < int(right.headers["retry-after"]) <= 300
-    assert "Too many wrong tokens" in right.text
-    # The bearer header from the same address waits too; the counter expires with its window.
-    bearer = console.http.get(f"{console.url}/admin/api/summary",
-                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **GUESSER})
-    assert bearer.status_code == 429
-    key = FailureThrottle.key(KEYS, "203.0.113.66")
-    assert console.redis.get(key) == b"5" and 0 < console.redis.pttl(key) <= 300_000
-    # Another address is unaffected, by the form and by the header.
-    theirs = console.http.post(url, data={"token": ADMIN_TOKEN}, headers={"Origin": console.url, **OPERATOR})
-    assert theirs.status_code == 303
-    assert console.http.get(f"{console.url}/admin/api/summary",
-                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **OPERATOR}).status_code == 200
+async def test_the_sixth_login_after_five_wrong_ones_is_429_even_with_the_right_token(console_app: ConsoleApp) -> None:
+    async with console_app.client("203.0.113.66") as guesser, console_app.client("198.51.100.7") as operator:
+        for _ in range(5):
+            wrong = await guesser.post("/admin/login", data={"token": WRONG}, headers=SAME_ORIGIN)
+            assert wrong.status_code == 401
+        right = await guesser.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert right.status_code == 429 and "set-cookie" not in right.headers
+        assert 0 < int(right.headers["retry-after"]) <= 300
+        assert "Too many wrong tokens" in right.text
+        # The bearer header from the same address waits too; the counter expires with its window.
+        assert (await guesser.get("/admin/api/summary", headers=BEARER)).status_code == 429
+        key = FailureThrottle.key(KEYS, "203.0.113.66")
+        assert await console_app.redis.get(key) == b"5" and 0 < await console_app.redis.pttl(key) <= 300_000
+        # Another address is unaffected, by the form and by the header.
+        theirs = await operator.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert theirs.status_code == 303
+        assert (await operator.get("/admin/api/summary", headers=BEARER)).status_code == 200
 
 
-def test_wrong_bearer_tokens_count_like_wrong_logins(console: Stack) -> None:
-    summary = f"{console.url}/admin/api/summary"
-    for _ in range(5):
-        assert console.http.get(summary, headers={"Authorization": f"Bearer {WRONG}", **GUESSER}).status_code == 401
-    refused = console.http.get(summary, headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **GUESSER})
-    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
-    login_form = console.http.post(f"{console.url}/admin/login", data={"token": ADMIN_TOKEN},
-                                   headers={"Origin": console.url, **GUESSER})
-    assert login_form.status_code == 429
-    assert console.http.get(summary, headers={"Authorization": f"Bearer {ADMIN_TOKEN}", **OPERATOR}).status_code == 200
+async def test_wrong_bearer_tokens_count_like_wrong_logins(console_app: ConsoleApp) -> None:
+    async with console_app.client("203.0.113.66") as guesser, console_app.client("198.51.100.7") as operator:
+        for _ in range(5):
+            assert (await guesser.get("/admin/api/summary", headers={"Authorization": f"Bearer {WRONG}"})).status_code == 401
+        refused = await guesser.get("/admin/api/summary", headers=BEARER)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        login_form = await guesser.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert login_form.status_code == 429
+        assert (await operator.get("/admin/api/summary", headers=BEARER)).status_code == 200
 
 
-async def test_a_throttled_address_may_log_in_again_once_its_window_passes(redis_url: str, sim: SimServer) -> None:
-    config = stack_config(sim.url, "http://127.0.0.1:9", admin_token=Secret(ADMIN_TOKEN))
-    services = await Services.open(config, redis_url)
+async def test_a_throttled_address_may_log_in_again_once_its_window_passes(redis_url: str) -> None:
     # A short window (the real one is 5 minutes) so the test can see it pass.
-    app = create_admin_app(config, lambda: services, throttle=FailureThrottle(max_failures=2, window_s=1.5))
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
-    headers = {"Origin": "http://gw"}
+    throttle = FailureThrottle(max_failures=2, window_s=1.5)
+    async with console_in_process(redis_url, throttle=throttle) as console, console.client("203.0.113.9") as client:
+        for _ in range(2):
+            assert (await client.post("/admin/login", data={"token": WRONG}, headers=SAME_ORIGIN)).status_code == 401
+        locked = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)
+        assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 2
+        deadline = time.monotonic() + 15
+        while (answer := await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers=SAME_ORIGIN)).status_code == 429:
+            assert time.monotonic() < deadline, "the address was still refused long after its window"
+            await asyncio.sleep(0.1)
+        assert answer.status_code == 303
+
+
+#: A proxy's network the tests configure as trusted, and a proxy in it.
+PROXIES = "10.20.30.0/24"
+PROXY = "10.20.30.40"
+
+
+def _secure(response: httpx.Response) -> bool:
+    return "secure" in {part.strip().lower() for part in response.headers["set-cookie"].split(";")}
+
+
+async def test_behind_a_trusted_proxy_one_clients_wrong_tokens_do_not_lock_out_another(redis_url: str) -> None:
+    config = stack_config(NOWHERE, NOWHERE, admin_token=Secret(ADMIN_TOKEN), forwarded_allow_ips=[PROXIES])
+    async with served_in_process(create_app(config, redis_url)) as client_from, client_from(PROXY) as proxy:
+        for _ in range(5):
+            wrong = await proxy.post("/admin/login", data={"token": WRONG}, headers={**SAME_ORIGIN, **GUESSER})
+            assert wrong.status_code == 401
+        locked = await proxy.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={**SAME_ORIGIN, **GUESSER})
+        assert locked.status_code == 429
+        # Every client comes through the same proxy: the operator is another address all the same.
+        theirs = await proxy.post("/admin/login", data={"token": ADMIN_TOKEN},
+                                  headers={**SAME_ORIGIN, **OPERATOR, "X-Forwarded-Proto": "https"})
+        assert theirs.status_code == 303
+        assert _secure(theirs)  # the proxy's word on the scheme is believed too
+        assert (await proxy.get("/admin/api/summary", headers={**BEARER, **OPERATOR})).status_code == 200
+
+
+async def test_an_untrusted_peer_cannot_dodge_the_throttle_by_forging_x_forwarded_for(redis_url: str) -> None:
+    config = stack_config(NOWHERE, NOWHERE, admin_token=Secret(ADMIN_TOKEN), forwarded_allow_ips=[PROXIES])
+    # Loopback is not trusted once forwarded_allow_ips names the proxies; neither is anyone else.
+    for peer in ("192.0.2.50", "127.0.0.1"):
+        async with served_in_process(create_app(config, redis_url)) as client_from, client_from(peer) as direct:
+            claims_https = await direct.post("/admin/login", data={"token": ADMIN_TOKEN},
+                                             headers={**SAME_ORIGIN, "X-Forwarded-Proto": "https"})
+            assert claims_https.status_code == 303 and not _secure(claims_https)
+            for i in range(5):
+                forged = {"X-Forwarded-For": f"198.51.100.{10 + i}"}  # a fresh "client" each guess
+                wrong = await direct.post("/admin/login", data={"token": WRONG}, headers={**SAME_ORIGIN, **forged})
+                assert wrong.status_code == 401
+            right = await direct.post("/admin/login", data={"token": ADMIN_TOKEN},
+                                      headers={**SAME_ORIGIN, "X-Forwarded-For": "198.51.100.99"})
+            assert right.status_code == 429
+    redis = aioredis.Redis.from_url(redis_url)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            for _ in range(2):
-                assert (await client.post("/login", data={"token": WRONG}, headers=headers)).status_code == 401
-            locked = await client.post("/login", data={"token": ADMIN_TOKEN}, headers=headers)
-            assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 2
-            deadline = time.monotonic() + 15
-            while (answer := await client.post("/login", data={"token": ADMIN_TOKEN}, headers=headers)).status_code == 429:
-                assert time.monotonic() < deadline, "the address was still refused long after its window"
-                await asyncio.sleep(0.1)
-            assert answer.status_code == 303
+        assert await redis.get(FailureThrottle.key(KEYS, "192.0.2.50")) == b"5"
+        assert await redis.get(FailureThrottle.key(KEYS, "198.51.100.10")) is None
     finally:
-        await services.aclose()
+        await redis.aclose()
+
+
+def test_forwarded_allow_ips_defaults_to_loopback_and_refuses_what_is_no_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert GatewayConfig.from_mapping({}).forwarded_allow_ips == ("127.0.0.1", "::1")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "172.16.0.0/12, 192.0.2.1")  # uvicorn's variable, as before
+    assert GatewayConfig.from_mapping({}).forwarded_allow_ips == ("172.16.0.0/12", "192.0.2.1")
+    assert GatewayConfig.from_mapping({"forwarded_allow_ips": [PROXIES]}).forwarded_allow_ips == (PROXIES,)
+    with pytest.raises(ConfigError) as refused:  # uvicorn would trust nobody for it, silently
+        GatewayConfig.from_mapping({"forwarded_allow_ips": ["10.20.30.40/24"]})
+    assert "10.20.30.40/24" in str(refused.value) and "IP address or network" in str(refused.value)
 
 
 # -- behind a TLS proxy --------------------------------------------------------------------------
@@ -249,55 +321,43 @@ async def test_a_throttled_address_may_log_in_again_once_its_window_passes(redis
 PUBLIC = "https://gw.example.test"
 
 
-def test_behind_a_tls_proxy_the_cookie_is_secure_and_forms_must_come_from_public_url(
-    make_stack: Callable[..., Stack],
-) -> None:
-    stack = make_stack(admin_token=Secret(ADMIN_TOKEN), public_url=PUBLIC)
-    letter_id = make_dead_letter(stack)
-    url = f"{stack.url}/admin/login"
-    # The proxy spoke plain http to us and kept its own Host: the request's Host is not the origin.
-    for foreign in (stack.url, "http://gw.example.test", "https://evil.example"):
-        refused = stack.http.post(url, data={"token": ADMIN_TOKEN}, headers={"Origin": foreign})
-        assert refused.status_code == 403 and "set-cookie" not in refused.headers, foreign
-    response = stack.http.post(url, data={"token": ADMIN_TOKEN}, headers={"Origin": PUBLIC})
-    assert response.status_code == 303
-    cookie = response.headers["set-cookie"]
-    assert "secure" in {part.strip().lower() for part in cookie.split(";")}  # though this request was http
-    assert stack.http.post(url, data={"token": ADMIN_TOKEN}, headers={"Origin": PUBLIC + ":443"}).status_code == 303
-    # A form of the session: judged by the public origin too (Referer when there is no Origin).
-    session = {"Cookie": cookie.split(";")[0], **HTML}
-    csrf = csrf_of(stack.http.get(f"{stack.url}/admin/dead-letters", headers=session).text)
-    drop = f"{stack.url}/admin/dead-letters/{letter_id}/drop"
-    assert stack.http.post(drop, data={"csrf": csrf}, headers={"Origin": stack.url, **session}).status_code == 403
-    assert stack.redis.exists(KEYS.dead_letter(letter_id))
-    ours = stack.http.post(drop, data={"csrf": csrf}, headers={"Referer": f"{PUBLIC}/admin/dead-letters", **session})
-    assert ours.status_code == 303 and not stack.redis.exists(KEYS.dead_letter(letter_id))
+async def test_behind_a_tls_proxy_the_cookie_is_secure_and_forms_must_come_from_public_url(redis_url: str) -> None:
+    async with console_in_process(redis_url, public_url=PUBLIC) as console, console.client() as client:
+        letter_id = await console.park_letter()
+        # The proxy spoke plain http to us and kept its own Host: the request's Host is not the origin.
+        for foreign in (CONSOLE, "http://gw.example.test", "https://evil.example"):
+            refused = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": foreign})
+            assert refused.status_code == 403 and "set-cookie" not in refused.headers, foreign
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": PUBLIC})
+        assert response.status_code == 303
+        assert _secure(response)  # though this request was http
+        default_port = await client.post("/admin/login", data={"token": ADMIN_TOKEN}, headers={"Origin": PUBLIC + ":443"})
+        assert default_port.status_code == 303
+        # A form of the session: judged by the public origin too (Referer when there is no Origin).
+        session = {"Cookie": response.headers["set-cookie"].split(";")[0], **HTML}
+        csrf = csrf_of((await client.get("/admin/dead-letters", headers=session)).text)
+        drop = f"/admin/dead-letters/{letter_id}/drop"
+        assert (await client.post(drop, data={"csrf": csrf}, headers={**SAME_ORIGIN, **session})).status_code == 403
+        assert await console.redis.exists(KEYS.dead_letter(letter_id))
+        ours = await client.post(drop, data={"csrf": csrf}, headers={"Referer": f"{PUBLIC}/admin/dead-letters", **session})
+        assert ours.status_code == 303 and not await console.redis.exists(KEYS.dead_letter(letter_id))
 
 
-def test_public_url_over_http_leaves_the_cookie_as_the_request_came(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(admin_token=Secret(ADMIN_TOKEN), public_url="http://gw.example.test")
-    response = stack.http.post(f"{stack.url}/admin/login", data={"token": ADMIN_TOKEN},
-                               headers={"Origin": "http://gw.example.test"})
+async def test_public_url_over_http_leaves_the_cookie_as_the_request_came(redis_url: str) -> None:
+    async with console_in_process(redis_url, public_url="http://gw.example.test") as console, console.client() as client:
+        response = await client.post("/admin/login", data={"token": ADMIN_TOKEN},
+                                     headers={"Origin": "http://gw.example.test"})
     assert response.status_code == 303
-    assert "secure" not in {part.strip().lower() for part in response.headers["set-cookie"].split(";")}
+    assert not _secure(response)
 
 
 # -- what a replay will do -----------------------------------------------------------------------
 
 
 async def _park_ocs_letter(redis_url: str, conversation: str, text: str, ledger_state: str, task_id: str) -> str:
-    """A letter as the worker parks a turn that failed at the OCS stage (workers/turns.py)."""
     client = aioredis.Redis.from_url(redis_url)
     try:
-        conv = ConversationKey("hooks", conversation)
-        inbound = Inbound(key=conv, event_id=f"ev-{uuid.uuid4().hex}", kind=InboundKind.MESSAGE,
-                          sender_id=f"user-{conversation}", text=text, route={"conversation_id": conversation})
-        letter = await DeadLetterStore(client, KEYS).park(
-            conv, inbound.to_json(), error="OCS task poll failed", stage=DeadLetterStage.OCS,
-            ocs={"session_id": "s-1" if task_id else "", "task_id": task_id},
-            ledger={"turn": uuid.uuid4().hex, "state": ledger_state, "attempts": 5, "delivered": 0},
-        )
-        return letter.id
+        return await park_ocs_letter(client, conversation, text, ledger_state, task_id)
     finally:
         await client.aclose()
 

@@ -110,3 +110,32 @@ def test_redis_down_at_ingest_gives_503_and_the_retry_is_stored(tmp_path, sim: S
 
 def test_health_reports_redis(edge: Stack) -> None:
     assert httpx.get(f"{edge.url}/healthz").json() == {"status": "ok"}
+
+
+# -- the channel listing at / --------------------------------------------------------------------
+
+METRICS_TOKEN = "m-" + "5" * 30
+
+
+def test_with_a_metrics_token_the_channel_listing_needs_it_and_a_refusal_names_nothing(
+    make_stack: Callable[..., Stack],
+) -> None:
+    from gateway.core.config import Secret
+
+    guarded = make_stack(start_worker=False, metrics_token=Secret(METRICS_TOKEN))
+    wrong = {"Authorization": "Bearer " + "6" * 32}
+    for headers in ({}, wrong, {"Authorization": METRICS_TOKEN}):  # none, wrong, not a bearer
+        refused = httpx.get(f"{guarded.url}/", headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert "hooks" not in refused.text and "webhooks" not in refused.text and "channels" not in refused.json()
+        assert refused.json()["service"] == "ocs-gateway"
+    # The same answer /metrics gives without the token: one check guards both.
+    assert httpx.get(f"{guarded.url}/metrics").json() == httpx.get(f"{guarded.url}/").json()
+    allowed = httpx.get(f"{guarded.url}/", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert allowed.status_code == 200 and allowed.json()["channels"]["hooks"]["path"] == "/webhooks/hooks"
+
+
+def test_without_a_metrics_token_the_listing_is_open_like_metrics(edge: Stack) -> None:
+    listing = httpx.get(f"{edge.url}/")
+    assert listing.status_code == 200 and "hooks" in listing.json()["channels"]
+    assert httpx.get(f"{edge.url}/metrics").status_code == 200  # the same names, as open

@@ -171,9 +171,9 @@ return n
 
 
 def client_address(request: Request) -> str:
-    """The address failures are counted under: the client's IP (uvicorn puts the proxy's
-    ``X-Forwarded-For`` there when it trusts the proxy), an IPv6 client by its /64, since one
-    host commonly holds a whole /64."""
+    """The address failures are counted under: the client's IP (the edge's proxy-headers
+    middleware puts the ``X-Forwarded-For`` client there when the peer is one of
+    ``forwarded_allow_ips``), an IPv6 client by its /64, since one host commonly holds a whole /64."""
     host = request.client.host if request.client else ""
     try:
         ip = ipaddress.ip_address(host)
