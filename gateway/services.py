@@ -21,7 +21,7 @@ from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
-from gateway.edge.worker_http import RunnerProbe, WorkerHttp
+from workers.http import RunnerProbe, WorkerHttp
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.store.conversations import ConversationStore
@@ -161,7 +161,7 @@ def worker_process(config: GatewayConfig, redis_url: str) -> WorkerProcess:
 
 
 class _ObservedWorker(WorkerProcess):
-    """A worker with its HTTP listener (``gateway/edge/worker_http.py``) when
+    """A worker with its HTTP listener (``workers/http.py``) when
     ``worker.metrics_port`` is set; the listener starts first, so ``/livez`` answers (and
     ``/readyz`` says 503) while the worker starts."""
 

@@ -7,11 +7,18 @@ nothing is imported), so a new arrow against the grain fails here, not in review
       ↑
     gateway.ocs           the OCS client, its request budget, the simulator
       ↑            ↖
-    workers         adapters (core and store only)
+    gateway.observe   adapters (core and store only)
+      ↑        health, readiness, metrics, gauges
+    workers           the turn runner and engine, the worker's HTTP listener
       ↑                ↑
-    gateway.services  — the assembly: the only modules that import adapters and workers,
-    gateway.edge          with the CLI
-    gateway.cli
+    gateway.services  — the per-process services: the only modules below the edge and the
+      ↑                 CLI that import adapters and workers
+    gateway.edge      — the web process
+      ↑
+    gateway.cli       — the command
+
+Every arrow points one way, so no two packages import each other (checked on its own below:
+a cycle fails even when both arrows are allowed).
 """
 
 from __future__ import annotations
@@ -28,17 +35,22 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gateway.core": ("gateway.core",),
     "gateway.store": ("gateway.core", "gateway.store"),
     "gateway.ocs": ("gateway.core", "gateway.store", "gateway.ocs"),
+    "gateway.observe": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe"),
     "adapters": ("gateway.core", "gateway.store", "adapters"),
-    "workers": ("gateway.core", "gateway.store", "gateway.ocs", "workers"),
-    "gateway.edge": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.edge", "gateway.services"),
-    "gateway.services": ("gateway", "adapters", "workers"),
+    "workers": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "workers"),
+    "gateway.services": (
+        "gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "gateway.services", "adapters", "workers",
+    ),
+    "gateway.edge": (
+        "gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "gateway.edge", "gateway.services",
+    ),
     "gateway.cli": ("gateway", "adapters", "workers"),
 }
 PROJECT = ("gateway", "adapters", "workers")
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -70,8 +82,42 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _sources() -> list[Path]:
-    return sorted(p for package in PROJECT for p in (ROOT / package).rglob("*.py"))
+def _sources(root: Path = ROOT) -> list[Path]:
+    return sorted(p for package in PROJECT for p in (root / package).rglob("*.py"))
+
+
+def _package_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Layer package (a key of ``ALLOWED``) → the other layer packages its modules import."""
+    graph: dict[str, set[str]] = {}
+    for path in _sources(root):
+        rule = _rule(_module_name(path, root))
+        if rule is None:
+            continue
+        for _, name in _imports(path):
+            target = _rule(name)
+            if target is not None and target[0] != rule[0]:
+                graph.setdefault(rule[0], set()).add(target[0])
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """A cycle for every back edge a depth-first walk meets, each as a path that returns to its
+    start (``["a", "b", "a"]``); empty when the graph has none."""
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                found.append([*path[path.index(target):], target])
+            elif target not in done:
+                walk(target, [*path, target])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            walk(start, [start])
+    return found
 
 
 def test_every_module_has_a_place_in_the_layers() -> None:
@@ -98,3 +144,22 @@ def test_the_rule_catches_an_import_against_the_grain(tmp_path: Path) -> None:
     names = [name for _, name in _imports(sample)]
     assert names == ["workers.turns", "adapters.slack", "gateway.services"]
     assert not _within("workers.turns", ALLOWED["gateway.store"])
+
+
+def test_no_two_packages_import_each_other() -> None:
+    # Also for imports the table allows both ways (the assembly's packages once did: the edge
+    # imported the services, which imported the edge's worker listener).
+    cycles = _cycles(_package_graph())
+    assert cycles == [], f"import cycles between packages (move what both need below them): {cycles}"
+
+
+def test_the_cycle_check_sees_two_packages_importing_each_other(tmp_path: Path) -> None:
+    (tmp_path / "gateway" / "edge").mkdir(parents=True)
+    (tmp_path / "gateway" / "edge" / "app.py").write_text("from gateway.services import Services\n")
+    (tmp_path / "gateway" / "services.py").write_text("from gateway.edge.listener import Listener\n")
+    (tmp_path / "gateway" / "core").mkdir()
+    (tmp_path / "gateway" / "core" / "models.py").write_text("")
+    graph = _package_graph(tmp_path)
+    assert graph == {"gateway.edge": {"gateway.services"}, "gateway.services": {"gateway.edge"}}
+    assert _cycles(graph) == [["gateway.edge", "gateway.services", "gateway.edge"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []

@@ -368,7 +368,7 @@ class WorkerTuning(_Model):
     #: Seconds between a worker's heartbeats (gateway/store/heartbeats.py); a worker silent for
     #: three of them is reported dead.
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    #: The worker's own HTTP port for /metrics, /livez and /readyz (gateway/edge/worker_http.py):
+    #: The worker's own HTTP port for /metrics, /livez and /readyz (workers/http.py):
     #: None = none, 0 = any free port (logged). ``OCS_GATEWAY_METRICS_PORT`` overrides it.
     metrics_port: int | None = Field(default=None, ge=0, le=65535, validate_default=True)
     #: The address that listener binds (all interfaces: Prometheus scrapes from another host).

@@ -30,8 +30,8 @@ from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
-from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.health import ServicesProbe, WriteCheck, health_routes
+from gateway.observe.gauges import GaugeRefresher
+from gateway.observe.health import ServicesProbe, WriteCheck, health_routes
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
