@@ -13,7 +13,6 @@ import httpx
 import redis.asyncio as aioredis
 
 from adapters import adapter_class
-from adapters.slack.api import new_session
 from gateway.core.channel import AdapterServices, ChannelAdapter
 from gateway.core.config import METRICS_PORT_ENV, GatewayConfig
 from gateway.core.errors import ConfigError
@@ -21,13 +20,13 @@ from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
-from workers.http import RunnerProbe, WorkerHttp
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
 from gateway.store.redis_check import check_redis
+from workers.http import RunnerProbe, WorkerHttp
 from workers.process import WorkerProcess
 
 __all__ = ["Services", "worker_process"]
@@ -97,8 +96,11 @@ class Services:
                 name: OCSClient(name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics)
                 for name, bot in config.bots.items()
             }
-            session = new_session() if any(c.type == "slack" for c in config.channels.values()) else None
-            if session is not None:
+            session: aiohttp.ClientSession | None = None
+            if any(c.type == "slack" for c in config.channels.values()):
+                from adapters.slack.api import new_session  # here: it loads slack_sdk
+
+                session = new_session()
                 opened.push_async_callback(session.close)
             adapters: dict[str, ChannelAdapter[Any]] = {}
             for name, channel in config.channels.items():

@@ -1,29 +1,32 @@
 """The house's imports run one way. Read from the code's own ``import`` statements (an AST walk,
 nothing is imported), so a new arrow against the grain fails here, not in review.
 
-    gateway.core          the foundation: models, errors, config, keys, the channel interface
-      ↑
+    gateway.core          the foundation: models, errors, what every channel's config and keys
+      ↑                   share, the channel interface
     gateway.store         what lives in Redis
       ↑
     gateway.ocs           the OCS client, its request budget, the simulator
-      ↑            ↖
-    gateway.observe   adapters (core and store only)
-      ↑        health, readiness, metrics, gauges
-    workers           the turn runner and engine, the worker's HTTP listener
-      ↑                ↑
-    gateway.services  — the per-process services: the only modules below the edge and the
-      ↑                 CLI that import adapters and workers
-    gateway.edge      — the web process
       ↑
-    gateway.cli       — the command
+    gateway.observe       health, readiness, metrics and gauges, for every process
+      ↑
+    workers               the turn runner and engine, the worker's HTTP listener
+      ↑                                       adapters   one package per platform (core, store)
+      ↑                                          ↑
+    gateway.services, gateway.config_loading     the assembly: below the edge and the CLI, the
+      ↑                                          only modules that import adapters (and workers)
+    gateway.edge          the web process
+      ↑
+    gateway.cli           the command
 
-Every arrow points one way, so no two packages import each other (checked on its own below:
-a cycle fails even when both arrows are allowed).
+Every arrow points one way, so no two packages import each other (checked on its own below: a
+cycle fails even when both arrows are allowed). And the packages every channel shares name no
+platform: what is Telegram's or Slack's lives in its adapter.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gateway.observe": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe"),
     "adapters": ("gateway.core", "gateway.store", "adapters"),
     "workers": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "workers"),
+    "gateway.config_loading": ("gateway.core", "adapters"),
     "gateway.services": (
         "gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "gateway.services", "adapters", "workers",
     ),
@@ -47,6 +51,23 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gateway.cli": ("gateway", "adapters", "workers"),
 }
 PROJECT = ("gateway", "adapters", "workers")
+
+#: Packages that serve every channel alike: their code names no platform (the adapters do).
+PLATFORM_FREE = ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "workers")
+PLATFORM_NAMES = re.compile(r"telegram|slack|whatsapp", re.IGNORECASE)
+#: Mentions that stay, each for its reason; any other fails. Logging is set up before the
+#: configuration (and so the adapters) is known, and guards every process's lines:
+KNOWN_MENTIONS: frozenset[tuple[str, str]] = frozenset({
+    # the SDKs' own logger names, whose payload dumps are withheld
+    ("gateway.core.logs", "telegram"),
+    ("gateway.core.logs", "slack_sdk"),
+    ("gateway.core.logs", "slack_bolt"),
+    ("gateway.core.logs", "adapters.slack.socket_mode.sdk"),
+    # the OAuth routes whose query strings never reach a log line
+    ("gateway.core.redaction", r"(/slack/[^/\s?]+/(?:install|oauth_redirect))\?[^\s'\"]*"),
+    # "slack" as in leeway: the poll schedule's spare time, no platform
+    ("workers.poll_schedule", "_BUDGET_SLACK_S"),
+})
 
 
 def _module_name(path: Path, root: Path = ROOT) -> str:
@@ -68,6 +89,48 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             else:
                 found.append((node.lineno, node.module))
     return [(line, name) for line, name in found if name.split(".")[0] in PROJECT]
+
+
+def _documentation(tree: ast.AST) -> set[int]:
+    """The ids of string constants that stand alone as statements: docstrings (of modules,
+    classes, functions, attributes). They are prose, like comments, which the AST does not hold."""
+    return {
+        id(statement.value)
+        for node in ast.walk(tree)
+        for field in ("body", "orelse", "finalbody")
+        if isinstance(statements := getattr(node, field, None), list)  # a lambda's body is one expression
+        for statement in statements
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    }
+
+
+def _platform_mentions(path: Path) -> list[tuple[int, str]]:
+    """Where the code names a platform: in an identifier (a name, attribute, definition,
+    parameter, keyword), an import, or a string literal that is not documentation."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    prose = _documentation(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        words: list[str] = []
+        if isinstance(node, ast.Name):
+            words = [node.id]
+        elif isinstance(node, ast.Attribute):
+            words = [node.attr]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            words = [node.name]
+        elif isinstance(node, ast.arg):
+            words = [node.arg]
+        elif isinstance(node, ast.keyword) and node.arg is not None:
+            words = [node.arg]
+        elif isinstance(node, ast.alias):
+            words = [node.name, node.asname or ""]
+        elif isinstance(node, ast.ImportFrom):
+            words = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            words = [node.value]
+        found.extend((getattr(node, "lineno", 0), word) for word in words if PLATFORM_NAMES.search(word))
+    return found
 
 
 def _rule(module: str) -> tuple[str, tuple[str, ...]] | None:
@@ -163,3 +226,35 @@ def test_the_cycle_check_sees_two_packages_importing_each_other(tmp_path: Path) 
     assert graph == {"gateway.edge": {"gateway.services"}, "gateway.services": {"gateway.edge"}}
     assert _cycles(graph) == [["gateway.edge", "gateway.services", "gateway.edge"]]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _sources() if _within(_module_name(p), PLATFORM_FREE)],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_shared_packages_name_no_platform(path: Path) -> None:
+    # Each platform's settings, keys and behaviour live in its adapter (adapters/<platform>/);
+    # what every channel shares knows none of them.
+    module = _module_name(path)
+    named = [f"line {line}: {word!r}" for line, word in _platform_mentions(path) if (module, word) not in KNOWN_MENTIONS]
+    assert named == [], f"{module} names a platform (move it into the adapter): {named}"
+
+
+def test_the_platform_check_sees_code_but_not_prose(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        '''"""Telegram and Slack are mentioned in prose only."""
+from adapters.telegram.keys import TelegramKeys
+import slack_sdk
+
+
+def pace(keys, whatsapp_id):
+    """Slack's pacing."""
+    # a Telegram comment
+    return keys.telegram_chat_pace(f"tg:{whatsapp_id}", label="slack")
+'''
+    )
+    words = sorted(word for _, word in _platform_mentions(sample))
+    assert words == ["TelegramKeys", "adapters.telegram.keys", "slack", "slack_sdk", "telegram_chat_pace", "whatsapp_id",
+                     "whatsapp_id"]

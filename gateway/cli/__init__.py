@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import httpx
 
-from gateway.core.config import GatewayConfig, load_config
+from gateway.config_loading import GatewayConfig, load_config
 from gateway.core.errors import ConfigError
 from gateway.core.logs import LogFormat, configure_logging, set_message_text
 from gateway.core.redaction import install_redaction

@@ -30,8 +30,6 @@ from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
-from gateway.observe.gauges import GaugeRefresher
-from gateway.observe.health import ServicesProbe, WriteCheck, health_routes
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
@@ -40,6 +38,8 @@ from gateway.edge.inbound_metrics import (
     note_outcome,
 )
 from gateway.edge.limits import BodySizeLimit
+from gateway.observe.gauges import GaugeRefresher
+from gateway.observe.health import ServicesProbe, WriteCheck, health_routes
 from gateway.services import Services
 from gateway.store.inbox import Admitter, WakeQueue
 from gateway.store.traffic import TrafficRecorder

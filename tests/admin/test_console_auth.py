@@ -14,7 +14,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.edge.admin.app import create_admin_app
