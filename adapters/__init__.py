@@ -1,29 +1,52 @@
 """Channel adapters, one package per platform behind ``gateway.core.channel.ChannelAdapter``.
 
+The registry of channel types: each type's adapter class and the model of its settings.
 Platform SDKs are imported only when a channel of that kind is configured, so a deployment
-with webhook channels alone never loads python-telegram-bot or slack-bolt.
+with webhook channels alone never loads python-telegram-bot or slack-bolt: the config models
+(``adapters/<platform>/config.py``) import no SDK, and an adapter's package imports its adapter
+only when ``adapter_class`` asks for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import import_module
+from types import MappingProxyType
 from typing import Any
 
+from adapters.slack.config import SlackChannelConfig
+from adapters.telegram.config import TelegramChannelConfig
+from adapters.webhook.config import WebhookChannelConfig
 from gateway.core.channel import (
     AdapterServices,
     ChannelAdapter,
     InboundFile,
     InboundRequest,
 )
+from gateway.core.config import ChannelConfig
 
-__all__ = ["ADAPTER_PATHS", "AdapterServices", "ChannelAdapter", "InboundFile", "InboundRequest", "adapter_class"]
+__all__ = [
+    "ADAPTER_PATHS",
+    "CHANNEL_MODELS",
+    "AdapterServices",
+    "ChannelAdapter",
+    "InboundFile",
+    "InboundRequest",
+    "adapter_class",
+]
 
-#: Channel ``type`` → ``module:Class``.
+#: Channel ``type`` → ``module:Class`` of its adapter.
 ADAPTER_PATHS: dict[str, str] = {
-    "webhook": "adapters.webhook:WebhookAdapter",
-    "telegram": "adapters.telegram:TelegramAdapter",
-    "slack": "adapters.slack:SlackAdapter",
+    "webhook": "adapters.webhook.adapter:WebhookAdapter",
+    "telegram": "adapters.telegram.adapter:TelegramAdapter",
+    "slack": "adapters.slack.adapter:SlackAdapter",
 }
+#: Channel ``type`` → the model of its settings (the config loader validates ``channels:`` by it).
+CHANNEL_MODELS: Mapping[str, type[ChannelConfig]] = MappingProxyType({
+    "webhook": WebhookChannelConfig,
+    "telegram": TelegramChannelConfig,
+    "slack": SlackChannelConfig,
+})
 
 
 def adapter_class(kind: str) -> type[ChannelAdapter[Any]]:

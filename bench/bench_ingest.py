@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adapters.webhook import signing  # noqa: E402
-from gateway.core.config import GatewayConfig, Secret  # noqa: E402
+from gateway.config_loading import GatewayConfig  # noqa: E402
+from gateway.core.config import Secret  # noqa: E402
 from gateway.ocs.simulator import DEMO_CHATBOT_ID  # noqa: E402
 from gateway.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from workers.broker import NAMESPACE, QUEUE  # noqa: E402

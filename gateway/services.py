@@ -4,6 +4,7 @@ runtime both hold one ``Services``; nothing else keeps state between requests.""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,6 @@ import httpx
 import redis.asyncio as aioredis
 
 from adapters import adapter_class
-from adapters.slack.api import new_session
 from gateway.core.channel import AdapterServices, ChannelAdapter
 from gateway.core.config import METRICS_PORT_ENV, GatewayConfig
 from gateway.core.errors import ConfigError
@@ -20,13 +20,13 @@ from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
-from gateway.edge.worker_http import RunnerProbe, WorkerHttp
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
 from gateway.store.redis_check import check_redis
+from workers.http import RunnerProbe, WorkerHttp
 from workers.process import WorkerProcess
 
 __all__ = ["Services", "worker_process"]
@@ -51,66 +51,86 @@ class Services:
 
     @classmethod
     async def open(
-        cls, config: GatewayConfig, redis_url: str, *, namespace: str = "ocsgw", metrics: Metrics | None = None
+        cls,
+        config: GatewayConfig,
+        redis_url: str,
+        *,
+        namespace: str = "ocsgw",
+        metrics: Metrics | None = None,
+        checked: bool = False,
     ) -> Services:
-        """``metrics``: count into these (the web app builds them first, for its middleware)."""
+        """``metrics``: count into these (the web app builds them first, for its middleware).
+        ``checked``: refuse an unsafe Redis (``check_redis``) before anything else is built.
+
+        Whatever fails on the way (the Redis check, an adapter's start-up) closes what was opened
+        before it, in reverse order: a process that could not start holds no pool."""
         keys = Keys(namespace)
-        # A blocking pool: past its size a caller waits for a connection instead of failing at
-        # once (redis-py's default pool raises), so a burst of adopted conversations queues.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=config.worker.max_concurrent_steps + 64, timeout=20,
-            socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
-        )
-        redis = aioredis.Redis(connection_pool=pool)
-        # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
-        # modest pool serves thousands of conversations.
-        http = httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            # A bounded pool, all kept alive: httpcore checks every idle connection (a poll() and a
-            # getpeername()) each time it assigns a request, so an oversized pool costs CPU and a
-            # small keep-alive churns connections; 40 carry ~800 requests/s at a 50 ms round trip.
-            limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
-        )
-        # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
-        metrics = metrics if metrics is not None else Metrics()
-        budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
-        ocs = {
-            name: OCSClient(
-                name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics,
-                fetch_allowlist=config.fetch_allowlist,
+        async with contextlib.AsyncExitStack() as opened:
+            # A blocking pool: past its size a caller waits for a connection instead of failing at
+            # once (redis-py's default pool raises), so a burst of adopted conversations queues.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis_url, max_connections=config.worker.max_concurrent_steps + 64, timeout=20,
+                socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
             )
-            for name, bot in config.bots.items()
-        }
-        session = new_session() if any(c.type == "slack" for c in config.channels.values()) else None
-        adapters: dict[str, ChannelAdapter[Any]] = {}
-        for name, channel in config.channels.items():
-            client = ocs[channel.bot]
-            lent = AdapterServices(
-                config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client), aiohttp_session=session
+            # from_pool: closing the client disconnects the pool (a client given a pool otherwise leaves it open).
+            redis = aioredis.Redis.from_pool(pool)
+            opened.push_async_callback(redis.aclose)
+            if checked:
+                # First: no adapter calls its platform (getMe, a socket) for a process that will not start.
+                await check_redis(redis, require_durable=config.require_durable_redis)
+            # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
+            # modest pool serves thousands of conversations.
+            http = httpx.AsyncClient(
+                headers={"User-Agent": USER_AGENT},
+                timeout=httpx.Timeout(30.0, connect=10.0),
+                # A bounded pool, all kept alive: httpcore checks every idle connection (a poll() and a
+                # getpeername()) each time it assigns a request, so an oversized pool costs CPU and a
+                # small keep-alive churns connections; 40 carry ~800 requests/s at a 50 ms round trip.
+                limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
             )
-            adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
-        services = cls(
-            config, redis, http, keys, ocs, adapters,
-            ConversationStore(keys), TurnLedger(redis, keys),
-            DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
-            aiohttp_session=session,
-        )
-        for adapter in adapters.values():
-            await adapter.startup()
+            opened.push_async_callback(http.aclose)
+            # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
+            metrics = metrics if metrics is not None else Metrics()
+            budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
+            ocs = {
+                name: OCSClient(
+                    name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics,
+                    fetch_allowlist=config.fetch_allowlist,
+                )
+                for name, bot in config.bots.items()
+            }
+            session: aiohttp.ClientSession | None = None
+            if any(c.type == "slack" for c in config.channels.values()):
+                from adapters.slack.api import new_session  # here: it loads slack_sdk
+
+                session = new_session()
+                opened.push_async_callback(session.close)
+            adapters: dict[str, ChannelAdapter[Any]] = {}
+            for name, channel in config.channels.items():
+                client = ocs[channel.bot]
+                lent = AdapterServices(
+                    config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client), aiohttp_session=session
+                )
+                adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
+            services = cls(
+                config, redis, http, keys, ocs, adapters,
+                ConversationStore(keys), TurnLedger(redis, keys),
+                DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
+                aiohttp_session=session,
+            )
+            for adapter in adapters.values():
+                # Before its start-up: one that fails half-way is closed too.
+                opened.push_async_callback(adapter.aclose)
+                await adapter.startup()
+            opened.pop_all()  # started: from now on ``aclose`` closes them
         return services
 
     @classmethod
     async def open_checked(cls, config: GatewayConfig, redis_url: str, *, metrics: Metrics | None = None) -> Services:
-        """``open``, once the Redis is known not to evict (nor, if so configured, to lose) what
-        the process will store: both the edge and the workers start this way."""
-        services = await cls.open(config, redis_url, metrics=metrics)
-        try:
-            await check_redis(services.redis, require_durable=config.require_durable_redis)
-        except BaseException:
-            await services.aclose()
-            raise
-        return services
+        """``open``, with the Redis checked first: it must not evict (nor, if so configured, lose)
+        what the process will store, and that is known before any adapter calls its platform.
+        Both the edge and the workers start this way."""
+        return await cls.open(config, redis_url, metrics=metrics, checked=True)
 
     @staticmethod
     def inbound_paths(config: GatewayConfig) -> dict[str, str]:
@@ -121,12 +141,15 @@ class Services:
         return self.ocs[self.config.channels[channel].bot]
 
     async def aclose(self) -> None:
-        for adapter in self.adapters.values():
-            await adapter.aclose()
-        if self.aiohttp_session is not None:
-            await self.aiohttp_session.close()
-        await self.http.aclose()
-        await self.redis.aclose()
+        """Close the adapters, the aiohttp session, the HTTP client and Redis, in that order;
+        each is closed even when one before it fails to close."""
+        async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(self.redis.aclose)
+            closing.push_async_callback(self.http.aclose)
+            if self.aiohttp_session is not None:
+                closing.push_async_callback(self.aiohttp_session.close)
+            for adapter in reversed(self.adapters.values()):
+                closing.push_async_callback(adapter.aclose)
 
 
 def _fetcher(client: OCSClient):  # type: ignore[no-untyped-def]
@@ -143,7 +166,7 @@ def worker_process(config: GatewayConfig, redis_url: str) -> WorkerProcess:
 
 
 class _ObservedWorker(WorkerProcess):
-    """A worker with its HTTP listener (``gateway/edge/worker_http.py``) when
+    """A worker with its HTTP listener (``workers/http.py``) when
     ``worker.metrics_port`` is set; the listener starts first, so ``/livez`` answers (and
     ``/readyz`` says 503) while the worker starts."""
 

@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from adapters.webhook import signing
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey
 from gateway.edge.app import create_app

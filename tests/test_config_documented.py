@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from adapters.slack.config import SlackChannelConfig
+from adapters.telegram.config import TelegramChannelConfig
+from adapters.webhook.config import WebhookChannelConfig
 from gateway.core import config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -22,9 +25,9 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (config.BotConfig, ("CONFIG.md",)),
     (config.BudgetLimits, ("CONFIG.md",)),
     (config.WorkerTuning, ("CONFIG.md",)),
-    (config.WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
-    (config.TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
-    (config.SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
+    (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
+    (TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
+    (SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
 ]
 #: The CONFIG.md heading whose table lists a model's fields, all of them and nothing else.
 SECTIONS: dict[type[BaseModel], str] = {

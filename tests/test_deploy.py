@@ -31,7 +31,8 @@ from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.core.config import METRICS_PORT_ENV, load_config
+from gateway.config_loading import load_config
+from gateway.core.config import METRICS_PORT_ENV
 from gateway.core.metrics import HOUSEKEEPING_TASKS, INBOUND_OUTCOMES, OCS_ENDPOINTS, SEND_OUTCOMES, Metrics
 from gateway.edge.app import _stop_listeners
 from gateway.store.embedded_redis import find_redis_server

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from gateway.core.config import Secret
 from gateway.core.logs import make_handler
 from gateway.core.redaction import RedactionFilter, install_redaction, secret_values
-from gateway.edge.health import ServicesProbe, health_routes
+from gateway.observe.health import ServicesProbe, health_routes
 from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, stack_config, wait_for
 from tests.fakes.slack_api import FakeSlack, event_envelope, fake_slack, signed_headers
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update

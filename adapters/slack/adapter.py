@@ -25,6 +25,7 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from starlette.routing import BaseRoute
 
 from adapters.slack.api import SlackApi
+from adapters.slack.config import SlackChannelConfig
 from adapters.slack.files import download_file
 from adapters.slack.identity import BotIdentity
 from adapters.slack.inbound import EventParser, verify_signature
@@ -42,7 +43,7 @@ from gateway.core.channel import (
     InboundFile,
     InboundRequest,
 )
-from gateway.core.config import BotConfig, SlackChannelConfig
+from gateway.core.config import BotConfig
 from gateway.core.errors import AttachmentUnavailable, RecipientGone, UnknownChannel
 from gateway.core.models import Attachment, Delivery, Outgoing, ParsedRequest, Reply, Route
 

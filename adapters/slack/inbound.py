@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from adapters.slack.config import SlackChannelConfig
 from adapters.slack.format import slack_to_text
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Identity, Workspaces
 from gateway.core import safe_json
 from gateway.core.channel import InboundRequest
-from gateway.core.config import SlackChannelConfig
 from gateway.core.errors import PayloadInvalid, SignatureInvalid
 from gateway.core.models import (
     Attachment,

@@ -38,9 +38,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.slack.api import SlackApi
+from adapters.slack.config import SlackChannelConfig
 from adapters.slack.installation_store import RedisInstallationStore, RedisOAuthStateStore
 from adapters.slack.manifest import bot_scopes
-from gateway.core.config import SlackChannelConfig
 
 __all__ = ["OAuthInstaller", "STATE_COOKIE", "STATE_TTL_S", "authorize_url_base"]
 

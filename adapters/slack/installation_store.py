@@ -28,6 +28,7 @@ from slack_sdk.oauth.installation_store.models.bot import Bot
 from slack_sdk.oauth.installation_store.models.installation import Installation
 from slack_sdk.oauth.state_store.async_state_store import AsyncOAuthStateStore
 
+from adapters.slack.keys import SlackKeys
 from gateway.core.keys import Keys
 from gateway.store.lua import LuaScript
 
@@ -58,7 +59,7 @@ class RedisInstallationStore(AsyncInstallationStore):
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, channel: str) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = SlackKeys.of(keys)
         self._channel = channel
         self._logger = log
 
@@ -67,7 +68,7 @@ class RedisInstallationStore(AsyncInstallationStore):
         return self._logger
 
     def key(self, workspace: str) -> str:
-        return self._keys.slack_installation(self._channel, workspace)
+        return self._keys.installation(self._channel, workspace)
 
     # -- save -------------------------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class RedisOAuthStateStore(AsyncOAuthStateStore):
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, channel: str, *, expiration_seconds: int = 600) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = SlackKeys.of(keys)
         self._channel = channel
         self.expiration_seconds = expiration_seconds
 
@@ -316,7 +317,7 @@ class RedisOAuthStateStore(AsyncOAuthStateStore):
 
     async def async_issue(self, *args: Any, **kwargs: Any) -> str:
         state = secrets.token_urlsafe(32)
-        await self._redis.set(self._keys.slack_oauth_state(state), self._channel, ex=self.expiration_seconds)
+        await self._redis.set(self._keys.oauth_state(state), self._channel, ex=self.expiration_seconds)
         return state
 
     async def async_consume(self, state: str) -> bool:
@@ -324,5 +325,5 @@ class RedisOAuthStateStore(AsyncOAuthStateStore):
         use (a replayed redirect) fail."""
         if not state:
             return False
-        stored = await self._redis.getdel(self._keys.slack_oauth_state(state))
+        stored = await self._redis.getdel(self._keys.oauth_state(state))
         return stored is not None and _text(stored) == self._channel

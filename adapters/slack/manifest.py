@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
 
-from gateway.core.config import GatewayConfig, SlackChannelConfig
+from adapters.slack.config import SlackChannelConfig
+from gateway.core.config import GatewayConfig
 from gateway.core.errors import ConfigError
 
 __all__ = ["BOT_EVENTS", "BOT_SCOPES", "bot_scopes", "manifest"]

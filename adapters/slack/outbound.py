@@ -28,6 +28,7 @@ from adapters.slack.format import (
     mrkdwn_to_plain,
     split_message,
 )
+from adapters.slack.keys import SlackKeys
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
 from gateway.core.errors import AttachmentUnavailable, DeliveryError, PacingWait
@@ -83,7 +84,7 @@ class SlackSender:
         self._workspaces = workspaces
         self._threads = threads
         self._redis = redis
-        self._keys = keys
+        self._keys = SlackKeys.of(keys)
         self._fetch_ocs_file = fetch_ocs_file
 
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
@@ -138,7 +139,7 @@ class SlackSender:
         return await upload_file(self._api.client(), token=token, route=route, attachment=attachment, data=data)
 
     async def _pace(self, team: str, channel: str) -> None:
-        key = self._keys.slack_pace(self._name, team, channel)
+        key = self._keys.pace(self._name, team, channel)
         slot = await take_slot(self._redis, key, PACE_INTERVAL_S, max_wait_s=MAX_INLINE_WAIT_S)
         if not slot.granted:
             raise PacingWait(slot.wait_s, "pacing: about one message per second per channel")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from adapters.slack.keys import SlackKeys
 from gateway.core.keys import Keys
 
 __all__ = ["THREAD_TTL_S", "ThreadTracker"]
@@ -23,11 +24,11 @@ class ThreadTracker:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, channel: str) -> None:
         self._redis = redis
-        self._keys = keys
+        self._keys = SlackKeys.of(keys)
         self._channel = channel
 
     def _key(self, team: str, slack_channel: str, thread_ts: str) -> str:
-        return self._keys.slack_thread(self._channel, team, slack_channel, thread_ts)
+        return self._keys.thread(self._channel, team, slack_channel, thread_ts)
 
     async def join(self, team: str, slack_channel: str, thread_ts: str) -> None:
         await self._redis.set(self._key(team, slack_channel, thread_ts), "1", ex=THREAD_TTL_S)

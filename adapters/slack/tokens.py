@@ -43,6 +43,7 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 
 from adapters.slack.api import TRANSIENT_RETRY_S, classify
 from adapters.slack.installation_store import RedisInstallationStore, installation_key
+from adapters.slack.keys import SlackKeys
 from gateway.core.errors import RetryLater
 from gateway.core.keys import Keys
 from gateway.store.lease import KeyLease
@@ -76,7 +77,7 @@ class TokenKeeper:
         self._store = store
         self._rotator = rotator
         self._redis = redis
-        self._keys = keys
+        self._keys = SlackKeys.of(keys)
         self._channel = channel
         self._refresh_before_s = refresh_before_s
 
@@ -107,7 +108,7 @@ class TokenKeeper:
 
     async def _refresh(self, seen: Bot) -> str | None:
         workspace = installation_key(seen.enterprise_id, seen.team_id, seen.is_enterprise_install)
-        lock = self._keys.slack_rotation_lock(self._channel, workspace)
+        lock = self._keys.rotation_lock(self._channel, workspace)
         deadline = time.monotonic() + WAIT_S
         while True:
             held = KeyLease(self._redis, lock, LOCK_TTL_S)

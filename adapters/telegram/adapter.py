@@ -20,6 +20,7 @@ from telegram.error import ChatMigrated, TelegramError
 from telegram.request import HTTPXRequest
 
 from adapters.telegram import files, outbound
+from adapters.telegram.config import TelegramChannelConfig
 from adapters.telegram.format import render_markdown
 from adapters.telegram.inbound import (
     BotIdentity,
@@ -47,7 +48,7 @@ from gateway.core.channel import (
     InboundFile,
     InboundRequest,
 )
-from gateway.core.config import BotConfig, TelegramChannelConfig
+from gateway.core.config import BotConfig
 from gateway.core.errors import (
     AttachmentUnavailable,
     DeliveryError,

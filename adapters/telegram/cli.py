@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from gateway.core.config import GatewayConfig, TelegramChannelConfig
+from adapters.telegram.config import TelegramChannelConfig
+from gateway.core.config import GatewayConfig
 from gateway.core.errors import ConfigError
 
 __all__ = ["PENDING_WARNING", "delete_webhook", "expected_webhook_url", "set_webhook", "webhook_info"]

@@ -28,9 +28,9 @@ from adapters.telegram.addressing import (
     parse_command,
     strip_leading_mention,
 )
+from adapters.telegram.config import TelegramChannelConfig
 from adapters.telegram.content import message_content
 from gateway.core import safe_json
-from gateway.core.config import TelegramChannelConfig
 from gateway.core.errors import PayloadInvalid, SignatureInvalid
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 

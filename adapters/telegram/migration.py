@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from telegram import Update
 
 from adapters.telegram.inbound import conversation_id
+from adapters.telegram.keys import TelegramKeys
 from gateway.core.errors import StoreUnavailable
 from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey
@@ -95,9 +96,9 @@ async def record_migration(
     old, new = str(migration.old_chat_id), str(migration.new_chat_id)
     try:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.telegram_migrated(channel), old, new)
+            pipe.hset(TelegramKeys.of(keys).migrated(channel), old, new)
             # A group migrates once; if the old chat was itself an alias, keep the first key.
-            pipe.hsetnx(keys.telegram_chat_alias(channel), new, old)
+            pipe.hsetnx(TelegramKeys.of(keys).chat_alias(channel), new, old)
             if bot_in_chat:
                 group = ConversationKey(channel, conversation_id(migration.old_chat_id))
                 pipe.hdel(keys.conversation(group), "gone")
@@ -119,7 +120,7 @@ async def record_membership(
     group = str(group_chat_id) if group_chat_id is not None else ""
     try:
         done = await _MEMBERSHIP(
-            redis, [keys.conversation(key), keys.telegram_migrated(key.channel)], [group, "1" if gone else "0"]
+            redis, [keys.conversation(key), TelegramKeys.of(keys).migrated(key.channel)], [group, "1" if gone else "0"]
         )
     except (RedisError, OSError) as exc:
         raise StoreUnavailable("cannot record a Telegram membership change") from exc
@@ -133,7 +134,7 @@ async def conversation_chat(redis: aioredis.Redis, keys: Keys, channel: str, cha
         StoreUnavailable: Redis is down (the update is then not acknowledged).
     """
     try:
-        value = await redis.hget(keys.telegram_chat_alias(channel), str(chat_id))
+        value = await redis.hget(TelegramKeys.of(keys).chat_alias(channel), str(chat_id))
     except (RedisError, OSError) as exc:
         raise StoreUnavailable("cannot read Telegram chat aliases") from exc
     return int(as_text(value)) if value is not None else None
@@ -146,7 +147,7 @@ async def current_chat(redis: aioredis.Redis, keys: Keys, channel: str, chat_id:
     follows it anyway.
     """
     try:
-        value = await redis.hget(keys.telegram_migrated(channel), chat_id)
+        value = await redis.hget(TelegramKeys.of(keys).migrated(channel), chat_id)
     except (RedisError, OSError):
         return chat_id
     return as_text(value) if value is not None else chat_id

@@ -28,6 +28,7 @@ from telegram.error import (
     TimedOut,
 )
 
+from adapters.telegram.keys import TelegramKeys
 from gateway.core.errors import (
     DeliveryError,
     DeliveryRejected,
@@ -126,10 +127,10 @@ async def pace(
         PacingWait: the wait is long; nothing was booked and the worker should come back then
             rather than hold a thread.
     """
+    tg_keys = TelegramKeys.of(keys)
     slot = await take_slots(
         redis,
-        [(keys.telegram_chat_pace(channel, chat_id), chat_interval_s),
-         (keys.telegram_bot_pace(channel), bot_interval_s)],
+        [(tg_keys.chat_pace(channel, chat_id), chat_interval_s), (tg_keys.bot_pace(channel), bot_interval_s)],
         max_wait_s=MAX_PACING_SLEEP_S,
     )
     if not slot.granted:

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
 
+from adapters.telegram.keys import TelegramKeys
 from adapters.telegram.outbound import retry_after_seconds
 from gateway.core.channel import Admit
 from gateway.core.errors import PayloadInvalid, StoreUnavailable
@@ -96,9 +97,9 @@ class PollLease:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, bot_id: str, ttl_s: float) -> None:
         self._redis = redis
-        self._lease = KeyLease(redis, keys.telegram_poll_lease(bot_id), ttl_s)
+        self._lease = KeyLease(redis, TelegramKeys.of(keys).poll_lease(bot_id), ttl_s)
         self._key = self._lease.key
-        self._offset_key = keys.telegram_poll_offset(bot_id)
+        self._offset_key = TelegramKeys.of(keys).poll_offset(bot_id)
         self.token = self._lease.token
 
     async def acquire(self) -> bool:

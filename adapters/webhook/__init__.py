@@ -1,5 +1,2 @@
-"""The generic webhook channel (Standard Webhooks in and out)."""
-
-from adapters.webhook.adapter import WebhookAdapter, WebhookMessage
-
-__all__ = ["WebhookAdapter", "WebhookMessage"]
+"""The generic webhook channel (Standard Webhooks in and out): the adapter is
+``adapter.WebhookAdapter``, the channel's settings ``config``, the signing ``signing``."""

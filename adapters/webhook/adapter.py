@@ -19,9 +19,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.webhook import signing
+from adapters.webhook.config import WebhookChannelConfig
 from gateway.core import safe_json
 from gateway.core.channel import ChannelAdapter, InboundFile, InboundRequest
-from gateway.core.config import WebhookChannelConfig
 from gateway.core.errors import (
     AttachmentUnavailable,
     DeliveryRejected,

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from gateway.cli.settings import operated, redis_url_of
-from gateway.core.config import GatewayConfig
+from gateway.config_loading import GatewayConfig
 
 __all__ = ["register"]
 

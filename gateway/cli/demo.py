@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from adapters.webhook import signing
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import SignatureInvalid
 from gateway.ocs.simulator import (
     DEMO_CHATBOT_ID,

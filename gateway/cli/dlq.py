@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.cli.settings import operated, redis_url_of
-from gateway.core.config import GatewayConfig
+from gateway.config_loading import GatewayConfig
 
 if TYPE_CHECKING:
     from gateway.store.dead_letters import DeadLetterStore

@@ -16,7 +16,7 @@ from types import FrameType
 
 from gateway.cli.quickstart import announced
 from gateway.cli.settings import configured, data_dir, redis_url_of
-from gateway.core.config import load_config
+from gateway.config_loading import load_config
 from gateway.core.logs import set_message_text
 from gateway.core.redaction import install_redaction
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from gateway.cli.quickstart import STATE_FILE, find_quickstart
-from gateway.core.config import GatewayConfig, load_config
+from gateway.config_loading import GatewayConfig, load_config
 from gateway.core.errors import ConfigError
 from gateway.core.logs import set_message_text
 from gateway.core.redaction import install_redaction

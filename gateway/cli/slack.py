@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from gateway.cli.settings import configured
-from gateway.core.config import GatewayConfig, load_config
+from gateway.config_loading import GatewayConfig, load_config
 
 __all__ = ["register"]
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 
 from gateway.cli.settings import operated, redis_url_of
-from gateway.core.config import GatewayConfig
+from gateway.config_loading import GatewayConfig
 
 __all__ = ["register"]
 

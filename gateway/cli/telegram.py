@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from gateway.cli.settings import configured
-from gateway.core.config import GatewayConfig
+from gateway.config_loading import GatewayConfig
 
 __all__ = ["register"]
 

@@ -2,7 +2,9 @@
 
 Secrets are never written in the file: a secret field holds a reference ``${ENV_VAR}`` and the
 value is read from the environment at load time. A channel whose secret is missing stops
-start-up (fail closed). The YAML shape::
+start-up (fail closed). What every channel has is here (``ChannelConfig``); the fields of each
+type are its adapter's (``adapters/<platform>/config.py``), and the assembly's
+``gateway.config_loading`` puts them together. The YAML shape::
 
     redis_url: ${REDIS_URL}            # optional; default $REDIS_URL, else an embedded Redis
     public_url: https://gw.example.com # what platforms call (set-webhook, Slack manifest)
@@ -15,7 +17,7 @@ start-up (fail closed). The YAML shape::
         client_secret: ${CLINIC_CLIENT_SECRET}
     channels:
       support:
-        type: webhook                  # webhook | telegram | slack
+        type: webhook                  # an adapter's type (adapters/__init__.py)
         bot: clinic
         secret: ${SUPPORT_WEBHOOK_SECRET}
         callback_url: https://app.example.com/ocs-replies
@@ -27,8 +29,10 @@ import ipaddress
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal, Self, Union
 from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
@@ -37,6 +41,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,14 +53,15 @@ __all__ = [
     "BotConfig",
     "BudgetLimits",
     "ChannelConfig",
+    "ChannelModels",
     "CoalesceConfig",
+    "EnvStr",
     "GatewayConfig",
+    "HttpUrl",
     "Secret",
-    "SlackChannelConfig",
-    "TelegramChannelConfig",
-    "WebhookChannelConfig",
+    "SecretRef",
     "WorkerTuning",
-    "load_config",
+    "read_config",
 ]
 
 CONFIG_ENV = "OCS_GATEWAY_CONFIG"
@@ -234,7 +240,10 @@ class CoalesceConfig(_Model):
         return self.max_messages if self.mode == "while_busy" else 1
 
 
-class _ChannelBase(_Model):
+class ChannelConfig(_Model):
+    """What every channel has, whatever its platform. Each adapter extends it with its own
+    fields and ``type`` (``adapters/<platform>/config.py``); core knows none of them."""
+
     bot: str
     #: Bursts: see ``CoalesceConfig``.
     coalesce: CoalesceConfig = CoalesceConfig()
@@ -246,121 +255,24 @@ class _ChannelBase(_Model):
     #: How long a reply keeps being retried while the platform (or callback) is down or
     #: throttling, backing off exponentially, before it is parked in the dead-letter store.
     delivery_retry_budget_s: float = Field(default=3600.0, gt=0)
+    #: Which adapter serves the channel; an adapter's model narrows it to its own ``Literal``.
+    type: str
 
 
-class WebhookChannelConfig(_ChannelBase):
-    """A generic webhook channel: Standard Webhooks in, signed callbacks out."""
-
-    type: Literal["webhook"]
-    #: The Standard Webhooks secret (``whsec_`` + base64) for both directions.
-    secret: SecretRef
-    callback_url: HttpUrl
-    #: Hosts the callback may go to; defaults to the callback URL's own host.
-    callback_allowlist: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _callback_allowed(self) -> WebhookChannelConfig:
-        host = urlsplit(self.callback_url).hostname or ""
-        allow = self.callback_allowlist or (host,)
-        if host not in allow:
-            raise ValueError(f"callback_url host {host!r} is not in callback_allowlist {list(allow)}")
-        object.__setattr__(self, "callback_allowlist", tuple(allow))
-        return self
+#: Channel ``type`` → the model of its channels' settings.
+ChannelModels = Mapping[str, type[ChannelConfig]]
 
 
-class TelegramChannelConfig(_ChannelBase):
-    """One Telegram bot (token from BotFather): updates by webhook (with its secret) or by long
-    polling (``mode: polling``, no public URL needed; docs/TELEGRAM.md)."""
-
-    type: Literal["telegram"]
-    token: SecretRef
-    #: ``webhook``: Telegram POSTs to ``public_url``; ``polling``: the web process asks with
-    #: getUpdates (one poller per bot across replicas). Telegram allows one or the other.
-    mode: Literal["webhook", "polling"] = "webhook"
-    #: Required in webhook mode (Telegram sends it on every POST); unused when polling.
-    webhook_secret: SecretRef | None = None
-    #: Groups: one conversation per chat, or per speaker inside the chat.
-    group_conversation: Literal["per_chat", "per_speaker"] = "per_chat"
-    #: Groups: answer only when mentioned/replied to/commanded, or answer everything.
-    group_answer: Literal["mentions", "all"] = "mentions"
-    #: Where the Bot API lives (a local Bot API server, or a fake in tests).
-    api_base_url: HttpUrl = "https://api.telegram.org"
-    allowed_updates: tuple[str, ...] = ("message", "my_chat_member", "callback_query")
-    ignore_other_bots: bool = True
-    #: ``/start <payload>`` deep links: the payload reaches OCS as the message text, as
-    #: ``context.start_payload`` (the text stays "/start"), or both.
-    start_payload: Literal["text", "context", "both"] = "context"
-    #: Send spacing (Telegram's flood limits, PROTOCOLS §1.5): ~1/s in a private chat, at most
-    #: ~20 a minute in a group, ~30/s for the whole bot.
-    private_interval_s: float = Field(default=1.0, gt=0)
-    group_interval_s: float = Field(default=3.0, gt=0)
-    bot_interval_s: float = Field(default=1 / 25, gt=0)
-    #: Polling: how long one getUpdates waits for news, and the poller lease's life (a replica
-    #: takes over this long after the poller's process died).
-    poll_timeout_s: int = Field(default=25, ge=0, le=50)
-    poll_lease_ttl_s: float = Field(default=30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _secret_for_webhook(self) -> TelegramChannelConfig:
-        if self.mode == "webhook" and self.webhook_secret is None:
-            raise ValueError("telegram webhook mode needs webhook_secret (or set mode: polling)")
-        return self
-
-
-class SlackChannelConfig(_ChannelBase):
-    """One Slack app: single workspace (bot_token) or multi-workspace OAuth (client id/secret)."""
-
-    type: Literal["slack"]
-    #: Checks the Events API's HTTP requests; not used in Socket Mode, where the app-level
-    #: token authenticates the connection and nothing arrives over HTTP.
-    signing_secret: SecretRef | None = None
-    bot_token: SecretRef | None = None
-    client_id: EnvStr | None = None
-    client_secret: SecretRef | None = None
-    #: Conversations in channels: one per thread (default) or one per channel.
-    channel_conversation: Literal["per_thread", "per_channel"] = "per_thread"
-    reset_keyword: str = "reset"
-    slash_command: str | None = None
-    ignore_other_bots: bool = True
-    #: OAuth: user scopes to request beside the bot scopes (user tokens are stored, not used yet).
-    user_scopes: tuple[str, ...] = ()
-    #: OAuth: the app has token rotation on; bot tokens expire (12 h) and are refreshed before.
-    token_rotation: bool = False
-    #: Refresh a rotating token this long before it expires (Bolt's default: 120 minutes).
-    token_rotation_expiration_minutes: int = Field(default=120, ge=1, le=600)
-    api_base_url: HttpUrl = "https://slack.com/api"
-    #: Receive events over Slack's WebSocket (Socket Mode) instead of HTTP: no public URL needed.
-    socket_mode: bool = False
-    #: The app-level token (``xapp-...``, scope ``connections:write``) that opens the socket.
-    app_token: SecretRef | None = None
-
-    @model_validator(mode="after")
-    def _token_or_oauth(self) -> SlackChannelConfig:
-        if self.bot_token is None and (self.client_id is None or self.client_secret is None):
-            raise ValueError("slack needs bot_token (one workspace) or client_id + client_secret (OAuth)")
-        return self
-
-    @model_validator(mode="after")
-    def _rotation_needs_oauth(self) -> SlackChannelConfig:
-        if self.token_rotation and (self.client_id is None or self.client_secret is None):
-            # Rotating tokens are refreshed with the app's client credentials, and only OAuth
-            # installs store the refresh token.
-            raise ValueError("slack token_rotation needs client_id + client_secret (OAuth installs)")
-        return self
-
-    @model_validator(mode="after")
-    def _inbound_credentials(self) -> SlackChannelConfig:
-        if self.socket_mode and self.app_token is None:
-            raise ValueError("slack socket_mode needs app_token (an app-level xapp- token)")
-        if not self.socket_mode and self.signing_secret is None:
-            raise ValueError("slack needs signing_secret (or socket_mode: true with app_token)")
-        return self
-
-
-ChannelConfig = Annotated[
-    WebhookChannelConfig | TelegramChannelConfig | SlackChannelConfig,
-    Field(discriminator="type"),
-]
+def _channels_adapter(models: ChannelModels) -> TypeAdapter[dict[str, ChannelConfig]] | None:
+    """Validates ``channels:`` by each entry's ``type`` (a discriminated union: an error names
+    the channel and its type, ``channels.<name>.<type>.<field>``); None when no type is known."""
+    if not models:
+        return None
+    union = Union[tuple(models.values())]  # type: ignore[valid-type]  # a union built from the registry
+    adapter: TypeAdapter[dict[str, ChannelConfig]] = TypeAdapter(
+        dict[str, Annotated[union, Field(discriminator="type")]]  # type: ignore[valid-type]
+    )
+    return adapter
 
 
 class WorkerTuning(_Model):
@@ -399,7 +311,7 @@ class WorkerTuning(_Model):
     #: Seconds between a worker's heartbeats (gateway/store/heartbeats.py); a worker silent for
     #: three of them is reported dead.
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    #: The worker's own HTTP port for /metrics, /livez and /readyz (gateway/edge/worker_http.py):
+    #: The worker's own HTTP port for /metrics, /livez and /readyz (workers/http.py):
     #: None = none, 0 = any free port (logged). ``OCS_GATEWAY_METRICS_PORT`` overrides it.
     metrics_port: int | None = Field(default=None, ge=0, le=65535, validate_default=True)
     #: The address that listener binds (all interfaces: Prometheus scrapes from another host).
@@ -413,6 +325,14 @@ class WorkerTuning(_Model):
 
 
 class GatewayConfig(_Model):
+    """The whole configuration. Which channel types exist is the adapters' business: this model
+    knows none (``channel_models`` is empty), and the assembly's subclass,
+    ``gateway.config_loading.GatewayConfig``, names every adapter's model."""
+
+    #: Channel ``type`` → its model; a subclass sets it (core knows no platform).
+    channel_models: ClassVar[ChannelModels] = MappingProxyType({})
+    _channels_by_type: ClassVar[TypeAdapter[dict[str, ChannelConfig]] | None] = None
+
     redis_url: EnvStr | None = None
     public_url: HttpUrl | None = None
     max_body_bytes: int = 1_048_576
@@ -442,6 +362,23 @@ class GatewayConfig(_Model):
     bots: dict[str, BotConfig] = Field(default_factory=dict)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     worker: WorkerTuning = WorkerTuning()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._channels_by_type = _channels_adapter(cls.channel_models)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channel_models(cls, value: Any) -> Any:
+        """Each entry becomes the model its ``type`` names; entries that already are a
+        ``ChannelConfig`` (built in code) stay as they are."""
+        if not isinstance(value, Mapping) or all(isinstance(entry, ChannelConfig) for entry in value.values()):
+            return value
+        if cls._channels_by_type is None:
+            raise ValueError("unknown channel type: no channel types are registered (load the configuration "
+                             "with gateway.config_loading, which knows the adapters)")
+        return cls._channels_by_type.validate_python(value)
 
     @model_validator(mode="after")
     def _channels_name_known_bots(self) -> GatewayConfig:
@@ -503,7 +440,7 @@ class GatewayConfig(_Model):
         return self.bots[self.channels[channel].bot]
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> GatewayConfig:
+    def from_mapping(cls, data: dict[str, Any]) -> Self:
         """Validate a parsed config, turning pydantic's report into one readable ConfigError."""
         try:
             return cls.model_validate(data)
@@ -517,15 +454,17 @@ def _explain(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "union_tag_invalid":
-            message = "unknown channel type: use one of webhook, telegram, slack"
+            expected = str((error.get("ctx") or {}).get("expected_tags", "")).replace("'", "")
+            message = f"unknown channel type: use one of {expected}"
         elif error["type"] == "extra_forbidden":
             message = "unknown field: check its spelling against docs/CONFIG.md"
         lines.append(f"  {where or '(top level)'}: {message}")
     return "\n".join(lines)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig | None:
-    """Load ``path``, else ``$OCS_GATEWAY_CONFIG``, else ``./gateway.yaml``; None if none exists.
+def read_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """Read ``path``, else ``$OCS_GATEWAY_CONFIG``, else ``./gateway.yaml``: the mapping it holds,
+    not yet validated; None if none exists (``gateway.config_loading.load_config`` validates it).
 
     Raises:
         ConfigError: the file exists but cannot be used.
@@ -542,4 +481,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig | N
         raise ConfigError(f"{candidate} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{candidate} must hold a mapping with bots: and channels:")
-    return GatewayConfig.from_mapping(data)
+    return data

@@ -1,7 +1,10 @@
 """Every Redis key the gateway uses, documented once (dramatiq's ``dispatch.lua`` habit).
 
 All keys start with the namespace (default ``ocsgw``); ``{conv}`` is a ``ConversationKey`` as
-``channel/conversation``.
+``channel/conversation``. An adapter's own state lives under a prefix of its own,
+``{namespace}:{prefix}:…`` (``Keys.for_adapter``), listed in the adapter's ``keys`` module
+(``adapters/<platform>/keys.py``); core knows no platform's keys. The table holds what every
+channel shares:
 
 ===============================  ======  ===================================================
 key                              type    meaning
@@ -30,25 +33,6 @@ key                              type    meaning
                                          stage, reply, parts); TTL ``dead_letter_retention_days``
 ``oauth:{bot}``                  string  the cached OCS access token (JSON); TTL to expiry
 ``demo:replies:{conversation}``  list    replies received by the demo callback receiver
-``slack:install:{channel}:{team}``  hash  a Slack installation (Bolt's Bot and Installation as
-                                         JSON: ``bot``, ``installation``, ``user:{id}``); the
-                                         enterprise id instead of the team for org-wide installs
-``slack:state:{state}``          string  a pending Slack OAuth ``state``; TTL 10 min
-``slack:rotating:{channel}:{team}``  string  the process refreshing a rotating token (owner
-                                         token); PX TTL
-``slack:thread:{channel}:{team}:{chan}:{thread_ts}``  string  a Slack thread the bot is part of
-                                         (plain replies there reach it); TTL 30 days
-``slack:pace:{channel}:{team}:{chan}``  string  next free chat.postMessage slot in a Slack
-                                         channel (``gateway.store.pacing``); PX TTL
-``tg:pace:{channel}:chat:{id}``  string  next free send slot (ms) for one Telegram chat
-                                         (``gateway.store.pacing``); PX TTL
-``tg:pace:{channel}:bot``        string  next free send slot (ms) for the whole bot; PX TTL
-``tg:poll:{bot_id}:lease``       string  the replica that long-polls this Telegram bot (an
-                                         owner token); PX TTL, renewed while it polls
-``tg:poll:{bot_id}:offset``      string  getUpdates offset: the last stored update_id + 1
-``tg:migrated:{channel}``        hash    Telegram group chat id → the supergroup it became
-``tg:chat_alias:{channel}``      hash    supergroup chat id → the group chat id whose
-                                         conversations (and OCS sessions) it continues
 ``latency:{bot}``                hash    how long OCS took to complete a task, for the poll
                                          schedule (``workers.poll_schedule``): ``n``
                                          observations, ``b<i>`` forward-decayed bucket counts;
@@ -79,12 +63,31 @@ from dataclasses import dataclass
 
 from gateway.core.models import ConversationKey
 
-__all__ = ["Keys", "as_text"]
+__all__ = ["AdapterKeys", "CORE_PREFIXES", "Keys", "as_text"]
+
+#: The first part of every key in the table above (and the readiness probe's ``ready``): no
+#: adapter may take one as its prefix.
+CORE_PREFIXES = frozenset({
+    "seen", "inbox", "turn", "conv", "lease", "active", "waiting", "watch", "fp", "dlq", "oauth", "demo",
+    "latency", "budget", "workers", "traffic", "reply_delay", "admin", "ready",
+})
 
 
 def as_text(value: object) -> str:
     """A Redis reply as text (our clients return bytes; typed stubs say bytes | str)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterKeys:
+    """The keys of one adapter's own state: ``{namespace}:{prefix}:{parts…}``. The adapter names
+    the parts (``adapters/<platform>/keys.py``)."""
+
+    namespace: str
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.namespace, self.prefix, *parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,17 @@ class Keys:
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
+
+    def for_adapter(self, prefix: str) -> AdapterKeys:
+        """The key builder of an adapter whose keys start with ``prefix`` (its own: one that the
+        shared keys use, or that holds a ``:``, is refused).
+
+        Raises:
+            ValueError: ``prefix`` is taken or malformed.
+        """
+        if prefix in CORE_PREFIXES or not prefix or ":" in prefix:
+            raise ValueError(f"{prefix!r} cannot prefix an adapter's keys (taken by the shared keys, or malformed)")
+        return AdapterKeys(self.namespace, prefix)
 
     def seen(self, channel: str, event_id: str) -> str:
         return self._k("seen", channel, event_id)
@@ -145,16 +159,6 @@ class Keys:
     def demo_replies(self, conversation: str) -> str:
         return self._k("demo", "replies", conversation)
 
-    def slack_installation(self, channel: str, team: str) -> str:
-        return self._k("slack", "install", channel, team)
-
-    def slack_oauth_state(self, state: str) -> str:
-        return self._k("slack", "state", state)
-
-    def slack_rotation_lock(self, channel: str, workspace: str) -> str:
-        """String: the process refreshing this installation's rotating token (SET NX PX)."""
-        return self._k("slack", "rotating", channel, workspace)
-
     def latency(self, bot: str) -> str:
         return self._k("latency", bot)
 
@@ -171,30 +175,6 @@ class Keys:
 
     def budget_block(self, scope: str, name: str) -> str:
         return self._k("budget", "block", scope, name)
-
-    def slack_thread(self, channel: str, team: str, slack_channel: str, thread_ts: str) -> str:
-        return self._k("slack", "thread", channel, team, slack_channel, thread_ts)
-
-    def slack_pace(self, channel: str, team: str, slack_channel: str) -> str:
-        return self._k("slack", "pace", channel, team, slack_channel)
-
-    def telegram_chat_pace(self, channel: str, chat_id: str) -> str:
-        return self._k("tg", "pace", channel, "chat", chat_id)
-
-    def telegram_bot_pace(self, channel: str) -> str:
-        return self._k("tg", "pace", channel, "bot")
-
-    def telegram_poll_lease(self, bot_id: str) -> str:
-        return self._k("tg", "poll", bot_id, "lease")
-
-    def telegram_poll_offset(self, bot_id: str) -> str:
-        return self._k("tg", "poll", bot_id, "offset")
-
-    def telegram_migrated(self, channel: str) -> str:
-        return self._k("tg", "migrated", channel)
-
-    def telegram_chat_alias(self, channel: str) -> str:
-        return self._k("tg", "chat_alias", channel)
 
     def traffic(self, channel: str, minute: int) -> str:
         """Hash: one channel's answered requests in one minute (``minute`` = Unix seconds // 60)."""

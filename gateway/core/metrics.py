@@ -11,7 +11,7 @@ the dashboards and alert rules in ``deploy/``: add metrics, do not rename these.
 
 The gauges named ``ocsgw_*`` without a process-local meaning (in-flight turns, inbox depth,
 dead letters, watches, workers alive, budget use) are read from Redis just before each scrape
-(``gateway/edge/gauges.py``): every process reports the same figures, so aggregate them with
+(``gateway/observe/gauges.py``): every process reports the same figures, so aggregate them with
 ``max`` rather than ``sum``.
 """
 

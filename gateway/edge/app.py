@@ -31,13 +31,6 @@ from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
-from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.health import (
-    ServicesProbe,
-    WriteCheck,
-    health_routes,
-    metrics_token_refusal,
-)
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
@@ -46,6 +39,13 @@ from gateway.edge.inbound_metrics import (
     note_outcome,
 )
 from gateway.edge.limits import BodySizeLimit
+from gateway.observe.gauges import GaugeRefresher
+from gateway.observe.health import (
+    ServicesProbe,
+    WriteCheck,
+    health_routes,
+    metrics_token_refusal,
+)
 from gateway.services import Services
 from gateway.store.inbox import Admitter, WakeQueue
 from gateway.store.traffic import TrafficRecorder

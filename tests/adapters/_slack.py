@@ -14,9 +14,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.slack import SlackAdapter
+from adapters.slack.adapter import SlackAdapter
+from adapters.slack.config import SlackChannelConfig
+from gateway.config_loading import GatewayConfig
 from gateway.core.channel import AdapterServices, InboundRequest
-from gateway.core.config import GatewayConfig, Secret, SlackChannelConfig
+from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import ReplyAttachment
 from tests.fakes.slack_api import FakeSlack, signed_headers

@@ -13,9 +13,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
+from gateway.config_loading import GatewayConfig
 from gateway.core.channel import AdapterServices, InboundRequest
-from gateway.core.config import GatewayConfig, Secret
+from gateway.core.config import Secret
 from gateway.core.errors import AttachmentUnavailable
 from gateway.core.keys import Keys
 from gateway.core.models import ReplyAttachment

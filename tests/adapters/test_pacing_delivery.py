@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from adapters.slack.keys import SlackKeys
+from adapters.telegram.keys import TelegramKeys
 from gateway.core.config import Secret
 from gateway.core.errors import PacingWait, RetryLater
 from gateway.core.keys import Keys
@@ -51,7 +53,7 @@ async def test_slack_long_pacing_wait_is_a_pacing_wait_that_books_nothing(
 ) -> None:
     ws = fake_slack.add_workspace("T1")
     env = await make_slack(bot_token=Secret(ws.token))
-    key = env.keys.slack_pace("sl", "T1", "C1")
+    key = SlackKeys.of(env.keys).pace("sl", "T1", "C1")
     for _ in range(3):  # three other sends hold the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     booked = await env.redis.get(key)
@@ -76,8 +78,8 @@ async def test_slack_platform_429_is_not_a_pacing_wait(make_slack: MakeSlackEnv,
 
 async def test_telegram_long_pacing_wait_books_neither_the_chat_nor_the_bot(make_telegram: MakeTelegramEnv) -> None:
     env = await make_telegram()
-    chat_key = env.keys.telegram_chat_pace("tg", str(GROUP))
-    bot_key = env.keys.telegram_bot_pace("tg")
+    chat_key = TelegramKeys.of(env.keys).chat_pace("tg", str(GROUP))
+    bot_key = TelegramKeys.of(env.keys).bot_pace("tg")
     for _ in range(3):
         await reserve_slot(env.redis, chat_key, 1.0)
     booked = await env.redis.get(chat_key)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.slack.keys import SlackKeys
 from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from tests.conftest import Stack, settled, wait_for
@@ -193,8 +194,8 @@ def test_oauth_install_for_two_workspaces_then_uninstall(make_stack: MakeStack, 
 
     uninstalled = event_envelope({"type": "app_uninstalled"}, team_id="TA", event_id="EvUninstall")
     assert deliver(stack, uninstalled).status_code == 200
-    assert stack.redis.exists(Keys().slack_installation("sl", "TA")) == 0
-    assert stack.redis.exists(Keys().slack_installation("sl", "TB")) == 1
+    assert stack.redis.exists(SlackKeys.of(Keys()).installation("sl", "TA")) == 0
+    assert stack.redis.exists(SlackKeys.of(Keys()).installation("sl", "TB")) == 1
     deliver(stack, dm(workspaces["TA"], "still there?", ts="1700000020.1", event_id="EvTA2", channel="DTA"))
     deliver(stack, dm(workspaces["TB"], "still there?", ts="1700000021.1", event_id="EvTB2", channel="DTB"))
     wait_for(lambda: len(fake_slack.texts(team_id="TB")) == 2, what="TB's second answer")

@@ -9,8 +9,10 @@ import pytest
 import yaml
 from starlette.applications import Starlette
 
+from adapters.slack.keys import SlackKeys
 from adapters.slack.manifest import BOT_EVENTS, BOT_SCOPES, manifest
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError, RecipientGone
 from gateway.core.models import Outgoing
 from tests.adapters._slack import MakeEnv, SlackEnv, gateway_config, make_slack
@@ -51,8 +53,8 @@ async def test_install_link_redirects_to_slack_with_state_and_scopes(make_slack:
     assert location.params["scope"].split(",") == list(BOT_SCOPES)
     assert location.params["redirect_uri"] == f"{GATEWAY}/slack/sl/oauth_redirect"
     state = location.params["state"]
-    assert await env.redis.get(env.keys.slack_oauth_state(state)) == b"sl"
-    assert 0 < await env.redis.ttl(env.keys.slack_oauth_state(state)) <= 600
+    assert await env.redis.get(SlackKeys.of(env.keys).oauth_state(state)) == b"sl"
+    assert 0 < await env.redis.ttl(SlackKeys.of(env.keys).oauth_state(state)) <= 600
     assert f"ocsgw_slack_state={state}" in response.headers["set-cookie"]
 
 
@@ -135,7 +137,7 @@ async def test_uninstall_deletes_the_workspace_and_stops_sends(make_slack: MakeE
     body = {"type": "event_callback", "team_id": "TA", "event_id": "EvU1", "event": {"type": "app_uninstalled"}}
     await env.adapter.verify(env.request(body))
     assert (await env.adapter.parse(env.request(body))).inbounds == ()
-    assert await env.redis.exists(env.keys.slack_installation("sl", "TA")) == 0
+    assert await env.redis.exists(SlackKeys.of(env.keys).installation("sl", "TA")) == 0
     assert await env.adapter._workspaces.store.find_bot_for("TB") is not None
     with pytest.raises(RecipientGone):
         await env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="anyone?"))

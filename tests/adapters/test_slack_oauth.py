@@ -10,6 +10,7 @@ from slack_sdk.oauth.installation_store import Installation
 from starlette.applications import Starlette
 
 from adapters.slack.installation_store import RedisInstallationStore, RedisOAuthStateStore
+from adapters.slack.keys import SlackKeys
 from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import Outgoing
@@ -107,11 +108,11 @@ async def test_a_state_is_good_for_one_use_within_its_lifetime(redis_url: str) -
     states = RedisOAuthStateStore(redis, Keys(), "sl", expiration_seconds=600)
     other_channel = RedisOAuthStateStore(redis, Keys(), "other")
     state = await states.async_issue()
-    assert 0 < await redis.ttl(Keys().slack_oauth_state(state)) <= 600
+    assert 0 < await redis.ttl(SlackKeys.of(Keys()).oauth_state(state)) <= 600
     assert not await other_channel.async_consume(state)  # another channel's link
     state = await states.async_issue()
     assert await states.async_consume(state) and not await states.async_consume(state)
-    await redis.delete(Keys().slack_oauth_state(expired := await states.async_issue()))  # its TTL ran out
+    await redis.delete(SlackKeys.of(Keys()).oauth_state(expired := await states.async_issue()))  # its TTL ran out
     assert not await states.async_consume(expired)
     await redis.aclose()
 
@@ -138,7 +139,7 @@ async def test_an_installation_saved_before_bolt_is_still_served_and_deleted(red
     store = RedisInstallationStore(redis, Keys(), "sl")
     legacy = {"team_id": "TOLD", "bot_token": "xoxb-old", "bot_user_id": "UOLD", "bot_id": "BOLD", "enterprise_id": "",
               "team_name": "Old", "app_id": "A1", "scope": "chat:write", "installed_at": "1700000000.0"}  # fmt: skip
-    await redis.hset(Keys().slack_installation("sl", "TOLD"), mapping=legacy)  # type: ignore[arg-type]
+    await redis.hset(SlackKeys.of(Keys()).installation("sl", "TOLD"), mapping=legacy)  # type: ignore[arg-type]
     bot = await store.find_bot_for("TOLD")
     assert bot is not None and (bot.bot_token, bot.bot_user_id, bot.bot_id) == ("xoxb-old", "UOLD", "BOLD")
     await store.async_delete_bot(enterprise_id=None, team_id="TOLD")
@@ -165,7 +166,7 @@ async def test_a_reinstall_over_an_installation_saved_before_bolt_is_the_one_use
     make_slack: MakeEnv, fake_slack: FakeSlack
 ) -> None:
     env, browser = await oauth_env(make_slack, fake_slack)
-    key = env.keys.slack_installation("sl", "TA")
+    key = SlackKeys.of(env.keys).installation("sl", "TA")
     legacy = {"team_id": "TA", "bot_token": "xoxb-old", "bot_user_id": "UOLD", "bot_id": "BOLD", "scope": "chat:write"}
     await env.redis.hset(key, mapping=legacy)  # type: ignore[arg-type]
     async with browser:

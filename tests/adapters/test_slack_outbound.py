@@ -10,6 +10,7 @@ from slack_sdk.oauth.installation_store import Installation
 
 from adapters.slack.api import GONE_CODES, SlackApi, slack_errors
 from adapters.slack.files import MAX_UPLOAD_BYTES
+from adapters.slack.keys import SlackKeys
 from adapters.slack.outbound import WORKING_REACTION
 from gateway.core.config import Secret
 from gateway.core.errors import (
@@ -142,7 +143,7 @@ async def test_other_channels_are_not_held_up(make_slack: MakeEnv, fake_slack: F
 
 async def test_a_long_pacing_wait_is_handed_back_as_retry_later(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, _ = await single(make_slack, fake_slack)
-    key = env.keys.slack_pace("sl", "T1", "C1")
+    key = SlackKeys.of(env.keys).pace("sl", "T1", "C1")
     for _ in range(3):  # three other sends booked the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     with pytest.raises(RetryLater) as caught:

@@ -19,8 +19,10 @@ from starlette.applications import Starlette
 
 from adapters.slack import tokens
 from adapters.slack.api import SlackApi, slack_errors
+from adapters.slack.keys import SlackKeys
 from adapters.slack.manifest import manifest
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError, RecipientGone, RetryLater
 from gateway.core.models import Outgoing
 from tests.adapters._slack import MakeEnv, SlackEnv, gateway_config, make_slack
@@ -84,7 +86,7 @@ async def test_a_refused_refresh_token_makes_the_workspace_gone(make_slack: Make
     fake_slack.fail_next("oauth.v2.access", "invalid_refresh_token")
     with pytest.raises(RecipientGone, match="invalid_refresh_token"):
         await env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="hello"))
-    assert await env.redis.exists(env.keys.slack_rotation_lock("sl", "TA")) == 0  # the lock was released
+    assert await env.redis.exists(SlackKeys.of(env.keys).rotation_lock("sl", "TA")) == 0  # the lock was released
 
 
 async def rotating_pair(make_slack: MakeEnv, fake: FakeSlack, **services: Any) -> tuple[SlackEnv, SlackEnv]:
@@ -110,7 +112,7 @@ async def test_a_refresh_outliving_its_lock_ttl_presents_each_refresh_token_once
     first, second = await rotating_pair(make_slack, fake_slack)
     monkeypatch.setattr(tokens, "LOCK_TTL_S", 0.2)
     fake_slack.slow("oauth.v2.access", 0.7)  # the refresh outlives the lock's TTL three times over
-    lock = first.keys.slack_rotation_lock("sl", "TA")
+    lock = SlackKeys.of(first.keys).rotation_lock("sl", "TA")
     one = asyncio.create_task(first.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="one")))
     await until(lambda: _exists(first, lock))
     await second.adapter.send({"team": "TA", "channel": "C2"}, Outgoing(text="two"))
@@ -128,7 +130,7 @@ async def test_a_refresh_whose_lock_was_lost_still_saves_the_pair_and_the_worksp
 ) -> None:
     first, second = await rotating_pair(make_slack, fake_slack)
     fake_slack.slow("oauth.v2.access", 0.6)
-    lock = first.keys.slack_rotation_lock("sl", "TA")
+    lock = SlackKeys.of(first.keys).rotation_lock("sl", "TA")
     one = asyncio.create_task(first.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="one")))
     await until(lambda: _exists(first, lock))
     await first.redis.delete(lock)  # lost mid-refresh (a failover, a stalled loop): the second worker refreshes too
@@ -155,7 +157,7 @@ async def test_a_refresh_whose_lock_was_lost_still_saves_the_pair_and_the_worksp
 
 async def test_an_uninstall_during_a_refresh_stays_uninstalled(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env = await rotating_install(make_slack, fake_slack)
-    key = env.keys.slack_installation("sl", "TA")
+    key = SlackKeys.of(env.keys).installation("sl", "TA")
     fake_slack.slow("oauth.v2.access", 0.5)
     send = asyncio.create_task(env.adapter.send({"team": "TA", "channel": "C1"}, Outgoing(text="hello")))
     await until(lambda: _attempted(env, key))  # the refresh is on its way to Slack

@@ -12,10 +12,12 @@ import pytest
 import redis
 import yaml
 
+from adapters.slack.config import SlackChannelConfig
 from adapters.slack.manifest import BOT_EVENTS, manifest
 from gateway import cli
 from gateway.cli.demo import demo_config
-from gateway.core.config import GatewayConfig, Secret, SlackChannelConfig
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError
 from gateway.edge.app import create_app
 from gateway.services import worker_process

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from adapters.telegram.config import TelegramChannelConfig
 from adapters.telegram.inbound import (
     BotIdentity,
     check_secret,
@@ -15,7 +16,7 @@ from adapters.telegram.inbound import (
     read_update,
     to_inbound,
 )
-from gateway.core.config import Secret, TelegramChannelConfig
+from gateway.core.config import Secret
 from gateway.core.errors import PayloadInvalid, SignatureInvalid
 from gateway.core.models import Attachment, ConversationKey, Inbound, InboundKind
 from tests.fakes.telegram_api import message_update

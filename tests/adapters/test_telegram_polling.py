@@ -20,11 +20,13 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from adapters.telegram.cli import delete_webhook
+from adapters.telegram.keys import TelegramKeys
 from adapters.telegram.polling import OFFSET_TTL_S, Poller, PollerSettings, PollLease
+from gateway.config_loading import GatewayConfig
 from gateway.core.channel import AdapterServices, Admit
-from gateway.core.config import GatewayConfig, Secret
+from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey, Inbound
 from gateway.store.embedded_redis import EmbeddedRedis
@@ -119,7 +121,7 @@ async def test_updates_are_stored_then_confirmed_by_the_next_offset(env: Env) ->
         # poll when it ends.
         await eventually(lambda: [c for c in env.fake.calls("getUpdates") if c.params.get("offset") == 3],
                          what="a getUpdates with offset 3")
-        assert await env.redis.get(KEYS.telegram_poll_offset(TOKEN.split(":")[0])) == b"3"
+        assert await env.redis.get(TelegramKeys.of(KEYS).poll_offset(TOKEN.split(":")[0])) == b"3"
     finally:
         await replica.halt()
 
@@ -167,14 +169,14 @@ async def test_after_a_silence_past_the_offsets_life_updates_with_restarted_ids_
         env.push(5, "after the silence")
         await eventually(lambda: env.fake.pending_updates(TOKEN) == [], what="update 5 confirmed")
         assert await env.stored() == ["700", "5"]
-        assert await env.redis.get(KEYS.telegram_poll_offset(BOT_ID)) == b"6"
+        assert await env.redis.get(TelegramKeys.of(KEYS).poll_offset(BOT_ID)) == b"6"
     finally:
         await replica.halt()
 
 
 async def test_a_replica_taking_over_keeps_the_saved_offset_only_for_the_rest_of_its_life(env: Env) -> None:
     # Another replica saved this offset; an hour of its life is left.
-    await env.redis.set(KEYS.telegram_poll_offset(BOT_ID), 701, ex=3600)
+    await env.redis.set(TelegramKeys.of(KEYS).poll_offset(BOT_ID), 701, ex=3600)
     clock = Clock()
     replica = await clocked_poller(env, clock)
     try:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import TelegramAdapter
 from gateway.core.channel import AdapterServices, InboundRequest
 from gateway.core.errors import StoreUnavailable
 from gateway.core.keys import Keys

@@ -18,6 +18,7 @@ from telegram.error import (
     TimedOut,
 )
 
+from adapters.telegram.keys import TelegramKeys
 from adapters.telegram.outbound import translate
 from gateway.core.errors import (
     DeliveryError,
@@ -168,7 +169,7 @@ async def test_messages_to_one_chat_are_spaced_a_second_apart(make_telegram: Mak
 
 async def test_a_long_pacing_wait_goes_back_to_the_queue(make_telegram: MakeEnv) -> None:
     env = await make_telegram()
-    key = env.keys.telegram_chat_pace("tg", "55")
+    key = TelegramKeys.of(env.keys).chat_pace("tg", "55")
     for _ in range(3):  # three sends already booked the next three seconds
         await reserve_slot(env.redis, key, 1.0)
     with pytest.raises(RetryLater) as caught:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError
 from gateway.edge.admin.auth import FailureThrottle
 from gateway.edge.app import create_app

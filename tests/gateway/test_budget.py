@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.cli import main
-from gateway.core.config import BudgetLimits, GatewayConfig
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import BudgetLimits
 from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics

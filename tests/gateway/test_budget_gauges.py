@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
-from gateway.edge.gauges import GaugeRefresher
+from gateway.observe.gauges import GaugeRefresher
 from gateway.ocs.budget import Priority, RequestBudget
 from tests.conftest import stack_config
 

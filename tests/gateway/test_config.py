@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from gateway.core.config import GatewayConfig, Secret, load_config
+from adapters import CHANNEL_MODELS, adapter_class
+from gateway.config_loading import GatewayConfig, load_config
+from gateway.core import config as core
+from gateway.core.config import Secret
 from gateway.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BOT = "bots:\n  b:\n    chatbot_id: 6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23\n    client_id: cid\n    client_secret: ${OCS_SECRET}\n"
 CHANNEL = "channels:\n  hooks:\n    type: webhook\n    bot: b\n    secret: ${HOOK_SECRET}\n    callback_url: https://app.example.com/cb\n"
@@ -29,6 +38,7 @@ def _load(tmp_path: Path, text: str) -> GatewayConfig:
 
 def test_valid_config_resolves_secrets_from_the_environment(tmp_path: Path) -> None:
     config = _load(tmp_path, BOT + CHANNEL)
+    assert type(config.channels["hooks"]) is CHANNEL_MODELS["webhook"]
     assert config.bots["b"].client_secret == Secret("s3cret")
     assert repr(config.bots["b"].client_secret) == "Secret('**********')"
     assert "s3cret" not in repr(config)
@@ -90,3 +100,35 @@ def test_no_file_means_no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("kind", sorted(CHANNEL_MODELS))
+def test_each_channel_type_is_read_by_its_adapters_model(kind: str) -> None:
+    assert get_args(CHANNEL_MODELS[kind].model_fields["type"].annotation) == (kind,)
+    assert adapter_class(kind).kind == kind
+
+
+def test_core_alone_reads_no_channel_type() -> None:
+    # Core knows no platform: only the assembly's model (gateway.config_loading) reads channels.
+    data = {"bots": {"b": {"chatbot_id": "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23", "auth": "keyless"}},
+            "channels": {"hooks": {"type": "webhook", "bot": "b"}}}
+    with pytest.raises(ConfigError, match="channels: unknown channel type: no channel types are registered"):
+        core.GatewayConfig.from_mapping(data)
+
+
+def test_a_webhook_only_configuration_loads_no_platform_sdk(tmp_path: Path) -> None:
+    # The adapters' config models import no SDK: reading the configuration and building the app
+    # of a webhook-only deployment never loads python-telegram-bot or slack_sdk.
+    (tmp_path / "gateway.yaml").write_text(BOT + CHANNEL)
+    script = (
+        "import sys\n"
+        "from gateway.config_loading import load_config\n"
+        "from gateway.edge.app import create_app\n"
+        f"config = load_config({str(tmp_path / 'gateway.yaml')!r})\n"
+        "create_app(config, 'redis://127.0.0.1:9')\n"
+        "print(sorted(m for m in ('telegram', 'slack_sdk', 'slack_bolt') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OCS_SECRET": "s3cret", "HOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

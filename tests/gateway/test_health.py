@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.core.config import Secret
 from gateway.edge.app import create_app
-from gateway.edge.gauges import REFRESH_MAX_AGE_S
-from gateway.edge.worker_http import RunnerProbe, WorkerHttp
+from gateway.observe.gauges import REFRESH_MAX_AGE_S
 from gateway.store.embedded_redis import EmbeddedRedis
 from tests.conftest import SimServer, stack_config, wait_for
 from tests.support.scrape import scrape
 from tests.support.servers import UvicornThread
+from workers.http import RunnerProbe, WorkerHttp
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from gateway.core.config import GatewayConfig, Secret
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
 from gateway.core.redaction import (
     REDACTED,
     RedactionFilter,

@@ -18,7 +18,7 @@ from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.edge.admin.summary import gather_summary
-from gateway.edge.gauges import GaugeRefresher
+from gateway.observe.gauges import GaugeRefresher
 from gateway.services import Services
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.inbox import Admitter

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from gateway.core.config import GatewayConfig, WebhookChannelConfig
+from adapters.webhook.config import WebhookChannelConfig
+from gateway.core.config import GatewayConfig
 from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
 __all__ = ["WorkerConfig", "WorkerFleet", "WorkerProc", "worker_config_like", "write_worker_config"]

@@ -23,14 +23,14 @@ import redis.asyncio as aioredis
 from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
-from gateway.edge import worker_http
-from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.worker_http import WorkerHttp
+from gateway.observe.gauges import GaugeRefresher
 from gateway.services import worker_process
 from gateway.store import clock as clock_module
 from gateway.store.heartbeats import FORGET_AFTER_S, Heartbeat, alive
 from tests.conftest import SimServer, Stack, stack_config, wait_for
+from workers import http as worker_http
 from workers import runner as runner_module
+from workers.http import WorkerHttp
 from workers.process import supervise
 
 _WORKER_HTTP = {"metrics_port": 0, "metrics_host": "127.0.0.1"}

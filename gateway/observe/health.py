@@ -30,7 +30,7 @@ from starlette.routing import Route
 from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
-from gateway.edge.gauges import GaugeRefresher
+from gateway.observe.gauges import GaugeRefresher
 
 __all__ = [
     "Opened", "Probe", "ServicesProbe", "WriteCheck", "health_routes", "metrics_token_refusal", "ping", "refreshed",

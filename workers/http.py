@@ -1,5 +1,5 @@
 """A worker process's own HTTP listener: ``/metrics``, ``/livez`` and ``/readyz``
-(``gateway/edge/health.py``) on ``worker.metrics_port``, so Prometheus scrapes what only the
+(``gateway/observe/health.py``) on ``worker.metrics_port``, so Prometheus scrapes what only the
 worker measures (OCS calls, sends, turn times, housekeeping) and an orchestrator can tell a worker
 whose housekeeping stopped from one that merely has nothing to do.
 
@@ -36,8 +36,8 @@ from starlette.routing import Route
 
 from gateway.core.config import WorkerTuning
 from gateway.core.metrics import Metrics
-from gateway.edge.gauges import GaugeRefresher
-from gateway.edge.health import REDIS_TIMEOUT_S, Opened, health_routes, ping, refreshed
+from gateway.observe.gauges import GaugeRefresher
+from gateway.observe.health import REDIS_TIMEOUT_S, Opened, health_routes, ping, refreshed
 
 __all__ = ["RunnerProbe", "RunnerView", "WorkerHttp"]
 
@@ -52,8 +52,8 @@ _T = TypeVar("_T")
 
 
 class RunnerView(Protocol):
-    """What the probe reads of a running ``workers.runner.TurnRunner`` (the edge layer does not
-    import the workers; the assembly hands the runner over)."""
+    """What the probe reads of a running ``workers.runner.TurnRunner`` (the assembly hands the
+    runner over once it runs: the listener starts first)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
