@@ -20,7 +20,7 @@ from gateway.store.ledger import Turn, TurnState
 from workers.context import WorkerServices
 from workers.hold import Hold
 
-__all__ = ["TurnCloser", "bot_of", "turn_outcome"]
+__all__ = ["TurnCloser", "bot_of", "inbox_depth", "turn_outcome"]
 
 log = logging.getLogger("ocsgw.turns")
 
@@ -29,6 +29,13 @@ def bot_of(services: WorkerServices, conv: ConversationKey) -> str:
     """The bot a conversation's channel serves, as metrics label it ("-" once unconfigured)."""
     channel = services.config.channels.get(conv.channel)
     return channel.bot if channel is not None else "-"
+
+
+def inbox_depth(services: WorkerServices, conv: ConversationKey) -> int:
+    """How many of the inbox's first items the owner reads: as many as a turn of the channel
+    may cover (``coalesce.max_messages``), one where bursts are off or the channel is gone."""
+    channel = services.config.channels.get(conv.channel)
+    return channel.coalesce.depth if channel is not None else 1
 
 
 def turn_outcome(turn: Turn) -> str:
@@ -93,7 +100,7 @@ class TurnCloser:
             # Bot-initiated messages may follow; look for them no sooner than the interval.
             poll_at = self.clock.now() + self.tuning.watch_interval_s
             ops.append(Op("ZADD", self.services.keys.watch, ("NX", poll_at, str(conv))))
-        await hold.end_turn(ops, inbox=self.services.keys.inbox(conv))
+        await hold.end_turn(ops, inbox=self.services.keys.inbox(conv), depth=inbox_depth(self.services, conv))
         received = turn.inbound.received_at
         if received > 0:
             self.services.metrics.turn_seconds.labels(bot_of(self.services, conv), outcome or turn_outcome(turn)).observe(

@@ -44,7 +44,7 @@ class Deliverer:
     async def deliver(self, hold: Hold, turn: Turn) -> Outcome:
         conv = hold.conv
         adapter = self.services.adapters[conv.channel]
-        route = dict(turn.inbound.route or hold.record.route)
+        route = dict(adapter.reply_route([inbound.route for inbound in turn.inbounds]) or hold.record.route)
         ledger = self.services.ledger
         reply_id, first = numbering(turn)
         total = first + len(turn.parts)
@@ -81,7 +81,7 @@ class Deliverer:
         if turn.working_at and (refresh is None or now - turn.working_at < refresh - 0.05):
             return turn
         try:
-            await adapter.show_working(turn.inbound.route)
+            await adapter.show_working(turn.last.route)
         except Exception:  # best effort: a typing indicator never fails a turn
             log.debug("show_working failed", exc_info=True)
         if not turn.working_at:

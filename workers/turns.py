@@ -59,7 +59,8 @@ from gateway.store.dead_letters import DeadLetterStage, ReplayedParts
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Op
 from gateway.store.ledger import Turn, TurnState
-from workers.closing import TurnCloser
+from workers import batches
+from workers.closing import TurnCloser, bot_of, inbox_depth
 from workers.context import WorkerServices
 from workers.delivery import Deliverer
 from workers.failures import FailurePolicy
@@ -103,12 +104,20 @@ class TurnEngine:
 
     async def step(self, hold: Hold) -> Outcome:
         if not hold.loaded:
-            await hold.refresh(self.services.ledger)
+            await hold.refresh(self.services.ledger, depth=inbox_depth(self.services, hold.conv))
         turn = hold.turn
         if turn is None:
-            if hold.head is None:
+            if not hold.queue:
                 return IDLE
-            turn, ops = self.services.ledger.begin(hold.conv, hold.head, now=self.clock.now())
+            now = self.clock.now()
+            channel = self.services.config.channels.get(hold.conv.channel)
+            if channel is None:
+                plan = batches.Plan(hold.queue[:1])
+            else:
+                plan = batches.plan(hold.queue, channel.coalesce, now=now)
+            if plan.wait_until is not None:
+                return wait_until(plan.wait_until)  # a quiet window: the rest of a burst may join
+            turn, ops = self.services.ledger.begin(hold.conv, plan.items[0], batch=plan.items[1:], now=now)
             await hold.write(ops, turn=turn)
         # The turn's ids on every line of the step: ours, the OCS client's, the adapter's SDK's.
         with bound(turn=turn.id, event_id=turn.inbound.event_id, task_id=turn.task_id):
@@ -184,7 +193,7 @@ class TurnEngine:
             return CONTINUE
         if inbound.kind is InboundKind.RESET:
             await self._reset(hold, turn)
-            reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
+            reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             await self.closer.answer(hold, turn, reply)
             return CONTINUE
         session = await self._ensure_session(hold, turn)
@@ -231,8 +240,8 @@ class TurnEngine:
         ledger, conversations = self.services.ledger, self.services.conversations
         for attempt in (1, 2):
             ids, notes = await self._upload(hold, turn, session)
-            inbound = turn.inbound
-            text = inbound.text.strip() or ("[attachment]" if inbound.attachments else "(empty message)")
+            inbound, combined = turn.last, batches.combine(turn.inbounds)
+            text = combined.text or ("[attachment]" if combined.attachments else "(empty message)")
             if notes:
                 text = "\n".join([text, *notes])
             base = await self._user_message_count(hold, session)
@@ -277,6 +286,7 @@ class TurnEngine:
             )
             record, count = conversations.count(conv, hold.record, base + 1)
             await hold.write([*ops, *count], turn=turn, record=record)
+            self.services.metrics.messages_per_turn.labels(bot_of(self.services, conv)).observe(len(turn.items))
             return wait_until(now + first)
         raise AssertionError("unreachable")
 
@@ -292,13 +302,13 @@ class TurnEngine:
         return count
 
     async def _upload(self, hold: Hold, turn: Turn, session: OCSSession) -> tuple[list[int], list[str]]:
-        inbound = turn.inbound
-        if not inbound.attachments:
+        attachments = batches.combine(turn.inbounds).attachments
+        if not attachments:
             return [], []
         adapter = self.services.adapters[hold.conv.channel]
         files: list[tuple[str, bytes, str]] = []
         notes: list[str] = []
-        for attachment in inbound.attachments:
+        for attachment, inbound in attachments:
             try:
                 got = await adapter.download(attachment, inbound.route)
             except AttachmentUnavailable as exc:
@@ -341,7 +351,7 @@ class TurnEngine:
             answer = next((m for m in history[after:] if m.role is MessageRole.ASSISTANT), None)
             counted, count_ops = self.services.conversations.count(conv, hold.record, turn.expect_count)
             if answer is not None:
-                reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
+                reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.last.event_id)
                 fingerprints = delivered_ops(self.services.keys.fingerprints(conv), answer, now=now)
                 await self.closer.answer(hold, turn, reply, extra=[*count_ops, *fingerprints], record=counted)
                 return CONTINUE
@@ -395,13 +405,13 @@ class TurnEngine:
                 # Only a narrow interval says when the bot finished; a poll made late (a burst,
                 # an adoption) would teach the schedule the gateway's delay, not the bot's.
                 self.schedules.learn(ocs.name, turn.last_poll_s, looked)
-            reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
+            reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.last.event_id)
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self.closer.answer(hold, turn, reply, extra=fingerprints)
             return CONTINUE
         if result.status is TaskStatus.ERROR:
             # OCS's error text is written for the end user (§4.3): it is the answer.
-            reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+            reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             await self.closer.answer(hold, turn, reply, last_error=result.error or "")
             return CONTINUE
         if elapsed > ocs.bot.task_timeout_s:
@@ -420,7 +430,7 @@ class TurnEngine:
         """Our own timeout (an unknown task polls as processing forever, §0.9): tell the user,
         and let the watch deliver the answer when it lands."""
         channel = self.services.config.channels[hold.conv.channel]
-        reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+        reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
         poll_at = self.clock.now() + self.tuning.watch_interval_s
         await self.closer.answer(
             hold, turn, reply, last_error="task timeout",

@@ -303,6 +303,15 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     # -- workers --------------------------------------------------------------------------------
 
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """A burst's answer replies to its last message (``reply_parameters``), so the user sees
+        which of their messages it answers; a single message is answered as before (groups reply
+        to it, private chats do not)."""
+        last = routes[-1]
+        if len(routes) > 1 and last.get("message_id") and not last.get("reply_to"):
+            return {**last, "reply_to": last["message_id"]}
+        return last
+
     def render(self, reply: Reply) -> list[Outgoing]:
         parts = [
             Outgoing(text=chunk.html, plain=chunk.plain, hints={"parse_mode": "HTML"})

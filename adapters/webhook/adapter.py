@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -141,14 +142,23 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         parts += [Outgoing(attachment=a, hints=hints) for a in reply.attachments]
         return parts
 
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """The answer to a burst names every message it answers (``in_reply_to_all``, oldest
+        first); ``in_reply_to`` stays the last one's webhook-id, as for a single message."""
+        last = routes[-1]
+        ids = [route["in_reply_to"] for route in routes if route.get("in_reply_to")]
+        return {**last, "in_reply_to_all": json.dumps(ids)} if len(ids) > 1 else last
+
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         if delivery is None:
             delivery = Delivery(id=f"msg_{time.time_ns()}")
         delivery_id = delivery.id
+        in_reply_to = outgoing.hints.get("in_reply_to") or None
         payload: dict[str, Any] = {
             "type": "message",
             "conversation_id": route["conversation_id"],
-            "in_reply_to": outgoing.hints.get("in_reply_to") or None,
+            "in_reply_to": in_reply_to,
+            "in_reply_to_all": _replied_ids(route, in_reply_to),
             "kind": outgoing.hints.get("kind", "answer"),
             "text": outgoing.text,
             "attachments": [await self._attachment(outgoing)] if outgoing.attachment else [],
@@ -192,6 +202,17 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         if content_type == "application/octet-stream" and fetched.content_type:
             content_type = fetched.content_type
         return InboundFile(name=attachment.name, content_type=content_type, data=fetched.data)
+
+
+def _replied_ids(route: Route, in_reply_to: str | None) -> list[str]:
+    """Every webhook-id the answer answers: a burst's, or the one message's (none for a message
+    the bot started)."""
+    stored = route.get("in_reply_to_all")
+    if stored:
+        ids = json.loads(stored)
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return ids
+    return [in_reply_to] if in_reply_to else []
 
 
 def _classify(response: httpx.Response, delivery_id: str) -> str:

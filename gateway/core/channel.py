@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -151,6 +151,12 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     @abstractmethod
     def render(self, reply: Reply) -> list[Outgoing]:
         """Turn the bot's Markdown reply into platform messages, split to the platform's limits."""
+
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """Where the answer to a turn of ``routes``' messages (oldest first; several when a
+        burst went to OCS as one) goes: by default where the last of them came from. An adapter
+        that threads answers under a message says here which one (the last)."""
+        return routes[-1]
 
     @abstractmethod
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:

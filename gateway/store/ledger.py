@@ -173,12 +173,13 @@ class TurnLedger:
             turn_raw, conv_raw, queue = await pipe.execute()
         return Snapshot(_parse_turn(turn_raw), parse_record(conv_raw), tuple(as_text(item) for item in queue))
 
-    def begin(self, conv: ConversationKey, items: Sequence[str], *, now: float) -> tuple[Turn, list[Op]]:
-        """A turn for the inbox's first ``len(items)`` items (the head and the rest of its batch)."""
-        inbound_raw, *rest = items
-        turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now, batch_raw=tuple(rest))
+    def begin(
+        self, conv: ConversationKey, inbound_raw: str, *, batch: Sequence[str] = (), now: float
+    ) -> tuple[Turn, list[Op]]:
+        """A turn for the inbox's head ``inbound_raw`` and the items after it in ``batch``."""
+        turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now, batch_raw=tuple(batch))
         fields: dict[str, Any] = {"id": turn.id, "inbound_raw": inbound_raw, "state": turn.state, "next_at": now}
-        if rest:
+        if batch:
             fields["batch_raw"] = turn.batch_raw
         # The head is the authority on the waiting index (gateway/store/waiting.py): overwrite
         # whatever the appends or an earlier turn left there.

@@ -247,3 +247,20 @@ def test_typing_stays_alive_while_ocs_works_and_stops_with_the_reply(
     refresh = TelegramAdapter.working_refresh_s
     assert refresh is not None and refresh < 5  # Telegram's "typing…" lasts about 5 s
     assert all(later - earlier >= refresh - 0.05 for earlier, later in itertools.pairwise(shown))
+
+def test_a_burst_in_a_private_chat_is_answered_once_replying_to_its_last_message(
+    tg_stack: Stack, fake_telegram: FakeTelegram
+) -> None:
+    tg_stack.sim.state.knobs.reply_latency_s = 600  # the first message stays with OCS meanwhile
+    say(tg_stack, 1, "first")
+    wait_for(lambda: tg_stack.sim.state.tasks, what="the first message at OCS")
+    (task,) = tg_stack.sim.state.tasks.values()
+    tg_stack.sim.state.knobs.reply_latency_s = 0.05
+    say(tg_stack, 2, "are you open")
+    say(tg_stack, 3, "on saturday?")
+    wait_for(lambda: tg_stack.redis.llen(f"ocsgw:inbox:tg/chat:{USER}") == 3, what="two messages queued")
+    tg_stack.sim.state.finish_task_now(task.id)
+    assert replies(fake_telegram, 2) == ["Echo #1: first", "Echo #2: are you open\n\non saturday?"]
+    single, burst = fake_telegram.sent_messages(USER)
+    assert "reply_parameters" not in single.params  # a private chat's lone message: no quote
+    assert burst.params["reply_parameters"]["message_id"] == 3  # the burst's last message
