@@ -73,7 +73,14 @@ class TurnCloser:
         if self.services.config.log_message_text:
             log.debug("reply (%s): %r", reply.kind, reply.text)  # an operator's opt-in (log_message_text)
         if parts is None:
-            parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
+            adapter = self.services.adapters[hold.conv.channel]
+            parts = tuple(adapter.render(reply))
+            if turn.unattached:
+                # The user hears why their file is missing before the answer that went without it.
+                template = self.services.config.channels[hold.conv.channel].unattached_notice
+                notice = Reply(text=template.replace("{files}", ", ".join(turn.unattached)), kind=ReplyKind.NOTICE,
+                               in_reply_to=reply.in_reply_to)
+                parts = (*adapter.render(notice), *parts)
         changes: dict[str, Any] = {
             "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
             "attempts": 0, "failing_since": 0.0, "next_at": 0.0,

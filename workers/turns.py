@@ -68,7 +68,7 @@ from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
 
-__all__ = ["TurnEngine", "reply_from_ocs"]
+__all__ = ["UNATTACHED_MARKER", "TurnEngine", "reply_from_ocs"]
 
 log = logging.getLogger("ocsgw.turns")
 
@@ -77,6 +77,8 @@ _HISTORY_POLL_S = 1.0
 _HISTORY_PAGE = 200
 #: Tries of a platform file download that keeps failing before the text goes without it.
 _ATTACHMENT_TRIES = 3
+#: What OCS is told of a file the user sent that could not be attached (the user is told why).
+UNATTACHED_MARKER = "[the user sent a file that could not be attached]"
 
 
 def reply_from_ocs(message: OCSMessage, *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
@@ -239,15 +241,17 @@ class TurnEngine:
         ocs = self.services.ocs_for(conv.channel)
         ledger, conversations = self.services.ledger, self.services.conversations
         for attempt in (1, 2):
-            ids, notes = await self._upload(hold, turn, session)
+            ids, unattached = await self._upload(hold, turn, session)
             inbound, combined = turn.last, batches.combine(turn.inbounds)
-            text = combined.text or ("[attachment]" if combined.attachments else "(empty message)")
-            if notes:
-                text = "\n".join([text, *notes])
+            # OCS gets the user's words, and of a file it could not get only that there was one:
+            # why it failed is the user's business (a notice before the answer), not the bot's.
+            text = combined.text or ("[attachment]" if ids else "" if unattached else "(empty message)")
+            if unattached:
+                text = "\n".join(part for part in (text, UNATTACHED_MARKER) if part)
             base = await self._user_message_count(hold, session)
             turn, ops = ledger.update(
                 conv, turn, state=TurnState.SENDING, sending_at=self.clock.now(), session_id=session.session_id,
-                expect_count=base + 1, confirmed=False,
+                expect_count=base + 1, confirmed=False, unattached=tuple(unattached),
             )
             if attempt == 1:  # where replies go and that the user was active, with the first mark
                 record, touch = conversations.touch(conv, hold.record, inbound.route, now=self.clock.now())
@@ -302,34 +306,39 @@ class TurnEngine:
         return count
 
     async def _upload(self, hold: Hold, turn: Turn, session: OCSSession) -> tuple[list[int], list[str]]:
+        """Fetch the turn's files from the platform and upload them to the session: the OCS file
+        ids, and the names of the files that could not be attached (the words go without them)."""
         attachments = batches.combine(turn.inbounds).attachments
         if not attachments:
             return [], []
         adapter = self.services.adapters[hold.conv.channel]
         files: list[tuple[str, bytes, str]] = []
-        notes: list[str] = []
+        unattached: list[str] = []
         for attachment, inbound in attachments:
             try:
                 got = await adapter.download(attachment, inbound.route)
             except AttachmentUnavailable as exc:
-                notes.append(f"[{attachment.name} could not be attached: {exc.reason}]")
+                log.info("attachment %s not attached: %s", attachment.name, exc.reason)
+                unattached.append(attachment.name)
                 continue
             except RetryLater as exc:
                 if turn.attempts + 1 < _ATTACHMENT_TRIES:
                     raise  # a passing blip: try the whole step again shortly
                 # Still down: the words go through without the file rather than not at all.
-                notes.append(f"[{attachment.name} could not be attached: temporarily unavailable]")
                 log.warning("attachment still unavailable: %s", exc)
+                unattached.append(attachment.name)
                 continue
             files.append((got.name, got.data, got.content_type))
         if not files:
-            return [], notes
+            return [], unattached
         hold.lease.check()
         try:
-            return await self.services.ocs_for(hold.conv.channel).upload(session, files), notes
+            return await self.services.ocs_for(hold.conv.channel).upload(session, files), unattached
         except OCSRejected as exc:
-            # A file type OCS refuses must not sink the words that came with it.
-            return [], [*notes, f"[attachments not accepted: {exc.body}]"]
+            # A file type OCS refuses must not sink the words that came with it. What OCS said is
+            # for the operator's log, never the bot's input.
+            log.warning("OCS did not accept the attachments: %s", exc)
+            return [], [*unattached, *(name for name, _, _ in files)]
 
     async def _settle_sending(self, hold: Hold, turn: Turn) -> Outcome:
         """A send whose outcome is unknown (the worker died, or the answer never came back):

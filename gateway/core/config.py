@@ -250,6 +250,10 @@ class ChannelConfig(_Model):
     #: Text sent when a turn fails for good (it is also parked in the dead-letter store).
     failure_notice: str = "Sorry, something went wrong on our side. Please try again in a moment."
     reset_notice: str = "Conversation reset. Send a message to start again."
+    #: Sent before the answer when a file the user sent could not be attached (too big, a type
+    #: OCS refuses, the platform would not give it); ``{files}`` names them. OCS is told only
+    #: that there was a file.
+    unattached_notice: str = "I couldn't open {files}, so I answered your words without it."
     #: Sent when OCS takes longer than the bot's task_timeout_s; the answer follows later.
     slow_notice: str = "This is taking longer than usual; I'll send the answer as soon as it is ready."
     #: How long a reply keeps being retried while the platform (or callback) is down or

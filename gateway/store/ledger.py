@@ -83,6 +83,9 @@ class Turn:
     #: The inbox items after ``inbound_raw`` that this turn also covers (a burst sent to OCS as
     #: one message, ``workers/batches.py``), in inbox order. Fixed when the turn begins.
     batch_raw: tuple[str, ...] = ()
+    #: Names of the user's files that could not be attached (the user is told, OCS only that
+    #: there was one): a notice goes before the answer (``workers/closing.py``).
+    unattached: tuple[str, ...] = ()
     #: ``inbound_raw`` parsed, beside the text it came from. ``replace`` hands it on to the new
     #: turn, so a turn's inbound is parsed once however often the turn changes (each parse is tens
     #: of microseconds); a changed ``inbound_raw`` is parsed again. Not stored, not compared.
@@ -136,7 +139,7 @@ def _encode(fields: dict[str, Any]) -> list[Any]:
             text = json.dumps(value.to_dict()) if value else ""
         elif name == "parts":
             text = json.dumps([p.to_dict() for p in value])
-        elif name in ("platform_ids", "batch_raw"):
+        elif name in ("platform_ids", "batch_raw", "unattached"):
             text = json.dumps(list(value))
         elif isinstance(value, bool):
             text = "1" if value else ""
@@ -237,4 +240,5 @@ def _parse_turn(data: dict[Any, Any]) -> Turn | None:
         sending_part=int(raw.get("sending_part") or -1),
         failing_since=float(raw.get("failing_since") or 0),
         batch_raw=tuple(json.loads(raw.get("batch_raw") or "[]")),
+        unattached=tuple(json.loads(raw.get("unattached") or "[]")),
     )
