@@ -22,7 +22,7 @@ Each of these background loops (renew, sweep, watch start, heartbeat) survives w
 raises: it is logged, counted in ``ocsgw_housekeeping_errors_total{task}``, and the next tick runs.
 That includes a ``CancelledError`` a callee let out which was not the loop's own cancellation. A
 loop that still ends before the stop is logged as an error and stops the runner: a process that
-no longer renews or sweeps must be restarted, not look healthy (``workers/process.py``).
+no longer renews or sweeps must be restarted, not look healthy (``workers/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import itertools
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,7 +57,7 @@ from workers.context import WorkerServices
 from workers.turns import Hold, TurnEngine
 from workers.watch import SessionWatcher
 
-__all__ = ["RunnerThread", "StepGate", "TurnRunner"]
+__all__ = ["StepGate", "TurnRunner"]
 
 log = logging.getLogger("ocsgw.runner")
 
@@ -531,71 +530,6 @@ class TurnRunner:
         if started:
             log.debug("started %d watch(es)", started)
         return adopted, started
-
-
-class RunnerThread(threading.Thread):
-    """The runner's event loop in a thread of its own, beside Dramatiq's threads."""
-
-    def __init__(self, open_services: Any, tuning: WorkerTuning) -> None:
-        super().__init__(name="ocsgw-runner", daemon=True)
-        self._open_services = open_services
-        self._tuning = tuning
-        self.runner: TurnRunner | None = None
-        self._ready = threading.Event()
-        self._stop_event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested = False
-        self.error: BaseException | None = None
-
-    @property
-    def failure(self) -> str | None:
-        """Why the runner ended without being asked to (its thread is gone, or going), else None:
-        the process must then exit, and its ``/livez`` fails."""
-        if self._stop_requested or not self._ready.is_set():
-            return None
-        if self.runner is not None and self.runner.failure is not None:
-            return self.runner.failure
-        if self.error is not None:
-            return f"turn runner failed: {self.error!r}"
-        return None if self.is_alive() else "turn runner ended"
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the starter
-            self.error = exc
-            log.exception("turn runner stopped")
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        services = await self._open_services()
-        try:
-            self.runner = TurnRunner(services, self._tuning)
-            serving = asyncio.create_task(self.runner.serve(self._stop_event))
-            while self.runner._loop is None and not serving.done():
-                await asyncio.sleep(0.01)
-            self._ready.set()
-            await serving
-        finally:
-            await services.aclose()
-
-    def wait_ready(self, timeout: float = 30.0) -> TurnRunner:
-        self._ready.wait(timeout)
-        if self.runner is None or self.error is not None:
-            raise RuntimeError(f"the turn runner did not start: {self.error!r}")
-        return self.runner
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop_requested = True
-        if self._loop is not None and self._stop_event is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._stop_event.set)
-            except RuntimeError:
-                pass
-        self.join(timeout)
 
 
 def _priority(hold: Hold) -> int:
