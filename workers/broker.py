@@ -1,7 +1,7 @@
 """Broker setup, and the one way a tool enqueues work (by actor name, ids only).
 
 The web process does not use it: the edge writes its wake-up messages in the same Lua script
-that stores the inbound (``gateway/store/inbox.py``), with the names in
+that stores the inbound (``gateway/store/dramatiq_queue.py``), with the names in
 ``gateway/core/queue.py``.
 
 **No retries, so no delay queue.** A wake-up carries no state: the conversation it names is in

@@ -12,6 +12,7 @@ import dramatiq
 
 from gateway.core.config import GatewayConfig
 from gateway.core.errors import ConfigError
+from gateway.store.dramatiq_queue import require_tested_dramatiq
 from workers.actors import declare_actors
 from workers.broker import QUEUE, consume_no_delay_queue, make_broker
 from workers.context import WorkerServices
@@ -38,6 +39,8 @@ class WorkerProcess:
     def __init__(self, config: GatewayConfig, redis_url: str, open_services: Callable[[], Awaitable[WorkerServices]]) -> None:
         """``open_services`` opens this process's services on the runner's event loop (the
         assembly, ``gateway.services.worker_process``, passes ``Services.open_checked``)."""
+        # The edge writes the queue's messages in Dramatiq's layout; this worker reads them.
+        require_tested_dramatiq()
         self.config = config
         self.broker = make_broker(redis_url)
         self.life = RunnerMiddleware(open_services, config.worker)
