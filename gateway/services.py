@@ -176,7 +176,7 @@ class _ObservedWorker(WorkerProcess):
         port = self.config.worker.metrics_port
         if port is not None:
             host = self.config.worker.metrics_host
-            probe = RunnerProbe(lambda: self.runner_thread.runner, lambda: self.runner_thread.failure)
+            probe = RunnerProbe(lambda: self.life.runner, lambda: self.life.failure)
             try:
                 token = self.config.metrics_token.reveal() if self.config.metrics_token is not None else None
                 self.http = WorkerHttp(probe, host=host, port=port, metrics_token=token)
