@@ -3,7 +3,7 @@
 slack_sdk raises ``SlackApiError`` for anything but HTTP 200 with ``ok: true`` (PROTOCOLS.md §2.6):
 logical failures arrive as **HTTP 200** with ``{"ok": false, "error": "<code>"}`` and rate limits
 as HTTP 429 with ``Retry-After``. ``slack_errors`` turns those, and network failures, into the
-``gateway.core.errors`` delivery family, keeping the cause (STYLE.md §4), so nothing past this module
+``gateway.core.errors`` delivery family, keeping the cause, so nothing past this module
 knows about slack_sdk exceptions.
 """
 

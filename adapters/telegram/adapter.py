@@ -2,7 +2,8 @@
 
 Each channel gets its own PTB ``Bot`` with its own connection pool and its own pacing keys, so
 one bot's trouble (a revoked token, flood control, a slow API) never touches another. The Bot
-is a private attribute, never a base class (the Rasa lesson, STYLE §4).
+is a private attribute, never a base class, so PTB's whole client API does not leak into the
+adapter's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Sending to Telegram: messages, files and typing, paced, with PTB errors translated into ours.
 
-PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2, STYLE
-§5); ``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
+PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2);
+``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
 the PTB wart: ``BadRequest`` and ``TimedOut`` subclass ``NetworkError``, so they are matched
 before it, or a permanent 400 would be retried forever.
 """

@@ -24,7 +24,8 @@
     └── AttachmentUnavailable       a file cannot be fetched (too large, login page, refused)
 
 Transient and permanent failures are siblings, never parent and child, so that retrying one
-family never retries the other by accident (the PTB ``BadRequest`` wart, STYLE.md §5).
+family never retries the other by accident (in python-telegram-bot, ``BadRequest`` subclasses
+``NetworkError``, so retrying network errors there retries permanent 400s too).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The canonical values that travel between the edge, the queue, the workers and the adapters.
 
-Every package passes these typed values, never loose dicts (the Rasa lesson in STYLE.md). They
+Every package passes these typed values, never loose dicts, whose keys nothing checks and every
+reader would guess at. They
 are frozen, and each has a JSON form because they are stored in Redis between steps.
 """
 
