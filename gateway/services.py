@@ -89,7 +89,7 @@ class Services:
                 limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
             )
             opened.push_async_callback(http.aclose)
-            # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
+            # One OCS request budget for every process (docs/OCS.md §3): the clients ask it first.
             metrics = metrics if metrics is not None else Metrics()
             budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
             ocs = {

@@ -326,7 +326,7 @@ class TurnEngine:
         count the user messages in the session's history. ``expect_count`` of them means OCS
         has it (its reply is the first assistant message after it); fewer means it has not
         arrived, and after ``reconcile_grace_s`` it is sent again (OCS writes the user message
-        when its worker picks the task up, §4.2, so a moment's absence proves nothing)."""
+        when its worker picks the task up, docs/OCS.md §4.2, so a moment's absence proves nothing)."""
         conv = hold.conv
         now = self.clock.now()
         session = hold.record.session
@@ -400,7 +400,7 @@ class TurnEngine:
             await self.closer.answer(hold, turn, reply, extra=fingerprints)
             return CONTINUE
         if result.status is TaskStatus.ERROR:
-            # OCS's error text is written for the end user (§4.3): it is the answer.
+            # OCS's error text is written for the end user (docs/OCS.md §4.3): it is the answer.
             reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
             await self.closer.answer(hold, turn, reply, last_error=result.error or "")
             return CONTINUE
@@ -417,7 +417,7 @@ class TurnEngine:
         return wait_until(now + wait)
 
     async def _too_slow(self, hold: Hold, turn: Turn) -> Outcome:
-        """Our own timeout (an unknown task polls as processing forever, §0.9): tell the user,
+        """Our own timeout (an unknown task polls as processing forever, docs/OCS.md §0.9): tell the user,
         and let the watch deliver the answer when it lands."""
         channel = self.services.config.channels[hold.conv.channel]
         reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)

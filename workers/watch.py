@@ -1,5 +1,5 @@
 """Watches: OCS writes scheduled and event messages into a session that only its session messages
-reveal (CONTRACT §6.5). A watch looks once into one idle conversation's session and queues what
+reveal (docs/OCS.md §6.5). A watch looks once into one idle conversation's session and queues what
 is new behind the user's messages, so order and retries are the turn engine's.
 
 It runs while the runner owns the conversation and only when no turn is running, so it never
@@ -72,7 +72,7 @@ class SessionWatcher:
             return False
         if now - record.last_polled < interval * 0.9:
             await hold.write([Op("ZADD", s.keys.watch, (record.last_polled + interval, member))])
-            return False  # never more than once per interval per session (§4.4)
+            return False  # never more than once per interval per session (docs/OCS.md §4.4)
         ocs = s.ocs_for(conv.channel)
         cursor = record.cursor
         fresh: list[OCSMessage] = []

@@ -4,7 +4,7 @@ answer and drop the rest (its own messages, other bots, edits, joins).
 What the bot answers (issue #4): direct messages (``message.im``), mentions (``app_mention``), and
 plain replies in threads it is part of (``threads.py``). One user message can arrive twice under
 two event ids (``app_mention`` and ``message.channels``), so each inbound carries the alias
-``msg:{team}:{channel}:{ts}`` and the edge's dedup makes it one turn (PROTOCOLS.md §2.4). Retries
+``msg:{team}:{channel}:{ts}`` and the edge's dedup makes it one turn (docs/PLATFORMS.md §2.4). Retries
 (``X-Slack-Retry-Num``) keep their ``event_id`` and meet the same dedup, never dropped blindly:
 the first delivery may have been refused with a 503.
 """
@@ -39,21 +39,21 @@ __all__ = ["EventParser", "SIGNATURE_WINDOW_S", "conversation_for", "verify_sign
 
 log = logging.getLogger(__name__)
 
-#: Slack's replay window: a timestamp further than this from now is refused (§2.1).
+#: Slack's replay window: a timestamp further than this from now is refused (docs/PLATFORMS.md §2.1).
 SIGNATURE_WINDOW_S = 300
 
 #: Called with (team, enterprise, org-wide install?, event) for app_uninstalled / tokens_revoked.
 RevocationHandler = Callable[[str, str, bool, Mapping[str, Any]], Awaitable[None]]
 
 # Message subtypes that carry a user's words; everything else (message_changed, message_deleted,
-# channel_join, ...) is ignored (§2.5). bot_message is added when other bots are welcome.
+# channel_join, ...) is ignored (docs/PLATFORMS.md §2.5). bot_message is added when other bots are welcome.
 _USER_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
 _LEADING_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def verify_signature(signing_secret: str, request: InboundRequest) -> None:
-    """Check ``X-Slack-Signature`` over the raw body and the 300 s timestamp window (§2.1).
+    """Check ``X-Slack-Signature`` over the raw body and the 300 s timestamp window (docs/PLATFORMS.md §2.1).
 
     Raises:
         SignatureInvalid: a header is missing, the timestamp is stale, or the HMAC differs.
@@ -125,11 +125,11 @@ class EventParser:
             challenge = envelope.get("challenge")
             if not isinstance(challenge, str):
                 raise PayloadInvalid("url_verification without a challenge")
-            return ParsedRequest(response={"challenge": challenge})  # §2.2, the JSON form Bolt uses
+            return ParsedRequest(response={"challenge": challenge})  # docs/PLATFORMS.md §2.2, the JSON form Bolt uses
         if kind == "event_callback":
             return await self._event_callback(envelope, request)
         if kind == "app_rate_limited":
-            # Over 30,000 events/hour/workspace Slack drops events and tells us so (§2.4).
+            # Over 30,000 events/hour/workspace Slack drops events and tells us so (docs/PLATFORMS.md §2.4).
             log.warning("slack channel %s: Slack is rate limiting events for team %s", self._name, envelope.get("team_id"))
         return ParsedRequest()
 
@@ -182,7 +182,7 @@ class EventParser:
         bot_user = identity.user_id if identity else None
         is_mention = event["type"] == "app_mention"
         raw_text = str(event.get("text") or "")
-        # app_mention has no channel_type; DM channel ids start with D (§2.5).
+        # app_mention has no channel_type; DM channel ids start with D (docs/PLATFORMS.md §2.5).
         is_dm = (event.get("channel_type") or ("im" if channel.startswith("D") else "channel")) == "im"
         thread_ts = str(event.get("thread_ts") or "")
         root_ts = thread_ts or ts
@@ -203,7 +203,7 @@ class EventParser:
         if enterprise:
             route["enterprise"] = enterprise
         if thread_ts or not is_dm:
-            route["thread_ts"] = root_ts  # always answer in the thread in channels (§2.5)
+            route["thread_ts"] = root_ts  # always answer in the thread in channels (docs/PLATFORMS.md §2.5)
         conversation = conversation_for(
             team=team, channel=channel, is_dm=is_dm, root_ts=root_ts,
             per_channel=self._config.channel_conversation == "per_channel",
@@ -223,7 +223,7 @@ class EventParser:
 
     def _is_own_or_bot(self, event: Mapping[str, Any], subtype: str, identity: Identity | None) -> bool:
         # A modern app's own post has bot_id + user and NO subtype, so subtype alone would loop;
-        # compare with auth.test's ids the way Bolt's IgnoringSelfEvents does (§2.5).
+        # compare with auth.test's ids the way Bolt's IgnoringSelfEvents does (docs/PLATFORMS.md §2.5).
         bot_id, user = event.get("bot_id"), event.get("user")
         is_bot = bool(bot_id) or subtype == "bot_message"
         if identity is None:
@@ -274,7 +274,7 @@ class EventParser:
 
 def _installation_team(envelope: Mapping[str, Any]) -> tuple[str, str]:
     # authorizations[0] names the installation that received the event, which differs from the
-    # envelope's team in shared channels; Bolt prefers it for the same reason (§2.3, §2.7).
+    # envelope's team in shared channels; Bolt prefers it for the same reason (docs/PLATFORMS.md §2.3, §2.7).
     first = _first_authorization(envelope)
     team = _text(first, "team_id", where="authorizations.0.") or _text(envelope, "team_id")
     enterprise = _text(first, "enterprise_id", where="authorizations.0.") or _text(envelope, "enterprise_id")
@@ -293,8 +293,8 @@ def _org_wide(envelope: Mapping[str, Any]) -> bool:
 
 def _envelope_identity(envelope: Mapping[str, Any], team: str) -> Identity | None:
     """The bot as the envelope names it: ``authorizations[0].user_id`` is the bot user of the
-    installation that received the event when ``is_bot`` (§2.3). It has no bot id, which is
-    enough: the app's own posts carry its bot user in ``user`` (§2.5)."""
+    installation that received the event when ``is_bot`` (docs/PLATFORMS.md §2.3). It has no bot id, which is
+    enough: the app's own posts carry its bot user in ``user`` (docs/PLATFORMS.md §2.5)."""
     first = _first_authorization(envelope)
     user = first.get("user_id")
     if first.get("is_bot") is True and isinstance(user, str) and user:

@@ -1,7 +1,7 @@
 """Multi-workspace install through Bolt's OAuth flow, and forgetting a workspace that leaves.
 
 ``GET /slack/{channel}/install`` and ``GET /slack/{channel}/oauth_redirect`` are Bolt's
-``AsyncOAuthFlow.handle_installation`` / ``handle_callback`` (PROTOCOLS.md §2.7): the install link
+``AsyncOAuthFlow.handle_installation`` / ``handle_callback`` (docs/PLATFORMS.md §2.7): the install link
 issues a one-time ``state`` (``RedisOAuthStateStore``, 10 minutes) and sets it in a cookie, then
 redirects to Slack's authorize page; the callback checks the state against both (a stolen link
 cannot install into someone else's session), exchanges the code with ``oauth.v2.access``, asks

@@ -1,7 +1,7 @@
 """Bolt's installation and OAuth state stores, on our Redis.
 
 ``RedisInstallationStore`` implements slack_sdk's ``AsyncInstallationStore`` the way Bolt's
-``AsyncOAuthFlow`` and its authorize/token-revocation code expect (PROTOCOLS.md §2.7): one Redis
+``AsyncOAuthFlow`` and its authorize/token-revocation code expect (docs/PLATFORMS.md §2.7): one Redis
 hash per installation holds the bot (``bot``), the latest installation (``installation``) and each
 user's installation (``user:{id}``), all as the JSON of slack_sdk's models. An installation is
 keyed by its team id, or by its enterprise id when it is org-wide (Enterprise Grid, no team):

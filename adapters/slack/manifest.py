@@ -29,7 +29,7 @@ BOT_SCOPES: tuple[str, ...] = (
     "files:read",  # the user's files (url_private_download)
     "files:write",  # reply attachments (files.getUploadURLExternal)
 )
-#: Events the adapter handles; app_uninstalled and tokens_revoked need no scope (§2.7).
+#: Events the adapter handles; app_uninstalled and tokens_revoked need no scope (docs/PLATFORMS.md §2.7).
 BOT_EVENTS: tuple[str, ...] = (
     "app_mention",
     "message.im",

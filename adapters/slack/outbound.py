@@ -2,7 +2,7 @@
 its ``text`` fallback, ``format.py``), post them in the thread at a pace Slack accepts, and show a
 reaction while OCS works.
 
-Pacing: ``chat.postMessage`` allows about one message per second per channel (§2.6); every worker
+Pacing: ``chat.postMessage`` allows about one message per second per channel (docs/PLATFORMS.md §2.6); every worker
 takes its slot through ``gateway.store.pacing.take_slot`` on a per-channel key. A short wait is booked
 and slept through; a long one books nothing and becomes ``PacingWait`` (not counted as a failed
 attempt) so no worker is held for seconds and no other thread's slot is pushed out. A 429 becomes
@@ -40,7 +40,7 @@ __all__ = ["MARKDOWN_HINT", "PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION"
 
 log = logging.getLogger(__name__)
 
-#: Slack's documented rate for chat.postMessage in one channel (§2.6).
+#: Slack's documented rate for chat.postMessage in one channel (docs/PLATFORMS.md §2.6).
 PACE_INTERVAL_S = 1.0
 #: Waits up to this long are booked and slept through; longer ones book nothing and are handed
 #: back to the worker.

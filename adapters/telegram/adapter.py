@@ -78,7 +78,7 @@ _TOKEN_IN_URL = re.compile(r"/(file/)?bot\d+:[A-Za-z0-9_-]+")
 
 
 class _RedactBotToken(logging.Filter):
-    """httpx logs every request URL at INFO, and Bot API URLs carry the token (PROTOCOLS §1.1)."""
+    """httpx logs every request URL at INFO, and Bot API URLs carry the token (docs/PLATFORMS.md §1.1)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -99,7 +99,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     kind = "telegram"
     inbound_path = "/telegram/{channel}"
-    #: "typing…" lasts about 5 s (PROTOCOLS §1.5): refresh a little sooner.
+    #: "typing…" lasts about 5 s (docs/PLATFORMS.md §1.5): refresh a little sooner.
     working_refresh_s = 4.0
 
     def __init__(
@@ -141,7 +141,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         # Raw JSON through do_api_request, so each update takes the webhook's strict parse path
         # and one malformed update cannot fail its whole batch (Bot.get_updates parses all or
         # nothing). Spelled in lower case because Bot API method names are case-insensitive
-        # (PROTOCOLS §1.1) and PTB warns when a known method goes through do_api_request.
+        # (docs/PLATFORMS.md §1.1) and PTB warns when a known method goes through do_api_request.
         result = await self._client().do_api_request(
             "getupdates", api_kwargs=params, read_timeout=timeout_s + _POLL_READ_MARGIN_S
         )
@@ -272,7 +272,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         """Blocked/kicked: mark the conversation gone so workers stop sending; back: unmark.
 
         A StoreUnavailable leaves the update unacknowledged, so Telegram delivers it again
-        (PROTOCOLS §1.3).
+        (docs/PLATFORMS.md §1.3).
         """
         # A private chat's key holds the user's id: logged as a label unless text may be logged.
         label = conversation_label(change.key, reveal=self.services.config.log_message_text)
@@ -296,7 +296,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         )
 
     async def _answer_button(self, query: CallbackQuery) -> None:
-        # Until answered the button shows a spinner (PROTOCOLS §1.5); best effort, quick.
+        # Until answered the button shows a spinner (docs/PLATFORMS.md §1.5); best effort, quick.
         try:
             await self._client().answer_callback_query(query.id, read_timeout=2.0)
         except TelegramError as exc:

@@ -34,7 +34,7 @@ class TelegramChannelConfig(ChannelConfig):
     #: ``/start <payload>`` deep links: the payload reaches OCS as the message text, as
     #: ``context.start_payload`` (the text stays "/start"), or both.
     start_payload: Literal["text", "context", "both"] = "context"
-    #: Send spacing (Telegram's flood limits, PROTOCOLS §1.5): ~1/s in a private chat, at most
+    #: Send spacing (Telegram's flood limits, docs/PLATFORMS.md §1.5): ~1/s in a private chat, at most
     #: ~20 a minute in a group, ~30/s for the whole bot.
     private_interval_s: float = Field(default=1.0, gt=0)
     group_interval_s: float = Field(default=3.0, gt=0)

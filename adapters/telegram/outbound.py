@@ -1,6 +1,6 @@
 """Sending to Telegram: messages, files and typing, paced, with PTB errors translated into ours.
 
-PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2);
+PTB classifies the Bot API's answers by HTTP status and ``parameters`` (docs/PLATFORMS.md §1.2);
 ``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
 the PTB wart: ``BadRequest`` and ``TimedOut`` subclass ``NetworkError``, so they are matched
 before it, or a permanent 400 would be retried forever.
@@ -59,7 +59,7 @@ UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
 #: sendPhoto takes at most 10 MB and only these formats; other images go as documents.
 _PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
-#: Flood limits (PROTOCOLS §1.5): about 1 message/s per private chat, at most ~20 a minute in a
+#: Flood limits (docs/PLATFORMS.md §1.5): about 1 message/s per private chat, at most ~20 a minute in a
 #: group, ~30/s for the bot. The channel config sets the intervals (``private_interval_s``,
 #: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses.
 CHAT_INTERVAL_S = 1.0
@@ -80,7 +80,7 @@ def translate(exc: TelegramError) -> DeliveryError:
     if isinstance(exc, ChatMigrated):
         return RecipientGone("group moved to a supergroup", new_chat_id=str(exc.new_chat_id))
     if isinstance(exc, Forbidden):
-        # 403: blocked by the user, kicked from the group, user deactivated (PROTOCOLS §1.2).
+        # 403: blocked by the user, kicked from the group, user deactivated (docs/PLATFORMS.md §1.2).
         return RecipientGone(exc.message)
     if isinstance(exc, BadRequest):
         if "chat not found" in exc.message.lower():
@@ -192,7 +192,7 @@ async def send_file(bot: Bot, route: Route, attachment: ReplyAttachment, data: b
 
 
 async def send_typing(bot: Bot, route: Route) -> None:
-    """Show "typing…" for about 5 s (PROTOCOLS §1.5); failures are only logged."""
+    """Show "typing…" for about 5 s (docs/PLATFORMS.md §1.5); failures are only logged."""
     target = _target(route)
     target.pop("reply_parameters", None)
     try:

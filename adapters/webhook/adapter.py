@@ -46,7 +46,7 @@ __all__ = ["WebhookAdapter", "WebhookMessage"]
 
 log = logging.getLogger(__name__)
 
-#: OCS takes files up to 50 MB (CONTRACT §3.3); fetching more would only fail later.
+#: OCS takes files up to 50 MB (docs/OCS.md §3.3); fetching more would only fail later.
 MAX_ATTACHMENT_BYTES = 50 * 1024 * 1024
 #: Reply files up to this size travel inside the callback, so the receiver needs no OCS key.
 INLINE_FILE_BYTES = 5 * 1024 * 1024

@@ -79,7 +79,7 @@ class AdapterServices:
     http: httpx.AsyncClient
     redis: aioredis.Redis
     keys: Keys
-    #: Downloads a reply attachment from OCS with the bot's credentials (CONTRACT §4.14), which go
+    #: Downloads a reply attachment from OCS with the bot's credentials (docs/OCS.md §4.14), which go
     #: to OCS's origin only; ``AttachmentUnavailable`` (too big, gone, refused) means: send the
     #: reply without the file's bytes (a link, a description), never fail the turn over it.
     fetch_ocs_file: Callable[[ReplyAttachment], Awaitable[bytes]] | None = None

@@ -149,7 +149,7 @@ class ParsedRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReplyAttachment:
-    """A file the bot attached; ``content_url`` needs the OCS Bearer token (CONTRACT §0.10)."""
+    """A file the bot attached; ``content_url`` needs the OCS Bearer token (docs/OCS.md §0.10)."""
 
     name: str
     content_type: str
@@ -238,7 +238,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class OCSSession:
-    """An OCS chat session the gateway holds for one conversation (CONTRACT §2.5): its id, the
+    """An OCS chat session the gateway holds for one conversation (docs/OCS.md §2.5): its id, the
     session token every call after start carries, the chatbot it belongs to, and when it began
     (the token dies a fixed time after that)."""
 

@@ -1,12 +1,12 @@
-"""An async client for the OCS Chat API, exactly as the real server behaves (CONTRACT.md).
+"""An async client for the OCS Chat API, exactly as the real server behaves (docs/OCS.md).
 
 The call path is layered like httpx's ``send`` chain, one reason to retry per layer:
 
 * ``_call`` — one HTTP request; translates transport errors and status codes into ``OCSError``
   subclasses (``raise … from exc``), keeping the cause.
-* ``start_session`` — refreshes the OAuth token once on a 401 (§7.1).
+* ``start_session`` — refreshes the OAuth token once on a 401 (docs/OCS.md §7.1).
 * session-bound calls send ``X-Session-Token`` and never the Bearer token, embed key, Origin
-  or Referer (§0.2, §2.1, §9).
+  or Referer (docs/OCS.md §0.2, §2.1, §9).
 
 Restarting an expired session and resending once is the turn engine's job, because it owns the
 stored session (``workers/turns.py``).
@@ -48,11 +48,11 @@ __all__ = ["OCSClient"]
 
 log = logging.getLogger(__name__)
 
-#: Refresh the cached token this long before OCS says it expires (§7.1: expires_in − 5 min).
+#: Refresh the cached token this long before OCS says it expires (docs/OCS.md §7.1: expires_in − 5 min).
 TOKEN_MARGIN_S = 300
 _SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_required"}
 #: What OCS answers on a session-bound route when the session no longer exists or its chatbot
-#: was archived (the permission check fails before the view's 404, CONTRACT §4.2, §8 rule 2).
+#: was archived (the permission check fails before the view's 404, docs/OCS.md §4.2, §8 rule 2).
 _SESSION_GONE = "Authentication credentials were not provided."
 #: Transport failures after which the request may have reached OCS (it was written, the answer
 #: never came): only these make a state-changing call ambiguous.
@@ -72,7 +72,7 @@ class OCSClient:
         name: the bot's name in the config (keys its cached token).
         bot: the bot's configuration.
         http: the process's pooled client (never closed here).
-        redis: where the OAuth token is cached, so every process shares one token (§2.3: the
+        redis: where the OAuth token is cached, so every process shares one token (docs/OCS.md §2.3: the
             token endpoint is rate limited per IP and fail-closed).
         fetch_allowlist: the internal hosts a reply attachment outside OCS's origin may still be
             fetched from (``GatewayConfig.fetch_allowlist``, ``gateway.core.fetching``).
@@ -157,7 +157,7 @@ class OCSClient:
         # The hosted WAF's block page is HTML, not OCS's JSON: counted apart, as the alert differs.
         self._count(endpoint, "waf" if status == 403 and not isinstance(body, dict) else str(status))
         if status == 429:
-            # OCS throttles a session's calls per session and starts per channel (CONTRACT
+            # OCS throttles a session's calls per session and starts per channel (docs/OCS.md
             # §3.1): a throttled start must not stop the turns of sessions already open.
             scope = (
                 LimitScope.SESSION if session_id is not None else LimitScope.STARTS if start_channel else LimitScope.SERVICE
@@ -171,7 +171,7 @@ class OCSClient:
             await self._block(LimitScope.SERVICE, wait, None, None)
             raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope=LimitScope.SERVICE)
         if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
-            return response  # a task that failed inside OCS: the caller reads it (§4.3)
+            return response  # a task that failed inside OCS: the caller reads it (docs/OCS.md §4.3)
         if status in (502, 504) and changes_state:
             raise OCSAmbiguous(f"{method} {path}: HTTP {status} from a proxy")
         if status >= 500:
@@ -231,7 +231,7 @@ class OCSClient:
                 "client_id": self.bot.client_id,
                 "client_secret": self.bot.client_secret.reveal(),
                 # Always explicit: the default set may include OIDC scopes a machine app may
-                # never receive (§2.3).
+                # never receive (docs/OCS.md §2.3).
                 "scope": self.bot.scopes,
             },
         )
@@ -255,14 +255,14 @@ class OCSClient:
     # -- chat API ---------------------------------------------------------------------------
 
     async def start_session(self, *, remote_id: str, name: str | None, channel: str = "") -> OCSSession:
-        """``POST /api/chat/start/`` (§4.1); refreshes the OAuth token once on a 401.
+        """``POST /api/chat/start/`` (docs/OCS.md §4.1); refreshes the OAuth token once on a 401.
 
         Raises:
             OCSAuthFailed: the credentials are refused even with a fresh token.
             OCSRejected, OCSUnavailable, OCSRateLimited.
         """
         body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": remote_id[:255]}
-        if name:  # empty strings are a 400 (§4.1): omit instead
+        if name:  # empty strings are a 400 (docs/OCS.md §4.1): omit instead
             body["participant_name"] = name[:320]
         for attempt in (1, 2):
             headers: dict[str, str] = {}
@@ -271,7 +271,7 @@ class OCSClient:
             elif self.bot.auth == "embed_key":
                 assert self.bot.embed_key and self.bot.embed_origin
                 headers["X-Embed-Key"] = self.bot.embed_key.reveal()
-                headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (§2.4.1)
+                headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (docs/OCS.md §2.4.1)
             try:
                 response = await self._call(
                     "POST", "/api/chat/start/", endpoint="start", headers=headers, json=body,
@@ -285,7 +285,7 @@ class OCSClient:
                 raise
             data = response.json()
             if not data.get("session_token"):
-                # Legacy embed-key channels give no token (§2.5); we cannot hold such a session.
+                # Legacy embed-key channels give no token (docs/OCS.md §2.5); we cannot hold such a session.
                 raise OCSRejected(response.status_code, "the chatbot's channel issues no session token")
             return OCSSession(str(data["session_id"]), str(data["session_token"]), self.bot.chatbot_id, time.time())
         raise AssertionError("unreachable")
@@ -301,7 +301,7 @@ class OCSClient:
         attachment_ids: Sequence[int] = (),
         context: Mapping[str, Any] | None = None,
     ) -> str:
-        """``POST /api/chat/{sid}/message/`` (§4.2); returns the task id."""
+        """``POST /api/chat/{sid}/message/`` (docs/OCS.md §4.2); returns the task id."""
         body: dict[str, Any] = {"message": text}
         if attachment_ids:
             body["attachment_ids"] = list(attachment_ids)
@@ -314,7 +314,7 @@ class OCSClient:
         return str(response.json()["task_id"])
 
     async def poll_task(self, session: OCSSession, task_id: str) -> TaskPoll:
-        """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
+        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: dropped."""
         response = await self._call(
             "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
             priority=Priority.WAITING, session_id=session.session_id,
@@ -327,7 +327,7 @@ class OCSClient:
     async def session_messages(
         self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING
     ) -> SessionPage:
-        """``GET /api/chat/{sid}/poll/`` (§4.4): messages with ``created_at > since``, oldest first."""
+        """``GET /api/chat/{sid}/poll/`` (docs/OCS.md §4.4): messages with ``created_at > since``, oldest first."""
         params: dict[str, Any] = {"limit": limit}
         if since:
             params["since"] = since  # httpx URL-encodes it, so a "+00:00" never becomes a space
@@ -341,7 +341,7 @@ class OCSClient:
         return SessionPage.parse(data)
 
     async def upload(self, session: OCSSession, files: Sequence[tuple[str, bytes, str]]) -> list[int]:
-        """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
+        """``POST /api/chat/{sid}/upload/`` (docs/OCS.md §4.5), multipart ``files``; returns the file ids."""
         parts = [("files", (name, data, content_type)) for name, data, content_type in files]
         response = await self._call(
             "POST", f"/api/chat/{session.session_id}/upload/", endpoint="upload", headers=self._session_headers(session), files=parts,
@@ -350,7 +350,7 @@ class OCSClient:
         return [int(item["id"]) for item in response.json()["files"]]
 
     async def end_session(self, session_id: str) -> bool:
-        """``POST /api/sessions/{id}/end_experiment_session/`` (§4.8); needs ``sessions:write``.
+        """``POST /api/sessions/{id}/end_experiment_session/`` (docs/OCS.md §4.8); needs ``sessions:write``.
 
         Returns False where the bot's credentials cannot end sessions (embed key, keyless):
         the gateway then only forgets the session, which has the same effect for the user.
@@ -379,7 +379,7 @@ class OCSClient:
         """A reply attachment's bytes, at most ``bot.max_file_bytes``.
 
         OCS's files need the Bearer token with ``files:read`` or the API key, not the session
-        token (§0.10, §4.14). Those credentials go only to OCS's own origin (``base_url``'s
+        token (docs/OCS.md §0.10, §4.14). Those credentials go only to OCS's own origin (``base_url``'s
         scheme, host and port), also across its redirects: a URL elsewhere, whether the message
         or a redirect names it, is fetched as a user's file is, without credentials and through
         the address checks (``gateway.core.fetching``), so it can neither collect our token nor

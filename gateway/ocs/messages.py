@@ -1,5 +1,5 @@
 """What the OCS Chat API answers, as typed values parsed once where the client reads the JSON
-(CONTRACT §4.3, §4.4, §5).
+(docs/OCS.md §4.3, §4.4, §5).
 
 The parsers are lenient the way the engine always was: fields OCS adds later are ignored, odd
 values are coerced (a missing ``content`` is ``""``, a size that is not a number is 0), and
@@ -33,21 +33,21 @@ class MessageRole(StrEnum):
 
 
 class TaskStatus(StrEnum):
-    #: Still running, unknown, or expired: OCS cannot tell these apart (§0.9).
+    #: Still running, unknown, or expired: OCS cannot tell these apart (docs/OCS.md §0.9).
     PROCESSING = "processing"
     COMPLETE = "complete"
     ERROR = "error"
 
 
 class SessionStatus(StrEnum):
-    """``session_status`` of the session messages: ``ended`` only once OCS completed it (§6.1)."""
+    """``session_status`` of the session messages: ``ended`` only once OCS completed it (docs/OCS.md §6.1)."""
 
     ACTIVE = "active"
     ENDED = "ended"
 
 
 def parse_attachment(data: Mapping[str, Any]) -> ReplyAttachment:
-    """A §5 File object (also the stored form of a pushed message's attachments)."""
+    """A docs/OCS.md §5 File object (also the stored form of a pushed message's attachments)."""
     try:
         size = int(data.get("size") or 0)
     except (TypeError, ValueError):
@@ -62,11 +62,11 @@ def parse_attachment(data: Mapping[str, Any]) -> ReplyAttachment:
 
 @dataclass(frozen=True, slots=True)
 class OCSMessage:
-    """One §5 Message. ``role`` is None for a role this client does not know."""
+    """One docs/OCS.md §5 Message. ``role`` is None for a role this client does not know."""
 
     role: MessageRole | None
     content: str
-    #: OCS's own spelling, kept as is: it is the ``since`` cursor (§6.3). None when absent.
+    #: OCS's own spelling, kept as is: it is the ``since`` cursor (docs/OCS.md §6.3). None when absent.
     created_at: str | None
     attachments: tuple[ReplyAttachment, ...] = ()
 
@@ -84,7 +84,7 @@ class OCSMessage:
 
 @dataclass(frozen=True, slots=True)
 class TaskPoll:
-    """What one task poll found (§4.3). Progress text while processing is not a reply: dropped."""
+    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply: dropped."""
 
     status: TaskStatus
     message: OCSMessage | None = None
@@ -104,7 +104,7 @@ class TaskPoll:
 
 @dataclass(frozen=True, slots=True)
 class SessionPage:
-    """One page of a session's messages (§4.4), oldest first."""
+    """One page of a session's messages (docs/OCS.md §4.4), oldest first."""
 
     messages: tuple[OCSMessage, ...]
     has_more: bool

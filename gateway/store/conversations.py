@@ -27,7 +27,7 @@ class ConversationRecord:
     session: OCSSession | None
     route: Route
     gone: bool
-    #: ``created_at`` of the last OCS message the watch handled (exclusive cursor, §6.3).
+    #: ``created_at`` of the last OCS message the watch handled (exclusive cursor, docs/OCS.md §6.3).
     cursor: str | None
     last_active: float
     last_polled: float

@@ -1,6 +1,6 @@
 """Admitting an inbound event: claim its ids, append it to the conversation's inbox, mark the
 conversation active and waiting (``gateway/store/waiting.py``) and put its wake-up on the Dramatiq
-queue, in one atomic step and one round trip, before the platform gets its 200 (DESIGN "Nothing
+queue, in one atomic step and one round trip, before the platform gets its 200 (docs/ARCHITECTURE.md "Nothing
 acknowledged is lost").
 
 A claim without the append would lose the message on a crash between the two (the platform's

@@ -68,7 +68,7 @@ async def test_two_workspaces_install_and_each_gets_its_own_token(make_slack: Ma
     for team in ("TA", "TB"):
         installation = await env.adapter._workspaces.store.async_find_bot(enterprise_id=None, team_id=team)
         assert installation is not None
-        # bot_id is not in oauth.v2.access: it came from auth.test with the new token (§2.7)
+        # bot_id is not in oauth.v2.access: it came from auth.test with the new token (docs/PLATFORMS.md §2.7)
         assert (installation.bot_token, installation.bot_id, installation.bot_user_id) == (
             tokens[team].token, tokens[team].bot_id, tokens[team].user_id,
         )  # fmt: skip

@@ -135,7 +135,7 @@ def test_long_reply_is_split_and_delivered_in_order(tg_stack: Stack, fake_telegr
     assert sent[0].startswith("Echo #1: Part 0:")
     assert all(utf16_len(text) <= TEXT_LIMIT_UTF16 for text in sent)
     gaps = [b.at - a.at for a, b in zip(fake_telegram.sent_messages(USER), fake_telegram.sent_messages(USER)[1:])]
-    assert min(gaps) >= 0.9  # paced at one message a second in one chat (PROTOCOLS §1.5)
+    assert min(gaps) >= 0.9  # paced at one message a second in one chat (docs/PLATFORMS.md §1.5)
 
 
 def test_markdown_is_formatted_and_refused_html_falls_back_to_plain(

@@ -1,4 +1,4 @@
-"""Telegram pacing by chat type (PROTOCOLS §1.5): ~1 message/s in a private chat, at most ~20
+"""Telegram pacing by chat type (docs/PLATFORMS.md §1.5): ~1 message/s in a private chat, at most ~20
 a minute in a group, ~30/s for the whole bot, shared by every worker through Redis.
 
 The intervals are configurable, so the end-to-end test shrinks the group interval and checks

@@ -1,4 +1,4 @@
-"""A local fake of the Slack Web API that speaks the real protocol (PROTOCOLS §2.6, §2.7, §4).
+"""A local fake of the Slack Web API that speaks the real protocol (docs/PLATFORMS.md §2.6, §2.7, §4).
 
 ``FakeSlack`` serves ``/api/<method>`` on 127.0.0.1 (uvicorn in a background thread, so sync tests,
 async tests and a gateway worker can all use it) with the Bearer token in ``Authorization``
@@ -83,7 +83,7 @@ class Workspace:
     team_name: str
     enterprise_id: str | None = None
     #: An Enterprise Grid org-wide installation: ``team_id`` is the enterprise id, and
-    #: oauth.v2.access answers ``team: null`` with ``is_enterprise_install: true`` (§2.7).
+    #: oauth.v2.access answers ``team: null`` with ``is_enterprise_install: true`` (docs/PLATFORMS.md §2.7).
     org_wide: bool = False
 
 
@@ -161,7 +161,7 @@ class FakeSlack(ServedApp):
         self._files: dict[str, tuple[str, bytes, str]] = {}  # path → (team_id, data, mimetype)
         self._ids = itertools.count(1)
         #: With a number, code grants return rotating tokens (``xoxe.xoxb-``) that expire after this
-        #: many seconds, with a refresh token; refresh grants use ``refresh_expires_in`` (§2.7).
+        #: many seconds, with a refresh token; refresh grants use ``refresh_expires_in`` (docs/PLATFORMS.md §2.7).
         self.token_expires_in: int | None = None
         self.refresh_expires_in = 43_200
         self._expires: dict[str, float] = {}  # access token → expiry (epoch seconds)
@@ -250,7 +250,7 @@ class FakeSlack(ServedApp):
             self._failures.append(_Failure(method, error, status, None, times))
 
     def rate_limit_next(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
-        """The next ``times`` calls of ``method`` answer 429 + ``Retry-After`` (§2.6)."""
+        """The next ``times`` calls of ``method`` answer 429 + ``Retry-After`` (docs/PLATFORMS.md §2.6)."""
         with self._lock:
             self._failures.append(_Failure(method, "ratelimited", 429, retry_after, times))
 
@@ -487,7 +487,7 @@ class FakeSlack(ServedApp):
             with self._lock:
                 self.workspaces[user_token] = ws
             installer.update({"scope": user_scope, "access_token": user_token, "token_type": "user"})
-        # The shape of OAUTH_V2_ACCESS_RESPONSE in bolt's mock server (§2.7): no bot_id here.
+        # The shape of OAUTH_V2_ACCESS_RESPONSE in bolt's mock server (docs/PLATFORMS.md §2.7): no bot_id here.
         answer = {
             "access_token": ws.token,
             "token_type": "bot",
@@ -563,7 +563,7 @@ class FakeSlack(ServedApp):
             return PlainTextResponse("not found", status_code=404)
         team_id, data, mimetype = found
         if ws is None or ws.team_id != team_id or token in self.revoked:
-            # What Slack does for a missing or wrong token: 200 and its sign-in page (§2.5).
+            # What Slack does for a missing or wrong token: 200 and its sign-in page (docs/PLATFORMS.md §2.5).
             return HTMLResponse(LOGIN_PAGE)
         return Response(data, media_type=mimetype)
 
@@ -581,7 +581,7 @@ class FakeSlack(ServedApp):
 
 async def _read_params(request: Request) -> dict[str, Any]:
     """Query string plus a JSON or form body: slack_sdk sends chat.postMessage as JSON and most
-    other methods as query parameters or form fields (§2.6)."""
+    other methods as query parameters or form fields (docs/PLATFORMS.md §2.6)."""
     params: dict[str, Any] = dict(request.query_params)
     body = await request.body()
     content_type = request.headers.get("content-type", "")
@@ -605,7 +605,7 @@ def _basic_auth(request: Request) -> tuple[str, str] | None:
     return user, password
 
 
-# -- delivering events to the gateway, the way Slack does (§2.1, §2.4) -----------------------------
+# -- delivering events to the gateway, the way Slack does (docs/PLATFORMS.md §2.1, §2.4) -----------------------------
 
 
 def signed_headers(secret: str, body: bytes, *, timestamp: int | None = None, retry_num: int | None = None) -> dict[str, str]:
@@ -629,7 +629,7 @@ def event_envelope(
     enterprise_id: str | None = None,
     org_wide: bool = False,
 ) -> dict[str, Any]:
-    """An ``event_callback`` envelope around ``event`` (§2.3); ``org_wide``: received by an
+    """An ``event_callback`` envelope around ``event`` (docs/PLATFORMS.md §2.3); ``org_wide``: received by an
     Enterprise Grid org-wide installation, whose authorization names no team."""
     authorization = {
         "enterprise_id": enterprise_id,

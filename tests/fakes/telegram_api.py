@@ -1,4 +1,4 @@
-"""A local fake of the Telegram Bot API that speaks the real protocol (PROTOCOLS §1.1-1.2, §4).
+"""A local fake of the Telegram Bot API that speaks the real protocol (docs/PLATFORMS.md §1.1-1.2, §4).
 
 ``FakeTelegram`` serves ``/bot<token>/<method>`` and ``/file/bot<token>/<path>`` on 127.0.0.1
 (uvicorn in a background thread, so sync tests, async tests and a gateway in another process
@@ -16,7 +16,7 @@ to inject the failures the gateway must survive::
         ...
         assert [c.params["text"] for c in tg.calls("sendMessage")] == [...]
 
-``getUpdates`` works like Telegram's (PROTOCOLS §1.3): an update stays pending until a call
+``getUpdates`` works like Telegram's (docs/PLATFORMS.md §1.3): an update stays pending until a call
 with ``offset`` past its id confirms it; with nothing pending the call waits up to ``timeout``
 seconds for one; a webhook set makes it fail with 409, and a second call while one waits
 ends the first with 409 "terminated by other getUpdates request".
@@ -214,7 +214,7 @@ class FakeTelegram(ServedApp):
 
     async def deliver(self, update: dict[str, Any], *, token: str, url: str | None = None,
                       secret: str | None = None) -> httpx.Response:
-        """POST ``update`` to the bot's webhook like Telegram does (PROTOCOLS §1.3), once."""
+        """POST ``update`` to the bot's webhook like Telegram does (docs/PLATFORMS.md §1.3), once."""
         bot = self.bots[token]
         target = url or bot.webhook.get("url")
         if not target:
@@ -460,7 +460,7 @@ def _upload(files: dict[str, Upload], params: dict[str, Any], field_name: str) -
 
 
 class _TelegramHTML(HTMLParser):
-    """Telegram's HTML rules (PROTOCOLS §1.5): listed tags only, balanced, ``< > &`` escaped."""
+    """Telegram's HTML rules (docs/PLATFORMS.md §1.5): listed tags only, balanced, ``< > &`` escaped."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=False)

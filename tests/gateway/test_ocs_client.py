@@ -1,5 +1,5 @@
 """The OCS client against the simulator: what goes over the wire, and how each failure is
-translated (CONTRACT §2, §4, §7)."""
+translated (docs/OCS.md §2, §4, §7)."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def test_limit_scopes_keep_the_names_the_logs_show() -> None:
 async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_open_sessions(
     state: SimulatorState, redis_url: str
 ) -> None:
-    # OCS throttles start/ per channel (CONTRACT §3.1): a 429 there says nothing about the
+    # OCS throttles start/ per channel (docs/OCS.md §3.1): a 429 there says nothing about the
     # sessions already open, whose turns must go on.
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_simulator_app(state)))
     redis = aioredis.Redis.from_url(redis_url)

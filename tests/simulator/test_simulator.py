@@ -1,4 +1,4 @@
-"""Behaviour tests for the OCS simulator; § = /work/shared/ocs/CONTRACT.md."""
+"""Behaviour tests for the OCS simulator; § = docs/OCS.md."""
 
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ def test_drop_for_an_unknown_route_is_refused(state: SimulatorState) -> None:
         state.drop_after_accept("mesage")
 
 
-# ------------------------------------------------------------------ WAF §3.2
+# ------------------------------------------------------------------ WAF docs/OCS.md §3.2
 async def test_waf_blocks_past_the_limit_with_an_html_403_across_routes(
         sim: SimServer, http: httpx.AsyncClient) -> None:
     bearer = await token(http)
@@ -350,14 +350,14 @@ async def test_task_completed_at_is_wall_clock_time_the_reply_became_pollable(
     assert completed is not None and before + 0.2 <= completed <= time.time()
 
 
-# ---------------------------------------------------------------- rate limits §3.1
+# ---------------------------------------------------------------- rate limits docs/OCS.md §3.1
 async def test_per_session_rate_limit_enforcement_switches_at_runtime(
         asgi: httpx.AsyncClient, state: SimulatorState) -> None:
     session = await start(asgi, await token(asgi))
     state.knobs.chat_rate_limit = 1
     assert (await session_poll(asgi, session)).status_code == 200
     over = await session_poll(asgi, session)
-    assert over.status_code == 200 and over.headers["X-RateLimit-Remaining"] == "0"  # §3.1 off by default
+    assert over.status_code == 200 and over.headers["X-RateLimit-Remaining"] == "0"  # docs/OCS.md §3.1 off by default
     state.knobs.enforce_rate_limit = True
     refused = await session_poll(asgi, session)
     assert refused.status_code == 429

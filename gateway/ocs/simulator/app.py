@@ -1,4 +1,4 @@
-"""Starlette routes of the OCS simulator (§ = /work/shared/ocs/CONTRACT.md).
+"""Starlette routes of the OCS simulator (§ = docs/OCS.md).
 
 All paths are relative, so the app works as-is or under ``Mount("/sim", app)``. Trailing
 slashes are exact (§1): Starlette's slash redirects are switched off, and a non-UUID

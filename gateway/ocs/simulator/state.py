@@ -1,6 +1,6 @@
 """In-memory state and behaviour knobs of the OCS simulator (pure Python, no HTTP).
 
-Section numbers (§) refer to /work/shared/ocs/CONTRACT.md. The "worker" that answers
+Section numbers (§) refer to docs/OCS.md. The "worker" that answers
 messages is simulated lazily: every read first replays the task events whose time has
 come (``advance``), so no background task is needed and the same code works under
 httpx's ASGITransport, under uvicorn and with a manual clock.
