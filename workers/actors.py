@@ -22,10 +22,10 @@ __all__ = ["declare_actors"]
 def declare_actors(broker: RedisBroker, life: RunnerMiddleware) -> None:
     """Register the actors on ``broker``; they hand over to the runner ``life`` runs."""
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, max_retries=0)  # type: ignore[misc]
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, max_retries=0)
     def advance_conversation(conv: str) -> None:
         life.hand_over(conv)
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, max_retries=0)  # type: ignore[misc]
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, max_retries=0)
     def poll_session(conv: str) -> None:
         life.hand_over(conv, watch=True)

@@ -29,7 +29,7 @@ __all__ = ["ADVANCE", "NAMESPACE", "POLL_SESSION", "QUEUE", "consume_no_delay_qu
 def make_broker(redis_url: str) -> RedisBroker:
     """Dramatiq's Redis broker, with its default middleware, under the gateway's namespace."""
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return RedisBroker(client=client, namespace=NAMESPACE)
+    return RedisBroker(client=client, namespace=NAMESPACE)  # type: ignore[no-untyped-call]  # dramatiq is untyped
 
 
 def consume_no_delay_queue(broker: Broker) -> None:

@@ -54,7 +54,7 @@ class _RunnerLoop(EventLoopThread):
     def run(self) -> None:
         try:
             self.loop.run_forever()
-        except BaseException:  # noqa: BLE001 - a fatal error in a callback; ``failure`` reports it
+        except BaseException:
             log.exception("the turn runner's loop ended")
         finally:
             try:
@@ -145,8 +145,8 @@ class RunnerMiddleware(Middleware):
             runner = TurnRunner(services, self._tuning)
             self.runner = runner
             serving = asyncio.create_task(runner.serve(self._stop), name="ocsgw-serve")
-            while runner.loop is None and not serving.done():
-                await asyncio.sleep(0)  # serve's first step records its loop
+            while runner.loop is None and not serving.done():  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0)  # serve's first step records its loop; no event to wait on
             self._ready.set()
             await serving
         finally:
@@ -199,14 +199,14 @@ class RunnerMiddleware(Middleware):
                 serving.result(self._stop_timeout_s)
             except concurrent.futures.TimeoutError:
                 log.warning("the turn runner did not stop within %g s; its leases lapse", self._stop_timeout_s)
-            except BaseException:  # noqa: BLE001 - already reported by ``failure``; the stop goes on
+            except BaseException:
                 log.debug("the turn runner had ended with an error", exc_info=True)
         self._stop_loop()
 
     def _stop_loop(self) -> None:
         thread = self._thread
         if thread is not None and thread.is_alive():
-            thread.stop()  # Dramatiq's: stops the loop, joins the thread, closes the loop
+            thread.stop()  # type: ignore[no-untyped-call]  # Dramatiq's: stops the loop, joins the thread, closes the loop
 
     @staticmethod
     def _call_soon(thread: _RunnerLoop, callback: Callable[[], Any]) -> bool:

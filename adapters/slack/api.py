@@ -117,7 +117,7 @@ class _WebClient(AsyncWebClient):
     header built here: slack_sdk builds it with ``aiohttp.BasicAuth``, deprecated in aiohttp 3.14.
     Bolt's OAuth flow and token rotator call this method, so they get the same fix."""
 
-    async def oauth_v2_access(  # type: ignore[override]
+    async def oauth_v2_access(
         self,
         *,
         client_id: str,

@@ -117,7 +117,7 @@ class RedisInstallationStore(AsyncInstallationStore):
                     current = _bot_of(_view(raw))
                     if current is None or current.bot_refresh_token != spent:
                         return current
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                     pipe.hset(key, _BOT, json.dumps(refreshed.__dict__))
                     stale = [name for name in (*_LEGACY_FIELDS, _attempts_field(spent)) if name in raw]
                     if stale:

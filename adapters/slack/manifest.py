@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
+import yaml
 
 from adapters.slack.config import SlackChannelConfig
 from gateway.core.config import GatewayConfig

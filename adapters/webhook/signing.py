@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from gateway.core.errors import SignatureInvalid
 

@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, Self, Union
 from urllib.parse import urlsplit
 
-import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -105,7 +105,7 @@ def _secret_from_reference(value: Any) -> Secret:
         return value
     if not isinstance(value, str):
         # Not TypeError: pydantic reports a ValueError as a validation error, a TypeError it does not.
-        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")  # noqa: TRY004
+        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")
     match = _REF.match(value.strip())
     if not match:
         raise ValueError(
@@ -245,7 +245,7 @@ def _channels_adapter(models: ChannelModels) -> TypeAdapter[dict[str, ChannelCon
     the channel and its type, ``channels.<name>.<type>.<field>``); None when no type is known."""
     if not models:
         return None
-    union = Union[tuple(models.values())]  # type: ignore[valid-type]  # a union built from the registry
+    union = Union[tuple(models.values())]  # type: ignore[valid-type]  # noqa: UP007 - a union built from the registry
     adapter: TypeAdapter[dict[str, ChannelConfig]] = TypeAdapter(
         dict[str, Annotated[union, Field(discriminator="type")]]  # type: ignore[valid-type]
     )

@@ -8,9 +8,10 @@ are frozen, and each has a JSON form because they are stored in Redis between st
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Attachment",

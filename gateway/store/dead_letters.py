@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -188,7 +188,8 @@ class DeadLetterStore:
         reply: Reply | None = None,
         parts: Sequence[Outgoing] = (),
     ) -> DeadLetter:
-        """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its rendered ``parts``) so a replay needs no OCS call."""
+        """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its
+        rendered ``parts``) so a replay needs no OCS call."""
         letter = DeadLetter(
             uuid.uuid4().hex[:12], str(conv), inbound_raw, error, ocs, ledger, time.time(),
             stage=stage, reply=reply, parts=tuple(parts),
@@ -397,5 +398,5 @@ def since_from_text(text: str, *, now: float) -> float:
     except ValueError:
         raise ValueError(f"--since {text!r}: use a span like 1h or 2d, or a date like 2026-11-01") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

@@ -9,8 +9,9 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -174,7 +175,7 @@ async def test_allowlisted_loopback_port_is_fetched_with_user_agent_and_host(fil
     async with httpx.AsyncClient() as http:
         fetched = await _fetcher(http, f"localhost:{port}").fetch(f"http://localhost:{port}/photo.png")
     assert fetched.data == PNG and fetched.content_type == "image/png"
-    ((path, headers),) = server.seen
+    ((_, headers),) = server.seen
     assert headers["user-agent"] == USER_AGENT
     # Connected to the checked IP, yet the server sees the name the sender wrote.
     assert headers["host"] == f"localhost:{port}"

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -40,7 +40,7 @@ class ManualClock:
     """A clock the tests move by hand."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 8, 21, 12, 0, 0, 500000, tzinfo=timezone.utc)
+        self.now = datetime(2026, 8, 21, 12, 0, 0, 500000, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

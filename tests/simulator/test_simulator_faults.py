@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -37,7 +37,7 @@ CUT = (httpx.RemoteProtocolError, httpx.ReadError)  # how a dropped connection r
 
 class ManualClock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 8, 21, 12, 0, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 8, 21, 12, 0, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

@@ -14,8 +14,8 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 

@@ -13,8 +13,9 @@ import json
 import mimetypes
 import os
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, NoReturn
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 from urllib.parse import unquote_plus, urlsplit
 
 from starlette.applications import Starlette
@@ -45,8 +46,11 @@ NO_PERMISSION = {"detail": "You do not have permission to perform this action."}
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 WAF_BLOCK = "<html><head><title>403 Forbidden</title></head><body><center><h1>403 Forbidden</h1></center></body></html>"
 # §3.3 upload rules.
-ALLOWED_EXTENSIONS = (".txt .pdf .doc .docx .xls .xlsx .csv .jpg .jpeg .png .gif .webp .mp4 .mov .avi "
-                      ".mp3 .wav .html .htm .css .js .xml .md .ics .vcf .rtf .tsv .yaml .yml .py .c").split()
+ALLOWED_EXTENSIONS = [
+    ".txt", ".pdf", ".doc", ".docx", ".xls", ".xlsx", ".csv", ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp4", ".mov",
+    ".avi", ".mp3", ".wav", ".html", ".htm", ".css", ".js", ".xml", ".md", ".ics", ".vcf", ".rtf", ".tsv", ".yaml",
+    ".yml", ".py", ".c",
+]
 DENIED_EXTENSIONS = {".svg", ".svgz", ".bmp", ".tif", ".tiff"}
 SUPPORTED_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/heic", "image/heif"}
 MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
@@ -137,7 +141,7 @@ def _upload_error(name: str, part_type: str, data: bytes, max_mb: float) -> str 
 def _parse_since(raw: str) -> datetime:
     """§4.4/§6.3: ``fromisoformat`` after ``Z`` -> ``+00:00``; naive means UTC."""
     value = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith("Z") else raw)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class _Routes:

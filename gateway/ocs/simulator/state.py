@@ -18,9 +18,10 @@ import secrets
 import threading
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from gateway.ocs.simulator.latency import LatencyModel
 
@@ -63,12 +64,12 @@ ROUTE_NAMES = ("end", "files", "message", "session_get", "session_poll", "start"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
     """§1/§8.10: DRF renders UTC ISO-8601 with ``Z``; microseconds only when non-zero."""
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
