@@ -6,6 +6,8 @@ key                               type    meaning
 ``tg:pace:{channel}:chat:{id}``   string  next free send slot (ms) for one Telegram chat
                                           (``gateway.store.pacing``); PX TTL
 ``tg:pace:{channel}:bot``         string  next free send slot (ms) for the whole bot; PX TTL
+``tg:pace:{channel}:chat:{id}:last``  string  when the chat's last send was granted (ms, Redis
+                                          time): its spacing holds over grants; PX TTL
 ``tg:pace:{channel}:sends``       list    the whole bot's last sends, newest first, as Redis
                                           times (µs), as many as a second allows
                                           (``gateway.store.pacing.take_send``); PX TTL

@@ -56,7 +56,8 @@ return {1, wait}
 """)
 
 
-# KEYS: the chat's and the bot's pacing keys, the bot's list of recent sends; ARGV: book (1 on a
+# KEYS: the chat's and the bot's pacing keys, the bot's list of recent sends, the chat's last grant
+# (ms); ARGV: book (1 on a
 # sender's first call, 0 when it comes back to a slot it booked), max_wait_ms (-1: no limit), the
 # chat's and the bot's intervals (ms), the sends allowed per window, the window (µs).
 # Booking is _TAKE's, on the two pacing keys: a slot not yet due is booked and its wait returned.
@@ -88,6 +89,15 @@ if ARGV[1] == '1' then
     return {2, wait * 1000, now_us}
   end
 end
+-- The chat's own spacing holds over its grants too: a sender that woke late does not go out on
+-- the heels of the chat's previous send (its booked slot only said when to come back).
+local chat_interval = tonumber(ARGV[3])
+local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+if last > now then
+  redis.call('DEL', KEYS[4])  -- Redis's clock went back: a grant in its future says nothing
+elseif last + chat_interval > now then
+  return {2, (last + chat_interval - now) * 1000, now_us}
+end
 local sends = tonumber(ARGV[5])
 local window = tonumber(ARGV[6])
 local newest = redis.call('LINDEX', KEYS[3], 0)
@@ -103,6 +113,7 @@ end
 redis.call('LPUSH', KEYS[3], t[1] .. string.sub('00000' .. t[2], -6))
 redis.call('LTRIM', KEYS[3], 0, sends - 1)
 redis.call('PEXPIRE', KEYS[3], math.ceil(window / 1000))
+redis.call('SET', KEYS[4], now, 'PX', chat_interval)
 return {1, 0, now_us}
 """)
 
@@ -208,6 +219,7 @@ async def take_send(
         sends,
         max(round(window_s * 1_000_000), 1),
     ]
-    status, wait_us, at_us = await _SEND(redis, [chat_key, bot_key, sends_key], args)
+    # The chat's last grant (ms) lives beside its pacing key, for as long as it holds the next one back.
+    status, wait_us, at_us = await _SEND(redis, [chat_key, bot_key, sends_key, f"{chat_key}:last"], args)
     clearance = {0: Clearance.REFUSED, 1: Clearance.SEND, 2: Clearance.WAIT}[int(status)]
     return SendSlot(clearance, max(float(wait_us), 0.0) / 1_000_000, int(at_us))
