@@ -50,7 +50,9 @@ __all__ = [
     "ChannelConfig",
     "GatewayConfig",
     "Secret",
+    "SlackAssistantConfig",
     "SlackChannelConfig",
+    "SlackSuggestedPrompt",
     "TelegramChannelConfig",
     "WebhookChannelConfig",
     "WorkerTuning",
@@ -234,6 +236,9 @@ class WebhookChannelConfig(_ChannelBase):
     callback_url: HttpUrl
     #: Hosts the callback may go to; defaults to the callback URL's own host.
     callback_allowlist: tuple[str, ...] = ()
+    #: Issue 16, opt-in: a signed ``progress`` callback for each new progress line OCS reports
+    #: while it works (docs/WEBHOOKS.md, "Progress").
+    show_progress: bool = False
 
     @model_validator(mode="after")
     def _callback_allowed(self) -> WebhookChannelConfig:
@@ -276,12 +281,38 @@ class TelegramChannelConfig(_ChannelBase):
     #: takes over this long after the poller's process died).
     poll_timeout_s: int = Field(default=25, ge=0, le=50)
     poll_lease_ttl_s: float = Field(default=30.0, gt=0)
+    #: Issue 16: OCS's progress lines as a message draft in private chats (docs/TELEGRAM.md,
+    #: "Progress"); off, or in groups, "typing…" only.
+    show_progress: bool = True
 
     @model_validator(mode="after")
     def _secret_for_webhook(self) -> TelegramChannelConfig:
         if self.mode == "webhook" and self.webhook_secret is None:
             raise ValueError("telegram webhook mode needs webhook_secret (or set mode: polling)")
         return self
+
+
+class SlackSuggestedPrompt(_Model):
+    """One suggested prompt of an assistant thread: the button's ``title`` and the ``message``
+    it sends (``assistant.threads.setSuggestedPrompts``)."""
+
+    title: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=4000)
+
+
+class SlackAssistantConfig(_Model):
+    """Slack's AI-app surface, assistant threads (issue 16; docs/SLACK.md, "Assistant threads")."""
+
+    #: Declare the assistant view in the manifest and treat each assistant thread as a conversation.
+    enabled: bool = False
+    #: What the assistant view says about the bot (the manifest's ``assistant_description``).
+    description: str = Field(default="An Open Chat Studio chatbot", min_length=1, max_length=300)
+    #: Offered when a user opens a new assistant thread; Slack shows at most four.
+    suggested_prompts: tuple[SlackSuggestedPrompt, ...] = Field(default=(), max_length=4)
+    #: The heading above them (Slack's default when unset).
+    prompts_title: str | None = None
+    #: The thread's title (its name in the app's history) becomes the user's first message.
+    title_from_first_message: bool = True
 
 
 class SlackChannelConfig(_ChannelBase):
@@ -310,6 +341,10 @@ class SlackChannelConfig(_ChannelBase):
     socket_mode: bool = False
     #: The app-level token (``xapp-...``, scope ``connections:write``) that opens the socket.
     app_token: SecretRef | None = None
+    #: Issue 16: OCS's progress lines as the thread's status (docs/SLACK.md, "Progress"); off,
+    #: the ⏳ reaction only, as before.
+    show_progress: bool = True
+    assistant: SlackAssistantConfig = SlackAssistantConfig()
 
     @model_validator(mode="after")
     def _token_or_oauth(self) -> SlackChannelConfig:
