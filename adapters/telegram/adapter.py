@@ -20,6 +20,7 @@ from telegram.error import ChatMigrated, TelegramError
 from telegram.request import HTTPXRequest
 
 from adapters.telegram import files, outbound
+from adapters.telegram.drafts import Drafts
 from adapters.telegram.format import render_markdown
 from adapters.telegram.inbound import (
     BotIdentity,
@@ -107,6 +108,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         self._request: HTTPXRequest | None = None
         self._bot: Bot | None = None
         self._me: BotIdentity | None = None
+        self._drafts = Drafts(
+            channel=name, redis=services.redis, keys=services.keys, bot_interval_s=config.bot_interval_s
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -367,3 +371,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     async def show_working(self, route: Route) -> None:
         await outbound.send_typing(self._client(), route)
+
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        """The line in the turn's message draft, in private chats (adapters/telegram/drafts.py)."""
+        if not self.config.show_progress:
+            return False
+        return await self._drafts.show(self._client(), route, text, turn_id)
