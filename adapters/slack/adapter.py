@@ -85,6 +85,7 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
         self._sender = SlackSender(
             name=name, api=self._api, workspaces=self._workspaces, threads=threads,
             redis=services.redis, keys=services.keys, fetch_ocs_file=services.fetch_ocs_file,
+            show_progress=config.show_progress,
         )  # fmt: skip
 
     async def startup(self) -> None:
@@ -138,6 +139,10 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
 
     async def show_working(self, route: Route) -> None:
         await self._sender.show_working(route)
+
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        # One status per thread: turn_id is not needed to tell two turns' lines apart.
+        return await self._sender.show_progress(route, text)
 
     async def clear_working(self, route: Route) -> None:
         await self._sender.clear_working(route)
