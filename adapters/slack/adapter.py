@@ -11,6 +11,7 @@ This class only wires the concepts together; each lives in its own module:
   across processes) and the bot's identity; ``threads``: threads the bot is in
 - ``api``: the slack_sdk client on the process's shared aiohttp session, and its errors
 - ``socket_mode``: events over Slack's WebSocket instead of HTTP (``socket_mode: true``)
+- ``status``: the thread's status while OCS works; ``assistant``: assistant threads' prompts and titles
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from starlette.routing import BaseRoute
 
 from adapters.slack.api import SlackApi
+from adapters.slack.assistant import AssistantThreads
 from adapters.slack.files import download_file
 from adapters.slack.identity import BotIdentity
 from adapters.slack.inbound import EventParser, verify_signature
@@ -79,9 +81,13 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
             name=name, config=config, public_url=services.config.public_url, api=self._api, store=store,
             state_store=RedisOAuthStateStore(services.redis, services.keys, name, expiration_seconds=STATE_TTL_S),
         )  # fmt: skip
-        self._parser = EventParser(
-            name=name, config=config, workspaces=self._workspaces, threads=threads, on_revoked=self._installer.forget
+        self._assistant = AssistantThreads(
+            name=name, config=config.assistant, api=self._api, workspaces=self._workspaces, threads=threads
         )
+        self._parser = EventParser(
+            name=name, config=config, workspaces=self._workspaces, threads=threads, on_revoked=self._installer.forget,
+            assistant=self._assistant,
+        )  # fmt: skip
         self._sender = SlackSender(
             name=name, api=self._api, workspaces=self._workspaces, threads=threads,
             redis=services.redis, keys=services.keys, fetch_ocs_file=services.fetch_ocs_file,
@@ -94,6 +100,7 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
             await self._identity.start()
 
     async def aclose(self) -> None:
+        await self._assistant.aclose()  # its calls use the client: before the client goes
         if self._identity is not None:
             await self._identity.aclose()
         await self._api.aclose()
@@ -176,4 +183,5 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     def describe(self) -> Mapping[str, Any]:
         mode = "oauth" if self._installer.enabled else "single-workspace"
         inbound = {"inbound": "socket_mode"} if self.config.socket_mode else {}
-        return {**super().describe(), "mode": mode, "conversations": self.config.channel_conversation, **inbound}
+        assistant = {"assistant": "on"} if self.config.assistant.enabled else {}
+        return {**super().describe(), "mode": mode, "conversations": self.config.channel_conversation, **inbound, **assistant}
