@@ -27,7 +27,7 @@ from adapters.slack.workspaces import Workspaces
 from gateway.core.config import SlackAssistantConfig
 from gateway.core.errors import DeliveryError, PayloadInvalid
 
-__all__ = ["MAX_TITLE_CHARS", "AssistantThread", "AssistantThreads", "read_thread", "title_for"]
+__all__ = ["AssistantThread", "AssistantThreads", "MAX_TITLE_CHARS", "read_thread", "title_for"]
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ __all__ = [
     "MAX_STATUS_CHARS",
     "REFUSAL_TTL_S",
     "STATUS_REFRESH_S",
+    "ThreadStatus",
     "WORKING_STATUS",
     "WORKSPACE_CODES",
-    "ThreadStatus",
     "thread_of",
 ]
 

@@ -30,7 +30,7 @@ from gateway.core.keys import Keys
 from gateway.core.models import Route
 from gateway.store.pacing import take_slots
 
-__all__ = ["DRAFT_REFRESH_S", "MAX_DRAFT_CHARS", "REFUSAL_TTL_S", "Drafts", "draft_id", "private_chat"]
+__all__ = ["DRAFT_REFRESH_S", "Drafts", "MAX_DRAFT_CHARS", "REFUSAL_TTL_S", "draft_id", "private_chat"]
 
 log = logging.getLogger(__name__)
 

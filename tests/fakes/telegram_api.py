@@ -53,8 +53,17 @@ from starlette.routing import Route
 
 from tests.support.servers import ServedApp
 
-__all__ = ["DRAFTS_UNAVAILABLE", "DRAFT_PEER_INVALID", "Call", "FakeBot", "FakeTelegram", "Upload", "fake_telegram",
-           "message_update", "telegram_html_text"]
+__all__ = [
+    "Call",
+    "DRAFTS_UNAVAILABLE",
+    "DRAFT_PEER_INVALID",
+    "FakeBot",
+    "FakeTelegram",
+    "Upload",
+    "fake_telegram",
+    "message_update",
+    "telegram_html_text",
+]
 
 #: Fields whose values are text even when they look like JSON ("123" stays a string).
 _TEXT_FIELDS = frozenset({"text", "caption", "url", "secret_token", "file_id", "callback_query_id",
