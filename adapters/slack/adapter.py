@@ -56,8 +56,9 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
 
     kind: ClassVar[str] = "slack"
     inbound_path: ClassVar[str] = "/slack/{channel}/events"
-    #: One reaction stays on the message until the answer is out; nothing to refresh.
-    working_refresh_s: ClassVar[float | None] = None
+    #: Slack drops a thread's status two minutes after it was set: refresh it before (a
+    #: reaction stays on the message until the answer is out and is not added again).
+    working_refresh_s: ClassVar[float | None] = 60.0
 
     def __init__(self, name: str, config: SlackChannelConfig, bot: BotConfig, services: AdapterServices) -> None:
         super().__init__(name, config, bot, services)

@@ -161,11 +161,14 @@ class SlackSender:
     # -- working state ----------------------------------------------------------------------------
 
     async def show_working(self, route: Route) -> None:
-        """"is thinking…" as the thread's status, else ⏳ on the user's message. Best effort: a
-        failure never fails the turn."""
-        as_status = await self._set_status(route, WORKING_STATUS)
-        _remember(self._as_status, _working_key(route), as_status)
-        if not as_status:
+        """"is thinking…" as the thread's status, else ⏳ on the user's message; called again,
+        it keeps the status alive (the progress line it shows, if any). Best effort: a failure
+        never fails the turn."""
+        key = _working_key(route)
+        as_status = await self._set_status(route, self._status.current(route) or WORKING_STATUS)
+        reacted = self._as_status.get(key) is False
+        _remember(self._as_status, key, as_status)
+        if not as_status and not reacted:
             await self._reaction("reactions_add", route)
 
     async def show_progress(self, route: Route, text: str) -> bool:

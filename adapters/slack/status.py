@@ -111,6 +111,12 @@ class ThreadStatus:
         now = self._clock()
         return not (_holds(self._refused_teams, thread[0], now) or _holds(self._refused_threads, thread, now))
 
+    def current(self, route: Route) -> str | None:
+        """The status this process shows on the route's thread now, if any."""
+        thread = thread_of(route)
+        shown = self._shown.get(thread) if thread is not None else None
+        return shown.text if shown is not None and not shown.cleared else None
+
     async def set(self, token: str, route: Route, text: str) -> bool:
         """Show ``text`` as the thread's status; True if it shows. Never raises."""
         thread = thread_of(route)

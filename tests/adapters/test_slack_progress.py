@@ -52,6 +52,23 @@ async def test_working_then_progress_lines_then_the_answer_clears_the_status(
     assert fake_slack.calls("reactions.add") == [] and fake_slack.calls("reactions.remove") == []
 
 
+async def test_refreshing_the_working_state_keeps_the_progress_line(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, _ = await single(make_slack, fake_slack)
+    assert env.adapter.working_refresh_s is not None and env.adapter.working_refresh_s < 120  # Slack drops it at 2 min
+    await env.adapter.show_working(THREAD)
+    await env.adapter.show_progress(THREAD, "is reading", "turn-1")
+    await env.adapter.show_working(THREAD)  # the engine's refresh
+    assert fake_slack.statuses[("C1", TS)] == "is reading"
+    assert set_statuses(fake_slack) == [WORKING_STATUS, "is reading"]
+
+
+async def test_refreshing_the_working_state_does_not_react_again(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
+    env, _ = await single(make_slack, fake_slack)
+    await env.adapter.show_working(DM)
+    await env.adapter.show_working(DM)
+    assert len(fake_slack.calls("reactions.add")) == 1
+
+
 async def test_a_turn_that_posts_nothing_clears_its_status(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, _ = await single(make_slack, fake_slack)
     await env.adapter.show_working(ASSISTANT)
