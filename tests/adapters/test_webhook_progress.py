@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from adapters.webhook.adapter import WebhookAdapter, progress_id
+from gateway.config_loading import GatewayConfig
 from gateway.core.channel import AdapterServices
-from gateway.core.config import GatewayConfig, Secret
+from gateway.core.config import Secret
 from gateway.core.keys import Keys
 from gateway.core.models import Delivery, Outgoing
 from tests.support.receiver import CallbackReceiver
