@@ -43,7 +43,7 @@ from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
-from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll, parse_timestamp
+from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll
 
 __all__ = ["LABEL_SEPARATOR", "OCSClient", "labelled_remote_id"]
 
