@@ -273,7 +273,7 @@ class TurnEngine:
 
     async def _look_for_orphan(self, hold: Hold, ocs: OCSClient, remote_id: str) -> None:
         """A start's answer was lost: did OCS make that session? Its token was only in the lost
-        answer (no call returns it, §2.5), so it cannot be used; it is tagged ``ORPHAN_TAG`` for
+        answer (no call returns it, docs/OCS.md §2.5), so it cannot be used; it is tagged ``ORPHAN_TAG`` for
         operators, and the turn starts another. Looking costs one or two requests of the sessions
         API, only after a loss; it never blocks the start (a failed look is only logged)."""
         record = hold.record
@@ -409,7 +409,7 @@ class TurnEngine:
         count the user messages in the session's history. ``expect_count`` of them means OCS
         has it (its reply is the first assistant message after it); fewer means it has not
         arrived, and at ``reconcile_grace_s`` it is sent again (OCS writes the user message
-        when its worker picks the task up, §4.2, so a moment's absence proves nothing). The
+        when its worker picks the task up, docs/OCS.md §4.2, so a moment's absence proves nothing). The
         history is read at gaps that double (``next_history_read``), each read booked in the
         request budget like any OCS call: a handful of reads settle it, not one a second. A
         session OCS finished meanwhile (``session_status: ended``) is forgotten once the turn

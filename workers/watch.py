@@ -119,7 +119,7 @@ class SessionWatcher:
         polled, polled_ops = s.conversations.polled(conv, record, cursor=cursor, now=now)
         ops.extend(polled_ops)
         if ended:
-            # OCS finished the session (§6.1): it takes no more messages and writes none. Its
+            # OCS finished the session (docs/OCS.md §6.1): it takes no more messages and writes none. Its
             # last words are queued above; the next message starts a new session.
             polled, forget = s.conversations.forget_session(conv, polled)
             ops.extend(forget)

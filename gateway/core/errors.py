@@ -153,7 +153,7 @@ class SessionExpired(OCSError):
 
 class SessionEnded(SessionExpired):
     """Raised when OCS answers 400 ``{"error": "Session has ended"}``: the session was completed
-    (OCS's review form, CONTRACT §6.1) and refuses every message from now on. OCS did not accept
+    (OCS's review form, docs/OCS.md §6.1) and refuses every message from now on. OCS did not accept
     this one, so sending it in a new session is right, once; the old session is forgotten."""
 
     def __init__(self) -> None:

@@ -55,7 +55,7 @@ _SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_req
 #: What OCS answers on a session-bound route when the session no longer exists or its chatbot
 #: was archived (the permission check fails before the view's 404, CONTRACT §4.2, §8 rule 2).
 _SESSION_GONE = "Authentication credentials were not provided."
-#: What ``message/`` and ``upload/`` answer (400) once OCS completed the session (§4.2, §6.1).
+#: What ``message/`` and ``upload/`` answer (400) once OCS completed the session (docs/OCS.md §4.2, §6.1).
 _SESSION_ENDED = "Session has ended"
 #: Between a start's label and its participant remote id (``start_session``).
 LABEL_SEPARATOR = "#"
@@ -271,7 +271,7 @@ class OCSClient:
 
         ``label``: makes this start findable afterwards (``find_labelled_session``): it is
         appended to the participant's remote id (``telegram:42#k3f9``), the one field of a start
-        that OCS stores for an OAuth caller and shows again (§2.6: ``session_data`` is ignored).
+        that OCS stores for an OAuth caller and shows again (docs/OCS.md §2.6: ``session_data`` is ignored).
 
         Raises:
             OCSAuthFailed: the credentials are refused even with a fresh token.
@@ -418,7 +418,7 @@ class OCSClient:
         little before ``created_after`` (epoch seconds). None when there is none.
 
         It tells whether a start whose answer was lost created a session; it cannot give that
-        session back for use: its ``session_token`` was only in the lost answer (§2.5), and no
+        session back for use: its ``session_token`` was only in the lost answer (docs/OCS.md §2.5), and no
         other call returns it.
 
         Raises:
@@ -443,7 +443,7 @@ class OCSClient:
         return None
 
     async def tag_session(self, session_id: str, tags: Sequence[str]) -> bool:
-        """``POST /api/sessions/{id}/tags/`` (§4.10, ``sessions:write``). False where these
+        """``POST /api/sessions/{id}/tags/`` (docs/OCS.md §4.10, ``sessions:write``). False where these
         credentials may not (no management credentials, 403) or the session is gone (404)."""
         if not self.can_manage_sessions:
             return False

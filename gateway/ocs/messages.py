@@ -148,7 +148,7 @@ class SessionSummary:
 
 
 def parse_timestamp(value: str) -> float | None:
-    """Epoch seconds of an OCS timestamp (``…SS.ffffffZ`` or ``…SSZ``, §6.3); None if unreadable."""
+    """Epoch seconds of an OCS timestamp (``…SS.ffffffZ`` or ``…SSZ``, docs/OCS.md §6.3); None if unreadable."""
     try:
         parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
     except ValueError:

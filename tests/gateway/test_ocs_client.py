@@ -254,7 +254,7 @@ async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_ope
 
 
 async def test_a_message_or_upload_to_a_finished_session_raises_session_ended(wire, state: SimulatorState) -> None:
-    # OCS answers 400 "Session has ended" once its review form completed the session (§6.1): a
+    # OCS answers 400 "Session has ended" once its review form completed the session (docs/OCS.md §6.1): a
     # "session gone" OCS did not accept the message in, not a rejection of the message.
     client, _ = wire
     session = await client.start_session(remote_id="x:1", name=None)

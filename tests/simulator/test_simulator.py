@@ -446,7 +446,7 @@ async def test_a_completed_session_is_not_made_active_again_by_ending_it_through
     ended = await client.post(f"/api/sessions/{session['session_id']}/end_experiment_session/",
                               headers={"Authorization": f"Bearer {await get_token(client)}"})
     assert ended.status_code == 200
-    # end_experiment_session moves any session to pending-review (§4.8), which polls "active":
+    # end_experiment_session moves any session to pending-review (docs/OCS.md §4.8), which polls "active":
     # only the review form's "complete" says ended.
     assert (await poll_session(client, session))["session_status"] == "active"
 

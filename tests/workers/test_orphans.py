@@ -1,6 +1,6 @@
 """A session start whose answer was lost (a cut connection, a crash) is not repeated blindly: the
 start's label is recorded before it goes out, and the next try first looks the labelled session
-up in OCS's session list. OCS gives a session's token only in the start's answer (CONTRACT §2.5),
+up in OCS's session list. OCS gives a session's token only in the start's answer (docs/OCS.md §2.5),
 so a session found that way cannot be used: it is tagged ``gateway-orphan`` and the turn starts
 another. What is bounded, and measured here: one orphan per start OCS acted on and whose answer
 was lost, none for a start that never reached OCS, and every orphan known and tagged."""

@@ -1,7 +1,7 @@
 """A session OCS finished (its review form sets ``complete``; ``message/`` then answers 400
-``{"error": "Session has ended"}`` and the session poll says ``session_status: "ended"``, CONTRACT
-§6.1) heals: the message goes into a new session, once, and the user gets the bot's answer, not a
-failure notice; the old session is forgotten, so later messages go to the new one."""
+``{"error": "Session has ended"}`` and the session poll says ``session_status: "ended"``,
+docs/OCS.md §6.1) heals: the message goes into a new session, once, and the user gets the bot's
+answer, not a failure notice; the old session is forgotten, so later messages go to the new one."""
 
 from __future__ import annotations
 

@@ -491,7 +491,7 @@ class _Routes:
         return Response(b"", status_code=200)  # §4.8: empty body, not JSON
 
     def _session_json(self, session: SimSession) -> dict[str, Any]:
-        """The ``ExperimentSession`` shape (schema ``ExperimentSession``, §4.11 without messages)."""
+        """The ``ExperimentSession`` shape (schema ``ExperimentSession``, docs/OCS.md §4.11 without messages)."""
         chatbot = self.state.chatbots[session.chatbot_id]
         base = self.state.base_url
         return {
@@ -550,7 +550,7 @@ class _Routes:
         return JSONResponse(body)
 
     async def add_tags(self, request: Request) -> Response:
-        """``POST /api/sessions/{id}/tags/`` (§4.10): adds the tags, answers all of them."""
+        """``POST /api/sessions/{id}/tags/`` (docs/OCS.md §4.10): adds the tags, answers all of them."""
         team = self._management_team(request, "sessions:write")
         session = self.state.sessions.get(request.path_params["session_id"])
         if session is None or session.team != team:

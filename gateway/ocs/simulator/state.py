@@ -346,7 +346,7 @@ class SimulatorState:
 
     def complete_session(self, session_id: str) -> None:
         """Finish the session as OCS's web-chat review form does, the one way to status
-        ``complete`` (§6.1; no API reaches it): ``message/`` and ``upload/`` then answer 400
+        ``complete`` (docs/OCS.md §6.1; no API reaches it): ``message/`` and ``upload/`` then answer 400
         ``{"error": "Session has ended"}`` and the session poll says ``session_status: "ended"``.
         Tasks already accepted still run."""
         with self._lock:
