@@ -70,7 +70,7 @@ class FailurePolicy:
     # -- retries ------------------------------------------------------------------------------
 
     def backoff(self, attempts: int) -> float:
-        base = min(self.tuning.backoff_base_s * 2.0 ** max(attempts - 1, 0), self.tuning.backoff_max_s)
+        base = min(self.tuning.backoff_base_s * 2 ** max(attempts - 1, 0), self.tuning.backoff_max_s)
         return base * random.uniform(0.5, 1.0)  # jitter: retries of many turns never march in step
 
     async def retry(self, hold: Hold, turn: Turn, exc: Exception) -> Outcome:

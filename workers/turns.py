@@ -408,13 +408,13 @@ class TurnEngine:
         """A send whose outcome is unknown (the worker died, or the answer never came back):
         count the user messages in the session's history. ``expect_count`` of them means OCS
         has it (its reply is the first assistant message after it); fewer means it has not
-        arrived, and at ``reconcile_grace_s`` it is sent again (OCS writes the user message
-        when its worker picks the task up, docs/OCS.md §4.2, so a moment's absence proves nothing). The
-        history is read at gaps that double (``next_history_read``), each read booked in the
-        request budget like any OCS call: a handful of reads settle it, not one a second. A
-        session OCS finished meanwhile (``session_status: ended``) is forgotten once the turn
-        is settled: the resend, and the next message, go to a new one."""
+        arrived, and after ``reconcile_grace_s`` it is sent again (OCS writes the user message
+        when its worker picks the task up, docs/OCS.md §4.2, so a moment's absence proves nothing)."""
         conv = hold.conv
+        # The history is read at gaps that double (``next_history_read``), each read booked in
+        # the request budget like any OCS call: a handful of reads settle it, not one a second.
+        # A session OCS finished meanwhile (``session_status: ended``) is forgotten once the
+        # turn is settled: the resend, and the next message, go to a new one.
         now = self.clock.now()
         session = hold.record.session
         if session is None or session.session_id != turn.session_id:

@@ -267,7 +267,7 @@ class OCSClient:
     # -- chat API ---------------------------------------------------------------------------
 
     async def start_session(self, *, remote_id: str, name: str | None, channel: str = "", label: str = "") -> OCSSession:
-        """``POST /api/chat/start/`` (§4.1); refreshes the OAuth token once on a 401.
+        """``POST /api/chat/start/`` (docs/OCS.md §4.1); refreshes the OAuth token once on a 401.
 
         ``label``: makes this start findable afterwards (``find_labelled_session``): it is
         appended to the participant's remote id (``telegram:42#k3f9``), the one field of a start
@@ -280,7 +280,7 @@ class OCSClient:
             OCSRejected, OCSUnavailable, OCSRateLimited.
         """
         body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": labelled_remote_id(remote_id, label)}
-        if name:  # empty strings are a 400 (§4.1): omit instead
+        if name:  # empty strings are a 400 (docs/OCS.md §4.1): omit instead
             body["participant_name"] = name[:320]
         for attempt in (1, 2):
             headers: dict[str, str] = {}
