@@ -71,7 +71,7 @@ def replies(fake: FakeTelegram, count: int, chat_id: int = USER, token: str = TO
 
 
 def session_for(stack: Stack, conversation: str) -> str:
-    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id == f"telegram:{conversation}"]
+    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id.split("#")[0] == f"telegram:{conversation}"]
     return session.id
 
 
