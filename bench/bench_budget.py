@@ -82,7 +82,7 @@ def window_counts(samples: Sequence[tuple[float, int]], window_s: float) -> tupl
         start += window_s
     sliding = 0
     j = 0
-    for i, (t_end, v_end) in enumerate(samples):
+    for t_end, v_end in samples:
         while samples[j][0] < t_end - window_s:
             j += 1
         sliding = max(sliding, v_end - samples[j][1])

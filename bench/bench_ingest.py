@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from adapters.webhook import signing  # noqa: E402
-from gateway.config_loading import GatewayConfig  # noqa: E402
-from gateway.core.config import Secret  # noqa: E402
-from gateway.ocs.simulator import DEMO_CHATBOT_ID  # noqa: E402
-from gateway.store.embedded_redis import EmbeddedRedis  # noqa: E402
-from workers.broker import NAMESPACE, QUEUE  # noqa: E402
+from adapters.webhook import signing
+from gateway.config_loading import GatewayConfig
+from gateway.core.config import Secret
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
+from gateway.store.embedded_redis import EmbeddedRedis
+from workers.broker import NAMESPACE, QUEUE
 
 __all__ = ["Measured", "main"]
 
@@ -111,7 +111,7 @@ def _serve(argv: list[str]) -> None:
     if args.kind == "bare":
         app = bare_app()
     else:
-        from gateway.edge.app import create_app  # noqa: PLC0415 - only the edge process needs it
+        from gateway.edge.app import create_app
 
         app = create_app(edge_config(args.telegram_api, args.slack_api), args.redis_url)
     uvicorn.run(app, port=args.port, **UVICORN_OPTIONS)
@@ -360,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     duration = min(args.duration, 20.0)
     targets: list[Target] = [t for t in ("webhook", "telegram", "slack") if t in args.targets.split(",")]  # type: ignore[misc]
 
-    from tests.fakes.slack_api import FakeSlack  # noqa: PLC0415 - the fakes answer getMe/auth.test once
-    from tests.fakes.telegram_api import FakeTelegram  # noqa: PLC0415
+    from tests.fakes.slack_api import FakeSlack
+    from tests.fakes.telegram_api import FakeTelegram
 
     results: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="ocsgw-bench-ingest-") as tmp, FakeTelegram() as telegram, FakeSlack() as slack:

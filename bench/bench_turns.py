@@ -398,7 +398,9 @@ async def inject(redis_url: str, items: Sequence[tuple[str, str, str, str]], *, 
     return admitted
 
 
-def inject_in_thread(redis_url: str, items: Sequence[tuple[str, str, str, str]], *, rate: float | None = None) -> tuple[threading.Thread, dict[str, float]]:
+def inject_in_thread(
+    redis_url: str, items: Sequence[tuple[str, str, str, str]], *, rate: float | None = None
+) -> tuple[threading.Thread, dict[str, float]]:
     admitted: dict[str, float] = {}
     thread = threading.Thread(target=lambda: admitted.update(asyncio.run(inject(redis_url, items, rate=rate))), daemon=True)
     thread.start()

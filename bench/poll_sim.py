@@ -20,13 +20,13 @@ import math
 import random
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.poll_schedule import CompletionHistogram, PollSchedule  # noqa: E402
+from workers.poll_schedule import CompletionHistogram, PollSchedule
 
 __all__ = [
     "ColdStart",

@@ -21,8 +21,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.webhook import signing  # noqa: E402
-from gateway.ocs.simulator import DEMO_CHATBOT_ID  # noqa: E402
+from adapters.webhook import signing
+from gateway.ocs.simulator import DEMO_CHATBOT_ID
 
 QUEUE = "baseline"
 ACTOR = "naive_turn"

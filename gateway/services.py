@@ -89,7 +89,7 @@ class Services:
                 limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
             )
             opened.push_async_callback(http.aclose)
-            # One OCS request budget for every process (CONTRACT §3): the clients ask it first.
+            # One OCS request budget for every process (docs/OCS.md §3): the clients ask it first.
             metrics = metrics if metrics is not None else Metrics()
             budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
             ocs = {
@@ -176,7 +176,7 @@ class _ObservedWorker(WorkerProcess):
         port = self.config.worker.metrics_port
         if port is not None:
             host = self.config.worker.metrics_host
-            probe = RunnerProbe(lambda: self.runner_thread.runner, lambda: self.runner_thread.failure)
+            probe = RunnerProbe(lambda: self.life.runner, lambda: self.life.failure)
             try:
                 token = self.config.metrics_token.reveal() if self.config.metrics_token is not None else None
                 self.http = WorkerHttp(probe, host=host, port=port, metrics_token=token)

@@ -10,8 +10,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -156,9 +157,9 @@ class Stack:
     def stop_worker(self) -> None:
         if self.worker is not None:
             self.worker.stop()
-            # A runner still finishing after stop's own wait would go on sweeping the next test's
-            # (flushed) database and adopt its conversations: wait it out here.
-            self.worker.runner_thread.join(30)
+            # A runner still running after the stop would go on sweeping the next test's
+            # (flushed) database and adopt its conversations: the stop ends its loop.
+            assert not self.worker.life.running, "the turn runner outlived the worker's stop"
             self.worker = None
 
 

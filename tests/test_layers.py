@@ -65,8 +65,6 @@ KNOWN_MENTIONS: frozenset[tuple[str, str]] = frozenset({
     ("gateway.core.logs", "adapters.slack.socket_mode.sdk"),
     # the OAuth routes whose query strings never reach a log line
     ("gateway.core.redaction", r"(/slack/[^/\s?]+/(?:install|oauth_redirect))\?[^\s'\"]*"),
-    # "slack" as in leeway: the poll schedule's spare time, no platform
-    ("workers.poll_schedule", "_BUDGET_SLACK_S"),
 })
 
 
@@ -119,9 +117,7 @@ def _platform_mentions(path: Path) -> list[tuple[int, str]]:
             words = [node.attr]
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             words = [node.name]
-        elif isinstance(node, ast.arg):
-            words = [node.arg]
-        elif isinstance(node, ast.keyword) and node.arg is not None:
+        elif isinstance(node, ast.arg) or (isinstance(node, ast.keyword) and node.arg is not None):
             words = [node.arg]
         elif isinstance(node, ast.alias):
             words = [node.name, node.asname or ""]

@@ -1,6 +1,6 @@
 """Every module states what other packages may use: ``__all__`` exists, is sorted, names only what
-the module has, and names every public class and function the module defines (httpx's export
-test, STYLE.md §13)."""
+the module has, and names every public class and function the module defines (as httpx's export
+test does)."""
 
 from __future__ import annotations
 

@@ -2,37 +2,30 @@
 practice: pass ids, make every actor safe to run twice); the state lives in Redis.
 
 An actor does not run the turn: it hands the conversation to this process's turn runner and
-returns, so a Dramatiq thread is busy for microseconds per message, not for a turn.
+returns, so a Dramatiq thread is busy for microseconds per message, not for a turn. A hand-over
+the runner refuses (full for long, or stopping) is logged and the message done: the conversation
+waits in the sweeper's ``active`` set, and a live worker's sweeper adopts it (why not Dramatiq's
+retries: ``workers/broker.py``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from workers.broker import ADVANCE, POLL_SESSION, QUEUE
-from workers.runner import TurnRunner
+from workers.lifecycle import RunnerMiddleware
 
 __all__ = ["declare_actors"]
 
-#: A hand-over fails only when the runner is stopping or full for long. It is not retried through
-#: Dramatiq (a retry is a delayed message, and the gateway's broker has no delay queue): the
-#: conversation stays in the sweeper's ``active`` set, so the sweeper of a live worker takes it.
-_RETRY: dict[str, Any] = {"max_retries": 0}
 
+def declare_actors(broker: RedisBroker, life: RunnerMiddleware) -> None:
+    """Register the actors on ``broker``; they hand over to the runner ``life`` runs."""
 
-def declare_actors(broker: RedisBroker, runner: Any) -> None:
-    """Register the actors on ``broker``; ``runner()`` returns this process's running
-    ``TurnRunner``."""
-
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, **_RETRY)  # type: ignore[misc]
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, max_retries=0)
     def advance_conversation(conv: str) -> None:
-        current: TurnRunner = runner()
-        current.offer(conv)
+        life.hand_over(conv)
 
-    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, **_RETRY)  # type: ignore[misc]
+    @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=POLL_SESSION, max_retries=0)
     def poll_session(conv: str) -> None:
-        current: TurnRunner = runner()
-        current.offer(conv, watch=True)
+        life.hand_over(conv, watch=True)

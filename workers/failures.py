@@ -71,7 +71,7 @@ class FailurePolicy:
 
     def backoff(self, attempts: int) -> float:
         base = min(self.tuning.backoff_base_s * 2 ** max(attempts - 1, 0), self.tuning.backoff_max_s)
-        return base * random.uniform(0.5, 1.0)  # jitter: retries of many turns never march in step
+        return float(base * random.uniform(0.5, 1.0))  # jitter: retries of many turns never march in step
 
     async def retry(self, hold: Hold, turn: Turn, exc: Exception) -> Outcome:
         attempts = turn.attempts + 1

@@ -109,7 +109,7 @@ class Hold:
         self,
         ops: list[Op],
         *,
-        turn: Turn | None | _Keep = _KEEP,
+        turn: Turn | _Keep | None = _KEEP,
         record: ConversationRecord | _Keep = _KEEP,
     ) -> list[Any]:
         """Apply ``ops`` through the lease; once they are applied, the memory holds ``turn`` and

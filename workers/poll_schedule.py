@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import redis.asyncio as aioredis
 
@@ -49,8 +49,8 @@ __all__ = [
 _LOG_BUCKETS = 96
 _LOW_S = 0.05
 _HIGH_S = 600.0
-BUCKET_EDGES_S: tuple[float, ...] = (0.0,) + tuple(
-    _LOW_S * (_HIGH_S / _LOW_S) ** (k / _LOG_BUCKETS) for k in range(_LOG_BUCKETS + 1)
+BUCKET_EDGES_S: tuple[float, ...] = (
+    0.0, *(_LOW_S * (_HIGH_S / _LOW_S) ** (k / _LOG_BUCKETS) for k in range(_LOG_BUCKETS + 1))
 )
 _N = len(BUCKET_EDGES_S) - 1
 #: Counts halve every this many observations (count-based: a quiet bot keeps what it learnt).
@@ -66,7 +66,7 @@ _PRIOR_MEDIAN_S = 2.0
 _PRIOR_SIGMA = 1.2
 #: The widget's poll at k s is taken to see completions up to k + this (its request reaches OCS
 #: a little after it leaves): a small margin so our budget is never the more generous one.
-_BUDGET_SLACK_S = 0.05
+_BUDGET_LEEWAY_S = 0.05
 #: A bot with no history is polled this many times as often as the widget would (on the prior),
 #: easing to 1x over its first _LEARNING_OBSERVATIONS turns.
 _COLD_POLL_FACTOR = 2.0
@@ -330,7 +330,7 @@ def _fixed_poller_polls(learnt: Sequence[float]) -> float:
     total = sum(learnt)
     polls, k = 1.0, 1
     while k < _HORIZON_S:
-        above = 1.0 - _cdf(learnt, k + _BUDGET_SLACK_S) / total
+        above = 1.0 - _cdf(learnt, k + _BUDGET_LEEWAY_S) / total
         if above <= 1e-9:
             break
         polls += above

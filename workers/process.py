@@ -1,4 +1,5 @@
-"""One worker process: the turn runner's event loop, and Dramatiq's threads that feed it."""
+"""One worker process: Dramatiq's worker, whose middleware runs the turn runner on its event
+loop (``workers/lifecycle.py``), and whose threads hand it the queue's conversations."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import Awaitable, Callable
 import dramatiq
 
 from gateway.core.config import GatewayConfig
+from gateway.core.errors import ConfigError
+from gateway.store.dramatiq_queue import require_tested_dramatiq
 from workers.actors import declare_actors
-from workers.broker import QUEUE, make_broker
+from workers.broker import QUEUE, consume_no_delay_queue, make_broker
 from workers.context import WorkerServices
-from workers.runner import RunnerThread, TurnRunner
+from workers.lifecycle import RunnerMiddleware, RunnerNotStarted
+from workers.runner import TurnRunner
 
 __all__ = ["WorkerProcess", "run_worker", "supervise"]
 
@@ -28,44 +32,56 @@ _WATCH_S = 0.5
 
 
 class WorkerProcess:
-    """The turn runner and Dramatiq's consumer threads, started and stopped as one."""
+    """Dramatiq's worker and the turn runner, started and stopped as one: ``Worker.start`` boots
+    the runner (``RunnerMiddleware.before_worker_boot``) before its threads, and ``Worker.stop``
+    hands the conversations back after them."""
 
     def __init__(self, config: GatewayConfig, redis_url: str, open_services: Callable[[], Awaitable[WorkerServices]]) -> None:
         """``open_services`` opens this process's services on the runner's event loop (the
-        assembly, ``gateway.services.worker_process``, passes ``Services.open``)."""
+        assembly, ``gateway.services.worker_process``, passes ``Services.open_checked``)."""
+        # The edge writes the queue's messages in Dramatiq's layout; this worker reads them.
+        require_tested_dramatiq()
         self.config = config
         self.broker = make_broker(redis_url)
-        self.runner_thread = RunnerThread(open_services, config.worker)
-        declare_actors(self.broker, self._runner)
+        self.life = RunnerMiddleware(open_services, config.worker)
+        self.broker.add_middleware(self.life)
+        declare_actors(self.broker, self.life)
+        consume_no_delay_queue(self.broker)
         self.worker = dramatiq.Worker(
             self.broker, queues={QUEUE}, worker_threads=config.worker.threads, worker_timeout=_IDLE_POLL_MS
         )
 
-    def _runner(self) -> TurnRunner:
-        runner = self.runner_thread.runner
+    @property
+    def runner(self) -> TurnRunner:
+        runner = self.life.runner
         if runner is None:
             raise RuntimeError("the turn runner is not running")
         return runner
 
     @property
-    def runner(self) -> TurnRunner:
-        return self._runner()
-
-    @property
     def failure(self) -> str | None:
         """Why the turn runner ended on its own, None while it runs (or after a clean stop)."""
-        return self.runner_thread.failure
+        return self.life.failure
 
     def start(self) -> None:
-        self.runner_thread.start()
-        self.runner_thread.wait_ready()
-        self.worker.start()
+        """Raises:
+        ConfigError: the services refused the configuration (e.g. an evicting Redis).
+        RunnerNotStarted: the turn runner did not start for another reason.
+        """
+        try:
+            self.worker.start()
+        except RunnerNotStarted as exc:
+            if isinstance(exc.__cause__, ConfigError):
+                raise exc.__cause__ from None  # one line for the operator, as every configuration error
+            raise
         log.info("worker started: turn runner + %d Dramatiq threads on queue %s", self.worker.worker_threads, QUEUE)
 
     def stop(self, timeout_ms: int = 10_000) -> None:
-        self.worker.stop(timeout=timeout_ms)  # no new hand-overs
-        self.runner_thread.stop(timeout_ms / 1000)  # gives held conversations back
+        # Closes the runner to new conversations, stops the threads, then hands the held ones back.
+        self.worker.stop(timeout=timeout_ms)
+        self.life.stop()  # the same, if the worker never booted
         self.broker.close()
+        self.broker.client.close()
 
 
 def supervise(process: WorkerProcess, stop: threading.Event) -> int:

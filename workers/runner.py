@@ -22,19 +22,19 @@ Each of these background loops (renew, sweep, watch start, heartbeat) survives w
 raises: it is logged, counted in ``ocsgw_housekeeping_errors_total{task}``, and the next tick runs.
 That includes a ``CancelledError`` a callee let out which was not the loop's own cancellation. A
 loop that still ends before the stop is logged as an error and stops the runner: a process that
-no longer renews or sweeps must be restarted, not look healthy (``workers/process.py``).
+no longer renews or sweeps must be restarted, not look healthy (``workers/lifecycle.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,7 +58,7 @@ from workers.hold import Hold
 from workers.turns import TurnEngine
 from workers.watch import SessionWatcher
 
-__all__ = ["RunnerThread", "StepGate", "TurnRunner"]
+__all__ = ["StepGate", "TurnRunner"]
 
 log = logging.getLogger("ocsgw.runner")
 
@@ -68,6 +68,8 @@ _RENEW_BATCH = 1000
 _REDIS_RETRY_S = 1.0
 #: Conversations adopted per sweep, at most.
 _ADOPT_PER_SWEEP = 500
+#: ``offer`` waits this much longer than its own timeout for the loop to answer at all.
+_OFFER_GRACE_S = 5.0
 
 _SWEEP = LuaScript("""
 local overdue = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -139,7 +141,10 @@ class TurnRunner:
         self._pokes: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._steps = StepGate(tuning.max_concurrent_steps)
-        self._room = asyncio.Condition()
+        #: Hand-overs waiting for room, first come first served (see ``claim``).
+        self._room: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Set by ``close``: no conversation is taken any more (the stop has begun).
+        self._closed = False
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: This process in the heartbeats (host:pid:random, so a restarted pid is a new worker).
@@ -185,6 +190,7 @@ class TurnRunner:
             await stop.wait()
         finally:
             self._stopping = True
+            self.close()
             for task in loops:
                 task.cancel()
             # Settled before the forget, so no beat in flight lands after it.
@@ -215,43 +221,107 @@ class TurnRunner:
     async def _hand_back(self) -> None:
         """Graceful stop: cancel the drivers and release their leases, marking their
         conversations due now, so another process adopts them at its next sweep instead of
-        after the lease TTL."""
+        after the lease TTL. ``close`` came first, so no driver starts meanwhile."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- taking conversations --------------------------------------------------------------
 
-    def offer(self, conv: str, *, watch: bool = False, timeout: float = 30.0) -> None:
-        """Hand ``conv`` to the runner from another thread (a Dramatiq actor). Blocks while the
-        process owns ``max_in_flight`` conversations: that is the backpressure that leaves the
-        queue's remaining messages to other processes."""
-        loop = self._loop
-        if loop is None or self._stopping:
-            raise RuntimeError("the turn runner is not running")
-        future: Future[bool] = asyncio.run_coroutine_threadsafe(self.claim(conv, watch=watch, wait=True), loop)
-        future.result(timeout)
+    def close(self) -> None:
+        """Take no conversation any more: every claim from now on is refused, and the hand-overs
+        waiting for room are refused at once. The conversations held are kept until the stop
+        hands them back. Idempotent; on the runner's loop (``loop.call_soon_threadsafe`` from
+        another thread)."""
+        self._closed = True
+        while self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def claim(self, conv: str, *, watch: bool = False, wait: bool = False) -> bool:
-        """Own ``conv`` unless it is owned here already (then wake it); False when full."""
-        if conv in self._holds or conv in self._pokes:
+    def offer(self, conv: str, *, watch: bool = False, timeout: float = 30.0) -> bool:
+        """Hand ``conv`` to the runner from another thread (a Dramatiq actor). Blocks while the
+        process owns ``max_in_flight`` conversations, up to ``timeout`` seconds: that is the
+        backpressure that leaves the queue's remaining messages to other processes. False when
+        refused: still full after ``timeout``, or the runner is closed or not running; the
+        conversation then waits in ``active`` for a sweeper."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._closed:
+            return False
+        try:
+            future: Future[bool] = asyncio.run_coroutine_threadsafe(
+                self.claim(conv, watch=watch, wait=True, timeout=timeout), loop
+            )
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        try:
+            # The claim bounds its own wait; the grace covers a loop too busy to answer.
+            return future.result(timeout + _OFFER_GRACE_S)
+        except TimeoutError:
+            return False
+        finally:
+            future.cancel()  # no-op once done: a wait that outlived its caller must not take a slot later
+
+    async def claim(self, conv: str, *, watch: bool = False, wait: bool = False, timeout: float | None = None) -> bool:
+        """Own ``conv`` unless it is owned here already (then wake it). False when refused: the
+        runner is closed, or full (and not ``wait``-ing, or still full after ``timeout``).
+
+        Waiting hand-overs queue first come first served. When a slot frees, the first one is
+        woken; one that then takes no slot (its conversation was taken meanwhile, its time ran out,
+        it was cancelled) wakes the next, so a free slot never sits beside a waiting hand-over."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        front = False  # a waiter that lost its slot to another claim keeps its place
+        while True:
+            if self._closed:
+                return False
             poke = self._pokes.get(conv)
             if poke is not None:
                 poke.set()
-            return True
-        if len(self._pokes) >= self.tuning.max_in_flight:
+                if front:
+                    self._room_freed()  # woken for a slot it does not need: pass it on
+                return True
+            if len(self._pokes) < self.tuning.max_in_flight:
+                break
             if not wait:
                 return False
-            async with self._room:
-                await self._room.wait_for(lambda: len(self._pokes) < self.tuning.max_in_flight)
-            if conv in self._pokes:
-                self._pokes[conv].set()
-                return True
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if front:
+                self._room.appendleft(waiter)
+            else:
+                self._room.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except BaseException as exc:  # out of time, or cancelled (its caller gave up)
+                if waiter.done() and not waiter.cancelled():
+                    self._room_freed()  # woken in the same instant: the slot goes to the next
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._room.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    return False
+                raise
+            front = True
         self._pokes[conv] = asyncio.Event()
         task = asyncio.create_task(self._drive(conv, watch), name=f"ocsgw-turn:{conv}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if front:
+            self._room_freed()  # several slots may have freed at once
         return True
+
+    def _room_freed(self) -> None:
+        """Wake the first waiting hand-over if there is room (all of them once closed)."""
+        if self._closed:
+            self.close()
+            return
+        if len(self._pokes) >= self.tuning.max_in_flight:
+            return
+        while self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     # -- one conversation ------------------------------------------------------------------
 
@@ -294,8 +364,7 @@ class TurnRunner:
         finally:
             self._holds.pop(conv_text, None)
             self._pokes.pop(conv_text, None)
-            async with self._room:
-                self._room.notify(1)
+            self._room_freed()
         if again and not self._stopping:
             await self.claim(conv_text)
 
@@ -463,71 +532,6 @@ class TurnRunner:
         if started:
             log.debug("started %d watch(es)", started)
         return adopted, started
-
-
-class RunnerThread(threading.Thread):
-    """The runner's event loop in a thread of its own, beside Dramatiq's threads."""
-
-    def __init__(self, open_services: Any, tuning: WorkerTuning) -> None:
-        super().__init__(name="ocsgw-runner", daemon=True)
-        self._open_services = open_services
-        self._tuning = tuning
-        self.runner: TurnRunner | None = None
-        self._ready = threading.Event()
-        self._stop_event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested = False
-        self.error: BaseException | None = None
-
-    @property
-    def failure(self) -> str | None:
-        """Why the runner ended without being asked to (its thread is gone, or going), else None:
-        the process must then exit, and its ``/livez`` fails."""
-        if self._stop_requested or not self._ready.is_set():
-            return None
-        if self.runner is not None and self.runner.failure is not None:
-            return self.runner.failure
-        if self.error is not None:
-            return f"turn runner failed: {self.error!r}"
-        return None if self.is_alive() else "turn runner ended"
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the starter
-            self.error = exc
-            log.exception("turn runner stopped")
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        services = await self._open_services()
-        try:
-            self.runner = TurnRunner(services, self._tuning)
-            serving = asyncio.create_task(self.runner.serve(self._stop_event))
-            while self.runner._loop is None and not serving.done():
-                await asyncio.sleep(0.01)
-            self._ready.set()
-            await serving
-        finally:
-            await services.aclose()
-
-    def wait_ready(self, timeout: float = 30.0) -> TurnRunner:
-        self._ready.wait(timeout)
-        if self.runner is None or self.error is not None:
-            raise RuntimeError(f"the turn runner did not start: {self.error!r}")
-        return self.runner
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop_requested = True
-        if self._loop is not None and self._stop_event is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._stop_event.set)
-            except RuntimeError:
-                pass
-        self.join(timeout)
 
 
 def _priority(hold: Hold) -> int:

@@ -1,5 +1,5 @@
 """Watches: OCS writes scheduled and event messages into a session that only its session messages
-reveal (CONTRACT §6.5). A watch looks once into one idle conversation's session and queues what
+reveal (docs/OCS.md §6.5). A watch looks once into one idle conversation's session and queues what
 is new behind the user's messages, so order and retries are the turn engine's.
 
 It runs while the runner owns the conversation and only when no turn is running, so it never
@@ -26,7 +26,7 @@ from gateway.core.errors import (
 )
 from gateway.core.models import Inbound, InboundKind
 from gateway.ocs.budget import Priority
-from gateway.ocs.messages import MessageRole, OCSMessage
+from gateway.ocs.messages import MessageRole, OCSMessage, SessionStatus
 from gateway.store.clock import RedisClock
 from gateway.store.fingerprints import delivered_ops, was_delivered
 from gateway.store.lease import Op
@@ -72,10 +72,11 @@ class SessionWatcher:
             return False
         if now - record.last_polled < interval * 0.9:
             await hold.write([Op("ZADD", s.keys.watch, (record.last_polled + interval, member))])
-            return False  # never more than once per interval per session (§4.4)
+            return False  # never more than once per interval per session (docs/OCS.md §4.4)
         ocs = s.ocs_for(conv.channel)
         cursor = record.cursor
         fresh: list[OCSMessage] = []
+        ended = False
         try:
             for _ in range(_MAX_PAGES):
                 hold.lease.check()
@@ -87,6 +88,7 @@ class SessionWatcher:
                     if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
                         fresh.append(message)
                 if not page.has_more:
+                    ended = page.session_status is SessionStatus.ENDED
                     break
         except SessionExpired:
             forgotten, forget = s.conversations.forget_session(conv, record)
@@ -116,7 +118,14 @@ class SessionWatcher:
             ops.extend(delivered_ops(s.keys.fingerprints(conv), message, now=now))
         polled, polled_ops = s.conversations.polled(conv, record, cursor=cursor, now=now)
         ops.extend(polled_ops)
-        ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
+        if ended:
+            # OCS finished the session (docs/OCS.md §6.1): it takes no more messages and writes none. Its
+            # last words are queued above; the next message starts a new session.
+            polled, forget = s.conversations.forget_session(conv, polled)
+            ops.extend(forget)
+            log.info("session %s was finished by OCS: forgotten", record.session.session_id)
+        else:
+            ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
         if fresh:
             ops.append(Op("ZADD", s.keys.active, (now, member)))
             # NX: a user's message admitted meanwhile is older and stays the head's time.

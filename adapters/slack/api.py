@@ -1,9 +1,9 @@
 """The Slack Web API client, and the one place where its errors become ours.
 
-slack_sdk raises ``SlackApiError`` for anything but HTTP 200 with ``ok: true`` (PROTOCOLS.md §2.6):
+slack_sdk raises ``SlackApiError`` for anything but HTTP 200 with ``ok: true`` (docs/PLATFORMS.md §2.6):
 logical failures arrive as **HTTP 200** with ``{"ok": false, "error": "<code>"}`` and rate limits
 as HTTP 429 with ``Retry-After``. ``slack_errors`` turns those, and network failures, into the
-``gateway.core.errors`` delivery family, keeping the cause (STYLE.md §4), so nothing past this module
+``gateway.core.errors`` delivery family, keeping the cause, so nothing past this module
 knows about slack_sdk exceptions.
 """
 
@@ -117,7 +117,7 @@ class _WebClient(AsyncWebClient):
     header built here: slack_sdk builds it with ``aiohttp.BasicAuth``, deprecated in aiohttp 3.14.
     Bolt's OAuth flow and token rotator call this method, so they get the same fix."""
 
-    async def oauth_v2_access(  # type: ignore[override]
+    async def oauth_v2_access(
         self,
         *,
         client_id: str,
@@ -145,7 +145,7 @@ class SlackApi:
     """
 
     def __init__(self, base_url: str, *, timeout_s: float = 15.0) -> None:
-        # slack_sdk joins base_url + method, so the trailing slash matters (§2.6).
+        # slack_sdk joins base_url + method, so the trailing slash matters (docs/PLATFORMS.md §2.6).
         self.base_url = base_url.rstrip("/") + "/"
         self.timeout_s = timeout_s
         self._owned: aiohttp.ClientSession | None = None

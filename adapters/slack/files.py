@@ -1,6 +1,6 @@
 """Files both ways: the user's files from Slack to OCS, the bot's attachments from OCS to Slack.
 
-Downloads: ``url_private_download`` needs the bot token as a Bearer header (§2.5). With a wrong or
+Downloads: ``url_private_download`` needs the bot token as a Bearer header (docs/PLATFORMS.md §2.5). With a wrong or
 missing token Slack does not answer 401: it answers **200 with its HTML sign-in page**, which a
 naive client would hand to OCS as the "file". We refuse an HTML body unless the file says it is
 HTML. The token is sent only to Slack's file host (or the configured API host, for tests and

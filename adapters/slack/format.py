@@ -2,7 +2,7 @@
 
 Slack does not speak Markdown in ``text``: bold is ``*x*``, italic ``_x_``, strike ``~x~``, links
 ``<url|label>``, there are no headings, lists or tables, and ``&``, ``<`` and ``>`` must be
-escaped as HTML entities because ``<...>`` is Slack's own markup (PROTOCOLS.md §2.6; Slack's
+escaped as HTML entities because ``<...>`` is Slack's own markup (docs/PLATFORMS.md §2.6; Slack's
 "Formatting text for app surfaces" page). We parse the Markdown with markdown-it-py (a project
 dependency already) and write mrkdwn ourselves: that is one tree walk, where a regex chain breaks on
 nesting and code spans.

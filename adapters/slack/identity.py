@@ -1,7 +1,7 @@
 """Who the bot is in a single-workspace channel, known before the first event.
 
 The parser needs the bot's user id and bot id (``auth.test``) to drop the app's own messages and
-to strip its mention (PROTOCOLS.md §2.5). Asking Slack while an event waits made every 200 wait
+to strip its mention (docs/PLATFORMS.md §2.5). Asking Slack while an event waits made every 200 wait
 on Slack, 15 s and more when Slack hung (issue 10), so ``BotIdentity`` asks at start-up in the
 background, refreshes every ``REFRESH_S``, and retries with backoff while Slack fails; the events
 edge only reads what it last learnt. OAuth installations store their identity at install time and

@@ -2,9 +2,11 @@
 answer and drop the rest (its own messages, other bots, edits, joins).
 
 What the bot answers (issue #4): direct messages (``message.im``), mentions (``app_mention``), and
-plain replies in threads it is part of (``threads.py``). One user message can arrive twice under
+plain replies in threads it is part of (``threads.py``); with the assistant on, each assistant
+thread of a DM is a conversation of its own, and ``assistant_thread_started`` only offers the
+suggested prompts (``assistant.py``). One user message can arrive twice under
 two event ids (``app_mention`` and ``message.channels``), so each inbound carries the alias
-``msg:{team}:{channel}:{ts}`` and the edge's dedup makes it one turn (PROTOCOLS.md §2.4). Retries
+``msg:{team}:{channel}:{ts}`` and the edge's dedup makes it one turn (docs/PLATFORMS.md §2.4). Retries
 (``X-Slack-Retry-Num``) keep their ``event_id`` and meet the same dedup, never dropped blindly:
 the first delivery may have been refused with a 503.
 """
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from adapters.slack.assistant import AssistantThreads, read_thread
 from adapters.slack.config import SlackChannelConfig
 from adapters.slack.format import slack_to_text
 from adapters.slack.threads import ThreadTracker
@@ -39,21 +42,21 @@ __all__ = ["EventParser", "SIGNATURE_WINDOW_S", "conversation_for", "verify_sign
 
 log = logging.getLogger(__name__)
 
-#: Slack's replay window: a timestamp further than this from now is refused (§2.1).
+#: Slack's replay window: a timestamp further than this from now is refused (docs/PLATFORMS.md §2.1).
 SIGNATURE_WINDOW_S = 300
 
 #: Called with (team, enterprise, org-wide install?, event) for app_uninstalled / tokens_revoked.
 RevocationHandler = Callable[[str, str, bool, Mapping[str, Any]], Awaitable[None]]
 
 # Message subtypes that carry a user's words; everything else (message_changed, message_deleted,
-# channel_join, ...) is ignored (§2.5). bot_message is added when other bots are welcome.
+# channel_join, ...) is ignored (docs/PLATFORMS.md §2.5). bot_message is added when other bots are welcome.
 _USER_SUBTYPES = frozenset({"", "file_share", "thread_broadcast"})
 _LEADING_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def verify_signature(signing_secret: str, request: InboundRequest) -> None:
-    """Check ``X-Slack-Signature`` over the raw body and the 300 s timestamp window (§2.1).
+    """Check ``X-Slack-Signature`` over the raw body and the 300 s timestamp window (docs/PLATFORMS.md §2.1).
 
     Raises:
         SignatureInvalid: a header is missing, the timestamp is stale, or the HMAC differs.
@@ -77,17 +80,20 @@ def verify_signature(signing_secret: str, request: InboundRequest) -> None:
         raise SignatureInvalid("X-Slack-Signature does not match the body")
 
 
-def conversation_for(*, team: str, channel: str, is_dm: bool, root_ts: str, per_channel: bool) -> str:
-    """The conversation id: one per DM (a DM channel is one user with the bot), one per thread in
-    channels (its root ``ts``), or one per channel with ``channel_conversation: per_channel``.
+def conversation_for(
+    *, team: str, channel: str, is_dm: bool, root_ts: str, per_channel: bool, dm_thread: str = ""
+) -> str:
+    """The conversation id: one per DM (a DM channel is one user with the bot), one per
+    assistant thread of a DM (``dm_thread``, its ``thread_ts``), one per thread in channels (its
+    root ``ts``), or one per channel with ``channel_conversation: per_channel``.
 
     Raises:
         PayloadInvalid: a part holds a newline, which a ``ConversationKey`` may not.
     """
-    if "\n" in team + channel + root_ts:
+    if "\n" in team + channel + root_ts + dm_thread:
         raise PayloadInvalid("team, channel and ts cannot contain a newline")
     if is_dm:
-        return f"T:{team}:D:{channel}"
+        return f"T:{team}:D:{channel}:{dm_thread}" if dm_thread else f"T:{team}:D:{channel}"
     if per_channel:
         return f"T:{team}:C:{channel}"
     return f"T:{team}:C:{channel}:{root_ts}"
@@ -104,12 +110,14 @@ class EventParser:
         workspaces: Workspaces,
         threads: ThreadTracker,
         on_revoked: RevocationHandler,
+        assistant: AssistantThreads | None = None,
     ) -> None:
         self._name = name
         self._config = config
         self._workspaces = workspaces
         self._threads = threads
         self._on_revoked = on_revoked
+        self._assistant = assistant
         self._subtypes = _USER_SUBTYPES if config.ignore_other_bots else _USER_SUBTYPES | {"bot_message"}
 
     async def parse(self, request: InboundRequest) -> ParsedRequest:
@@ -125,11 +133,11 @@ class EventParser:
             challenge = envelope.get("challenge")
             if not isinstance(challenge, str):
                 raise PayloadInvalid("url_verification without a challenge")
-            return ParsedRequest(response={"challenge": challenge})  # §2.2, the JSON form Bolt uses
+            return ParsedRequest(response={"challenge": challenge})  # docs/PLATFORMS.md §2.2, the JSON form Bolt uses
         if kind == "event_callback":
             return await self._event_callback(envelope, request)
         if kind == "app_rate_limited":
-            # Over 30,000 events/hour/workspace Slack drops events and tells us so (§2.4).
+            # Over 30,000 events/hour/workspace Slack drops events and tells us so (docs/PLATFORMS.md §2.4).
             log.warning("slack channel %s: Slack is rate limiting events for team %s", self._name, envelope.get("team_id"))
         return ParsedRequest()
 
@@ -148,10 +156,20 @@ class EventParser:
             # Deleting is idempotent, so doing it at the edge is safe under Slack's retries.
             await self._on_revoked(team, enterprise, _org_wide(envelope), event)
             return ParsedRequest()
+        if event_type == "assistant_thread_started":
+            await self._thread_started(event, team, enterprise)
+            return ParsedRequest()  # no one said anything yet: nothing for OCS
         if event_type not in ("app_mention", "message"):
-            return ParsedRequest()
+            return ParsedRequest()  # assistant_thread_context_changed among them: its context is not used
         inbound = await self._message(event_id, event, team, enterprise, request, _envelope_identity(envelope, team))
         return ParsedRequest(inbounds=(inbound,)) if inbound is not None else ParsedRequest()
+
+    async def _thread_started(self, event: Mapping[str, Any], team: str, enterprise: str) -> None:
+        if self._assistant is None or not self._assistant.enabled:
+            return
+        thread = read_thread(event)
+        if await self._workspaces.serves(team, enterprise):
+            self._assistant.thread_started(team, enterprise, thread)
 
     async def _message(
         self,
@@ -182,7 +200,7 @@ class EventParser:
         bot_user = identity.user_id if identity else None
         is_mention = event["type"] == "app_mention"
         raw_text = str(event.get("text") or "")
-        # app_mention has no channel_type; DM channel ids start with D (§2.5).
+        # app_mention has no channel_type; DM channel ids start with D (docs/PLATFORMS.md §2.5).
         is_dm = (event.get("channel_type") or ("im" if channel.startswith("D") else "channel")) == "im"
         thread_ts = str(event.get("thread_ts") or "")
         root_ts = thread_ts or ts
@@ -203,11 +221,15 @@ class EventParser:
         if enterprise:
             route["enterprise"] = enterprise
         if thread_ts or not is_dm:
-            route["thread_ts"] = root_ts  # always answer in the thread in channels (§2.5)
+            route["thread_ts"] = root_ts  # always answer in the thread in channels (docs/PLATFORMS.md §2.5)
+        # With the assistant on, a thread in the DM is an assistant thread: a conversation of its own.
+        assistant_thread = thread_ts if is_dm and self._assistant is not None and self._assistant.enabled else ""
         conversation = conversation_for(
             team=team, channel=channel, is_dm=is_dm, root_ts=root_ts,
-            per_channel=self._config.channel_conversation == "per_channel",
+            per_channel=self._config.channel_conversation == "per_channel", dm_thread=assistant_thread,
         )  # fmt: skip
+        if assistant_thread and kind is InboundKind.MESSAGE and self._assistant is not None:
+            await self._assistant.message(team, enterprise, channel, assistant_thread, text)
         return Inbound(
             key=ConversationKey(self._name, conversation),
             event_id=event_id,
@@ -223,7 +245,7 @@ class EventParser:
 
     def _is_own_or_bot(self, event: Mapping[str, Any], subtype: str, identity: Identity | None) -> bool:
         # A modern app's own post has bot_id + user and NO subtype, so subtype alone would loop;
-        # compare with auth.test's ids the way Bolt's IgnoringSelfEvents does (§2.5).
+        # compare with auth.test's ids the way Bolt's IgnoringSelfEvents does (docs/PLATFORMS.md §2.5).
         bot_id, user = event.get("bot_id"), event.get("user")
         is_bot = bool(bot_id) or subtype == "bot_message"
         if identity is None:
@@ -274,7 +296,7 @@ class EventParser:
 
 def _installation_team(envelope: Mapping[str, Any]) -> tuple[str, str]:
     # authorizations[0] names the installation that received the event, which differs from the
-    # envelope's team in shared channels; Bolt prefers it for the same reason (§2.3, §2.7).
+    # envelope's team in shared channels; Bolt prefers it for the same reason (docs/PLATFORMS.md §2.3, §2.7).
     first = _first_authorization(envelope)
     team = _text(first, "team_id", where="authorizations.0.") or _text(envelope, "team_id")
     enterprise = _text(first, "enterprise_id", where="authorizations.0.") or _text(envelope, "enterprise_id")
@@ -293,8 +315,8 @@ def _org_wide(envelope: Mapping[str, Any]) -> bool:
 
 def _envelope_identity(envelope: Mapping[str, Any], team: str) -> Identity | None:
     """The bot as the envelope names it: ``authorizations[0].user_id`` is the bot user of the
-    installation that received the event when ``is_bot`` (§2.3). It has no bot id, which is
-    enough: the app's own posts carry its bot user in ``user`` (§2.5)."""
+    installation that received the event when ``is_bot`` (docs/PLATFORMS.md §2.3). It has no bot id, which is
+    enough: the app's own posts carry its bot user in ``user`` (docs/PLATFORMS.md §2.5)."""
     first = _first_authorization(envelope)
     user = first.get("user_id")
     if first.get("is_bot") is True and isinstance(user, str) and user:

@@ -1,7 +1,7 @@
 """Bolt's installation and OAuth state stores, on our Redis.
 
 ``RedisInstallationStore`` implements slack_sdk's ``AsyncInstallationStore`` the way Bolt's
-``AsyncOAuthFlow`` and its authorize/token-revocation code expect (PROTOCOLS.md §2.7): one Redis
+``AsyncOAuthFlow`` and its authorize/token-revocation code expect (docs/PLATFORMS.md §2.7): one Redis
 hash per installation holds the bot (``bot``), the latest installation (``installation``) and each
 user's installation (``user:{id}``), all as the JSON of slack_sdk's models. An installation is
 keyed by its team id, or by its enterprise id when it is org-wide (Enterprise Grid, no team):
@@ -117,7 +117,7 @@ class RedisInstallationStore(AsyncInstallationStore):
                     current = _bot_of(_view(raw))
                     if current is None or current.bot_refresh_token != spent:
                         return current
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                     pipe.hset(key, _BOT, json.dumps(refreshed.__dict__))
                     stale = [name for name in (*_LEGACY_FIELDS, _attempts_field(spent)) if name in raw]
                     if stale:

@@ -141,7 +141,8 @@ class SocketModeListener:
 
         client.socket_mode_request_listeners.append(on_request)
         # connect() retries by itself until it is connected or the client is closed.
-        connecting = asyncio.create_task(client.connect(), name=f"slack-socket-connect:{self._name}")
+        connect = client.connect()  # type: ignore[no-untyped-call]  # slack_sdk leaves it unannotated
+        connecting = asyncio.create_task(connect, name=f"slack-socket-connect:{self._name}")
         log.info("slack channel %s: Socket Mode listener started", self._name)
         try:
             await stop.wait()
@@ -149,7 +150,7 @@ class SocketModeListener:
             if self._in_hand:
                 await asyncio.wait(set(self._in_hand), timeout=self._drain_s)
             connecting.cancel()
-            await client.close()
+            await client.close()  # type: ignore[no-untyped-call]  # slack_sdk leaves it unannotated
             await asyncio.gather(connecting, return_exceptions=True)
             log.info("slack channel %s: Socket Mode listener stopped", self._name)
 
@@ -204,7 +205,8 @@ class SocketModeListener:
         for inbound in parsed.inbounds:
             if not await admit(inbound):
                 log.info("slack channel %s: duplicate event %s", self._name, inbound.event_id)
-        return parsed.response
+        response = parsed.response
+        return response if isinstance(response, Mapping) else None  # a Slack response is an object
 
 
 def _form_value(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 A channel runs in one of two modes (docs/SLACK.md): *single workspace* with ``bot_token`` from the
 environment, or *OAuth* where every workspace (or Enterprise Grid organisation) that installs the
-app gets its own bot token, stored by ``RedisInstallationStore`` (PROTOCOLS.md §2.7). Both answer
+app gets its own bot token, stored by ``RedisInstallationStore`` (docs/PLATFORMS.md §2.7). Both answer
 the same questions here: ``token_for(team)`` for sending (refreshing rotating tokens through
 ``TokenKeeper``), ``serves(team)`` and ``identity_for(team)`` for the parser. None of the three
 calls Slack on the events edge: an OAuth installation stores its identity at install time, and the

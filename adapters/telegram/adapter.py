@@ -2,7 +2,8 @@
 
 Each channel gets its own PTB ``Bot`` with its own connection pool and its own pacing keys, so
 one bot's trouble (a revoked token, flood control, a slow API) never touches another. The Bot
-is a private attribute, never a base class (the Rasa lesson, STYLE §4).
+is a private attribute, never a base class, so PTB's whole client API does not leak into the
+adapter's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from telegram.request import HTTPXRequest
 
 from adapters.telegram import files, outbound
 from adapters.telegram.config import TelegramChannelConfig
+from adapters.telegram.drafts import Drafts
 from adapters.telegram.format import render_markdown
 from adapters.telegram.inbound import (
     BotIdentity,
@@ -77,7 +79,7 @@ _TOKEN_IN_URL = re.compile(r"/(file/)?bot\d+:[A-Za-z0-9_-]+")
 
 
 class _RedactBotToken(logging.Filter):
-    """httpx logs every request URL at INFO, and Bot API URLs carry the token (PROTOCOLS §1.1)."""
+    """httpx logs every request URL at INFO, and Bot API URLs carry the token (docs/PLATFORMS.md §1.1)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -98,7 +100,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     kind = "telegram"
     inbound_path = "/telegram/{channel}"
-    #: "typing…" lasts about 5 s (PROTOCOLS §1.5): refresh a little sooner.
+    #: "typing…" lasts about 5 s (docs/PLATFORMS.md §1.5): refresh a little sooner.
     working_refresh_s = 4.0
 
     def __init__(
@@ -108,6 +110,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         self._request: HTTPXRequest | None = None
         self._bot: Bot | None = None
         self._me: BotIdentity | None = None
+        self._drafts = Drafts(
+            channel=name, redis=services.redis, keys=services.keys, bot_interval_s=config.bot_interval_s
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         # Raw JSON through do_api_request, so each update takes the webhook's strict parse path
         # and one malformed update cannot fail its whole batch (Bot.get_updates parses all or
         # nothing). Spelled in lower case because Bot API method names are case-insensitive
-        # (PROTOCOLS §1.1) and PTB warns when a known method goes through do_api_request.
+        # (docs/PLATFORMS.md §1.1) and PTB warns when a known method goes through do_api_request.
         result = await self._client().do_api_request(
             "getupdates", api_kwargs=params, read_timeout=timeout_s + _POLL_READ_MARGIN_S
         )
@@ -271,7 +276,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         """Blocked/kicked: mark the conversation gone so workers stop sending; back: unmark.
 
         A StoreUnavailable leaves the update unacknowledged, so Telegram delivers it again
-        (PROTOCOLS §1.3).
+        (docs/PLATFORMS.md §1.3).
         """
         # A private chat's key holds the user's id: logged as a label unless text may be logged.
         label = conversation_label(change.key, reveal=self.services.config.log_message_text)
@@ -295,7 +300,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         )
 
     async def _answer_button(self, query: CallbackQuery) -> None:
-        # Until answered the button shows a spinner (PROTOCOLS §1.5); best effort, quick.
+        # Until answered the button shows a spinner (docs/PLATFORMS.md §1.5); best effort, quick.
         try:
             await self._client().answer_callback_query(query.id, read_timeout=2.0)
         except TelegramError as exc:
@@ -377,3 +382,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     async def show_working(self, route: Route) -> None:
         await outbound.send_typing(self._client(), route)
+
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        """The line in the turn's message draft, in private chats (adapters/telegram/drafts.py)."""
+        if not self.config.show_progress:
+            return False
+        return await self._drafts.show(self._client(), route, text, turn_id)

@@ -1,6 +1,6 @@
 """Who a Telegram message is for: bot commands, mentions and replies (group gating).
 
-In a group the bot answers only what is addressed to it (PROTOCOLS §1.4, privacy mode): a
+In a group the bot answers only what is addressed to it (docs/PLATFORMS.md §1.4, privacy mode): a
 command (bare, or ``/cmd@ThisBot``), an ``@mention`` or text mention of the bot, or a reply to one
 of its messages. Telegram's privacy mode delivers exactly these to a bot by default, so the
 gateway's view and Telegram's agree.

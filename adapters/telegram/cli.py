@@ -6,7 +6,7 @@ URL of every call holds the bot token, so no error message here ever includes a 
 
 ``webhook_info`` warns about drift, the usual reasons a bot goes quiet: the webhook points
 somewhere else (a redeploy under a new host), Telegram sends a different set of update types,
-updates are piling up (Telegram holds a chat's queue while our answers fail, PROTOCOLS §1.3), or
+updates are piling up (Telegram holds a chat's queue while our answers fail, docs/PLATFORMS.md §1.3), or
 Telegram recorded a delivery error.
 """
 
@@ -26,9 +26,9 @@ __all__ = ["PENDING_WARNING", "delete_webhook", "expected_webhook_url", "set_web
 
 #: More waiting updates than this deserves a warning: deliveries are failing or slow.
 PENDING_WARNING = 50
-#: setWebhook's secret_token: 1-256 of A-Z a-z 0-9 _ - (PROTOCOLS §1.3).
+#: setWebhook's secret_token: 1-256 of A-Z a-z 0-9 _ - (docs/PLATFORMS.md §1.3).
 _SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-#: What Telegram sends when allowed_updates was never set (PROTOCOLS §1.3: "all except ...").
+#: What Telegram sends when allowed_updates was never set (docs/PLATFORMS.md §1.3: "all except ...").
 _DEFAULT_UPDATES = "Telegram's default (every type except chat_member and reactions)"
 _INBOUND_PATH = "/telegram/{channel}"  # TelegramAdapter.inbound_path, without importing PTB
 
@@ -83,7 +83,7 @@ async def delete_webhook(
     config: GatewayConfig, channel: str, *, http: httpx.AsyncClient, drop_pending_updates: bool = False
 ) -> str:
     """Remove the bot's webhook so that long polling may start (Telegram refuses getUpdates
-    while one is set, PROTOCOLS §1.3). Pending updates are kept unless ``drop_pending_updates``.
+    while one is set, docs/PLATFORMS.md §1.3). Pending updates are kept unless ``drop_pending_updates``.
 
     Returns the webhook report to print.
 

@@ -21,6 +21,9 @@ class TelegramChannelConfig(ChannelConfig):
     #: ``webhook``: Telegram POSTs to ``public_url``; ``polling``: the web process asks with
     #: getUpdates (one poller per bot across replicas). Telegram allows one or the other.
     mode: Literal["webhook", "polling"] = "webhook"
+    #: OCS's progress lines as a message draft in private chats (docs/TELEGRAM.md, "Progress");
+    #: off, or in groups, "typing…" only.
+    show_progress: bool = True
     #: Required in webhook mode (Telegram sends it on every POST); unused when polling.
     webhook_secret: SecretRef | None = None
     #: Groups: one conversation per chat, or per speaker inside the chat.
@@ -34,7 +37,7 @@ class TelegramChannelConfig(ChannelConfig):
     #: ``/start <payload>`` deep links: the payload reaches OCS as the message text, as
     #: ``context.start_payload`` (the text stays "/start"), or both.
     start_payload: Literal["text", "context", "both"] = "context"
-    #: Send spacing (Telegram's flood limits, PROTOCOLS §1.5): ~1/s in a private chat, at most
+    #: Send spacing (Telegram's flood limits, docs/PLATFORMS.md §1.5): ~1/s in a private chat, at most
     #: ~20 a minute in a group, ~30/s for the whole bot.
     private_interval_s: float = Field(default=1.0, gt=0)
     group_interval_s: float = Field(default=3.0, gt=0)

@@ -1,7 +1,7 @@
 """Fetching a user's file from Telegram: getFile, then a GET of the file path.
 
 The cloud Bot API serves files up to 20 MiB and answers "file is too big" beyond that
-(PROTOCOLS §1.5, ``MAX_DOWNLOAD_FILE_SIZE = 20 << 20``). We check the size the update told us
+(docs/PLATFORMS.md §1.5, ``MAX_DOWNLOAD_FILE_SIZE = 20 << 20``). We check the size the update told us
 before asking, and again from getFile, so an oversized file costs no call and no bytes.
 """
 
@@ -17,7 +17,7 @@ from gateway.core.models import Attachment
 
 __all__ = ["DOWNLOAD_LIMIT_BYTES", "download"]
 
-#: The Bot API's download limit (20 MiB, PROTOCOLS §1.5).
+#: The Bot API's download limit (20 MiB, docs/PLATFORMS.md §1.5).
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
 
 

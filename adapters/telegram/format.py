@@ -1,7 +1,7 @@
 """A Markdown reply → Telegram HTML chunks, each with a plain-text twin, each within the limit.
 
 Telegram takes 1-4096 characters per message "after entities parsing", and counts entity
-offsets in UTF-16 code units (PROTOCOLS §1.5). Whether the limit itself counts UTF-16 units is
+offsets in UTF-16 code units (docs/PLATFORMS.md §1.5). Whether the limit itself counts UTF-16 units is
 not stated, so we measure in UTF-16 (an astral emoji counts 2): the conservative reading.
 
 Cuts are made at the gentlest boundary that fits: between blocks, then between lines, then after
@@ -10,7 +10,7 @@ inside a tag or an ``&…;`` escape, because the chunks are cut as styled runs (
 escaped only when written out; tags open at a cut are closed and reopened in the next chunk.
 
 The plain twin is what we resend when Telegram refuses the HTML ("can't parse entities",
-PROTOCOLS §1.2): the same words, links written out as "label (url)", and it is measured too,
+docs/PLATFORMS.md §1.2): the same words, links written out as "label (url)", and it is measured too,
 so the fallback never exceeds the limit either.
 """
 
@@ -24,7 +24,7 @@ from adapters.telegram.markup import VERBATIM_PREFIXES, Run, Tag, markdown_to_ru
 
 __all__ = ["Chunk", "TEXT_LIMIT_UTF16", "render_markdown", "utf16_len"]
 
-#: sendMessage text limit (PROTOCOLS §1.5; PTB ``MessageLimit.MAX_TEXT_LENGTH``).
+#: sendMessage text limit (docs/PLATFORMS.md §1.5; PTB ``MessageLimit.MAX_TEXT_LENGTH``).
 TEXT_LIMIT_UTF16 = 4096
 
 #: Where to cut, gentlest first. Each pattern matches the separator that ends a piece.

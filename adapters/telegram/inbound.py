@@ -4,11 +4,11 @@ check, the parse, group gating and the conversation keys.
 Everything here is pure (no I/O): the adapter fetches the bot's own identity (getMe) and writes
 membership changes to Redis; this module only decides.
 
-What we drop, and why (PROTOCOLS §1.4): edited messages and channel posts (OCS has no "edit"),
+What we drop, and why (docs/PLATFORMS.md §1.4): edited messages and channel posts (OCS has no "edit"),
 messages from other bots (loops are possible again since Bot-to-Bot mode) except the anonymous
 group admin, automatic forwards from a linked channel, service messages, and in groups anything
 not addressed to the bot unless the channel answers everything. Dropped updates are still
-answered 200 by the edge: a non-2xx makes Telegram retry and stalls the chat's queue (§1.3).
+answered 200 by the edge: a non-2xx makes Telegram retry and stalls the chat's queue (docs/PLATFORMS.md §1.3).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Sent by Telegram on every webhook POST when setWebhook had a secret_token (PROTOCOLS §1.3).
+#: Sent by Telegram on every webhook POST when setWebhook had a secret_token (docs/PLATFORMS.md §1.3).
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 #: Senders with ``is_bot`` set who stand for people: an anonymous group admin (GroupAnonymousBot,
-#: real sender in ``sender_chat``, PROTOCOLS §1.4) and a user posting as their channel (Channel_Bot).
+#: real sender in ``sender_chat``, docs/PLATFORMS.md §1.4) and a user posting as their channel (Channel_Bot).
 _HUMAN_PROXY_BOTS = frozenset({1087968824, 136817688})
 _GROUP_TYPES = frozenset({Chat.GROUP, Chat.SUPERGROUP})
 _CHAT_TYPES = frozenset({Chat.PRIVATE, *_GROUP_TYPES})
@@ -137,7 +137,7 @@ def read_update(body: bytes) -> Update | None:
         if isinstance(exc, TypeError) and "missing" in str(exc) and "required" in str(exc):
             # Legacy shapes (a "from" without is_bot, SOURCES.md) lack a field PTB requires.
             # Telegram must still get a 2xx, or it redelivers and holds the chat's queue
-            # (PROTOCOLS §1.3); wrong types and impossible values are refused below instead.
+            # (docs/PLATFORMS.md §1.3); wrong types and impossible values are refused below instead.
             log.warning("telegram update %s has a shape PTB cannot read; ignored", data["update_id"])
             return None
         raise PayloadInvalid(f"{_failing_field(data)}: {type(exc).__name__}: {str(exc)[:160]}") from None

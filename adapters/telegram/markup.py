@@ -1,12 +1,12 @@
 """OCS Markdown → a flat list of styled text runs, the form ``format.py`` splits and serialises.
 
 Why runs instead of an HTML string: a reply longer than Telegram's 4096 limit must be cut, and a
-cut inside ``<b>…</b>`` or ``&amp;`` makes Telegram refuse the whole message (PROTOCOLS §1.5,
+cut inside ``<b>…</b>`` or ``&amp;`` makes Telegram refuse the whole message (docs/PLATFORMS.md §1.5,
 "A bad escape makes the whole send fail with 400"). A run carries its text raw and the full stack
 of tags around it, so any cut between two characters can close and reopen the tags cleanly, and
 escaping happens only when a chunk is written out.
 
-Only the tags Telegram's HTML parse mode accepts are produced (PROTOCOLS §1.5): ``b i s code pre
+Only the tags Telegram's HTML parse mode accepts are produced (docs/PLATFORMS.md §1.5): ``b i s code pre
 a blockquote``. Headings become bold lines, lists become "• " / "1. " lines, tables become
 "a | b" lines, and raw HTML from the model is shown as text.
 """

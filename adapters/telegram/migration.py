@@ -1,4 +1,4 @@
-"""Following a Telegram group that became a supergroup (PROTOCOLS §1.5).
+"""Following a Telegram group that became a supergroup (docs/PLATFORMS.md §1.5).
 
 Telegram gives the supergroup a new chat id, says so with a service message in each chat
 (``migrate_to_chat_id`` in the old one, ``migrate_from_chat_id`` in the new one) and refuses

@@ -1,7 +1,7 @@
 """Sending to Telegram: messages, files and typing, paced, with PTB errors translated into ours.
 
-PTB classifies the Bot API's answers by HTTP status and ``parameters`` (PROTOCOLS §1.2, STYLE
-§5); ``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
+PTB classifies the Bot API's answers by HTTP status and ``parameters`` (docs/PLATFORMS.md §1.2);
+``translate`` maps its classes onto ``gateway.core.errors`` in one table, keeping the cause. Mind
 the PTB wart: ``BadRequest`` and ``TimedOut`` subclass ``NetworkError``, so they are matched
 before it, or a permanent 400 would be retried forever.
 """
@@ -38,7 +38,7 @@ from gateway.core.errors import (
 )
 from gateway.core.keys import Keys
 from gateway.core.models import Outgoing, ReplyAttachment, Route
-from gateway.store.pacing import take_slots
+from gateway.store.pacing import Clearance, take_send
 
 __all__ = [
     "UPLOAD_LIMIT_BYTES",
@@ -59,15 +59,17 @@ UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
 #: sendPhoto takes at most 10 MB and only these formats; other images go as documents.
 _PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
-#: Flood limits (PROTOCOLS §1.5): about 1 message/s per private chat, at most ~20 a minute in a
+#: Flood limits (docs/PLATFORMS.md §1.5): about 1 message/s per private chat, at most ~20 a minute in a
 #: group, ~30/s for the bot. The channel config sets the intervals (``private_interval_s``,
-#: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses.
+#: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses. The
+#: bot's 25 (in any sliding second, on Redis's clock) leaves Telegram's ~30 room for what the
+#: grants cannot see: the time from a grant to Telegram's receipt varies per request.
 CHAT_INTERVAL_S = 1.0
 BOT_INTERVAL_S = 1 / 25
 #: Chat types Telegram paces as groups (a channel post is paced like one too).
 _GROUP_CHAT_TYPES = frozenset({"group", "supergroup", "channel"})
-#: A pacing wait up to this is booked and slept; a longer one books nothing and goes back to
-#: the queue (``PacingWait``).
+#: A pacing wait up to this (in all, for one send) is booked and slept; a longer one books
+#: nothing and goes back to the queue (``PacingWait``).
 MAX_PACING_SLEEP_S = 1.5
 #: After a network failure or a timeout, try again this much later.
 NETWORK_RETRY_S = 5.0
@@ -80,7 +82,7 @@ def translate(exc: TelegramError) -> DeliveryError:
     if isinstance(exc, ChatMigrated):
         return RecipientGone("group moved to a supergroup", new_chat_id=str(exc.new_chat_id))
     if isinstance(exc, Forbidden):
-        # 403: blocked by the user, kicked from the group, user deactivated (PROTOCOLS §1.2).
+        # 403: blocked by the user, kicked from the group, user deactivated (docs/PLATFORMS.md §1.2).
         return RecipientGone(exc.message)
     if isinstance(exc, BadRequest):
         if "chat not found" in exc.message.lower():
@@ -117,26 +119,34 @@ async def pace(
     *,
     chat_interval_s: float = CHAT_INTERVAL_S,
     bot_interval_s: float = BOT_INTERVAL_S,
-) -> None:
-    """Wait for this chat's and this bot's next send slot (shared by every worker).
+) -> int:
+    """Wait for this chat's and this bot's next send slot (shared by every worker), then take
+    the send.
 
     Both slots are booked in one script or neither is: a sender sent back to the queue holds no
-    slot that would delay the others.
+    slot that would delay the others. The send itself is granted only once the slot is due, on
+    Redis's clock, and while the bot's last second allows it: a sender that woke late does not
+    add to a second already full.
+
+    Returns:
+        The grant's time on Redis's clock, in µs.
 
     Raises:
         PacingWait: the wait is long; nothing was booked and the worker should come back then
             rather than hold a thread.
     """
     tg_keys = TelegramKeys.of(keys)
-    slot = await take_slots(
-        redis,
-        [(tg_keys.chat_pace(channel, chat_id), chat_interval_s), (tg_keys.bot_pace(channel), bot_interval_s)],
-        max_wait_s=MAX_PACING_SLEEP_S,
-    )
-    if not slot.granted:
-        raise PacingWait(slot.wait_s, "pacing sends to stay under Telegram's flood limits")
-    if slot.wait_s > 0:
+    chat = (tg_keys.chat_pace(channel, chat_id), chat_interval_s)
+    bot = (tg_keys.bot_pace(channel), tg_keys.bot_sends(channel), bot_interval_s)
+    slot = await take_send(redis, chat=chat, bot=bot, max_wait_s=MAX_PACING_SLEEP_S)
+    slept = 0.0
+    while slot.clearance is not Clearance.SEND:
+        if slot.clearance is Clearance.REFUSED or slept + slot.wait_s > MAX_PACING_SLEEP_S:
+            raise PacingWait(slot.wait_s, "pacing sends to stay under Telegram's flood limits")
         await asyncio.sleep(slot.wait_s)
+        slept += slot.wait_s
+        slot = await take_send(redis, chat=chat, bot=bot, max_wait_s=MAX_PACING_SLEEP_S, holding=True)
+    return slot.at_us
 
 
 def _target(route: Route) -> dict[str, Any]:
@@ -192,7 +202,7 @@ async def send_file(bot: Bot, route: Route, attachment: ReplyAttachment, data: b
 
 
 async def send_typing(bot: Bot, route: Route) -> None:
-    """Show "typing…" for about 5 s (PROTOCOLS §1.5); failures are only logged."""
+    """Show "typing…" for about 5 s (docs/PLATFORMS.md §1.5); failures are only logged."""
     target = _target(route)
     target.pop("reply_parameters", None)
     try:

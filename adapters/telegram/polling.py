@@ -2,13 +2,13 @@
 
 The web process runs one ``Poller`` per polling channel (``TelegramAdapter.listen``). It asks
 ``getUpdates`` and stores every update with ``admit`` *before* it advances the offset: calling
-getUpdates with ``offset = update_id + 1`` is what confirms an update to Telegram (PROTOCOLS
+getUpdates with ``offset = update_id + 1`` is what confirms an update to Telegram (docs/PLATFORMS.md
 §1.3), so an update is confirmed only once Redis holds it. The next offset is kept in Redis as
 well, so a restarted or replacement poller resumes where the last one stopped; an update stored
 but not yet confirmed (a crash in between) comes back once and is dropped by admission's dedup.
 
 An offset lives ``OFFSET_TTL_S`` after the last update, in Redis and in the poller alike: after
-a week without updates Telegram's next ``update_id`` is random (PROTOCOLS §1.3), so an old
+a week without updates Telegram's next ``update_id`` is random (docs/PLATFORMS.md §1.3), so an old
 offset could sit above the new ids and confirm them unseen. Past that life the poller asks
 without an offset, as a fresh poller would: Telegram then answers from the earliest unconfirmed
 update (Bot API getUpdates), and anything seen before is dropped by the dedup.
@@ -58,7 +58,7 @@ Clock = Callable[[], float]
 
 #: An offset this old (counted from the last update) is forgotten, in Redis and in the poller:
 #: Telegram keeps updates 24 h and may restart update ids after a week without updates
-#: (PROTOCOLS §1.3); a day short of that week, so the offset is gone before the ids can restart.
+#: (docs/PLATFORMS.md §1.3); a day short of that week, so the offset is gone before the ids can restart.
 OFFSET_TTL_S = 6 * 24 * 3600
 
 # KEYS[1] lease, KEYS[2] offset; ARGV token, offset, ttl s. A poller that lost its lease must not

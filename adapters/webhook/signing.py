@@ -1,5 +1,5 @@
 """Standard Webhooks signatures (symmetric ``v1``): HMAC-SHA256 over ``{id}.{timestamp}.{body}``
-with the base64-decoded ``whsec_`` secret, ±5 minutes (PROTOCOLS.md §3).
+with the base64-decoded ``whsec_`` secret, ±5 minutes (docs/PLATFORMS.md §3).
 
 Our own 40 lines rather than the ``standardwebhooks`` package: verification sits on the hot
 path and needs no datetime parsing or JSON decoding; the package is used in the tests as an
@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from gateway.core.errors import SignatureInvalid
 

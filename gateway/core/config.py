@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, Self, Union
 from urllib.parse import urlsplit
 
-import yaml  # type: ignore[import-untyped]  # no stubs in the venv (types-PyYAML is not a dependency)
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -106,7 +106,7 @@ def _secret_from_reference(value: Any) -> Secret:
         return value
     if not isinstance(value, str):
         # Not TypeError: pydantic reports a ValueError as a validation error, a TypeError it does not.
-        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")  # noqa: TRY004
+        raise ValueError("must be a reference to an environment variable, like ${MY_SECRET}")
     match = _REF.match(value.strip())
     if not match:
         raise ValueError(
@@ -152,17 +152,17 @@ class _Model(BaseModel):
 
 
 class BudgetLimits(_Model):
-    """How many OCS requests the gateway may make (CONTRACT §3; ``gateway.ocs.budget``).
+    """How many OCS requests the gateway may make (docs/OCS.md §3; ``gateway.ocs.budget``).
 
     Windows are aligned fixed windows like OCS's own limiter. Bots that share a base URL share
     its bucket (the hosted WAF counts the egress IP), so give them the same ``window_s``.
     """
 
-    #: Per OCS base URL, all bots and processes together: the hosted WAF rule (§3.2).
+    #: Per OCS base URL, all bots and processes together: the hosted WAF rule (docs/OCS.md §3.2).
     requests_per_window: int = Field(default=2000, ge=1)
-    #: Per OCS session: the ``chat_api`` throttle (§3.1).
+    #: Per OCS session: the ``chat_api`` throttle (docs/OCS.md §3.1).
     session_requests_per_window: int = Field(default=300, ge=1)
-    #: Session starts per channel (OAuth/embed-key starts share one bucket, §3.1).
+    #: Session starts per channel (OAuth/embed-key starts share one bucket, docs/OCS.md §3.1).
     starts_per_window: int = Field(default=300, ge=1)
     window_s: int = Field(default=300, ge=1)
     #: When a bucket runs short, lower priorities yield first: watches may use at
@@ -178,12 +178,12 @@ class BudgetLimits(_Model):
 
 
 class BotConfig(_Model):
-    """One OCS chatbot and how the gateway is admitted to it (CONTRACT §2.4)."""
+    """One OCS chatbot and how the gateway is admitted to it (docs/OCS.md §2.4)."""
 
     base_url: HttpUrl = "https://www.openchatstudio.com"
     chatbot_id: str
     #: oauth: client-credentials token (the intended server path); embed_key: the widget key
-    #: with the Origin it is bound to; keyless: no credential (being retired by OCS, §2.4.4).
+    #: with the Origin it is bound to; keyless: no credential (being retired by OCS, docs/OCS.md §2.4.4).
     auth: Literal["oauth", "embed_key", "keyless"] = "oauth"
     client_id: EnvStr | None = None
     client_secret: SecretRef | None = None
@@ -192,13 +192,13 @@ class BotConfig(_Model):
     embed_origin: HttpUrl | None = None
     #: Our own limit on waiting for one reply: OCS polls an unknown task as "processing" forever.
     task_timeout_s: float = 180.0
-    #: After the hosted WAF refuses a request (its HTML 403, CONTRACT §3.2), every process pauses
+    #: After the hosted WAF refuses a request (its HTML 403, docs/OCS.md §3.2), every process pauses
     #: its requests to this OCS this long; the WAF says nothing more precise.
     waf_backoff_s: float = Field(default=60.0, gt=0)
     #: Read-only management key used to download reply attachments in non-OAuth modes.
     api_key: SecretRef | None = None
     #: The largest reply attachment downloaded (refused by its Content-Length, cut off while it
-    #: streams); OCS itself stores files up to 50 MB (CONTRACT §3.3).
+    #: streams); OCS itself stores files up to 50 MB (docs/OCS.md §3.3).
     max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     #: This bot's share of OCS's request limits (per base URL, session, start channel).
     budget: BudgetLimits = BudgetLimits()
@@ -272,7 +272,7 @@ def _channels_adapter(models: ChannelModels) -> TypeAdapter[dict[str, ChannelCon
     the channel and its type, ``channels.<name>.<type>.<field>``); None when no type is known."""
     if not models:
         return None
-    union = Union[tuple(models.values())]  # type: ignore[valid-type]  # a union built from the registry
+    union = Union[tuple(models.values())]  # type: ignore[valid-type]  # noqa: UP007 - a union built from the registry
     adapter: TypeAdapter[dict[str, ChannelConfig]] = TypeAdapter(
         dict[str, Annotated[union, Field(discriminator="type")]]  # type: ignore[valid-type]
     )

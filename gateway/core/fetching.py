@@ -25,8 +25,8 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 import httpx
 
@@ -45,10 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: OCS takes files up to 50 MB (CONTRACT §3.3); fetching more would only fail later.
+#: OCS takes files up to 50 MB (docs/OCS.md §3.3); fetching more would only fail later.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))

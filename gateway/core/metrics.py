@@ -144,7 +144,9 @@ class Metrics:
         self.watched_sessions = Gauge(
             "ocsgw_watched_sessions", "OCS sessions watched for bot-initiated messages.", registry=r,
         )
-        self.workers_alive = Gauge("ocsgw_workers_alive", "Worker processes whose heartbeat is fresh and whose housekeeping sweep is not stale.", registry=r)
+        self.workers_alive = Gauge(
+            "ocsgw_workers_alive", "Worker processes whose heartbeat is fresh and whose housekeeping sweep is not stale.", registry=r
+        )
         self.gauges_refresh_errors = Counter(
             "ocsgw_gauges_refresh_errors", "Scrapes whose Redis-backed gauges could not be refreshed.", registry=r,
         )

@@ -1,15 +1,17 @@
 """The canonical values that travel between the edge, the queue, the workers and the adapters.
 
-Every package passes these typed values, never loose dicts (the Rasa lesson in STYLE.md). They
+Every package passes these typed values, never loose dicts, whose keys nothing checks and every
+reader would guess at. They
 are frozen, and each has a JSON form because they are stored in Redis between steps.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Attachment",
@@ -148,7 +150,7 @@ class ParsedRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReplyAttachment:
-    """A file the bot attached; ``content_url`` needs the OCS Bearer token (CONTRACT §0.10)."""
+    """A file the bot attached; ``content_url`` needs the OCS Bearer token (docs/OCS.md §0.10)."""
 
     name: str
     content_type: str
@@ -237,7 +239,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class OCSSession:
-    """An OCS chat session the gateway holds for one conversation (CONTRACT §2.5): its id, the
+    """An OCS chat session the gateway holds for one conversation (docs/OCS.md §2.5): its id, the
     session token every call after start carries, the chatbot it belongs to, and when it began
     (the token dies a fixed time after that)."""
 

@@ -42,7 +42,7 @@ MIN_SECRET_CHARS = 4
 #: once per handler, changes nothing).
 _VALUE = r"(?!\[redacted\])[^\s&'\",;)}\]]+"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Telegram bot tokens (PROTOCOLS §1.1): "<bot id>:<35 chars>", also glued to "/bot".
+    # Telegram bot tokens (docs/PLATFORMS.md §1.1): "<bot id>:<35 chars>", also glued to "/bot".
     (re.compile(r"(?<![0-9])[0-9]{6,}:[A-Za-z0-9_-]{30,}"), REDACTED),
     # Slack bot/user/app/refresh tokens.
     (re.compile(r"\bxox[abeposr](?:\.xox[abposr])?-[A-Za-z0-9-]+"), REDACTED),

@@ -1,5 +1,5 @@
 """Who the gateway says it is on every outbound request (OCS's WAF may refuse requests without a
-User-Agent, CONTRACT §3.2)."""
+User-Agent, docs/OCS.md §3.2)."""
 
 from __future__ import annotations
 

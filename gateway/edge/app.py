@@ -1,5 +1,5 @@
 """The HTTP edge. For every platform request it does four things, then answers: verify, parse,
-claim and store, enqueue (STYLE.md §7) — the last two in one Redis round trip
+claim and store, enqueue — the last two in one Redis round trip
 (``gateway/store/inbox.py``). It never waits for the bot, never makes a synchronous Redis call on its
 event loop, and never answers 200 for a message that is not stored."""
 
@@ -31,6 +31,7 @@ from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
+from gateway.edge.framing import AmbiguousFraming
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
@@ -123,6 +124,8 @@ def create_app(
                 InboundMetrics, paths=Services.inbound_paths(config), metrics=metrics,
                 channels={name: channel.type for name, channel in config.channels.items()},
             ),
+            # Before anything reads a body: a request framed by two headers is refused unread.
+            Middleware(AmbiguousFraming),
             Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes),
         ],
         exception_handlers=_ERROR_STATUSES,
@@ -222,7 +225,8 @@ def _retry_response(message: str, retry_after_s: float) -> Response:
     return JSONResponse({"error": message}, status_code=503, headers=headers)
 
 
-#: One table from our errors to HTTP answers (STYLE.md §7); never a 200 for what failed.
+#: One table from our errors to HTTP answers, so every route answers a failure alike; never a 200
+#: for what failed (the platform would not retry, and the message would be lost).
 _ERROR_STATUSES: dict[Any, Any] = {
     InboundError: _inbound_error,
     StoreUnavailable: _store_unavailable,

@@ -8,7 +8,8 @@ waiting index (``gateway/store/waiting.py``), exact at any size; turn states and
 read for at most ``SAMPLE_CONVERSATIONS`` of ``active`` in one pipelined round trip — exact below
 that size, a sample above it (``ocsgw_active_conversations`` stays exact). No message body is
 read. A refresh is reused for ``REFRESH_MAX_AGE_S`` and shared by concurrent scrapes, so
-repeated requests to ``/metrics`` cost Redis at most one refresh per process every few seconds. Budget buckets per OCS origin and per channel are read by key, the busiest session
+repeated requests to ``/metrics`` cost Redis at most one refresh per process every few seconds. Budget buckets per OCS
+origin and per channel are read by key, the busiest session
 from the top of the per-window index the budget script keeps; the budget gauges export what the
 gate enforces (the origin's sliding estimate; the larger of this and the last aligned window).
 

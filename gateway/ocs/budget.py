@@ -1,4 +1,4 @@
-"""One OCS request budget shared by every process (CONTRACT §3): a request is booked in Redis
+"""One OCS request budget shared by every process (docs/OCS.md §3): a request is booked in Redis
 before it is made, so all workers on all hosts together stay inside OCS's limits.
 
 Three kinds of bucket, each an aligned fixed window like OCS's own limiter

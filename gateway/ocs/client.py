@@ -1,12 +1,12 @@
-"""An async client for the OCS Chat API, exactly as the real server behaves (CONTRACT.md).
+"""An async client for the OCS Chat API, exactly as the real server behaves (docs/OCS.md).
 
 The call path is layered like httpx's ``send`` chain, one reason to retry per layer:
 
 * ``_call`` — one HTTP request; translates transport errors and status codes into ``OCSError``
   subclasses (``raise … from exc``), keeping the cause.
-* ``start_session`` — refreshes the OAuth token once on a 401 (§7.1).
+* ``start_session`` — refreshes the OAuth token once on a 401 (docs/OCS.md §7.1).
 * session-bound calls send ``X-Session-Token`` and never the Bearer token, embed key, Origin
-  or Referer (§0.2, §2.1, §9).
+  or Referer (docs/OCS.md §0.2, §2.1, §9).
 
 Restarting an expired session and resending once is the turn engine's job, because it owns the
 stored session (``workers/turns.py``).
@@ -34,6 +34,7 @@ from gateway.core.errors import (
     OCSRateLimited,
     OCSRejected,
     OCSUnavailable,
+    SessionEnded,
     SessionExpired,
 )
 from gateway.core.fetching import FetchLimits, fetch_url
@@ -42,18 +43,27 @@ from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
-from gateway.ocs.messages import SessionPage, TaskPoll
+from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll
 
-__all__ = ["OCSClient"]
+__all__ = ["LABEL_SEPARATOR", "OCSClient", "labelled_remote_id"]
 
 log = logging.getLogger(__name__)
 
-#: Refresh the cached token this long before OCS says it expires (§7.1: expires_in − 5 min).
+#: Refresh the cached token this long before OCS says it expires (docs/OCS.md §7.1: expires_in − 5 min).
 TOKEN_MARGIN_S = 300
 _SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_required"}
 #: What OCS answers on a session-bound route when the session no longer exists or its chatbot
-#: was archived (the permission check fails before the view's 404, CONTRACT §4.2, §8 rule 2).
+#: was archived (the permission check fails before the view's 404, docs/OCS.md §4.2, §8 rule 2).
 _SESSION_GONE = "Authentication credentials were not provided."
+#: What ``message/`` and ``upload/`` answer (400) once OCS completed the session (docs/OCS.md §4.2, §6.1).
+_SESSION_ENDED = "Session has ended"
+#: Between a start's label and its participant remote id (``start_session``).
+LABEL_SEPARATOR = "#"
+#: How far back the look-up of a labelled session reads the newest sessions, beyond the time
+#: the label was written: OCS's clock and ours may disagree by this much.
+_LOOKUP_SKEW_S = 120.0
+_LOOKUP_PAGE = 100
+_LOOKUP_PAGES = 10
 #: Transport failures after which the request may have reached OCS (it was written, the answer
 #: never came): only these make a state-changing call ambiguous.
 _MAYBE_DELIVERED = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteTimeout)
@@ -72,7 +82,7 @@ class OCSClient:
         name: the bot's name in the config (keys its cached token).
         bot: the bot's configuration.
         http: the process's pooled client (never closed here).
-        redis: where the OAuth token is cached, so every process shares one token (§2.3: the
+        redis: where the OAuth token is cached, so every process shares one token (docs/OCS.md §2.3: the
             token endpoint is rate limited per IP and fail-closed).
         fetch_allowlist: the internal hosts a reply attachment outside OCS's origin may still be
             fetched from (``GatewayConfig.fetch_allowlist``, ``gateway.core.fetching``).
@@ -157,7 +167,7 @@ class OCSClient:
         # The hosted WAF's block page is HTML, not OCS's JSON: counted apart, as the alert differs.
         self._count(endpoint, "waf" if status == 403 and not isinstance(body, dict) else str(status))
         if status == 429:
-            # OCS throttles a session's calls per session and starts per channel (CONTRACT
+            # OCS throttles a session's calls per session and starts per channel (docs/OCS.md
             # §3.1): a throttled start must not stop the turns of sessions already open.
             scope = (
                 LimitScope.SESSION if session_id is not None else LimitScope.STARTS if start_channel else LimitScope.SERVICE
@@ -171,7 +181,7 @@ class OCSClient:
             await self._block(LimitScope.SERVICE, wait, None, None)
             raise OCSRateLimited(wait, "OCS's web application firewall refused the request", scope=LimitScope.SERVICE)
         if status >= 500 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
-            return response  # a task that failed inside OCS: the caller reads it (§4.3)
+            return response  # a task that failed inside OCS: the caller reads it (docs/OCS.md §4.3)
         if status in (502, 504) and changes_state:
             raise OCSAmbiguous(f"{method} {path}: HTTP {status} from a proxy")
         if status >= 500:
@@ -182,6 +192,8 @@ class OCSClient:
             raise SessionExpired("session_gone")
         if status == 400 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response
+        if status == 400 and session_id is not None and isinstance(body, dict) and body.get("error") == _SESSION_ENDED:
+            raise SessionEnded()
         raise OCSRejected(status, body)
 
     def _count(self, endpoint: str, status: str) -> None:
@@ -231,7 +243,7 @@ class OCSClient:
                 "client_id": self.bot.client_id,
                 "client_secret": self.bot.client_secret.reveal(),
                 # Always explicit: the default set may include OIDC scopes a machine app may
-                # never receive (§2.3).
+                # never receive (docs/OCS.md §2.3).
                 "scope": self.bot.scopes,
             },
         )
@@ -254,15 +266,21 @@ class OCSClient:
 
     # -- chat API ---------------------------------------------------------------------------
 
-    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "") -> OCSSession:
-        """``POST /api/chat/start/`` (§4.1); refreshes the OAuth token once on a 401.
+    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "", label: str = "") -> OCSSession:
+        """``POST /api/chat/start/`` (docs/OCS.md §4.1); refreshes the OAuth token once on a 401.
+
+        ``label``: makes this start findable afterwards (``find_labelled_session``): it is
+        appended to the participant's remote id (``telegram:42#k3f9``), the one field of a start
+        that OCS stores for an OAuth caller and shows again (docs/OCS.md §2.6: ``session_data`` is ignored).
 
         Raises:
             OCSAuthFailed: the credentials are refused even with a fresh token.
+            OCSAmbiguous: the request left and no answer came back: OCS may have created the
+                session (its token was only in the lost answer).
             OCSRejected, OCSUnavailable, OCSRateLimited.
         """
-        body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": remote_id[:255]}
-        if name:  # empty strings are a 400 (§4.1): omit instead
+        body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": labelled_remote_id(remote_id, label)}
+        if name:  # empty strings are a 400 (docs/OCS.md §4.1): omit instead
             body["participant_name"] = name[:320]
         for attempt in (1, 2):
             headers: dict[str, str] = {}
@@ -271,11 +289,11 @@ class OCSClient:
             elif self.bot.auth == "embed_key":
                 assert self.bot.embed_key and self.bot.embed_origin
                 headers["X-Embed-Key"] = self.bot.embed_key.reveal()
-                headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (§2.4.1)
+                headers["Origin"] = self.bot.embed_origin  # the one mode that needs it (docs/OCS.md §2.4.1)
             try:
                 response = await self._call(
                     "POST", "/api/chat/start/", endpoint="start", headers=headers, json=body,
-                    priority=Priority.SEND, start_channel=channel or self.name,
+                    priority=Priority.SEND, start_channel=channel or self.name, changes_state=True,
                 )
             except OCSRejected as exc:
                 if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
@@ -285,7 +303,7 @@ class OCSClient:
                 raise
             data = response.json()
             if not data.get("session_token"):
-                # Legacy embed-key channels give no token (§2.5); we cannot hold such a session.
+                # Legacy embed-key channels give no token (docs/OCS.md §2.5); we cannot hold such a session.
                 raise OCSRejected(response.status_code, "the chatbot's channel issues no session token")
             return OCSSession(str(data["session_id"]), str(data["session_token"]), self.bot.chatbot_id, time.time())
         raise AssertionError("unreachable")
@@ -301,7 +319,7 @@ class OCSClient:
         attachment_ids: Sequence[int] = (),
         context: Mapping[str, Any] | None = None,
     ) -> str:
-        """``POST /api/chat/{sid}/message/`` (§4.2); returns the task id."""
+        """``POST /api/chat/{sid}/message/`` (docs/OCS.md §4.2); returns the task id."""
         body: dict[str, Any] = {"message": text}
         if attachment_ids:
             body["attachment_ids"] = list(attachment_ids)
@@ -314,7 +332,7 @@ class OCSClient:
         return str(response.json()["task_id"])
 
     async def poll_task(self, session: OCSSession, task_id: str) -> TaskPoll:
-        """``GET /api/chat/{sid}/{task}/poll/`` (§4.3). Progress text is not a reply: dropped."""
+        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: dropped."""
         response = await self._call(
             "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
             priority=Priority.WAITING, session_id=session.session_id,
@@ -327,7 +345,7 @@ class OCSClient:
     async def session_messages(
         self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING
     ) -> SessionPage:
-        """``GET /api/chat/{sid}/poll/`` (§4.4): messages with ``created_at > since``, oldest first."""
+        """``GET /api/chat/{sid}/poll/`` (docs/OCS.md §4.4): messages with ``created_at > since``, oldest first."""
         params: dict[str, Any] = {"limit": limit}
         if since:
             params["since"] = since  # httpx URL-encodes it, so a "+00:00" never becomes a space
@@ -341,7 +359,7 @@ class OCSClient:
         return SessionPage.parse(data)
 
     async def upload(self, session: OCSSession, files: Sequence[tuple[str, bytes, str]]) -> list[int]:
-        """``POST /api/chat/{sid}/upload/`` (§4.5), multipart ``files``; returns the file ids."""
+        """``POST /api/chat/{sid}/upload/`` (docs/OCS.md §4.5), multipart ``files``; returns the file ids."""
         parts = [("files", (name, data, content_type)) for name, data, content_type in files]
         response = await self._call(
             "POST", f"/api/chat/{session.session_id}/upload/", endpoint="upload", headers=self._session_headers(session), files=parts,
@@ -350,7 +368,7 @@ class OCSClient:
         return [int(item["id"]) for item in response.json()["files"]]
 
     async def end_session(self, session_id: str) -> bool:
-        """``POST /api/sessions/{id}/end_experiment_session/`` (§4.8); needs ``sessions:write``.
+        """``POST /api/sessions/{id}/end_experiment_session/`` (docs/OCS.md §4.8); needs ``sessions:write``.
 
         Returns False where the bot's credentials cannot end sessions (embed key, keyless):
         the gateway then only forgets the session, which has the same effect for the user.
@@ -375,11 +393,73 @@ class OCSClient:
             return True
         return False
 
+    @property
+    def can_manage_sessions(self) -> bool:
+        """Whether this bot's credentials reach the sessions API (OAuth, or an API key); the
+        chat-only modes (embed key, keyless) do not."""
+        return self.bot.auth == "oauth" or self.bot.api_key is not None
+
+    async def _management(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to the management API (``/api/sessions/…``) with the Bearer token or API key,
+        refreshing a stale cached token once."""
+        for attempt in (1, 2):
+            headers = await self._management_headers(refresh=attempt == 2)
+            try:
+                return await self._call(method, path, endpoint="session", headers=headers, priority=Priority.SEND, **kwargs)
+            except OCSRejected as exc:
+                if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def find_labelled_session(self, remote_id: str, label: str, *, created_after: float) -> SessionSummary | None:
+        """The session a start labelled ``label`` created (``start_session``), if OCS has one:
+        ``GET /api/sessions/?experiment=…`` (``sessions:read``), newest first, read back to a
+        little before ``created_after`` (epoch seconds). None when there is none.
+
+        It tells whether a start whose answer was lost created a session; it cannot give that
+        session back for use: its ``session_token`` was only in the lost answer (docs/OCS.md §2.5), and no
+        other call returns it.
+
+        Raises:
+            OCSRejected: these credentials may not list sessions (403 without ``sessions:read``).
+            OCSUnavailable, OCSRateLimited.
+        """
+        wanted = labelled_remote_id(remote_id, label)
+        params: dict[str, Any] = {"experiment": self.bot.chatbot_id, "ordering": "-created_at", "page_size": _LOOKUP_PAGE}
+        for _ in range(_LOOKUP_PAGES):
+            data = _body(await self._management("GET", "/api/sessions/", params=params))
+            if not isinstance(data, dict):
+                raise OCSUnavailable("the session list answered without JSON")
+            page = [SessionSummary.parse(item) for item in data.get("results") or () if isinstance(item, Mapping)]
+            for session in page:
+                if session.remote_id == wanted:
+                    return session
+            older = [s.created_at for s in page if s.created_at is not None]
+            cursor = httpx.URL(str(data["next"])).params.get("cursor") if data.get("next") else None
+            if cursor is None or (older and min(older) < created_after - _LOOKUP_SKEW_S):
+                return None
+            params["cursor"] = cursor
+        return None
+
+    async def tag_session(self, session_id: str, tags: Sequence[str]) -> bool:
+        """``POST /api/sessions/{id}/tags/`` (docs/OCS.md §4.10, ``sessions:write``). False where these
+        credentials may not (no management credentials, 403) or the session is gone (404)."""
+        if not self.can_manage_sessions:
+            return False
+        try:
+            await self._management("POST", f"/api/sessions/{session_id}/tags/", json={"tags": list(tags)})
+        except OCSRejected as exc:
+            if exc.status in (401, 403, 404):
+                return False
+            raise
+        return True
+
     async def download_file(self, content_url: str) -> bytes:
         """A reply attachment's bytes, at most ``bot.max_file_bytes``.
 
         OCS's files need the Bearer token with ``files:read`` or the API key, not the session
-        token (§0.10, §4.14). Those credentials go only to OCS's own origin (``base_url``'s
+        token (docs/OCS.md §0.10, §4.14). Those credentials go only to OCS's own origin (``base_url``'s
         scheme, host and port), also across its redirects: a URL elsewhere, whether the message
         or a redirect names it, is fetched as a user's file is, without credentials and through
         the address checks (``gateway.core.fetching``), so it can neither collect our token nor
@@ -444,6 +524,15 @@ class OCSClient:
             raise OCSUnavailable(f"GET {where}: the download broke off ({type(exc).__name__})") from exc
         finally:
             await response.aclose()
+
+
+def labelled_remote_id(remote_id: str, label: str) -> str:
+    """The participant remote id a start sends: ``remote_id``, then the start's label if any,
+    within OCS's 255 characters (the label is kept whole; the id gives way)."""
+    if not label:
+        return remote_id[:255]
+    suffix = f"{LABEL_SEPARATOR}{label}"
+    return remote_id[: 255 - len(suffix)] + suffix
 
 
 def _origin(url: httpx.URL) -> _Origin | None:

@@ -1,5 +1,5 @@
 """What the OCS Chat API answers, as typed values parsed once where the client reads the JSON
-(CONTRACT §4.3, §4.4, §5).
+(docs/OCS.md §4.3, §4.4, §5).
 
 The parsers are lenient the way the engine always was: fields OCS adds later are ignored, odd
 values are coerced (a missing ``content`` is ``""``, a size that is not a number is 0), and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -20,9 +21,11 @@ __all__ = [
     "OCSMessage",
     "SessionPage",
     "SessionStatus",
+    "SessionSummary",
     "TaskPoll",
     "TaskStatus",
     "parse_attachment",
+    "parse_timestamp",
 ]
 
 
@@ -33,21 +36,21 @@ class MessageRole(StrEnum):
 
 
 class TaskStatus(StrEnum):
-    #: Still running, unknown, or expired: OCS cannot tell these apart (§0.9).
+    #: Still running, unknown, or expired: OCS cannot tell these apart (docs/OCS.md §0.9).
     PROCESSING = "processing"
     COMPLETE = "complete"
     ERROR = "error"
 
 
 class SessionStatus(StrEnum):
-    """``session_status`` of the session messages: ``ended`` only once OCS completed it (§6.1)."""
+    """``session_status`` of the session messages: ``ended`` only once OCS completed it (docs/OCS.md §6.1)."""
 
     ACTIVE = "active"
     ENDED = "ended"
 
 
 def parse_attachment(data: Mapping[str, Any]) -> ReplyAttachment:
-    """A §5 File object (also the stored form of a pushed message's attachments)."""
+    """A docs/OCS.md §5 File object (also the stored form of a pushed message's attachments)."""
     try:
         size = int(data.get("size") or 0)
     except (TypeError, ValueError):
@@ -62,11 +65,11 @@ def parse_attachment(data: Mapping[str, Any]) -> ReplyAttachment:
 
 @dataclass(frozen=True, slots=True)
 class OCSMessage:
-    """One §5 Message. ``role`` is None for a role this client does not know."""
+    """One docs/OCS.md §5 Message. ``role`` is None for a role this client does not know."""
 
     role: MessageRole | None
     content: str
-    #: OCS's own spelling, kept as is: it is the ``since`` cursor (§6.3). None when absent.
+    #: OCS's own spelling, kept as is: it is the ``since`` cursor (docs/OCS.md §6.3). None when absent.
     created_at: str | None
     attachments: tuple[ReplyAttachment, ...] = ()
 
@@ -84,7 +87,7 @@ class OCSMessage:
 
 @dataclass(frozen=True, slots=True)
 class TaskPoll:
-    """What one task poll found (§4.3). Progress text while processing is not a reply: dropped."""
+    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply: dropped."""
 
     status: TaskStatus
     message: OCSMessage | None = None
@@ -104,7 +107,7 @@ class TaskPoll:
 
 @dataclass(frozen=True, slots=True)
 class SessionPage:
-    """One page of a session's messages (§4.4), oldest first."""
+    """One page of a session's messages (docs/OCS.md §4.4), oldest first."""
 
     messages: tuple[OCSMessage, ...]
     has_more: bool
@@ -115,6 +118,42 @@ class SessionPage:
         status = SessionStatus.ENDED if data.get("session_status") == "ended" else SessionStatus.ACTIVE
         messages = tuple(OCSMessage.parse(m) for m in _items(data.get("messages")))
         return cls(messages, bool(data.get("has_more")), status)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One session of the sessions API's list (``ExperimentSession``): what the gateway reads
+    of it. ``status`` is OCS's raw value (``active``, ``pending-review``, ``complete``, …)."""
+
+    session_id: str
+    remote_id: str
+    #: Epoch seconds; None when absent or unreadable.
+    created_at: float | None
+    status: str
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> SessionSummary:
+        participant = data.get("participant")
+        remote_id = participant.get("remote_id") if isinstance(participant, Mapping) else None
+        created_at = data.get("created_at")
+        tags = data.get("tags")
+        return cls(
+            session_id=str(data.get("id") or ""),
+            remote_id=str(remote_id or ""),
+            created_at=parse_timestamp(created_at) if isinstance(created_at, str) else None,
+            status=str(data.get("status") or ""),
+            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+        )
+
+
+def parse_timestamp(value: str) -> float | None:
+    """Epoch seconds of an OCS timestamp (``…SS.ffffffZ`` or ``…SSZ``, docs/OCS.md §6.3); None if unreadable."""
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _role(value: Any) -> MessageRole | None:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -196,7 +196,8 @@ class DeadLetterStore:
         parts: Sequence[Outgoing] = (),
         batch: Sequence[str] = (),
     ) -> DeadLetter:
-        """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its rendered ``parts``) so a replay needs no OCS call."""
+        """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its
+        rendered ``parts``) so a replay needs no OCS call."""
         letter = DeadLetter(
             uuid.uuid4().hex[:12], str(conv), inbound_raw, error, ocs, ledger, time.time(),
             stage=stage, reply=reply, parts=tuple(parts), batch=tuple(batch),
@@ -296,8 +297,9 @@ class DeadLetterStore:
         Its ``context`` also holds the rendered parts that were still undelivered (``parts``),
         for an engine that resumes there rather than sending the whole reply again.
         Any other letter puts the original inbound back (with the rest of its burst, when the turn
-        covered several messages), so the turn starts afresh (a new OCS message). The caller enqueues the returned conversation. Taking the letter and queueing it
-        are one script, so a letter replayed twice at once is queued once (the other gets None).
+        covered several messages), so the turn starts afresh (a new OCS message). The caller
+        enqueues the returned conversation. Taking the letter and queueing it are one script, so a
+        letter replayed twice at once is queued once (the other gets None).
 
         Raises:
             ValueError: the letter's inbound cannot be read (an unreadable item); drop it.
@@ -405,5 +407,5 @@ def since_from_text(text: str, *, now: float) -> float:
     except ValueError:
         raise ValueError(f"--since {text!r}: use a span like 1h or 2d, or a date like 2026-11-01") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

@@ -1,9 +1,9 @@
 """Remembering which bot messages were already delivered, so the watch (which sees every
-message again) never repeats a turn's answer (CONTRACT §6.6).
+message again) never repeats a turn's answer (docs/OCS.md §6.6).
 
 Two marks per delivered answer: the exact ``(created_at, content)`` pair, and the content alone
 for ten minutes, because an early-exit reply carries a different ``created_at`` in the task
-poll than in the history (§4.3).
+poll than in the history (docs/OCS.md §4.3).
 """
 
 from __future__ import annotations

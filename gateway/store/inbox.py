@@ -1,13 +1,13 @@
 """Admitting an inbound event: claim its ids, append it to the conversation's inbox, mark the
-conversation active and waiting (``gateway/store/waiting.py``) and put its wake-up on the Dramatiq queue, in one atomic step and one round
-trip, before the platform gets its 200 (DESIGN "Nothing acknowledged is lost").
+conversation active and waiting (``gateway/store/waiting.py``) and put its wake-up on the Dramatiq
+queue, in one atomic step and one round trip, before the platform gets its 200 (docs/ARCHITECTURE.md "Nothing
+acknowledged is lost").
 
 A claim without the append would lose the message on a crash between the two (the platform's
 retry would be taken for a duplicate), so both happen in one Lua script. The wake-up rides in the
 same script because a separate enqueue was a second round trip and, through Dramatiq's broker,
-a synchronous Redis call on the edge's event loop (issue 7). The script writes exactly what
-``RedisBroker.enqueue`` writes (``dramatiq/brokers/redis.py`` and the ``enqueue`` command of its
-``dispatch.lua``), so an unmodified Dramatiq worker consumes it.
+a synchronous Redis call on the edge's event loop (issue 7; measured in
+``gateway/store/dramatiq_queue.py``, the one module that knows Dramatiq's Redis layout).
 
 Whether the 200 means "on disk" is the Redis server's business: with ``appendfsync always`` it
 fsyncs the append-only file before it replies (``gateway/store/redis_check.py`` checks at start-up).
@@ -15,28 +15,23 @@ fsyncs the append-only file before it replies (``gateway/store/redis_check.py`` 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from uuid import uuid4
-
 import redis.asyncio as aioredis
-from dramatiq import Message
 from redis.exceptions import RedisError
 
 from gateway.core.errors import StoreUnavailable
 from gateway.core.keys import Keys
 from gateway.core.models import Inbound
+from gateway.store.dramatiq_queue import ENQUEUE_LUA, WakeQueue
 from gateway.store.lua import LuaScript
 from gateway.store.waiting import NOTE_WAITING_LUA
 
 __all__ = ["Admitter", "WakeQueue", "admit"]
 
-# KEYS: inbox, active, waiting, seen-1 … seen-n, then (when waking) the Dramatiq heartbeats
-# zset, queue list and message hash.  ARGV: n, dedup ttl (s), payload, conversation key, the
-# event's received_at (0: unknown), then (when waking) now (ms), enqueuer id, redis message id,
-# encoded message.
+# KEYS: inbox, active, waiting, seen-1 … seen-n, then (when waking) WakeQueue.keys.
+# ARGV: n, dedup ttl (s), payload, conversation key, the event's received_at (0: unknown), then
+# (when waking) WakeQueue.args.
 # Returns 1 when stored, 0 when any id was seen before (nothing written then).
-_ADMIT = LuaScript(NOTE_WAITING_LUA + """
+_ADMIT = LuaScript(NOTE_WAITING_LUA + ENQUEUE_LUA + """
 local n = tonumber(ARGV[1])
 for i = 4, 3 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
@@ -50,57 +45,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[2], 'NX', now, ARGV[4])
 note_waiting(KEYS[3], ARGV[4], length, ARGV[5], now)
-if #KEYS > 3 + n then
-  -- dispatch.lua "enqueue": the enqueuer's heartbeat, the message by id, the id on the queue.
-  redis.call('ZADD', KEYS[4 + n], ARGV[6], ARGV[7])
-  redis.call('HSET', KEYS[6 + n], ARGV[8], ARGV[9])
-  redis.call('RPUSH', KEYS[5 + n], ARGV[8])
+local wake = 3 + n
+if #KEYS > wake then
+  dramatiq_enqueue(KEYS[wake + 1], KEYS[wake + 2], KEYS[wake + 3], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
 return 1
 """)
-
-
-@dataclass(frozen=True, slots=True)
-class WakeQueue:
-    """Where admission puts ``actor(conversation)``: a Dramatiq queue in Dramatiq's own Redis
-    layout.
-
-    Parameters:
-        namespace: the Dramatiq broker's key prefix (``RedisBroker(namespace=…)``).
-        queue: the queue the actor consumes.
-        actor: the actor's name; it receives one argument, the conversation key.
-        enqueuer_id: this process's id in ``{namespace}:__heartbeats__``, as a ``RedisBroker``'s
-            ``broker_id`` would be; workers' maintenance drops it once stale (it holds no acks).
-    """
-
-    namespace: str
-    queue: str
-    actor: str
-    enqueuer_id: str
-
-    @classmethod
-    def new(cls, *, namespace: str, queue: str, actor: str) -> WakeQueue:
-        return cls(namespace, queue, actor, str(uuid4()))
-
-    @property
-    def keys(self) -> tuple[str, str, str]:
-        """The heartbeats zset, the queue list and the message hash (dispatch.lua's names)."""
-        queue_key = f"{self.namespace}:{self.queue}"
-        return f"{self.namespace}:__heartbeats__", queue_key, f"{queue_key}.msgs"
-
-    def message(self, conversation: str) -> tuple[str, bytes]:
-        """A fresh message for ``conversation``: its Redis message id and its encoded body, as
-        ``RedisBroker.enqueue`` builds them (a new ``redis_message_id`` per enqueue, encoded by
-        Dramatiq's global encoder)."""
-        redis_message_id = str(uuid4())
-        message: Message[object] = Message(
-            queue_name=self.queue,
-            actor_name=self.actor,
-            args=(conversation,),
-            kwargs={},
-            options={"redis_message_id": redis_message_id},
-        )
-        return redis_message_id, message.encode()
 
 
 class Admitter:
@@ -135,10 +85,8 @@ class Admitter:
             len(seen), self._dedup_ttl_s, inbound.to_json(), conversation, repr(float(inbound.received_at)),
         ]
         if self._wake is not None:
-            redis_message_id, body = self._wake.message(conversation)
             keys += self._wake.keys
-            # Dramatiq's own heartbeat format: the enqueuer's clock in ms, as its dispatch.lua does.
-            args += [int(time.time() * 1000), self._wake.enqueuer_id, redis_message_id, body]
+            args += self._wake.args(conversation)
         try:
             stored = await _ADMIT(self._redis, keys, args)
         except (RedisError, OSError) as exc:

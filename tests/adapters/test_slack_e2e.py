@@ -36,7 +36,7 @@ def slack_channel(fake: FakeSlack, **settings: Any) -> dict[str, Any]:
 
 def deliver(stack: Stack, envelope: dict[str, Any], *, retry_num: int | None = None, timestamp: int | None = None,
             secret: str = SECRET) -> httpx.Response:
-    """One Events API delivery, signed afresh like Slack signs each attempt (§2.1, §2.4)."""
+    """One Events API delivery, signed afresh like Slack signs each attempt (docs/PLATFORMS.md §2.1, §2.4)."""
     raw = json.dumps(envelope).encode()
     headers = signed_headers(secret, raw, timestamp=timestamp, retry_num=retry_num)
     return stack.http.post(f"{stack.url}/slack/sl/events", content=raw, headers=headers)
@@ -98,7 +98,7 @@ def test_own_message_is_ignored_so_there_is_no_loop(single: tuple[Stack, Workspa
     stack, ws = single
     deliver(stack, dm(ws, "hi", ts="1700000004.000100", event_id="Ev4"))
     (reply,) = wait_for(lambda: fake_slack.messages(channel="D100"), what="a reply")
-    # Slack echoes the bot's own post back as a message.im event: bot_id + user, no subtype (§2.5).
+    # Slack echoes the bot's own post back as a message.im event: bot_id + user, no subtype (docs/PLATFORMS.md §2.5).
     echo = dm(ws, reply.text, ts=reply.ts, event_id="Ev5", bot_id=ws.bot_id)
     echo["event"]["user"] = ws.user_id
     assert deliver(stack, echo).status_code == 200

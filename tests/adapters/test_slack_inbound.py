@@ -1,5 +1,5 @@
 """Slack inbound: signatures (Slack's known-answer vector), url_verification, and what every
-sample event becomes (PROTOCOLS.md §2.1-2.5)."""
+sample event becomes (docs/PLATFORMS.md §2.1-2.5)."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ async def test_direct_message_is_one_conversation_per_dm(make_slack: MakeEnv, fa
 
 
 async def test_own_message_is_ignored_by_bot_id_or_user(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
-    # An app's own chat.postMessage has bot_id + user and no subtype (§2.5).
+    # An app's own chat.postMessage has bot_id + user and no subtype (docs/PLATFORMS.md §2.5).
     sample = load_sample("slack_message_from_bot_user_no_subtype.json")
     sample["event"]["channel_type"] = "im"  # so that only the self check can drop it
     env = await env_for(make_slack, fake_slack, user_id="UB111", bot_id="BOTHER")
@@ -245,7 +245,7 @@ async def test_thread_broadcast_in_a_joined_thread_is_answered(make_slack: MakeE
 
 async def test_mention_via_app_mention_and_message_events_is_one_message(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     # With app_mention and message.channels both subscribed, one message arrives twice under
-    # two event ids (§2.4): same alias, same conversation, same words.
+    # two event ids (docs/PLATFORMS.md §2.4): same alias, same conversation, same words.
     env = await env_for(make_slack, fake_slack)
     mention = load_sample("slack_app_mention.json")
     as_message = copy.deepcopy(mention)

@@ -175,7 +175,7 @@ async def test_a_refusal_after_an_unanswered_refresh_is_a_retry_not_gone(make_sl
         _, env = await rotating_pair(make_slack, fake_slack, aiohttp_session=impatient)
         fake_slack.slow("oauth.v2.access", 0.8)  # Slack spends the refresh token after we gave up
         route = {"team": "TA", "channel": "C1"}
-        with pytest.raises(RetryLater, match="oauth.v2.access"):
+        with pytest.raises(RetryLater, match=r"oauth\.v2\.access"):
             await env.adapter.send(route, Outgoing(text="hello"))
         await until(lambda: _granted(fake_slack))
         fake_slack.slow("oauth.v2.access", 0.0)

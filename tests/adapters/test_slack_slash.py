@@ -44,7 +44,7 @@ async def env_for(make_slack: MakeEnv, fake: FakeSlack, **channel: object) -> Sl
 async def test_slash_command_in_a_dm_resets_that_dm(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env = await env_for(make_slack, fake_slack, slash_command="/reset")
     request = env.request(command("D024BE91L", team="T123ABC456"))
-    await env.adapter.verify(request)  # signed like events (PROTOCOLS §2.1)
+    await env.adapter.verify(request)  # signed like events (docs/PLATFORMS.md §2.1)
     parsed = await env.adapter.parse(request)
     (inbound,) = parsed.inbounds
     assert inbound.kind is InboundKind.RESET

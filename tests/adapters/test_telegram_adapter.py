@@ -143,7 +143,7 @@ async def test_file_known_to_be_over_20_mib_is_refused_without_asking(make_teleg
 async def test_file_reported_over_20_mib_by_getfile_is_refused(make_telegram: MakeEnv) -> None:
     env = await make_telegram()
     env.fake.add_file("BIG", b"x", size=DOWNLOAD_LIMIT_BYTES + 1)
-    with pytest.raises(AttachmentUnavailable, match="(?i)file is too big"):
+    with pytest.raises(AttachmentUnavailable, match=r"(?i)file is too big"):
         await env.adapter.download(Attachment("BIG", "big.zip"), {"chat_id": "5"})
 
 

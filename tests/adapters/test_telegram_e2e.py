@@ -11,7 +11,8 @@ import itertools
 import json
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -70,7 +71,7 @@ def replies(fake: FakeTelegram, count: int, chat_id: int = USER, token: str = TO
 
 
 def session_for(stack: Stack, conversation: str) -> str:
-    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id == f"telegram:{conversation}"]
+    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id.split("#")[0] == f"telegram:{conversation}"]
     return session.id
 
 
@@ -135,7 +136,7 @@ def test_long_reply_is_split_and_delivered_in_order(tg_stack: Stack, fake_telegr
     assert sent[0].startswith("Echo #1: Part 0:")
     assert all(utf16_len(text) <= TEXT_LIMIT_UTF16 for text in sent)
     gaps = [b.at - a.at for a, b in zip(fake_telegram.sent_messages(USER), fake_telegram.sent_messages(USER)[1:])]
-    assert min(gaps) >= 0.9  # paced at one message a second in one chat (PROTOCOLS §1.5)
+    assert min(gaps) >= 0.9  # paced at one message a second in one chat (docs/PLATFORMS.md §1.5)
 
 
 def test_markdown_is_formatted_and_refused_html_falls_back_to_plain(

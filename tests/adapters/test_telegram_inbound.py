@@ -68,7 +68,7 @@ def test_body_that_is_not_an_update_is_payload_invalid(body: bytes) -> None:
 
 def test_legacy_shaped_update_is_ignored_not_refused() -> None:
     # The official guide's edited_message has no "from.is_bot": PTB cannot model it, but a 4xx
-    # would make Telegram redeliver it for a day and hold the chat's queue (PROTOCOLS §1.3).
+    # would make Telegram redeliver it for a day and hold the chat's queue (docs/PLATFORMS.md §1.3).
     body = json.dumps(load_sample("telegram_legacy_doc_edited_message.json")).encode()
     assert read_update(body) is None
 

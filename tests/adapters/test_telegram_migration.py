@@ -1,5 +1,5 @@
 """A Telegram group that becomes a supergroup mid-conversation keeps its OCS session
-(PROTOCOLS §1.5): the fake Bot API refuses sends to the old id with 400 + migrate_to_chat_id,
+(docs/PLATFORMS.md §1.5): the fake Bot API refuses sends to the old id with 400 + migrate_to_chat_id,
 and Telegram's service messages announce the move in both chats.
 
 The simulator answers ``Echo #n`` with n counting its session's user messages, so "Echo #2"

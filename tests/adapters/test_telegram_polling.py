@@ -117,7 +117,7 @@ async def test_updates_are_stored_then_confirmed_by_the_next_offset(env: Env) ->
         env.push(2, "two")
         await eventually(lambda: env.fake.pending_updates(TOKEN) == [], what="both updates confirmed")
         assert await env.stored() == ["1", "2"]
-        # Confirmed by offset = last update_id + 1 (PROTOCOLS §1.3); the fake records a long
+        # Confirmed by offset = last update_id + 1 (docs/PLATFORMS.md §1.3); the fake records a long
         # poll when it ends.
         await eventually(lambda: [c for c in env.fake.calls("getUpdates") if c.params.get("offset") == 3],
                          what="a getUpdates with offset 3")
@@ -162,7 +162,7 @@ async def test_after_a_silence_past_the_offsets_life_updates_with_restarted_ids_
         assert await env.stored() == ["700"]
         asked_without = offsets_sent(env.fake).count(None)
 
-        # A week without updates: Telegram's next update_id is random (PROTOCOLS §1.3), here
+        # A week without updates: Telegram's next update_id is random (docs/PLATFORMS.md §1.3), here
         # lower than the offset held, which would confirm (drop) it unseen.
         clock.now += 7 * 24 * 3600
         await eventually(lambda: offsets_sent(env.fake).count(None) > asked_without, what="a poll without an offset")
@@ -259,7 +259,7 @@ async def test_two_replicas_poll_one_at_a_time_and_the_other_takes_over(env: Env
             await asyncio.sleep(0.1)
         await eventually(lambda: env.fake.pending_updates(TOKEN) == [], what="six updates confirmed")
         assert await env.stored() == [str(n) for n in range(1, 7)]
-        # Two pollers at once would end each other's calls with 409 (PROTOCOLS §1.3).
+        # Two pollers at once would end each other's calls with 409 (docs/PLATFORMS.md §1.3).
         assert [c for c in env.fake.calls("getUpdates") if c.status == 409] == []
 
         await first.halt()

@@ -76,7 +76,7 @@ def request(update: dict[str, Any]) -> InboundRequest:
 
 
 def bot_membership(update_id: int, chat: dict[str, Any], status: str) -> dict[str, Any]:
-    """``my_chat_member``: the bot's status in ``chat`` became ``status`` (PROTOCOLS §1.4)."""
+    """``my_chat_member``: the bot's status in ``chat`` became ``status`` (docs/PLATFORMS.md §1.4)."""
     bot = {"id": int(TOKEN.split(":")[0]), "is_bot": True, "first_name": "Clinic", "username": "clinic_bot"}
 
     def member(state: str) -> dict[str, Any]:

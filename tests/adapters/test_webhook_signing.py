@@ -1,5 +1,5 @@
 """Standard Webhooks signatures: the spec's known-answer vectors, and the reference library as
-an independent cross-check (PROTOCOLS.md §3)."""
+an independent cross-check (docs/PLATFORMS.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A local fake of the Slack Web API that speaks the real protocol (PROTOCOLS §2.6, §2.7, §4).
+"""A local fake of the Slack Web API that speaks the real protocol (docs/PLATFORMS.md §2.6, §2.7, §4).
 
 ``FakeSlack`` serves ``/api/<method>`` on 127.0.0.1 (uvicorn in a background thread, so sync tests,
 async tests and a gateway worker can all use it) with the Bearer token in ``Authorization``
@@ -19,8 +19,13 @@ with the client's address (one address: one reused connection)::
         slack.add_workspace("E1", org_wide=True)           # an Enterprise Grid org-wide install
         slack.token_expires_in = 600                       # OAuth installs get rotating tokens
         slack.hang("auth.test")                            # no answer until the fake stops
+        slack.status_refusal = "missing_scope"             # every setStatus answers this error
         ...
         assert [m.text for m in slack.messages(channel="C1")] == [...]
+
+The assistant methods record what they set: ``statuses[(channel, thread_ts)]`` (the thread's status
+now; a post in the thread clears it, as Slack does, and ``status_history`` keeps every one set),
+``suggested_prompts[(channel, thread_ts)]`` and ``titles[(channel, thread_ts)]``.
 
 Point slack_sdk at it with ``base_url=slack.api_url + "/"`` (``api_base_url: slack.api_url``
 in a channel config).
@@ -83,7 +88,7 @@ class Workspace:
     team_name: str
     enterprise_id: str | None = None
     #: An Enterprise Grid org-wide installation: ``team_id`` is the enterprise id, and
-    #: oauth.v2.access answers ``team: null`` with ``is_enterprise_install: true`` (§2.7).
+    #: oauth.v2.access answers ``team: null`` with ``is_enterprise_install: true`` (docs/PLATFORMS.md §2.7).
     org_wide: bool = False
 
 
@@ -149,6 +154,14 @@ class FakeSlack(ServedApp):
         self.revoked: set[str] = set()
         self.reactions: dict[tuple[str, str], list[str]] = {}  # (channel, ts) → names
         self.shared_files: list[FileShare] = []
+        #: Assistant threads: the status shown now, every status set, the prompts and the title.
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        self.suggested_prompts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        #: When set, every assistant.threads.setStatus answers this error (a token without the
+        #: scope: ``missing_scope``; a token type Slack does not allow: ``not_allowed_token_type``).
+        self.status_refusal: str | None = None
         #: The team the next /oauth/v2/authorize approves (the admin "picks a workspace").
         self.next_install_team: str | None = None
         #: The Socket Mode server apps.connections.open hands out URLs of (tests/fakes/slack_socket.py).
@@ -161,7 +174,7 @@ class FakeSlack(ServedApp):
         self._files: dict[str, tuple[str, bytes, str]] = {}  # path → (team_id, data, mimetype)
         self._ids = itertools.count(1)
         #: With a number, code grants return rotating tokens (``xoxe.xoxb-``) that expire after this
-        #: many seconds, with a refresh token; refresh grants use ``refresh_expires_in`` (§2.7).
+        #: many seconds, with a refresh token; refresh grants use ``refresh_expires_in`` (docs/PLATFORMS.md §2.7).
         self.token_expires_in: int | None = None
         self.refresh_expires_in = 43_200
         self._expires: dict[str, float] = {}  # access token → expiry (epoch seconds)
@@ -250,7 +263,7 @@ class FakeSlack(ServedApp):
             self._failures.append(_Failure(method, error, status, None, times))
 
     def rate_limit_next(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
-        """The next ``times`` calls of ``method`` answer 429 + ``Retry-After`` (§2.6)."""
+        """The next ``times`` calls of ``method`` answer 429 + ``Retry-After`` (docs/PLATFORMS.md §2.6)."""
         with self._lock:
             self._failures.append(_Failure(method, "ratelimited", 429, retry_after, times))
 
@@ -386,10 +399,53 @@ class FakeSlack(ServedApp):
         thread_ts = params.get("thread_ts") or None
         with self._lock:
             self._messages.append(Message(channel, ts, str(text or ""), thread_ts, ws.team_id, dict(params)))
+            if thread_ts and self.statuses.get((channel, thread_ts)):
+                self.statuses[(channel, thread_ts)] = ""  # "automatically cleared when the app sends a reply"
         message = {"type": "message", "text": text or "", "user": ws.user_id, "bot_id": ws.bot_id, "ts": ts, "team": ws.team_id}
         if thread_ts:
             message["thread_ts"] = thread_ts
         return {"channel": channel, "ts": ts, "message": message}
+
+    def _assistant_thread(self, params: dict[str, Any]) -> tuple[str, str]:
+        channel, thread_ts = params.get("channel_id"), params.get("thread_ts")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if not thread_ts:
+            raise _ApiError("invalid_thread_ts")
+        return str(channel), str(thread_ts)
+
+    def _api_assistant_threads_setStatus(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        """The thread's status; "" clears it (§ assistant.threads.setStatus)."""
+        if self.status_refusal:
+            raise _ApiError(self.status_refusal)
+        thread = self._assistant_thread(params)
+        if "status" not in params:
+            raise _ApiError("invalid_arguments")
+        status = str(params["status"])
+        with self._lock:
+            self.statuses[thread] = status
+            self.status_history.append((*thread, status))
+        return {}
+
+    def _api_assistant_threads_setSuggestedPrompts(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(params)
+        prompts = params.get("prompts")
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if (not isinstance(prompts, list) or not 1 <= len(prompts) <= 4
+                or not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts)):
+            raise _ApiError("invalid_arguments")
+        with self._lock:
+            self.suggested_prompts[thread] = {"prompts": prompts, **({"title": params["title"]} if params.get("title") else {})}
+        return {}
+
+    def _api_assistant_threads_setTitle(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(params)
+        if not params.get("title"):
+            raise _ApiError("invalid_arguments")
+        with self._lock:
+            self.titles[thread] = str(params["title"])
+        return {}
 
     def _api_apps_connections_open(self, token: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """A one-use Socket Mode URL; only the app-level ``xapp-`` token may ask."""
@@ -487,7 +543,7 @@ class FakeSlack(ServedApp):
             with self._lock:
                 self.workspaces[user_token] = ws
             installer.update({"scope": user_scope, "access_token": user_token, "token_type": "user"})
-        # The shape of OAUTH_V2_ACCESS_RESPONSE in bolt's mock server (§2.7): no bot_id here.
+        # The shape of OAUTH_V2_ACCESS_RESPONSE in bolt's mock server (docs/PLATFORMS.md §2.7): no bot_id here.
         answer = {
             "access_token": ws.token,
             "token_type": "bot",
@@ -563,7 +619,7 @@ class FakeSlack(ServedApp):
             return PlainTextResponse("not found", status_code=404)
         team_id, data, mimetype = found
         if ws is None or ws.team_id != team_id or token in self.revoked:
-            # What Slack does for a missing or wrong token: 200 and its sign-in page (§2.5).
+            # What Slack does for a missing or wrong token: 200 and its sign-in page (docs/PLATFORMS.md §2.5).
             return HTMLResponse(LOGIN_PAGE)
         return Response(data, media_type=mimetype)
 
@@ -581,7 +637,7 @@ class FakeSlack(ServedApp):
 
 async def _read_params(request: Request) -> dict[str, Any]:
     """Query string plus a JSON or form body: slack_sdk sends chat.postMessage as JSON and most
-    other methods as query parameters or form fields (§2.6)."""
+    other methods as query parameters or form fields (docs/PLATFORMS.md §2.6)."""
     params: dict[str, Any] = dict(request.query_params)
     body = await request.body()
     content_type = request.headers.get("content-type", "")
@@ -605,7 +661,7 @@ def _basic_auth(request: Request) -> tuple[str, str] | None:
     return user, password
 
 
-# -- delivering events to the gateway, the way Slack does (§2.1, §2.4) -----------------------------
+# -- delivering events to the gateway, the way Slack does (docs/PLATFORMS.md §2.1, §2.4) -----------------------------
 
 
 def signed_headers(secret: str, body: bytes, *, timestamp: int | None = None, retry_num: int | None = None) -> dict[str, str]:
@@ -629,7 +685,7 @@ def event_envelope(
     enterprise_id: str | None = None,
     org_wide: bool = False,
 ) -> dict[str, Any]:
-    """An ``event_callback`` envelope around ``event`` (§2.3); ``org_wide``: received by an
+    """An ``event_callback`` envelope around ``event`` (docs/PLATFORMS.md §2.3); ``org_wide``: received by an
     Enterprise Grid org-wide installation, whose authorization names no team."""
     authorization = {
         "enterprise_id": enterprise_id,

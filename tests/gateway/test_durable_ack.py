@@ -1,5 +1,6 @@
 """The ingest path: a 200 means the message is on disk, and the one admission script also puts the
-wake-up on the queue exactly as Dramatiq would, so an unmodified Dramatiq worker runs it."""
+wake-up on the queue exactly as Dramatiq would, so an unmodified Dramatiq worker runs it (the
+contract of gateway/store/dramatiq_queue.py, which refuses an untested Dramatiq at start-up)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ from typing import Literal
 
 import dramatiq
 import httpx
+import pytest
 import redis
 import redis.asyncio as aioredis
 from dramatiq import Message, Worker
 from dramatiq.brokers.redis import RedisBroker
 
 from adapters.webhook import signing
+from gateway.core.errors import ConfigError
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey, Inbound, InboundKind
+from gateway.edge.admin.wake import wake_conversation
 from gateway.edge.app import create_app
+from gateway.services import worker_process
+from gateway.store.dramatiq_queue import require_tested_dramatiq
 from gateway.store.embedded_redis import EmbeddedRedis
 from gateway.store.inbox import Admitter, WakeQueue
 from tests.conftest import WEBHOOK_SECRET, stack_config, wait_for
@@ -65,7 +71,15 @@ def test_admission_writes_the_keys_dramatiq_enqueue_writes(redis_client: redis.R
     broker.close()
 
 
-def test_a_plain_dramatiq_worker_runs_the_wake_up_the_script_queued(redis_url: str, redis_client: redis.Redis) -> None:
+async def _wake(redis_url: str, conversation: str, wake: WakeQueue) -> bool:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await wake_conversation(client, conversation, wake=wake)
+    finally:
+        await client.aclose()
+
+
+def test_a_plain_dramatiq_worker_runs_the_wake_ups_the_edge_queued(redis_url: str, redis_client: redis.Redis) -> None:
     broker = RedisBroker(url=redis_url, namespace=NAMESPACE)
     received: list[str] = []
     done = threading.Event()
@@ -73,22 +87,42 @@ def test_a_plain_dramatiq_worker_runs_the_wake_up_the_script_queued(redis_url: s
     @dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ADVANCE, max_retries=0)
     def advance(conversation: str) -> None:
         received.append(conversation)
-        done.set()
+        if len(received) == 2:
+            done.set()
 
     wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
     assert asyncio.run(_admit(redis_url, _inbound("c7", "e7"), wake)) is True
     assert asyncio.run(_admit(redis_url, _inbound("c7", "e7"), wake)) is False  # a duplicate queues nothing
+    assert asyncio.run(_wake(redis_url, "hooks/c8", wake)) is True  # the console's replay
     worker = Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
-        assert done.wait(timeout=15), "the worker never ran the queued wake-up"
+        assert done.wait(timeout=15), "the worker never ran the queued wake-ups"
         # Acknowledged by the worker with our redis_message_id: nothing left behind.
-        wait_for(lambda: redis_client.hlen(f"{NAMESPACE}:{QUEUE}.msgs") == 0, what="the message to be acked")
+        wait_for(lambda: redis_client.hlen(f"{NAMESPACE}:{QUEUE}.msgs") == 0, what="the messages to be acked")
     finally:
         worker.stop()
         broker.close()
-    assert received == ["hooks/c7"]
+    assert received == ["hooks/c7", "hooks/c8"]
     assert redis_client.llen("ocsgw:inbox:hooks/c7") == 1
+    assert redis_client.llen(f"{NAMESPACE}:{QUEUE}") == 0
+    assert redis_client.zcard(f"{NAMESPACE}:{QUEUE}.XQ") == 0  # none dead-lettered by Dramatiq
+
+
+@pytest.mark.parametrize("version", ["2.3.0", "3.0.0", "1.18.0", "dev"])
+def test_an_untested_dramatiq_stops_the_edge_and_the_worker_at_start_up(
+    version: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dramatiq, "__version__", version)
+    with pytest.raises(ConfigError) as raised:
+        WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
+    assert version in str(raised.value) and "2.0 to 2.2" in str(raised.value)
+    with pytest.raises(ConfigError):
+        worker_process(stack_config(NOWHERE, NOWHERE), redis_url)
+
+
+def test_the_installed_dramatiq_is_a_tested_one() -> None:
+    require_tested_dramatiq()  # what constraints.txt installs
 
 
 def _signed(conversation: str, n: int) -> tuple[str, bytes, dict[str, str]]:

@@ -9,8 +9,9 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,9 +25,9 @@ from starlette.routing import Route
 from gateway.core.errors import AttachmentUnavailable
 from gateway.core.fetching import AddressPolicy, FetchLimits, SafeFetcher
 from gateway.core.version import USER_AGENT
-from workers.turns import UNATTACHED_MARKER
 from tests.conftest import Stack, wait_for
 from tests.support.servers import UvicornThread, free_port
+from workers.turns import UNATTACHED_MARKER
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -175,7 +176,7 @@ async def test_allowlisted_loopback_port_is_fetched_with_user_agent_and_host(fil
     async with httpx.AsyncClient() as http:
         fetched = await _fetcher(http, f"localhost:{port}").fetch(f"http://localhost:{port}/photo.png")
     assert fetched.data == PNG and fetched.content_type == "image/png"
-    ((path, headers),) = server.seen
+    ((_, headers),) = server.seen
     assert headers["user-agent"] == USER_AGENT
     # Connected to the checked IP, yet the server sees the name the sender wrote.
     assert headers["host"] == f"localhost:{port}"

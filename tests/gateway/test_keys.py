@@ -47,7 +47,7 @@ def test_adapter_keys_follow_the_namespace() -> None:
     assert TelegramKeys.of(Keys("staging")).poll_offset("1") == "staging:tg:poll:1:offset"
 
 
-@pytest.mark.parametrize("prefix", sorted(CORE_PREFIXES) + ["", "tg:poll"])
+@pytest.mark.parametrize("prefix", [*sorted(CORE_PREFIXES), "", "tg:poll"])
 def test_an_adapter_cannot_take_a_shared_or_malformed_prefix(prefix: str) -> None:
     with pytest.raises(ValueError, match="cannot prefix an adapter's keys"):
         KEYS.for_adapter(prefix)

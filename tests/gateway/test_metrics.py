@@ -50,7 +50,9 @@ def _inbound(s: Scrape) -> dict[frozenset[tuple[str, str]], float]:
     return s.series("ocsgw_inbound_requests_total")
 
 
-def _moved(before: dict[frozenset[tuple[str, str]], float], after: dict[frozenset[tuple[str, str]], float]) -> dict[frozenset[tuple[str, str]], float]:
+def _moved(
+    before: dict[frozenset[tuple[str, str]], float], after: dict[frozenset[tuple[str, str]], float]
+) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: after[labels] - before.get(labels, 0.0) for labels in after if after[labels] != before.get(labels, 0.0)}
 
 

@@ -1,6 +1,6 @@
 """OCS's answers become typed values once, in the client, as leniently as the engine always read
 them: new fields are ignored, odd values coerced, entries that are not objects skipped
-(CONTRACT §4.3, §4.4, §5)."""
+(docs/OCS.md §4.3, §4.4, §5)."""
 
 from __future__ import annotations
 

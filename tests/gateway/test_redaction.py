@@ -94,7 +94,9 @@ def test_token_shapes_are_redacted(text: str, gone: str) -> None:
     assert gone not in line and REDACTED in line
 
 
-@pytest.mark.parametrize("path", ["/slack/sl/oauth_redirect?code=C1&state=S1", "/slack/sl/install?team=T1", "/slack/sl/oauth_redirect?error=access_denied"])
+@pytest.mark.parametrize(
+    "path", ["/slack/sl/oauth_redirect?code=C1&state=S1", "/slack/sl/install?team=T1", "/slack/sl/oauth_redirect?error=access_denied"]
+)
 def test_slack_oauth_routes_lose_their_query_string(path: str) -> None:
     route = path.split("?")[0]
     assert _redacted('127.0.0.1:5 - "GET %s HTTP/1.1" 200', path) == f'127.0.0.1:5 - "GET {route} HTTP/1.1" 200'

@@ -5,8 +5,8 @@ look."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -59,7 +59,7 @@ async def test_redis_without_aof_starts_with_a_loud_warning(redis_url: str, capl
 
 
 async def test_require_durable_redis_refuses_redis_without_aof(redis_url: str) -> None:
-    with pytest.raises(UnsafeRedis, match="appendonly no.*require_durable_redis"):
+    with pytest.raises(UnsafeRedis, match=r"appendonly no.*require_durable_redis"):
         await _check(redis_url, require_durable=True)
 
 

@@ -115,7 +115,7 @@ async def test_an_adapter_that_fails_to_start_leaves_no_pool_open(redis_url: str
 
 
 async def test_an_unsafe_redis_stops_start_up_before_any_adapter_calls_its_platform(
-    redis_url: str, fake_telegram: FakeTelegram  # noqa: F811 - fixture
+    redis_url: str, fake_telegram: FakeTelegram
 ) -> None:
     fake_telegram.add_bot(TOKEN, username="clinic_bot")
     # The test Redis keeps no append-only file: a process that requires a durable one refuses it.

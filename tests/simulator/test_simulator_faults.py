@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -37,7 +37,7 @@ CUT = (httpx.RemoteProtocolError, httpx.ReadError)  # how a dropped connection r
 
 class ManualClock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 8, 21, 12, 0, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 8, 21, 12, 0, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -255,9 +255,33 @@ async def test_drop_without_a_reachable_connection_raises_to_an_asgi_caller(
 def test_drop_for_an_unknown_route_is_refused(state: SimulatorState) -> None:
     with pytest.raises(ValueError):
         state.drop_after_accept("mesage")
+    with pytest.raises(ValueError):
+        state.drop_before_accept("mesage")
 
 
-# ------------------------------------------------------------------ WAF §3.2
+# --------------------------------------------------------- drop before accept
+async def test_a_message_dropped_before_ocs_saw_it_is_a_transport_error_and_never_arrives(
+        sim: SimServer, http: httpx.AsyncClient) -> None:
+    session = await start(http, await token(http))
+    sim.state.drop_before_accept("message")
+    with pytest.raises(CUT):
+        await post_message(http, session, "lost on the way")
+    assert sim.state.user_messages(session["session_id"]) == []
+    assert sim.state.request_counts()["message"] == 1  # what the client sent
+    assert (await post_message(http, session, "again")).status_code == 202  # one drop, used up
+    assert sim.state.user_messages(session["session_id"]) == ["again"]
+
+
+async def test_a_start_dropped_before_ocs_saw_it_creates_no_session(sim: SimServer, http: httpx.AsyncClient) -> None:
+    bearer = await token(http)
+    sim.state.drop_before_accept("start")
+    with pytest.raises(CUT):
+        await http.post("/api/chat/start/", json={"chatbot_id": DEMO_CHATBOT_ID},
+                        headers={"Authorization": f"Bearer {bearer}"})
+    assert sim.state.list_sessions() == []
+
+
+# ------------------------------------------------------------------ WAF docs/OCS.md §3.2
 async def test_waf_blocks_past_the_limit_with_an_html_403_across_routes(
         sim: SimServer, http: httpx.AsyncClient) -> None:
     bearer = await token(http)
@@ -333,8 +357,8 @@ async def test_request_counts_count_every_route_by_name(sim: SimServer, http: ht
                             headers={"Authorization": f"Bearer {bearer}"})
     assert ended.status_code == 200
     assert sim.state.request_counts() == {
-        "end": 1, "files": 1, "message": 1, "session_get": 0, "session_poll": 1, "start": 1,
-        "task_poll": task_polls, "token": 1, "upload": 1}
+        "end": 1, "files": 1, "message": 1, "session_get": 0, "session_list": 0, "session_poll": 1, "start": 1,
+        "tags": 0, "task_poll": task_polls, "token": 1, "upload": 1}
     assert set(sim.state.request_counts()) == set(ROUTE_NAMES)
 
 
@@ -350,14 +374,14 @@ async def test_task_completed_at_is_wall_clock_time_the_reply_became_pollable(
     assert completed is not None and before + 0.2 <= completed <= time.time()
 
 
-# ---------------------------------------------------------------- rate limits §3.1
+# ---------------------------------------------------------------- rate limits docs/OCS.md §3.1
 async def test_per_session_rate_limit_enforcement_switches_at_runtime(
         asgi: httpx.AsyncClient, state: SimulatorState) -> None:
     session = await start(asgi, await token(asgi))
     state.knobs.chat_rate_limit = 1
     assert (await session_poll(asgi, session)).status_code == 200
     over = await session_poll(asgi, session)
-    assert over.status_code == 200 and over.headers["X-RateLimit-Remaining"] == "0"  # §3.1 off by default
+    assert over.status_code == 200 and over.headers["X-RateLimit-Remaining"] == "0"  # docs/OCS.md §3.1 off by default
     state.knobs.enforce_rate_limit = True
     refused = await session_poll(asgi, session)
     assert refused.status_code == 429
@@ -386,6 +410,13 @@ async def test_control_routes_set_knobs_and_read_counters_over_http(
     assert (await http.post("/_simulator/drop_after_accept", json={"route": "message"})).status_code == 200
     with pytest.raises(CUT):
         await post_message(http, session, "lost answer")
+    assert (await http.post("/_simulator/drop_before_accept", json={"route": "message"})).status_code == 200
+    with pytest.raises(CUT):
+        await post_message(http, session, "never seen")
+    assert "never seen" not in sim.state.user_messages(session["session_id"])
+    assert (await http.post("/_simulator/complete_session", json={"session_id": session["session_id"]})).status_code == 200
+    assert (await post_message(http, session, "x")).json() == {"error": "Session has ended"}
+    assert (await http.post("/_simulator/complete_session", json={"session_id": "nope"})).status_code == 404
     assert (await http.post("/_simulator/forget_sessions")).status_code == 200
     assert (await post_message(http, session, "x")).json() == NOT_PROVIDED
 

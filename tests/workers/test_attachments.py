@@ -4,7 +4,7 @@ the bot attaches reaches the callback, its bytes fetched with the OCS Bearer tok
 from __future__ import annotations
 
 import base64
-from typing import Callable
+from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.responses import Response

@@ -6,8 +6,8 @@ tests/workers/test_kill_storm.py.)"""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway import cli
 from gateway.core.keys import Keys

@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway.ocs.simulator import DEMO_CHATBOT_ID
 from tests.conftest import FAST_TUNING, WEBHOOK_SECRET, Stack, wait_for

@@ -5,7 +5,8 @@ WAF refusing requests, an exhausted request budget, and OCS forgetting every ses
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis

@@ -5,7 +5,8 @@ retry budget is parked with its answer; a reset whose session OCS will not end s
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.core.keys import Keys
 from tests.conftest import SimServer, Stack, wait_for

@@ -183,19 +183,19 @@ def test_a_worker_whose_runner_died_fails_livez_and_exits_non_zero(sim: SimServe
     supervisor = threading.Thread(target=lambda: status.append(supervise(process, stop)), daemon=True)
     supervisor.start()
     try:
-        wait_for(lambda: getattr(process, "http", None) is not None and process.runner_thread.runner is not None,
+        wait_for(lambda: getattr(process, "http", None) is not None and process.life.runner is not None,
                  what="the worker to start")
         url = _http(process).url
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, what="the worker to be ready")
         assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
 
-        loop = process.runner_thread.runner.loop  # type: ignore[union-attr]
+        loop = process.life.runner.loop  # type: ignore[union-attr]
         assert loop is not None
         # The reviewer's scenario: the runner's loop ends under a fatal error; the supervisor may
         # stop the listener at once, so /livez is asked of the probe while it still stands.
         livez: list[int] = []
         loop.call_soon_threadsafe(_boom)
-        wait_for(lambda: not process.runner_thread.is_alive(), what="the runner thread to end")
+        wait_for(lambda: not process.life.running, what="the runner to end")
         try:
             livez.append(httpx.get(f"{url}/livez", timeout=5).status_code)
         except httpx.HTTPError:
@@ -221,7 +221,7 @@ def test_livez_fails_once_the_runner_ended_on_its_own(sim: SimServer, redis_url:
         loop = process.runner.loop
         assert loop is not None
         loop.call_soon_threadsafe(_boom)
-        wait_for(lambda: not process.runner_thread.is_alive(), what="the runner thread to end")
+        wait_for(lambda: not process.life.running, what="the runner to end")
         answer = httpx.get(f"{url}/livez", timeout=10)
         assert answer.status_code == 503
         assert answer.json() == {"status": "failed", "reason": "turn runner stopped"}
@@ -247,7 +247,7 @@ def test_a_housekeeping_loop_that_ends_before_the_stop_stops_the_worker(
     loop.call_soon_threadsafe(end_renewal)
     failure = wait_for(lambda: stack.worker.failure if stack.worker else None, what="the worker to report a failure")
     assert "ocsgw-renew" in failure
-    wait_for(lambda: not stack.worker.runner_thread.is_alive() if stack.worker else True, what="the runner to stop")
+    wait_for(lambda: not stack.worker.life.running if stack.worker else True, what="the runner to stop")
     assert any("ocsgw-renew" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 

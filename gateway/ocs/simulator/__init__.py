@@ -1,4 +1,4 @@
-"""A faithful fake of the Open Chat Studio Chat API (see /work/shared/ocs/CONTRACT.md §8)."""
+"""A faithful fake of the Open Chat Studio Chat API (see docs/OCS.md §8)."""
 
 from gateway.ocs.simulator.app import create_simulator_app
 from gateway.ocs.simulator.edge import SimulatedConnectionDrop

@@ -1,6 +1,6 @@
 """In-memory state and behaviour knobs of the OCS simulator (pure Python, no HTTP).
 
-Section numbers (§) refer to /work/shared/ocs/CONTRACT.md. The "worker" that answers
+Section numbers (§) refer to docs/OCS.md. The "worker" that answers
 messages is simulated lazily: every read first replays the task events whose time has
 come (``advance``), so no background task is needed and the same code works under
 httpx's ASGITransport, under uvicorn and with a manual clock.
@@ -18,9 +18,10 @@ import secrets
 import threading
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from gateway.ocs.simulator.latency import LatencyModel
 
@@ -58,17 +59,17 @@ ONE_DAY = timedelta(days=1)  # §4.3 task binding / result expiry, §3.3 unused-
 MICROSECOND = timedelta(microseconds=1)
 DEMO_CHATBOT_ID = "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23"
 #: Route names used by ``request_counts``, ``fail_next`` and ``drop_after_accept``.
-ROUTE_NAMES = ("end", "files", "message", "session_get", "session_poll", "start", "task_poll", "token",
-               "upload")
+ROUTE_NAMES = ("end", "files", "message", "session_get", "session_list", "session_poll", "start", "tags",
+               "task_poll", "token", "upload")
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
     """§1/§8.10: DRF renders UTC ISO-8601 with ``Z``; microseconds only when non-zero."""
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -243,6 +244,7 @@ class SimulatorState:
         self._waf_hits: dict[str, deque[float]] = {}
         self._waf_blocked = 0
         self._drops: Counter[str] = Counter()
+        self._drops_before: Counter[str] = Counter()
         self._finish_times: dict[str, datetime] = {}  # task id -> reply available (outlives a restart)
         self._latency_seed = self.knobs.latency_seed
         self._latency_rng = random.Random(self._latency_seed)
@@ -342,6 +344,18 @@ class SimulatorState:
         """§4.8: the API only moves the session to ``pending-review``."""
         self.advance(session)
         session.status, session.ended_at, session.updated_at = "pending-review", self.clock(), self.clock()
+
+    def complete_session(self, session_id: str) -> None:
+        """Finish the session as OCS's web-chat review form does, the one way to status
+        ``complete`` (docs/OCS.md §6.1; no API reaches it): ``message/`` and ``upload/`` then answer 400
+        ``{"error": "Session has ended"}`` and the session poll says ``session_status: "ended"``.
+        Tasks already accepted still run."""
+        with self._lock:
+            session = self.sessions[session_id]
+            self.advance(session)
+            now = self.clock()
+            session.status, session.updated_at = "complete", now
+            session.ended_at = session.ended_at or now
 
     def push_bot_message(self, session_id: str, text: str,
                          metadata: dict[str, Any] | None = None) -> SimMessage:
@@ -531,6 +545,24 @@ class SimulatorState:
             raise ValueError(f"unknown route {route!r}; one of {ROUTE_NAMES}")
         with self._lock:
             self._drops[route] += count
+
+    def drop_before_accept(self, route: str = "message", count: int = 1) -> None:
+        """The next ``count`` calls of ``route`` are cut before OCS processes them: the request
+        left the client whole, the connection closes with no response and nothing happened on
+        this side (counted in ``request_counts``, as what the client sent; no rate bucket, no
+        state). The client cannot tell this from ``drop_after_accept``."""
+        if route not in ROUTE_NAMES:
+            raise ValueError(f"unknown route {route!r}; one of {ROUTE_NAMES}")
+        with self._lock:
+            self._drops_before[route] += count
+
+    def take_drop_before(self, route: str) -> bool:
+        """Consume one pending ``drop_before_accept`` for ``route`` (called before the route runs)."""
+        with self._lock:
+            if self._drops_before[route] <= 0:
+                return False
+            self._drops_before[route] -= 1
+            return True
 
     def take_drop(self, route: str) -> bool:
         """Consume one pending drop for ``route`` (called once the route has accepted)."""
