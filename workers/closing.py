@@ -113,4 +113,4 @@ class TurnCloser:
             self.services.metrics.turn_seconds.labels(bot_of(self.services, conv), outcome or turn_outcome(turn)).observe(
                 max(self.clock.now() - received, 0.0)
             )
-        hold.ready_at = None
+        hold.ready_at = hold.schedule_at = None

@@ -92,6 +92,27 @@ class Deliverer:
         hold.keep(turn)  # a refresh of the indicator needs no record
         return turn
 
+    async def show_progress(self, hold: Hold, turn: Turn, line: str) -> tuple[Turn, bool]:
+        """Show OCS's progress line where the platform can (a draft, a thread status, a progress
+        callback); False when it cannot, and the working indicator goes on instead. Like the
+        indicator, it is recorded once (``working_at``), so the turn's end clears it."""
+        adapter = self.services.adapters[hold.conv.channel]
+        try:
+            shown = await adapter.show_progress(turn.last.route, line, turn.id)
+        except Exception:  # best effort, as the indicator: progress never fails a turn
+            log.debug("show_progress failed", exc_info=True)
+            shown = False
+        if not shown:
+            return await self.show_working(hold, turn), False
+        now = self.clock.now()
+        if not turn.working_at:
+            turn, ops = self.services.ledger.update(hold.conv, turn, working_at=now)
+            await hold.write(ops, turn=turn)
+        else:
+            turn = replace(turn, working_at=now)  # the line keeps the indicator's place alive
+            hold.keep(turn)
+        return turn, True
+
     def _first_part_ops(self, hold: Hold, turn: Turn) -> list[Op]:
         """The answer's first part is out: observe the reply delay (OCS done → sent) for this
         process's metric, and return the writes that record it with the user's wait (edge →

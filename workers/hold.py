@@ -68,6 +68,10 @@ class Hold:
     #: part reaches the platform: the start of ``ocsgw_reply_delay_seconds``. Memory only: a
     #: turn adopted after a crash is simply not measured.
     ready_at: float | None = None
+    #: When the bot's learned schedule would poll the current task next (shared clock): a poll
+    #: before then is made only to show OCS's progress, and yields first to the request budget.
+    #: The engine's; memory only (a new owner polls on the schedule).
+    schedule_at: float | None = None
 
     @property
     def turn(self) -> Turn | None:

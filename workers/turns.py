@@ -55,6 +55,7 @@ from gateway.core.models import (
     Reply,
     ReplyKind,
 )
+from gateway.ocs.budget import Priority
 from gateway.ocs.client import OCSClient
 from gateway.ocs.messages import (
     MessageRole,
@@ -77,7 +78,7 @@ from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
 
-__all__ = ["ORPHAN_TAG", "UNATTACHED_MARKER", "TurnEngine", "next_history_read", "reply_from_ocs"]
+__all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "UNATTACHED_MARKER", "TurnEngine", "next_history_read", "reply_from_ocs"]
 
 log = logging.getLogger("ocsgw.turns")
 
@@ -94,6 +95,9 @@ _HISTORY_PAGE = 200
 ORPHAN_TAG = "gateway-orphan"
 #: Tries of a platform file download that keeps failing before the text goes without it.
 _ATTACHMENT_TRIES = 3
+#: While OCS's progress line shows, the task is polled at least this often (OCS changes a task's
+#: line at most every 5 s, docs/OCS.md §4.3).
+PROGRESS_POLL_S = 5.0
 #: What OCS is told of a file the user sent that could not be attached (the user is told why).
 UNATTACHED_MARKER = "[the user sent a file that could not be attached]"
 
@@ -503,7 +507,17 @@ class TurnEngine:
         ocs = self.services.ocs_for(conv.channel)
         hold.lease.check()
         asked = self.clock.now()
-        result = await ocs.poll_task(session, turn.task_id)
+        # A poll before the schedule's is made only to show progress: it is the first to yield.
+        early = hold.schedule_at is not None and asked < hold.schedule_at - 0.005
+        try:
+            result = await ocs.poll_task(session, turn.task_id, priority=Priority.BACKGROUND if early else Priority.WAITING)
+        except OCSRateLimited:
+            if not early or hold.schedule_at is None:
+                raise
+            # The budget is short: progress goes first; the schedule's own poll comes as planned.
+            at, hold.schedule_at = hold.schedule_at, None
+            hold.keep(replace(turn, next_at=at))
+            return wait_until(at)
         now = self.clock.now()
         elapsed = max(now - turn.sent_at, 0.0)
         # OCS looked at the task about halfway through our request: that is what the bot's
@@ -529,11 +543,20 @@ class TurnEngine:
             return CONTINUE
         if elapsed > ocs.bot.task_timeout_s:
             return await self._too_slow(hold, turn)
-        turn = await self.delivery.show_working(hold, turn)
+        if result.progress:
+            turn, shown = await self.delivery.show_progress(hold, turn, result.progress)
+        else:
+            turn, shown = await self.delivery.show_working(hold, turn), False
         wait = self._schedule(hold).next_delay(elapsed, turn.polls + 1)
         refresh = self.services.adapters[conv.channel].working_refresh_s
         if refresh:
             wait = min(wait, max(refresh - (now - turn.working_at), 0.05))  # keep the indicator alive
+        hold.schedule_at = now + wait
+        if shown and wait > PROGRESS_POLL_S:
+            # While a progress line shows, look again as soon as OCS may have changed it (docs/OCS.md
+            # §4.3: at most every 5 s), not only when the learned schedule would: a long answer
+            # shows its lines as they come. Those polls yield first when the budget is short.
+            wait = PROGRESS_POLL_S
         # Nothing is written for a poll that saw no answer: after a crash the next owner simply
         # polls again. Only this process's memory moves on.
         hold.keep(replace(turn, polls=turn.polls + 1, last_poll_s=looked, next_at=now + wait))

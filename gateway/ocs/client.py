@@ -331,11 +331,13 @@ class OCSClient:
         )
         return str(response.json()["task_id"])
 
-    async def poll_task(self, session: OCSSession, task_id: str) -> TaskPoll:
-        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: dropped."""
+    async def poll_task(self, session: OCSSession, task_id: str, *, priority: Priority = Priority.WAITING) -> TaskPoll:
+        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: it
+        comes apart (``TaskPoll.progress``). ``priority``: a poll made only to show progress
+        yields first when the budget is short (``Priority.BACKGROUND``)."""
         response = await self._call(
             "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
-            priority=Priority.WAITING, session_id=session.session_id,
+            priority=priority, session_id=session.session_id,
         )
         data = _body(response)
         if not isinstance(data, dict):

@@ -87,12 +87,15 @@ class OCSMessage:
 
 @dataclass(frozen=True, slots=True)
 class TaskPoll:
-    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply: dropped."""
+    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply:
+    it is kept apart (``progress``), for the platform to show while the user waits."""
 
     status: TaskStatus
     message: OCSMessage | None = None
     #: For ``ERROR``: OCS's text, written for the end user.
     error: str | None = None
+    #: For ``PROCESSING``: the bot's current progress line, if OCS gave one (never the answer).
+    progress: str | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, failed: bool) -> TaskPoll:
@@ -102,7 +105,9 @@ class TaskPoll:
         message = data.get("message")
         if data.get("status") == "complete" and isinstance(message, Mapping):
             return cls(TaskStatus.COMPLETE, message=OCSMessage.parse(message))
-        return cls(TaskStatus.PROCESSING)
+        content = message.get("content") if isinstance(message, Mapping) else None
+        line = content.strip() if isinstance(content, str) else ""
+        return cls(TaskStatus.PROCESSING, progress=line or None)
 
 
 @dataclass(frozen=True, slots=True)

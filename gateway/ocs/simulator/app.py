@@ -420,7 +420,12 @@ class _Routes:
         if task.session_id != session.id:
             return JSONResponse({"detail": "Not found."}, status_code=404)
         if not task.finished:
-            progress = self.state.knobs.progress_text
+            knobs = self.state.knobs
+            progress = knobs.progress_text
+            if knobs.progress_lines:
+                running_s = (self.state.clock() - task.accepted_at).total_seconds()
+                step = int(max(running_s, 0.0) // max(knobs.progress_every_s, 0.001))
+                progress = knobs.progress_lines[min(step, len(knobs.progress_lines) - 1)]
             message = None if progress is None else {
                 "created_at": format_timestamp(self.state.clock()), "role": "assistant",
                 "content": progress, "metadata": {}, "tags": [], "attachments": []}

@@ -84,6 +84,10 @@ class SimulatorKnobs:
     token_lifetime_s: int = 36000  # §2.3 DOT default
     require_user_agent: bool = True  # §1/§3.2 WAF NoUserAgent_HEADER on /api/
     progress_text: str | None = None  # §4.3 progress line while a task runs
+    # §4.3 progress lines that follow one another while a task runs, one every progress_every_s
+    # from its acceptance (the last one stays); OCS changes a task's line at most every 5 s.
+    progress_lines: tuple[str, ...] = ()
+    progress_every_s: float = 5.0
     reply_attachments: bool = False  # attach a generated file to every reply (§4.3 example)
     enforce_rate_limit: bool = False  # §3.1 RATE_LIMIT_ENFORCE is off by default
     chat_rate_limit: int = 300  # §3.1 chat_api scope
