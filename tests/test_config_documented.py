@@ -25,6 +25,7 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (config.BotConfig, ("CONFIG.md",)),
     (config.BudgetLimits, ("CONFIG.md",)),
     (config.WorkerTuning, ("CONFIG.md",)),
+    (config.CoalesceConfig, ("CONFIG.md",)),
     (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
     (TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
     (SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
@@ -35,6 +36,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     config.BotConfig: "`bots.<name>`",
     config.BudgetLimits: "`bots.<name>.budget`",
     config.WorkerTuning: "`worker`",
+    config.CoalesceConfig: "`channels.<name>.coalesce`",
 }
 #: Its table lists the fields every channel type has; each type's own fields are in its guide.
 CHANNELS_SECTION = "`channels.<name>` (all types)"

@@ -78,7 +78,7 @@ from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
 
-__all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "UNATTACHED_MARKER", "TurnEngine", "next_history_read", "reply_from_ocs"]
+__all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "TurnEngine", "UNATTACHED_MARKER", "next_history_read", "reply_from_ocs"]
 
 log = logging.getLogger("ocsgw.turns")
 
