@@ -160,6 +160,11 @@ class Snapshot:
     #: The inbox's first items (as many as the load asked for), the head first.
     queue: tuple[str, ...]
 
+    @property
+    def head(self) -> str | None:
+        """The inbox's first item: the next turn's first message."""
+        return self.queue[0] if self.queue else None
+
 
 class TurnLedger:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
