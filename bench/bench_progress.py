@@ -20,9 +20,9 @@ Phases (``--phases``):
   ``--convs`` conversations per arm, ``--turns`` turns each; the worker's ``poll_max_s`` is the
   default 5 s.
 - ``surprise``: ``poll_max_s`` 30 s and a bot that has learned to answer in 0.5 s (``--warm``
-  turns) gets, this once, questions that take 45 s (a long tool call): the schedule's own polls
-  grow more than 5 s apart late in the wait, and only there does a progress line bring a poll of
-  its own. A fresh pair of bots per round, so no round learns from the one before. (With 12 s
+  turns) gets, this once, questions that take 75 s (a long tool call; ``--surprise-s``): past its
+  plan the schedule polls every ``poll_max_s``, and only there does a progress line bring polls
+  of its own. A fresh pair of bots per round, so no round learns from the one before. (With 12 s
   answers the learned schedules poll at least every 5 s anyway: the ``learned`` phase.)
 
 Per arm: task polls per turn (the simulator counts each task's polls), progress callbacks per turn
@@ -30,7 +30,7 @@ against the lines OCS had during the task, the lag of a line (it became OCS's �
 arrived, lines after the first), reply delay (OCS done → the answer's callback arrived) p50/p95;
 per round the ratios on/off and short-on/short-off and the extra polls per turn on − off.
 
-    python bench/bench_progress.py                   # both phases, ~8 min
+    python bench/bench_progress.py                   # both phases, ~10 min
     python bench/bench_progress.py --phases surprise --rounds 2
 
 Prints a JSON summary.
@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_turns import UNLIMITED_BUDGET, Callback, Stack, percentile, stack, write_config
 from bench.conversations import Burst, Script, SentBurst, run_conversations
+from gateway.store.embedded_redis import _free_port
 
 __all__ = ["ARMS", "PROFILES", "PROGRESS_LINES", "main"]
 
@@ -67,7 +68,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "lognormal_12_20": {"kind": "lognormal", "median_s": 12.0, "p95_s": 20.0},
 }
 SURPRISE_LEARNED = {"kind": "fixed", "median_s": 0.5, "p95_s": 0.5}
-SURPRISE_SLOW = {"kind": "fixed", "median_s": 45.0, "p95_s": 45.0}
+def _slow(seconds: float) -> dict[str, Any]:
+    return {"kind": "fixed", "median_s": seconds, "p95_s": seconds}
 #: The background priority may use one request per window: always used already.
 SHORT_BUDGET = {**UNLIMITED_BUDGET, "background_share": 1e-7}
 #: arm -> (budget short?, show_progress)
@@ -79,7 +81,7 @@ def _bot_names(base: str) -> dict[str, str]:
     return {arm: base + ("s" if short else "") for arm, (short, _) in ARMS.items()}
 
 
-def _config(s: Stack, name: str, bases: Sequence[str], poll_max_s: float) -> Path:
+def _config(s: Stack, name: str, bases: Sequence[str], poll_max_s: float, metrics_port: int) -> Path:
     bots: dict[str, dict[str, Any]] = {}
     channels: dict[str, tuple[str, dict[str, Any]]] = {}
     for base in bases:
@@ -87,7 +89,22 @@ def _config(s: Stack, name: str, bases: Sequence[str], poll_max_s: float) -> Pat
             bot = _bot_names(base)[arm]
             bots[bot] = {"budget": SHORT_BUDGET if short else UNLIMITED_BUDGET, "task_timeout_s": 600}
             channels[f"{base}-{arm}"] = (bot, {"show_progress": shown})
-    return write_config(s, name, bots, {"watch_interval_s": 3600, "poll_max_s": poll_max_s}, channels)
+    worker = {"watch_interval_s": 3600, "poll_max_s": poll_max_s, "metrics_port": metrics_port, "metrics_host": "127.0.0.1"}
+    return write_config(s, name, bots, worker, channels)
+
+
+def _refusals(s: Stack, port: int) -> dict[str, float]:
+    """``ocsgw_ocs_budget_refusals_total`` per bot, from the worker's /metrics. With the watches
+    off, the only background requests are the progress-only polls: on a short bot every one is
+    refused (once: the turn then waits for the schedule's own poll)."""
+    text = s.http.get(f"http://127.0.0.1:{port}/metrics").text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ocsgw_ocs_budget_refusals_total{"):
+            labels, value = line.rsplit(" ", 1)
+            bot = labels.split('bot="', 1)[1].split('"', 1)[0]
+            out[bot] = out.get(bot, 0.0) + float(value)
+    return out
 
 
 def _warm(s: Stack, base: str, tag: str, turns: int, rate: float, timeout_s: float) -> None:
@@ -221,7 +238,8 @@ def _summary(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_learned(s: Stack, profile: str, *, warm: int, rounds: int, convs: int, turns: int, seed: int) -> dict[str, Any]:
+def run_learned(s: Stack, profile: str, *, warm: int, rounds: int, convs: int, turns: int, seed: int,
+                metrics_port: int) -> dict[str, Any]:
     latency = PROFILES[profile]
     base = {"fixed_12": "f12", "lognormal_12_20": "ln12"}[profile]
     s.knobs(reply_latency=latency, latency_seed=seed)
@@ -234,8 +252,12 @@ def run_learned(s: Stack, profile: str, *, warm: int, rounds: int, convs: int, t
     all_sent: list[SentBurst] = []
     for r in range(rounds):
         load = os.getloadavg()[0]
+        refused = _refusals(s, metrics_port)
         sent = _round(s, base, f"{base}-r{r}", convs=convs, turns=turns, seed=seed * 100 + r, timeout_s=timeout_s)
+        after = _refusals(s, metrics_port)
         arms = _measure(s, sent, [base])
+        arms["short-on"]["progress_polls_refused_per_turn"] = round(
+            (after.get(base + "s", 0.0) - refused.get(base + "s", 0.0)) / max(arms["short-on"]["answered"], 1), 2)
         result["rounds"].append({"round": r, "load_1min": round(load, 1), "arms": arms, "ratios": _ratios(arms)})
         print(json.dumps({"profile": profile, "round": r, "ratios": result["rounds"][-1]["ratios"]}), file=sys.stderr, flush=True)
         all_sent.extend(sent)
@@ -244,10 +266,11 @@ def run_learned(s: Stack, profile: str, *, warm: int, rounds: int, convs: int, t
     return result
 
 
-def run_surprise(s: Stack, *, warm: int, rounds: int, convs: int, seed: int) -> dict[str, Any]:
-    """Each round: a fresh pair of bots learns 0.5 s answers, then gets one 45 s question per
-    conversation."""
-    result: dict[str, Any] = {"learned": SURPRISE_LEARNED, "slow": SURPRISE_SLOW, "poll_max_s": 30.0,
+def run_surprise(s: Stack, *, warm: int, rounds: int, convs: int, seed: int, slow_s: float, poll_max_s: float,
+                 metrics_port: int) -> dict[str, Any]:
+    """Each round: a fresh pair of bots learns 0.5 s answers, then gets one ``slow_s`` question
+    per conversation."""
+    result: dict[str, Any] = {"learned": SURPRISE_LEARNED, "slow": _slow(slow_s), "poll_max_s": poll_max_s,
                               "warm_turns_per_bot": warm, "rounds": []}
     all_sent: list[SentBurst] = []
     for r in range(rounds):
@@ -255,11 +278,15 @@ def run_surprise(s: Stack, *, warm: int, rounds: int, convs: int, seed: int) -> 
         s.knobs(reply_latency=SURPRISE_LEARNED, latency_seed=seed + r)
         _warm(s, base, f"{base}-warm", warm, rate=20.0, timeout_s=60.0)
         time.sleep(1.5)  # the schedule is rebuilt from what was learned (at most once a second)
-        plans = _plans(s, sorted(set(_bot_names(base).values())), 30.0)
-        s.knobs(reply_latency=SURPRISE_SLOW)
+        plans = _plans(s, sorted(set(_bot_names(base).values())), poll_max_s, until_s=slow_s + 2 * poll_max_s)
+        s.knobs(reply_latency=_slow(slow_s))
         load = os.getloadavg()[0]
-        sent = _round(s, base, f"{base}-m", convs=convs, turns=1, seed=seed * 100 + r, timeout_s=120.0)
+        refused = _refusals(s, metrics_port)
+        sent = _round(s, base, f"{base}-m", convs=convs, turns=1, seed=seed * 100 + r, timeout_s=slow_s + 120.0)
+        after = _refusals(s, metrics_port)
         arms = _measure(s, sent, [base])
+        arms["short-on"]["progress_polls_refused_per_turn"] = round(
+            (after.get(base + "s", 0.0) - refused.get(base + "s", 0.0)) / max(arms["short-on"]["answered"], 1), 2)
         result["rounds"].append({"round": r, "load_1min": round(load, 1), "plans_learned": plans, "arms": arms,
                                  "ratios": _ratios(arms)})
         print(json.dumps({"surprise_round": r, "arms": arms}), file=sys.stderr, flush=True)
@@ -277,6 +304,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--convs", type=int, default=15, help="conversations per arm per round (4 arms at once)")
     parser.add_argument("--turns", type=int, default=2, help="turns per conversation (learned phase)")
+    parser.add_argument("--surprise-s", type=float, default=75.0, help="the surprise phase's slow answers")
+    parser.add_argument("--surprise-poll-max", type=float, default=30.0, help="the surprise phase's poll_max_s")
     parser.add_argument("--rtt", type=float, default=0.05)
     args = parser.parse_args()
     phases = set(args.phases.split(","))
@@ -285,19 +314,24 @@ def main() -> None:
         for arm, (short, shown) in ARMS.items()}}
     t0 = time.monotonic()
     with stack(args.rtt) as s:
+        port = _free_port()
         s.knobs(progress_every_s=PROGRESS_EVERY_S)
         s.progress_lines(PROGRESS_LINES)
         if "learned" in phases:
             bases = [{"fixed_12": "f12", "lognormal_12_20": "ln12"}[p] for p in args.profiles]
-            s.start_worker(_config(s, "progress-learned", bases, poll_max_s=5.0))
+            s.start_worker(_config(s, "progress-learned", bases, poll_max_s=5.0, metrics_port=port))
             time.sleep(3)
             results["learned"] = [run_learned(s, p, warm=args.warm, rounds=args.rounds, convs=args.convs,
-                                              turns=args.turns, seed=n + 1) for n, p in enumerate(args.profiles)]
+                                              turns=args.turns, seed=n + 1, metrics_port=port)
+                                  for n, p in enumerate(args.profiles)]
             s.stop_workers()
         if "surprise" in phases:
-            s.start_worker(_config(s, "progress-surprise", [f"sx{r}" for r in range(args.rounds)], poll_max_s=30.0))
+            s.start_worker(_config(s, "progress-surprise", [f"sx{r}" for r in range(args.rounds)],
+                                   poll_max_s=args.surprise_poll_max, metrics_port=port))
             time.sleep(3)
-            results["surprise"] = run_surprise(s, warm=args.warm, rounds=args.rounds, convs=args.convs, seed=7)
+            results["surprise"] = run_surprise(s, warm=args.warm, rounds=args.rounds, convs=args.convs, seed=7,
+                                               slow_s=args.surprise_s, poll_max_s=args.surprise_poll_max,
+                                               metrics_port=port)
     results["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(results, indent=2))
 
