@@ -56,6 +56,7 @@ from workers.broker import ADVANCE, NAMESPACE, QUEUE
 
 __all__ = [
     "HOOK_SECRET",
+    "Callback",
     "Reply",
     "Stack",
     "commandstats",
@@ -83,7 +84,9 @@ _SCRIPT = str(Path(__file__).resolve())
 def serve_sim(port: int) -> None:
     """The simulator, plus ``GET /_bench/tasks``: ``{task_id: [user text, completed_at|null,
     accepted_at]}`` (epoch s),
-    so a benchmark can tie a task to the turn that sent it."""
+    so a benchmark can tie a task to the turn that sent it, ``GET /_bench/polls``: ``{task_id:
+    polls}``, the task polls each task received (counted as they come in), and ``POST
+    /_bench/progress_lines`` (a JSON list): the ``progress_lines`` knob."""
     import uvicorn
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -99,8 +102,28 @@ def serve_sim(port: int) -> None:
         return JSONResponse({tid: [task.text, done.get(tid), task.accepted_at.timestamp()]
                              for tid, task in list(state.tasks.items())})
 
+    polls: dict[str, int] = {}
+
+    async def task_polls(request: Request) -> JSONResponse:
+        return JSONResponse(polls)
+
+    async def progress_lines(request: Request) -> JSONResponse:
+        # POST /_simulator/knobs refuses this knob (its checks know no tuple), so set it here.
+        state.knobs.progress_lines = tuple(str(line) for line in json.loads(await request.body()))
+        return JSONResponse(list(state.knobs.progress_lines))
+
     app.router.routes.append(Route("/_bench/tasks", tasks, methods=["GET"]))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    app.router.routes.append(Route("/_bench/polls", task_polls, methods=["GET"]))
+    app.router.routes.append(Route("/_bench/progress_lines", progress_lines, methods=["POST"]))
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        # /api/chat/{session}/{task}/poll/: counted on arrival, whatever the simulator answers.
+        parts = scope.get("path", "").strip("/").split("/") if scope["type"] == "http" else []
+        if len(parts) == 5 and parts[:2] == ["api", "chat"] and parts[4] == "poll":
+            polls[parts[3]] = polls.get(parts[3], 0) + 1
+        await app(scope, receive, send)
+
+    uvicorn.run(counting, host="127.0.0.1", port=port, log_level="warning")
 
 
 def serve_receiver(port: int) -> None:
@@ -108,7 +131,9 @@ def serve_receiver(port: int) -> None:
     arrival epoch s, text]`` for the first callback of each turn (by ``in_reply_to``, else the
     conversation). ``GET /count``: turns answered, callbacks in all, and repeats (a second callback
     for a turn: same ``webhook-id``, which a receiver may drop, or a new one, which it cannot).
-    ``GET /replies``: the first callbacks."""
+    ``GET /replies``: the first callbacks. Progress callbacks (``type: progress``) are no answer:
+    they are only in ``GET /all?since=N``, every callback from the N-th on as ``[type,
+    conversation_id, in_reply_to, in_reply_to_all, arrival epoch s, text]``."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -121,6 +146,7 @@ def serve_receiver(port: int) -> None:
     got: dict[str, list[Any]] = {}
     ids: dict[str, set[str]] = {}
     tally = {"callbacks": 0, "same_id_repeats": 0, "new_id_repeats": 0}
+    every: list[list[Any]] = []
 
     async def callback(request: Request) -> JSONResponse:
         arrived = time.time()  # the request line and headers are in: the send's first byte is long past
@@ -128,6 +154,11 @@ def serve_receiver(port: int) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
         signing.verify(key, headers, body)
         data = json.loads(body)
+        kind = str(data.get("type", "message"))
+        every.append([kind, data["conversation_id"], data.get("in_reply_to"), data.get("in_reply_to_all", []),
+                      arrived, data.get("text", "")])
+        if kind == "progress":
+            return JSONResponse({"ok": True})
         turn = str(data.get("in_reply_to") or data["conversation_id"])
         tally["callbacks"] += 1
         seen = ids.setdefault(turn, set())
@@ -144,10 +175,14 @@ def serve_receiver(port: int) -> None:
     async def replies(request: Request) -> JSONResponse:
         return JSONResponse(list(got.values()))
 
+    async def all_callbacks(request: Request) -> JSONResponse:
+        return JSONResponse(every[int(request.query_params.get("since", "0")):])
+
     app = Starlette(routes=[
         Route("/cb", callback, methods=["POST"]),
         Route("/count", count, methods=["GET"]),
         Route("/replies", replies, methods=["GET"]),
+        Route("/all", all_callbacks, methods=["GET"]),
     ])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
@@ -221,6 +256,18 @@ class Reply:
     text: str
 
 
+@dataclass(frozen=True)
+class Callback:
+    """One callback as the receiver got it: ``kind`` is ``message`` or ``progress``."""
+
+    kind: str
+    conversation: str
+    in_reply_to: str | None
+    in_reply_to_all: tuple[str, ...]
+    arrived: float
+    text: str
+
+
 def _wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -268,7 +315,21 @@ class Stack:
         tasks = self.http.get(f"{self.sim_url}/_bench/tasks", timeout=60).json()
         return {tid: (text, done, accepted) for tid, (text, done, accepted) in tasks.items()}
 
+    def progress_lines(self, lines: Sequence[str]) -> None:
+        """The simulator's ``progress_lines`` knob (the lines a running task reports in turn)."""
+        self.http.post(f"{self.sim_url}/_bench/progress_lines", json=list(lines)).raise_for_status()
+
+    def sim_task_polls(self) -> dict[str, int]:
+        """Task polls each task has received so far, by task id."""
+        return {tid: int(n) for tid, n in self.http.get(f"{self.sim_url}/_bench/polls", timeout=60).json().items()}
+
     # receiver
+    def callbacks(self, since: int = 0) -> list[Callback]:
+        """Every callback from the ``since``-th on, answers and progress alike, in arrival order."""
+        rows = self.http.get(f"{self.receiver_url}/all", params={"since": since}, timeout=60).json()
+        return [Callback(kind, conv, reply_to, tuple(reply_to_all), arrived, text)
+                for kind, conv, reply_to, reply_to_all, arrived, text in rows]
+
     def reply_count(self) -> int:
         """Turns answered (repeated callbacks for a turn not counted)."""
         return int(self.http.get(f"{self.receiver_url}/count").json()["count"])
@@ -343,10 +404,13 @@ def stack(rtt_s: float = 0.05) -> Iterator[Stack]:
                 s.http.close()
 
 
-def write_config(s: Stack, name: str, bots: Mapping[str, Mapping[str, Any]], worker: Mapping[str, Any]) -> Path:
+def write_config(s: Stack, name: str, bots: Mapping[str, Mapping[str, Any]], worker: Mapping[str, Any],
+                 channels: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> Path:
     """A gateway config: one webhook channel per bot (named like the bot) calling back the
-    receiver; ``bots`` maps a name to extra bot settings (``budget``, ...). ``s.redis_pool``, when
-    set, becomes the workers' Redis pool size (redis-py reads ``max_connections`` from the URL)."""
+    receiver; ``bots`` maps a name to extra bot settings (``budget``, ...). ``channels``, when
+    given, replaces those channels: a name to its bot and extra channel settings (``coalesce``,
+    ``show_progress``, ...). ``s.redis_pool``, when set, becomes the workers' Redis pool size
+    (redis-py reads ``max_connections`` from the URL)."""
     url = f"{s.redis_url}?max_connections={s.redis_pool}" if s.redis_pool else s.redis_url
     lines = [f"redis_url: {url}", "bots:"]
     for bot, extra in bots.items():
@@ -354,9 +418,10 @@ def write_config(s: Stack, name: str, bots: Mapping[str, Mapping[str, Any]], wor
                   "    client_id: demo-client", "    client_secret: ${BENCH_OCS_SECRET}"]
         lines += [f"    {k}: {json.dumps(v)}" for k, v in extra.items()]
     lines.append("channels:")
-    for bot in bots:
-        lines += [f"  {bot}:", "    type: webhook", f"    bot: {bot}", "    secret: ${BENCH_HOOK_SECRET}",
+    for channel, (bot, settings) in (channels or {bot: (bot, {}) for bot in bots}).items():
+        lines += [f"  {channel}:", "    type: webhook", f"    bot: {bot}", "    secret: ${BENCH_HOOK_SECRET}",
                   f"    callback_url: {s.receiver_url}/cb"]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in settings.items()]
     lines.append("worker:")
     lines += [f"  {k}: {json.dumps(v)}" for k, v in worker.items()]
     path = s.tmp / f"{name}.yaml"
