@@ -19,6 +19,7 @@ from gateway.store.lease import Op
 from gateway.store.ledger import Turn, TurnState
 from workers.context import WorkerServices
 from workers.hold import Hold
+from workers.voice_replies import voice_reply_parts
 
 __all__ = ["TurnCloser", "bot_of", "turn_outcome"]
 
@@ -67,6 +68,7 @@ class TurnCloser:
             log.debug("reply (%s): %r", reply.kind, reply.text)  # an operator's opt-in (log_message_text)
         if parts is None:
             parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
+            parts += voice_reply_parts(self.services, hold.conv, turn, reply)  # after the words, never instead
         changes: dict[str, Any] = {
             "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
             "attempts": 0, "failing_since": 0.0, "next_at": 0.0,

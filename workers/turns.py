@@ -45,6 +45,7 @@ from gateway.core.errors import (
     RecipientGone,
     RetryLater,
     SessionExpired,
+    SpeechUnavailable,
 )
 from gateway.core.logs import bound
 from gateway.core.models import (
@@ -66,6 +67,7 @@ from workers.failures import FailurePolicy
 from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
+from workers.voice_notes import VoiceNotes, words_for_ocs
 
 __all__ = ["TurnEngine", "reply_from_ocs"]
 
@@ -98,6 +100,7 @@ class TurnEngine:
         self.closer = TurnCloser(services, tuning, clock)
         self.delivery = Deliverer(services, clock, self.closer)
         self.failures = FailurePolicy(services, tuning, clock, self.closer)
+        self.voice = VoiceNotes(services, self.delivery)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class TurnEngine:
             outcome = failures.pause(hold, exc.retry_after_s)
         except RetryLater as exc:
             outcome = await failures.retry_delivery(hold, hold.turn or turn, exc)
-        except OCSUnavailable as exc:
+        except (OCSUnavailable, SpeechUnavailable) as exc:
             outcome = await failures.retry(hold, hold.turn or turn, exc)
         except SessionExpired as exc:
             outcome = await failures.session_gone(hold, hold.turn or turn, exc)
@@ -187,6 +190,10 @@ class TurnEngine:
             reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
             await self.closer.answer(hold, turn, reply)
             return CONTINUE
+        turn, unheard = await self.voice.hear(hold, turn)  # voice notes become words first
+        if unheard is not None:  # a voice note alone that could not be heard: nothing for OCS
+            await self.closer.answer(hold, turn, unheard)
+            return CONTINUE
         session = await self._ensure_session(hold, turn)
         turn = await self.delivery.show_working(hold, turn)
         return await self._send(hold, turn, session)
@@ -232,7 +239,7 @@ class TurnEngine:
         for attempt in (1, 2):
             ids, notes = await self._upload(hold, turn, session)
             inbound = turn.inbound
-            text = inbound.text.strip() or ("[attachment]" if inbound.attachments else "(empty message)")
+            text = words_for_ocs(inbound, turn) or ("[attachment]" if inbound.attachments else "(empty message)")
             if notes:
                 text = "\n".join([text, *notes])
             base = await self._user_message_count(hold, session)
@@ -299,6 +306,8 @@ class TurnEngine:
         files: list[tuple[str, bytes, str]] = []
         notes: list[str] = []
         for attachment in inbound.attachments:
+            if attachment.spoken:
+                continue  # heard, not uploaded (workers/voice_notes.py)
             try:
                 got = await adapter.download(attachment, inbound.route)
             except AttachmentUnavailable as exc:

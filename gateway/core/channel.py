@@ -80,6 +80,8 @@ class VoiceNote:
     content_type: str
     name: str
     duration_s: float | None = None
+    #: The event id of the user message the answer replies to (``Reply.in_reply_to``).
+    in_reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 #: After a 401/403, this process asks the service again only this much later.
 AUTH_PAUSE_S = 60.0
-#: The wait when a failing service names none.
+#: The wait after a 429 that names none; other failures that name none leave the wait to the
+#: turn's own backoff (``worker.backoff_base_s``…).
 DEFAULT_RETRY_S = 5.0
 #: The longest ``Retry-After`` honoured as given; a longer one is cut to this.
 MAX_RETRY_S = 600.0
@@ -106,7 +107,7 @@ class SpeechClient:
             try:
                 parsed = json.loads(body) if body else {}
             except ValueError:
-                raise SpeechUnavailable(DEFAULT_RETRY_S, "the transcription answer is not JSON") from None
+                raise SpeechUnavailable(0.0, "the transcription answer is not JSON") from None
             text = parsed.get("text") if isinstance(parsed, dict) else None
             if not isinstance(text, str):
                 raise SpeechRejected(response.status_code, "the transcription answer has no text")
@@ -126,7 +127,7 @@ class SpeechClient:
         }
         _, body = await self._call("synthesize", "/audio/speech", json=payload)
         if not body:
-            raise SpeechUnavailable(DEFAULT_RETRY_S, "the speech service answered no audio")
+            raise SpeechUnavailable(0.0, "the speech service answered no audio")
         return body
 
     # -- one request ----------------------------------------------------------------------
@@ -153,11 +154,11 @@ class SpeechClient:
                 ) as response:
                     body = await _read(response)
         except TimeoutError:
-            raise SpeechUnavailable(DEFAULT_RETRY_S, f"{call}: no answer within {self.config.timeout_s:g} s") from None
+            raise SpeechUnavailable(0.0, f"{call}: no answer within {self.config.timeout_s:g} s") from None
         except httpx.TimeoutException as exc:
-            raise SpeechUnavailable(DEFAULT_RETRY_S, f"{call}: timed out") from exc
+            raise SpeechUnavailable(0.0, f"{call}: timed out") from exc
         except httpx.TransportError as exc:
-            raise SpeechUnavailable(DEFAULT_RETRY_S, f"{call}: {type(exc).__name__}") from exc
+            raise SpeechUnavailable(0.0, f"{call}: {type(exc).__name__}") from exc
         finally:
             if self.metrics is not None:
                 self.metrics.speech_api_seconds.labels(self.name, call).observe(time.perf_counter() - started)
@@ -169,7 +170,7 @@ class SpeechClient:
         if status == 429:
             raise SpeechUnavailable(retry_after_s(response.headers), f"{call}: HTTP 429 {message}", rate_limited=True)
         if status >= 500:
-            raise SpeechUnavailable(retry_after_s(response.headers), f"{call}: HTTP {status} {message}")
+            raise SpeechUnavailable(retry_after_s(response.headers, 0.0), f"{call}: HTTP {status} {message}")
         if status in (401, 403):
             if refused is None or self._clock() >= refused[0]:
                 log.error(

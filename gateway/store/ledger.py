@@ -76,6 +76,9 @@ class Turn:
     sending_part: int = -1
     #: When delivery first failed in a row (platform or callback down): the retry budget's start.
     failing_since: float = 0.0
+    #: What the message's voice notes said, once heard (JSON, ``workers/voice_notes.py``): a
+    #: retried send reuses it, never transcribing again.
+    voice: str = ""
     #: ``inbound_raw`` parsed, beside the text it came from. ``replace`` hands it on to the new
     #: turn, so a turn's inbound is parsed once however often the turn changes (each parse is tens
     #: of microseconds); a changed ``inbound_raw`` is parsed again. Not stored, not compared.
@@ -194,4 +197,5 @@ def _parse_turn(data: dict[Any, Any]) -> Turn | None:
         last_poll_s=float(raw.get("last_poll_s") or 0),
         sending_part=int(raw.get("sending_part") or -1),
         failing_since=float(raw.get("failing_since") or 0),
+        voice=raw.get("voice", ""),
     )

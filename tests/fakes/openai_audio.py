@@ -19,7 +19,8 @@ reply says::
 
     with FakeOpenAIAudio(api_key="sk-test") as speech:
         speech.fail_next("transcriptions", 429, retry_after=2)
-        speech.latency_s = 0.5
+        speech.slow_next(5.0)                  # the next call answers 5 s late
+        speech.latency_s = 0.5                 # every call does
         ...
         (call,) = speech.calls("transcriptions"); assert call.filename.endswith(".ogg")
 """
@@ -103,6 +104,8 @@ class FakeOpenAIAudio(ServedApp):
         self.speech_format_override: str | None = None
         self._calls: list[SpeechCall] = []
         self._failures: list[_Failure] = []
+        self._slow: list[list[float]] = []  # [[seconds, times left], …] per endpoint order
+        self._arrived: dict[str, int] = {"transcriptions": 0, "speech": 0}
         self._lock = threading.Lock()
 
     def start(self) -> Self:
@@ -125,7 +128,17 @@ class FakeOpenAIAudio(ServedApp):
             self._failures.append(_Failure(endpoint, status, times, None if retry_after is None else str(retry_after),
                                            message))
 
+    def slow_next(self, seconds: float, *, times: int = 1) -> None:
+        """The next ``times`` calls (either endpoint) wait ``seconds`` before answering."""
+        with self._lock:
+            self._slow.append([seconds, float(times)])
+
     # -- assertions -----------------------------------------------------------------------------
+
+    def arrived(self, endpoint: str) -> int:
+        """Requests that reached ``endpoint``, counted on arrival (before any latency)."""
+        with self._lock:
+            return self._arrived[endpoint]
 
     def calls(self, endpoint: str | None = None, *, status: int | None = None) -> list[SpeechCall]:
         with self._lock:
@@ -166,9 +179,20 @@ class FakeOpenAIAudio(ServedApp):
         with self._lock:
             self._calls.append(call)
 
+    async def _delay(self, endpoint: str) -> None:
+        with self._lock:
+            self._arrived[endpoint] += 1
+            wait = self.latency_s
+            for slow in self._slow:
+                if slow[1] > 0:
+                    slow[1] -= 1
+                    wait = max(wait, slow[0])
+                    break
+        if wait:
+            await asyncio.sleep(wait)
+
     async def _transcriptions(self, request: Request) -> Response:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        await self._delay("transcriptions")
         key, refused = self._auth(request)
         query = dict(request.query_params)
         if refused is not None:
@@ -222,8 +246,7 @@ class FakeOpenAIAudio(ServedApp):
         return self._answer(call, JSONResponse({"text": text}))
 
     async def _speech(self, request: Request) -> Response:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        await self._delay("speech")
         key, refused = self._auth(request)
         query = dict(request.query_params)
         if refused is not None:

@@ -53,7 +53,7 @@ __all__ = ["Call", "FakeBot", "FakeTelegram", "Upload", "fake_telegram", "messag
 #: Fields whose values are text even when they look like JSON ("123" stays a string).
 _TEXT_FIELDS = frozenset({"text", "caption", "url", "secret_token", "file_id", "callback_query_id",
                           "action", "parse_mode", "ip_address", "description", "emoji"})
-_METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "getFile",
+_METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "sendVoice", "getFile",
             "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery", "getUpdates")
 _WEBHOOK_CONFLICT = ("Conflict: can't use getUpdates method while webhook is active; "
                      "use deleteWebhook to delete the webhook first")
@@ -134,6 +134,8 @@ class FakeTelegram(ServedApp):
         self._calls: list[Call] = []
         self._failures: list[_Failure] = []
         self._reject_html = 0
+        #: Chats whose user does not take voice messages from bots (400 VOICE_MESSAGES_FORBIDDEN).
+        self.voice_forbidden: set[int] = set()
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
         self.url = ""
@@ -206,6 +208,11 @@ class FakeTelegram(ServedApp):
     def sent_messages(self, chat_id: int | None = None, *, token: str | None = None) -> list[Call]:
         """The sendMessage calls that succeeded, in order."""
         return [c for c in self.calls("sendMessage", token=token)
+                if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
+
+    def sent_voices(self, chat_id: int | None = None, *, token: str | None = None) -> list[Call]:
+        """The sendVoice calls that succeeded, in order (the audio is ``files["voice"]``)."""
+        return [c for c in self.calls("sendVoice", token=token)
                 if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
     def sent_texts(self, chat_id: int | None = None, *, token: str | None = None) -> list[str]:
@@ -338,6 +345,17 @@ class FakeTelegram(ServedApp):
         doc = {"file_id": f"doc-{next(self._ids)}", "file_unique_id": "u", "file_name": upload.filename,
                "mime_type": upload.content_type, "file_size": len(upload.data)}
         return self._message(bot, params, document=doc)
+
+    def _api_sendVoice(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
+        upload = _upload(files, params, "voice")
+        chat_id = self._chat(params)
+        if chat_id in self.voice_forbidden:
+            raise ApiError(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN")
+        if len(upload.data) > 50 * 1024 * 1024:
+            raise ApiError(400, "Bad Request: file is too big")
+        voice = {"file_id": f"voice-{next(self._ids)}", "file_unique_id": "u", "mime_type": "audio/ogg",
+                 "duration": int(params.get("duration") or 0), "file_size": len(upload.data)}
+        return self._message(bot, params, voice=voice)
 
     def _api_getFile(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
         file_id = str(params.get("file_id", ""))

@@ -82,7 +82,7 @@ async def test_a_5xx_is_unavailable(fake_speech: FakeOpenAIAudio, http: httpx.As
 async def test_a_slow_service_is_cut_off_at_the_calls_bound(fake_speech: FakeOpenAIAudio, http: httpx.AsyncClient) -> None:
     fake_speech.latency_s = 5.0
     client = _client(fake_speech, http, timeout_s=0.3)
-    with pytest.raises(SpeechUnavailable, match="no answer within 0.3 s|timed out"):
+    with pytest.raises(SpeechUnavailable, match=r"no answer within 0\.3 s|timed out"):
         await client.transcribe(for_transcription(voice_note(0.5), "v.ogg"))
     (observed,) = [m for m in client.metrics.registry.collect() if m.name == "ocsgw_speech_api_seconds"]  # type: ignore[union-attr]
     count = next(s.value for s in observed.samples if s.name.endswith("_count") and s.labels["call"] == "transcribe")

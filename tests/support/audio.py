@@ -13,7 +13,7 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-__all__ = ["sine", "video_note", "voice_note"]
+__all__ = ["sine", "title_of", "video_note", "voice_note"]
 
 _CHUNK = 960  # samples per frame: one Opus frame at 48 kHz
 
@@ -90,3 +90,10 @@ def video_note(seconds: float = 1.0, title: str | None = None) -> bytes:
             container.mux(audio.encode(converted))
         container.mux(audio.encode(None))
     return out.getvalue()
+
+
+def title_of(data: bytes) -> str | None:
+    """The ``title`` tag of a recording (the fake speech service writes the spoken text there)."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.audio[0]
+        return stream.metadata.get("title") or container.metadata.get("title")
