@@ -5,7 +5,8 @@ The part is rendered with the rest when the answer is recorded (``voice_reply_pa
 ``workers/closing.py``) and holds only the words to speak, so delivery's mark-before-post covers
 it like any part (``workers/delivery.py``). Its audio is made when delivery reaches it, after the
 written answer is out (a slow speech service never delays the words), and kept under the part's
-delivery id (``voice:{part}``) so a retry of the platform call does not speak it again. Whether
+delivery id (``voice:{part}``) until it is posted, so a retry of the platform call does not
+speak it again. Whether
 the user spoke is read from the turn's own message (its attachments), so ``reciprocal`` holds
 after a crash without any state of its own. A voice reply never replaces the words: when the
 speech service or the platform cannot make or take it, after a few tries it is left out and the
@@ -170,6 +171,9 @@ class VoiceReplies:
             return ""
         counted.labels(bot, "ok").inc()
         services.metrics.audio_seconds.labels(bot, "out").inc(duration)
+        # Posted: only a crash before the part's record could want it again (and would speak it
+        # anew), so Redis holds no audio longer than its part is in flight.
+        await services.redis.delete(key)
         return platform_id
 
 

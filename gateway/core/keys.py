@@ -55,8 +55,8 @@ key                              type    meaning
 ``admin:failures:{address}``     string  wrong console tokens from one client address in the
                                          current window (``gateway.edge.admin.auth``)
 ``voice:{part}``                 string  a voice reply's audio, spoken once for the part with
-                                         that delivery id and kept for its retries
-                                         (``workers/voice.py``); TTL ``VOICE_AUDIO_TTL_S``
+                                         that delivery id and kept for its retries until it
+                                         is posted (``workers/voice_replies.py``); TTL 2 h
 ===============================  ======  ===================================================
 """
 

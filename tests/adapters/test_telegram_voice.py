@@ -149,3 +149,16 @@ def test_a_user_who_takes_no_voice_notes_still_gets_the_words(
     assert stack.worker is not None
     metrics = stack.worker.runner.services.metrics.registry
     assert metrics.get_sample_value("ocsgw_voice_replies_total", {"bot": "demo", "outcome": "undeliverable"}) == 1
+
+
+def test_a_voice_note_telegram_throttles_is_posted_again_without_speaking_it_again(
+    fake_telegram: FakeTelegram, fake_speech: FakeOpenAIAudio, make_stack: Callable[..., Stack]
+) -> None:
+    fake_telegram.rate_limit_next("sendVoice", retry_after=1)
+    stack = build(fake_telegram, fake_speech, make_stack, speech={"voice_replies": "always"})
+    send(stack, message_update(1, chat_id=USER, user_id=USER, text="hi"))
+    wait_for(lambda: fake_telegram.sent_voices(USER), what="the voice reply after the wait")
+    settled(stack.redis)
+    assert [c.status for c in fake_telegram.calls("sendVoice")] == [429, 200]
+    assert len(fake_speech.calls("speech")) == 1  # kept for the retry, not spoken twice
+    assert stack.redis.keys("ocsgw:voice:*") == []  # and gone once posted
