@@ -14,6 +14,12 @@ that throughput, open loop.
 
     python -m bench.bench_ingest                    # about 2 minutes
     python -m bench.bench_ingest --duration 5 --connections 32
+    python -m bench.bench_ingest --duration 12 --rounds 6 --compare-tree ../baseline   # before/after
+
+With ``--compare-tree`` every target is also served by the edge of that checkout (its own code:
+its directory leads the server's ``PYTHONPATH``), each taking its turn right after this tree's in
+every round, and the summary adds this tree's rate over the other's: the median of the rounds'
+ratios, with their range.
 
 Prints a table and a JSON summary; docs/PERFORMANCE.md records the ratios (the machine is
 shared, so absolute figures vary run to run).
@@ -26,6 +32,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -124,9 +131,12 @@ def _free_port() -> int:
 
 
 def _spawn(*args: str, tree: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
-    """Serve from ``tree`` (another checkout holding this file, for before/after figures)."""
+    """Serve from ``tree`` (another checkout holding this file, for before/after figures): its
+    directory leads ``PYTHONPATH`` so the server imports that checkout's code, not this one's."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.bench_ingest", "serve", *args, "--port", str(port)], cwd=tree)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)}
+    process = subprocess.Popen([sys.executable, "-m", "bench.bench_ingest", "serve", *args, "--port", str(port)],
+                               cwd=tree, env=env)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -355,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--targets", default="webhook,telegram,slack")
     parser.add_argument("--compare-tree", type=Path, default=None,
-                        help="also measure the webhook route of the edge in this checkout (copy this file into its bench/)")
+                        help="also measure every target on the edge of this checkout (its bench/ must hold this "
+                             "file's serve command; copy it there if not)")
     args = parser.parse_args(argv)
     duration = min(args.duration, 20.0)
     targets: list[Target] = [t for t in ("webhook", "telegram", "slack") if t in args.targets.split(",")]  # type: ignore[misc]
@@ -376,13 +387,19 @@ def main(argv: list[str] | None = None) -> None:
                 with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
                     edge, edge_port = _spawn("edge", "--redis-url", redis_url, *apis)
                     spawned.append(edge)
-                    servers = [_Server("bare", "bare", bare_port), *(_Server(t, t, edge_port) for t in targets)]
+                    servers = [_Server("bare", "bare", bare_port)]
+                    other_port = 0
                     if args.compare_tree:
                         # Its own database, so ids claimed by one edge are not duplicates for the other.
                         other, other_port = _spawn("edge", "--redis-url", redis_url.rsplit("/", 1)[0] + "/1", *apis,
                                                    tree=args.compare_tree)
                         spawned.append(other)
-                        servers.append(_Server("webhook", f"webhook@{args.compare_tree.name}", other_port))
+                    for t in targets:
+                        # Each target's other-tree twin takes its turn right after it, so the two
+                        # meet the same neighbours' load in every round.
+                        servers.append(_Server(t, t, edge_port))
+                        if other_port:
+                            servers.append(_Server(t, f"{t}@{args.compare_tree.name}", other_port))
                     queue = redis.Redis.from_url(redis_url)
                     before = int(queue.llen(QUEUE_KEY))
                     measured = measure_round_robin(servers, fsync, duration_s=duration, rounds=args.rounds,
@@ -402,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
             for process in spawned:
                 process.terminate()
                 process.wait(timeout=30)
-    print(json.dumps(_summary(results), indent=2))
+    print(json.dumps(_summary(results, args.compare_tree.name if args.compare_tree else None), indent=2))
 
 
 def _report(m: Measured) -> None:
@@ -410,9 +427,9 @@ def _report(m: Measured) -> None:
           f"p50={m.p50_ms_at_half_rate:6.2f} ms  p99={m.p99_ms_at_half_rate:6.2f} ms at half rate", flush=True)
 
 
-def _summary(results: list[Measured]) -> dict[str, Any]:
+def _summary(results: list[Measured], compared: str | None = None) -> dict[str, Any]:
     """Every figure, plus each edge route's median rate as a share of the bare handler's, from
-    the same rounds."""
+    the same rounds; with a compared tree, each target's rate over that tree's, round by round."""
     ratios: dict[str, float] = {}
     bare_rate = 0.0
     for m in results:
@@ -423,7 +440,18 @@ def _summary(results: list[Measured]) -> dict[str, Any]:
     by = {(m.target, m.fsync): m.requests_per_s for m in results}
     cost = {t: round(by[(t, "always")] / by[(t, "everysec")], 3) for t in ("webhook", "telegram", "slack")
             if (t, "always") in by and (t, "everysec") in by}
-    return {"results": [asdict(m) for m in results], "edge_over_bare": ratios, "always_over_everysec": cost}
+    summary: dict[str, Any] = {"results": [asdict(m) for m in results], "edge_over_bare": ratios, "always_over_everysec": cost}
+    if compared:
+        rounds = {(m.target, m.fsync): m.rounds for m in results}
+        versus: dict[str, dict[str, float]] = {}
+        for (target, fsync), mine in rounds.items():
+            theirs = rounds.get((f"{target}@{compared}", fsync))
+            if theirs:
+                each = [a / b for a, b in zip(mine, theirs, strict=True) if b]
+                versus[f"{target} (fsync {fsync})"] = {
+                    "median": round(statistics.median(each), 3), "min": round(min(each), 3), "max": round(max(each), 3)}
+        summary[f"this_over_{compared}_per_round"] = versus
+    return summary
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (config.BudgetLimits, ("CONFIG.md",)),
     (config.SpeechConfig, ("CONFIG.md",)),
     (config.WorkerTuning, ("CONFIG.md",)),
+    (config.CoalesceConfig, ("CONFIG.md",)),
     (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
     (TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
     (SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
@@ -37,6 +38,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     config.BudgetLimits: "`bots.<name>.budget`",
     config.SpeechConfig: "`bots.<name>.speech`",
     config.WorkerTuning: "`worker`",
+    config.CoalesceConfig: "`channels.<name>.coalesce`",
 }
 #: Its table lists the fields every channel type has; each type's own fields are in its guide.
 CHANNELS_SECTION = "`channels.<name>` (all types)"

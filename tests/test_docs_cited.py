@@ -33,6 +33,8 @@ OUTSIDE = re.compile(
     r"|(?<![\w.-])(?:\.\./)?shared/(?:ocs|platforms)/(?!samples)"  # the sample payloads are test data
 )
 DOC = re.compile(r"docs/[\w-]+\.md")
+#: A public standard's name right before a section sign: its own numbering, not ours.
+STANDARD = re.compile(r"\bRFC[ \t]?\d+[ \t]*$")
 ANCHOR = re.compile(r"(?P<doc>docs/[\w-]+\.md)#(?P<anchor>[\w-]+)")
 SECTION = re.compile(r"§[ \t]?(?P<num>\d+(?:\.\d+)*)(?:[-–](?P<end>\d+(?:\.\d+)*))?")
 DEFAULT = re.compile(r"§\)?[ \t]*(?:=|refers? to)[ \t]*(?P<doc>docs/[\w-]+\.md)")
@@ -94,6 +96,8 @@ def citation_problems(rel: str, text: str) -> list[str]:
     chain_end = 0
     for m in SECTION.finditer(text):
         before = text[max(0, m.start() - 200):m.start()]
+        if STANDARD.search(before):
+            continue  # a section of a public standard (RFC 9112 §6.3), not of our docs
         named = [d for d in DOC.finditer(before) if NEAR.fullmatch(before[d.end():])]
         doc = (named[-1].group(0) if named
                else chain if chain is not None and GLUE.fullmatch(text[chain_end:m.start()])

@@ -21,7 +21,7 @@ from workers.context import WorkerServices
 from workers.hold import Hold
 from workers.voice_replies import voice_reply_parts
 
-__all__ = ["TurnCloser", "bot_of", "turn_outcome"]
+__all__ = ["TurnCloser", "bot_of", "inbox_depth", "turn_outcome"]
 
 log = logging.getLogger("ocsgw.turns")
 
@@ -30,6 +30,13 @@ def bot_of(services: WorkerServices, conv: ConversationKey) -> str:
     """The bot a conversation's channel serves, as metrics label it ("-" once unconfigured)."""
     channel = services.config.channels.get(conv.channel)
     return channel.bot if channel is not None else "-"
+
+
+def inbox_depth(services: WorkerServices, conv: ConversationKey) -> int:
+    """How many of the inbox's first items the owner reads: as many as a turn of the channel
+    may cover (``coalesce.max_messages``), one where bursts are off or the channel is gone."""
+    channel = services.config.channels.get(conv.channel)
+    return channel.coalesce.depth if channel is not None else 1
 
 
 def turn_outcome(turn: Turn) -> str:
@@ -67,7 +74,14 @@ class TurnCloser:
         if self.services.config.log_message_text:
             log.debug("reply (%s): %r", reply.kind, reply.text)  # an operator's opt-in (log_message_text)
         if parts is None:
-            parts = tuple(self.services.adapters[hold.conv.channel].render(reply))
+            adapter = self.services.adapters[hold.conv.channel]
+            parts = tuple(adapter.render(reply))
+            if turn.unattached:
+                # The user hears why their file is missing before the answer that went without it.
+                template = self.services.config.channels[hold.conv.channel].unattached_notice
+                notice = Reply(text=template.replace("{files}", ", ".join(turn.unattached)), kind=ReplyKind.NOTICE,
+                               in_reply_to=reply.in_reply_to)
+                parts = (*adapter.render(notice), *parts)
             parts += voice_reply_parts(self.services, hold.conv, turn, reply)  # after the words, never instead
         changes: dict[str, Any] = {
             "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
@@ -95,10 +109,10 @@ class TurnCloser:
             # Bot-initiated messages may follow; look for them no sooner than the interval.
             poll_at = self.clock.now() + self.tuning.watch_interval_s
             ops.append(Op("ZADD", self.services.keys.watch, ("NX", poll_at, str(conv))))
-        await hold.end_turn(ops, inbox=self.services.keys.inbox(conv))
+        await hold.end_turn(ops, inbox=self.services.keys.inbox(conv), depth=inbox_depth(self.services, conv))
         received = turn.inbound.received_at
         if received > 0:
             self.services.metrics.turn_seconds.labels(bot_of(self.services, conv), outcome or turn_outcome(turn)).observe(
                 max(self.clock.now() - received, 0.0)
             )
-        hold.ready_at = None
+        hold.ready_at = hold.schedule_at = None

@@ -48,7 +48,7 @@ class Deliverer:
     async def deliver(self, hold: Hold, turn: Turn) -> Outcome:
         conv = hold.conv
         adapter = self.services.adapters[conv.channel]
-        route = dict(turn.inbound.route or hold.record.route)
+        route = dict(adapter.reply_route([inbound.route for inbound in turn.inbounds]) or hold.record.route)
         ledger = self.services.ledger
         reply_id, first = numbering(turn)
         total = first + len(turn.parts)
@@ -97,7 +97,7 @@ class Deliverer:
         if turn.working_at and (refresh is None or now - turn.working_at < refresh - 0.05):
             return turn
         try:
-            await adapter.show_working(turn.inbound.route)
+            await adapter.show_working(turn.last.route)
         except Exception:  # best effort: a typing indicator never fails a turn
             log.debug("show_working failed", exc_info=True)
         if not turn.working_at:
@@ -107,6 +107,27 @@ class Deliverer:
         turn = replace(turn, working_at=now)
         hold.keep(turn)  # a refresh of the indicator needs no record
         return turn
+
+    async def show_progress(self, hold: Hold, turn: Turn, line: str) -> tuple[Turn, bool]:
+        """Show OCS's progress line where the platform can (a draft, a thread status, a progress
+        callback); False when it cannot, and the working indicator goes on instead. Like the
+        indicator, it is recorded once (``working_at``), so the turn's end clears it."""
+        adapter = self.services.adapters[hold.conv.channel]
+        try:
+            shown = await adapter.show_progress(turn.last.route, line, turn.id)
+        except Exception:  # best effort, as the indicator: progress never fails a turn
+            log.debug("show_progress failed", exc_info=True)
+            shown = False
+        if not shown:
+            return await self.show_working(hold, turn), False
+        now = self.clock.now()
+        if not turn.working_at:
+            turn, ops = self.services.ledger.update(hold.conv, turn, working_at=now)
+            await hold.write(ops, turn=turn)
+        else:
+            turn = replace(turn, working_at=now)  # the line keeps the indicator's place alive
+            hold.keep(turn)
+        return turn, True
 
     def _first_part_ops(self, hold: Hold, turn: Turn) -> list[Op]:
         """The answer's first part is out: observe the reply delay (OCS done → sent) for this

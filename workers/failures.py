@@ -142,7 +142,7 @@ class FailurePolicy:
             await self.closer.finish(hold, turn, outcome="failed")
             return CONTINUE
         channel = self.services.config.channels[hold.conv.channel]
-        notice = Reply(channel.failure_notice, ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+        notice = Reply(channel.failure_notice, ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
         await self.closer.answer(hold, turn, notice, dead_letter=letter, last_error=error[:500])
         return CONTINUE
 
@@ -153,6 +153,7 @@ class FailurePolicy:
             ledger={"turn": turn.id, "state": str(turn.state), "attempts": turn.attempts, "delivered": turn.delivered},
             reply=turn.reply if stage is DeadLetterStage.DELIVERY else None,
             parts=turn.parts[turn.delivered:] if stage is DeadLetterStage.DELIVERY else (),
+            batch=turn.batch_raw,
         )
         return letter.id
 

@@ -59,7 +59,7 @@ class Hold:
     lease: Lease
     _turn: Turn | None = field(default=None, repr=False)
     _record: ConversationRecord | None = field(default=None, repr=False)
-    _head: str | None = field(default=None, repr=False)
+    _queue: tuple[str, ...] = field(default=(), repr=False)
     #: The memory may be behind Redis (after an error, or new inbox items): read before stepping.
     stale: bool = True
     #: Unexpected failures in a row (reset by any step that completes).
@@ -68,6 +68,10 @@ class Hold:
     #: part reaches the platform: the start of ``ocsgw_reply_delay_seconds``. Memory only: a
     #: turn adopted after a crash is simply not measured.
     ready_at: float | None = None
+    #: When the bot's learned schedule would poll the current task next (shared clock): a poll
+    #: before then is made only to show OCS's progress, and yields first to the request budget.
+    #: The engine's; memory only (a new owner polls on the schedule).
+    schedule_at: float | None = None
 
     @property
     def turn(self) -> Turn | None:
@@ -82,7 +86,13 @@ class Hold:
 
     @property
     def head(self) -> str | None:
-        return self._head
+        """The inbox's first item: the next turn's first message."""
+        return self._queue[0] if self._queue else None
+
+    @property
+    def queue(self) -> tuple[str, ...]:
+        """The inbox's first items, as many as the last read asked for (the head first)."""
+        return self._queue
 
     @property
     def loaded(self) -> bool:
@@ -92,10 +102,11 @@ class Hold:
         """Redis may hold more than the memory: read it again before the next step."""
         self.stale = True
 
-    async def refresh(self, ledger: TurnLedger) -> None:
-        """Read the turn, the conversation record and the inbox's head again (one round trip)."""
-        snapshot = await ledger.load(self.conv)
-        self._turn, self._record, self._head = snapshot.turn, snapshot.record, snapshot.head
+    async def refresh(self, ledger: TurnLedger, *, depth: int = 1) -> None:
+        """Read the turn, the conversation record and the inbox's first ``depth`` items again
+        (one round trip)."""
+        snapshot = await ledger.load(self.conv, depth=depth)
+        self._turn, self._record, self._queue = snapshot.turn, snapshot.record, snapshot.queue
         self.stale = False
 
     async def write(
@@ -124,12 +135,11 @@ class Hold:
             self._record = record
         return result
 
-    async def end_turn(self, ops: list[Op], *, inbox: str) -> None:
-        """Apply ``ops``, which end the current turn, and learn the inbox's new head in the same
-        round trip (the next turn begins from it without another read)."""
-        result = await self.write([*ops, Op("LINDEX", inbox, (0,))], turn=None)
-        head = result[-1]
-        self._head = head.decode() if isinstance(head, bytes) else (head or None)
+    async def end_turn(self, ops: list[Op], *, inbox: str, depth: int = 1) -> None:
+        """Apply ``ops``, which end the current turn, and learn the inbox's new first ``depth``
+        items in the same round trip (the next turn begins from them without another read)."""
+        result = await self.write([*ops, Op("LRANGE", inbox, (0, depth - 1))], turn=None)
+        self._queue = tuple(item.decode() if isinstance(item, bytes) else str(item) for item in result[-1] or ())
 
     def keep(self, turn: Turn) -> None:
         """Move the turn on in this process's memory only: a new owner after a crash starts from

@@ -29,6 +29,7 @@ can never overwrite the new owner.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -44,6 +45,7 @@ from gateway.core.errors import (
     PacingWait,
     RecipientGone,
     RetryLater,
+    SessionEnded,
     SessionExpired,
     SpeechUnavailable,
 )
@@ -54,30 +56,67 @@ from gateway.core.models import (
     Reply,
     ReplyKind,
 )
-from gateway.ocs.messages import MessageRole, OCSMessage, TaskStatus, parse_attachment
+from gateway.ocs.budget import Priority
+from gateway.ocs.client import OCSClient
+from gateway.ocs.messages import (
+    MessageRole,
+    OCSMessage,
+    SessionStatus,
+    TaskStatus,
+    parse_attachment,
+)
 from gateway.store.clock import RedisClock
 from gateway.store.dead_letters import DeadLetterStage, ReplayedParts
 from gateway.store.fingerprints import delivered_ops
 from gateway.store.lease import Op
 from gateway.store.ledger import Turn, TurnState
-from workers.closing import TurnCloser
+from workers import batches
+from workers.closing import TurnCloser, bot_of, inbox_depth
 from workers.context import WorkerServices
 from workers.delivery import Deliverer
 from workers.failures import FailurePolicy
 from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
-from workers.voice_notes import VoiceNotes, words_for_ocs
+from workers.voice_notes import VoiceNotes, heard_lines
 
-__all__ = ["TurnEngine", "reply_from_ocs"]
+__all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "TurnEngine", "UNATTACHED_MARKER", "next_history_read", "reply_from_ocs"]
 
 log = logging.getLogger("ocsgw.turns")
 
-#: While a settled-but-unanswered send waits for its reply in the history, look this often.
-_HISTORY_POLL_S = 1.0
+#: An uncertain send's history is read this long after it began, then after gaps that double.
+_FIRST_READ_S = 0.5
+#: The longest gap between the history reads that wait for a confirmed send's reply, at least
+#: (the task polls' own ``poll_max_s`` when that is longer).
+_ANSWER_GAP_S = 1.0
+#: Timers fire late rather than early; a read this close to a deadline is at it.
+_AT_DEADLINE_S = 0.01
 _HISTORY_PAGE = 200
+#: The tag an orphan session gets in OCS (a start whose answer was lost made it; nobody can
+#: use it): operators find them with ``GET /api/sessions/?tags=gateway-orphan``.
+ORPHAN_TAG = "gateway-orphan"
 #: Tries of a platform file download that keeps failing before the text goes without it.
 _ATTACHMENT_TRIES = 3
+#: While OCS's progress line shows, the task is polled at least this often (OCS changes a task's
+#: line at most every 5 s, docs/OCS.md §4.3).
+PROGRESS_POLL_S = 5.0
+#: What OCS is told of a file the user sent that could not be attached (the user is told why).
+UNATTACHED_MARKER = "[the user sent a file that could not be attached]"
+
+
+def next_history_read(sending_at: float, now: float, *, deadline_s: float, max_gap_s: float) -> float:
+    """When to read an uncertain send's history next (shared clock): ``sending_at`` plus 0.5,
+    1.5, 3.5, 7.5 … s (gaps doubling from 0.5 s, at most ``max_gap_s``), never later than
+    ``sending_at + deadline_s``, where the last read lands. A read costs an OCS request from
+    the session's 300 / 5 min; what it can find (a message that arrived, an answer) grows
+    rarer the longer it has not come, so ``log2(deadline / 0.5) + 2`` reads settle it. The
+    schedule hangs on ``sending_at`` alone: an owner that adopts the turn goes on with it."""
+    elapsed = now - sending_at
+    point, gap = _FIRST_READ_S, _FIRST_READ_S
+    while point <= elapsed + _AT_DEADLINE_S and point < deadline_s:
+        gap = min(gap * 2, max(max_gap_s, _FIRST_READ_S))
+        point += gap
+    return sending_at + min(point, deadline_s)
 
 
 def reply_from_ocs(message: OCSMessage, *, kind: ReplyKind, in_reply_to: str | None) -> Reply:
@@ -106,12 +145,20 @@ class TurnEngine:
 
     async def step(self, hold: Hold) -> Outcome:
         if not hold.loaded:
-            await hold.refresh(self.services.ledger)
+            await hold.refresh(self.services.ledger, depth=inbox_depth(self.services, hold.conv))
         turn = hold.turn
         if turn is None:
-            if hold.head is None:
+            if not hold.queue:
                 return IDLE
-            turn, ops = self.services.ledger.begin(hold.conv, hold.head, now=self.clock.now())
+            now = self.clock.now()
+            channel = self.services.config.channels.get(hold.conv.channel)
+            if channel is None:
+                plan = batches.Plan(hold.queue[:1])
+            else:
+                plan = batches.plan(hold.queue, channel.coalesce, now=now)
+            if plan.wait_until is not None:
+                return wait_until(plan.wait_until)  # a quiet window: the rest of a burst may join
+            turn, ops = self.services.ledger.begin(hold.conv, plan.items[0], batch=plan.items[1:], now=now)
             await hold.write(ops, turn=turn)
         # The turn's ids on every line of the step: ours, the OCS client's, the adapter's SDK's.
         with bound(turn=turn.id, event_id=turn.inbound.event_id, task_id=turn.task_id):
@@ -187,7 +234,7 @@ class TurnEngine:
             return CONTINUE
         if inbound.kind is InboundKind.RESET:
             await self._reset(hold, turn)
-            reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
+            reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             await self.closer.answer(hold, turn, reply)
             return CONTINUE
         turn, unheard = await self.voice.hear(hold, turn)  # voice notes become words first
@@ -214,20 +261,65 @@ class TurnEngine:
         await self.services.adapters[hold.conv.channel].forget_conversation(turn.inbound.route)
 
     async def _ensure_session(self, hold: Hold, turn: Turn) -> OCSSession:
+        """The conversation's session, or a new one. A start is labelled and its intent recorded
+        first (OCS has no idempotency key): one whose answer was lost (a crash, a cut connection)
+        leaves the intent behind, and the next start first looks for the session it made."""
         record = hold.record
         ocs = self.services.ocs_for(hold.conv.channel)
         session = record.session
         if session is not None and session.chatbot_id == ocs.bot.chatbot_id:
             return session
         adapter = self.services.adapters[hold.conv.channel]
+        remote_id = f"{adapter.kind}:{hold.conv.conversation}"
+        if record.start_label:
+            await self._look_for_orphan(hold, ocs, remote_id)
+        conversations = self.services.conversations
+        record, ops = conversations.intend_start(hold.conv, hold.record, label=secrets.token_hex(4), now=self.clock.now())
+        await hold.write(ops, record=record)
         hold.lease.check()
-        session = await ocs.start_session(
-            remote_id=f"{adapter.kind}:{hold.conv.conversation}", name=turn.inbound.sender_name, channel=hold.conv.channel
-        )
-        record, ops = self.services.conversations.save_session(hold.conv, record, session)
+        try:
+            session = await ocs.start_session(
+                remote_id=remote_id, name=turn.inbound.sender_name, channel=hold.conv.channel, label=record.start_label
+            )
+        except OCSAmbiguous:
+            raise  # OCS may have made it: the intent stays, and the next try looks for it
+        except (OCSRateLimited, OCSRejected, OCSAuthFailed, OCSUnavailable):
+            # Refused (by OCS or our budget) or never reached OCS: no session to look for later.
+            record, ops = conversations.drop_intent(hold.conv, hold.record)
+            await hold.write(ops, record=record)
+            raise
+        record, ops = conversations.save_session(hold.conv, hold.record, session)
         await hold.write(ops, record=record)
         log.info("started OCS session %s", session.session_id)
         return session
+
+    async def _look_for_orphan(self, hold: Hold, ocs: OCSClient, remote_id: str) -> None:
+        """A start's answer was lost: did OCS make that session? Its token was only in the lost
+        answer (no call returns it, docs/OCS.md §2.5), so it cannot be used; it is tagged ``ORPHAN_TAG`` for
+        operators, and the turn starts another. Looking costs one or two requests of the sessions
+        API, only after a loss; it never blocks the start (a failed look is only logged)."""
+        record = hold.record
+        label = record.start_label
+        if not ocs.can_manage_sessions:
+            log.warning("a session start's answer was lost: OCS may hold an unused session (remote id %s#%s)", remote_id, label)
+            return
+        hold.lease.check()
+        try:
+            found = await ocs.find_labelled_session(remote_id, label, created_after=record.start_at)
+        except (OCSRejected, OCSUnavailable) as exc:
+            log.warning("could not look for the session of a start whose answer was lost (label %s): %s", label, exc)
+            return
+        if found is None:
+            log.info("the start whose answer was lost (label %s) made no session", label)
+            return
+        log.warning("orphan OCS session %s: made by a start whose answer was lost (label %s)", found.session_id, label)
+        if ORPHAN_TAG in found.tags:
+            return
+        hold.lease.check()
+        try:
+            await ocs.tag_session(found.session_id, [ORPHAN_TAG])
+        except (OCSRejected, OCSUnavailable) as exc:
+            log.warning("could not tag orphan OCS session %s: %s", found.session_id, exc)
 
     async def _send(self, hold: Hold, turn: Turn, session: OCSSession) -> Outcome:
         """Upload the files and send the message, once. ``sending`` (with the count the session
@@ -237,27 +329,32 @@ class TurnEngine:
         ocs = self.services.ocs_for(conv.channel)
         ledger, conversations = self.services.ledger, self.services.conversations
         for attempt in (1, 2):
-            ids, notes = await self._upload(hold, turn, session)
-            inbound = turn.inbound
-            text = words_for_ocs(inbound, turn) or ("[attachment]" if inbound.attachments else "(empty message)")
-            if notes:
-                text = "\n".join([text, *notes])
-            base = await self._user_message_count(hold, session)
-            turn, ops = ledger.update(
-                conv, turn, state=TurnState.SENDING, sending_at=self.clock.now(), session_id=session.session_id,
-                expect_count=base + 1, confirmed=False,
-            )
-            if attempt == 1:  # where replies go and that the user was active, with the first mark
-                record, touch = conversations.touch(conv, hold.record, inbound.route, now=self.clock.now())
-                await hold.write([*ops, *touch], turn=turn, record=record)
-            else:
-                await hold.write(ops, turn=turn)
-            if self.services.config.log_message_text:
-                log.debug("message to OCS: %r", text)  # an operator's opt-in (log_message_text)
-            hold.lease.check()
             try:
+                ids, unattached = await self._upload(hold, turn, session)
+                inbound, combined = turn.last, batches.combine(turn.inbounds)
+                # OCS gets the user's words, and of a file it could not get only that there was one:
+                # why it failed is the user's business (a notice before the answer), not the bot's.
+                combined = batches.combine(turn.inbounds, heard=heard_lines(turn))
+                text = combined.text or ("[attachment]" if ids else "" if unattached else "(empty message)")
+                if unattached:
+                    text = "\n".join(part for part in (text, UNATTACHED_MARKER) if part)
+                base = await self._user_message_count(hold, session)
+                turn, ops = ledger.update(
+                    conv, turn, state=TurnState.SENDING, sending_at=self.clock.now(), session_id=session.session_id,
+                    expect_count=base + 1, confirmed=False, unattached=tuple(unattached),
+                )
+                if attempt == 1:  # where replies go and that the user was active, with the first mark
+                    record, touch = conversations.touch(conv, hold.record, inbound.route, now=self.clock.now())
+                    await hold.write([*ops, *touch], turn=turn, record=record)
+                else:
+                    await hold.write(ops, turn=turn)
+                if self.services.config.log_message_text:
+                    log.debug("message to OCS: %r", text)  # an operator's opt-in (log_message_text)
+                hold.lease.check()
                 task_id = await ocs.send_message(session, text, attachment_ids=ids, context=inbound.context)
             except SessionExpired as exc:
+                # Expired, forgotten, or finished by OCS (400 "Session has ended"): in each case
+                # OCS did not take the message, so it goes into a new session, once.
                 if attempt == 2:
                     raise
                 log.info("session %s gone (%s): new session, resending", session.session_id, exc.code)
@@ -270,7 +367,9 @@ class TurnEngine:
                 # It left and no answer came back: OCS may be running it. Never send it again
                 # blindly; the history will say (``_settle_sending``).
                 log.warning("send without answer: %s; settling from the history", exc)
-                return self.failures.wait_in_memory(hold, min(_HISTORY_POLL_S, self.tuning.reconcile_grace_s))
+                now = self.clock.now()
+                first = next_history_read(turn.sending_at, now, deadline_s=self.tuning.reconcile_grace_s, max_gap_s=float("inf"))
+                return self.failures.wait_in_memory(hold, max(first - now, 0.0))
             except (OCSUnavailable, OCSRateLimited, OCSRejected):
                 # Not accepted: back to "received", so the retry sends instead of searching.
                 turn, ops = ledger.update(conv, turn, state=TurnState.RECEIVED)
@@ -284,6 +383,7 @@ class TurnEngine:
             )
             record, count = conversations.count(conv, hold.record, base + 1)
             await hold.write([*ops, *count], turn=turn, record=record)
+            self.services.metrics.messages_per_turn.labels(bot_of(self.services, conv)).observe(len(turn.items))
             return wait_until(now + first)
         raise AssertionError("unreachable")
 
@@ -292,43 +392,50 @@ class TurnEngine:
         if record.user_messages is not None and record.session == session:
             return record.user_messages
         # A session from before the gateway counted: count its history once.
-        history = await self._history(hold, session)
+        history, status = await self._history(hold, session)
+        if status is SessionStatus.ENDED:
+            raise SessionEnded()  # OCS would refuse the message: a new session, before sending
         count = sum(1 for m in history if m.role is MessageRole.USER)
         record, ops = self.services.conversations.count(hold.conv, record, count)
         await hold.write(ops, record=record)
         return count
 
     async def _upload(self, hold: Hold, turn: Turn, session: OCSSession) -> tuple[list[int], list[str]]:
-        inbound = turn.inbound
-        if not inbound.attachments:
+        """Fetch the turn's files from the platform and upload them to the session: the OCS file
+        ids, and the names of the files that could not be attached (the words go without them)."""
+        attachments = batches.combine(turn.inbounds).attachments
+        if not attachments:
             return [], []
         adapter = self.services.adapters[hold.conv.channel]
         files: list[tuple[str, bytes, str]] = []
-        notes: list[str] = []
-        for attachment in inbound.attachments:
+        unattached: list[str] = []
+        for attachment, inbound in attachments:
             if attachment.spoken:
                 continue  # heard, not uploaded (workers/voice_notes.py)
             try:
                 got = await adapter.download(attachment, inbound.route)
             except AttachmentUnavailable as exc:
-                notes.append(f"[{attachment.name} could not be attached: {exc.reason}]")
+                log.info("attachment %s not attached: %s", attachment.name, exc.reason)
+                unattached.append(attachment.name)
                 continue
             except RetryLater as exc:
                 if turn.attempts + 1 < _ATTACHMENT_TRIES:
                     raise  # a passing blip: try the whole step again shortly
                 # Still down: the words go through without the file rather than not at all.
-                notes.append(f"[{attachment.name} could not be attached: temporarily unavailable]")
                 log.warning("attachment still unavailable: %s", exc)
+                unattached.append(attachment.name)
                 continue
             files.append((got.name, got.data, got.content_type))
         if not files:
-            return [], notes
+            return [], unattached
         hold.lease.check()
         try:
-            return await self.services.ocs_for(hold.conv.channel).upload(session, files), notes
+            return await self.services.ocs_for(hold.conv.channel).upload(session, files), unattached
         except OCSRejected as exc:
-            # A file type OCS refuses must not sink the words that came with it.
-            return [], [*notes, f"[attachments not accepted: {exc.body}]"]
+            # A file type OCS refuses must not sink the words that came with it. What OCS said is
+            # for the operator's log, never the bot's input.
+            log.warning("OCS did not accept the attachments: %s", exc)
+            return [], [*unattached, *(name for name, _, _ in files)]
 
     async def _settle_sending(self, hold: Hold, turn: Turn) -> Outcome:
         """A send whose outcome is unknown (the worker died, or the answer never came back):
@@ -337,37 +444,58 @@ class TurnEngine:
         arrived, and after ``reconcile_grace_s`` it is sent again (OCS writes the user message
         when its worker picks the task up, docs/OCS.md §4.2, so a moment's absence proves nothing)."""
         conv = hold.conv
+        # The history is read at gaps that double (``next_history_read``), each read booked in
+        # the request budget like any OCS call: a handful of reads settle it, not one a second.
+        # A session OCS finished meanwhile (``session_status: ended``) is forgotten once the
+        # turn is settled: the resend, and the next message, go to a new one.
         now = self.clock.now()
         session = hold.record.session
         if session is None or session.session_id != turn.session_id:
             turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
             await hold.write(ops, turn=turn)
             return CONTINUE
-        history = await self._history(hold, session)
+        history, status = await self._history(hold, session)
+        ended = status is SessionStatus.ENDED
         users = [i for i, m in enumerate(history) if m.role is MessageRole.USER]
+        elapsed = now - turn.sending_at
         if turn.expect_count and len(users) >= turn.expect_count:
             after = users[turn.expect_count - 1] + 1
             answer = next((m for m in history[after:] if m.role is MessageRole.ASSISTANT), None)
             counted, count_ops = self.services.conversations.count(conv, hold.record, turn.expect_count)
             if answer is not None:
-                reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
+                reply = reply_from_ocs(answer, kind=ReplyKind.ANSWER, in_reply_to=turn.last.event_id)
+                if ended:
+                    forgotten, forget = self.services.conversations.forget_session(conv, hold.record)
+                    await self.closer.answer(hold, turn, reply, extra=forget, record=forgotten)
+                    return CONTINUE
                 fingerprints = delivered_ops(self.services.keys.fingerprints(conv), answer, now=now)
                 await self.closer.answer(hold, turn, reply, extra=[*count_ops, *fingerprints], record=counted)
                 return CONTINUE
-            if now - turn.sending_at > self.services.ocs_for(conv.channel).bot.task_timeout_s:
+            timeout = self.services.ocs_for(conv.channel).bot.task_timeout_s
+            if elapsed > timeout:
                 return await self._too_slow(hold, turn)
             if not turn.confirmed:
                 turn, ops = self.services.ledger.update(conv, turn, confirmed=True)
                 await hold.write([*ops, *count_ops], turn=turn, record=counted)
-            return self.failures.wait_in_memory(hold, _HISTORY_POLL_S)
-        if now - turn.sending_at > self.tuning.reconcile_grace_s:
+            gap = max(self.tuning.poll_max_s, _ANSWER_GAP_S)
+            at = next_history_read(turn.sending_at, now, deadline_s=timeout + _FIRST_READ_S, max_gap_s=gap)
+            return self.failures.wait_in_memory(hold, max(at - now, 0.0))
+        grace = self.tuning.reconcile_grace_s
+        if elapsed >= grace - _AT_DEADLINE_S:
             log.warning("message never reached OCS: sending it again")
             turn, ops = self.services.ledger.update(conv, turn, state=TurnState.RECEIVED)
-            await hold.write(ops, turn=turn)
+            if ended:
+                log.info("session %s was finished by OCS: the message goes to a new one", session.session_id)
+                record, forget = self.services.conversations.forget_session(conv, hold.record)
+                await hold.write([*ops, *forget], turn=turn, record=record)
+            else:
+                await hold.write(ops, turn=turn)
             return CONTINUE
-        return self.failures.wait_in_memory(hold, _HISTORY_POLL_S)
+        at = next_history_read(turn.sending_at, now, deadline_s=grace, max_gap_s=float("inf"))
+        return self.failures.wait_in_memory(hold, max(at - now, 0.0))
 
-    async def _history(self, hold: Hold, session: OCSSession) -> list[OCSMessage]:
+    async def _history(self, hold: Hold, session: OCSSession) -> tuple[list[OCSMessage], SessionStatus]:
+        """The session's whole history, and its status as the last page said."""
         ocs = self.services.ocs_for(hold.conv.channel)
         messages: list[OCSMessage] = []
         since: str | None = None
@@ -376,7 +504,7 @@ class TurnEngine:
             page = await ocs.session_messages(session, since=since, limit=_HISTORY_PAGE)
             messages.extend(page.messages)
             if not page.has_more or not page.messages:
-                return messages
+                return messages, page.session_status
             since = page.messages[-1].created_at
 
     async def _poll(self, hold: Hold, turn: Turn) -> Outcome:
@@ -389,7 +517,17 @@ class TurnEngine:
         ocs = self.services.ocs_for(conv.channel)
         hold.lease.check()
         asked = self.clock.now()
-        result = await ocs.poll_task(session, turn.task_id)
+        # A poll before the schedule's is made only to show progress: it is the first to yield.
+        early = hold.schedule_at is not None and asked < hold.schedule_at - 0.005
+        try:
+            result = await ocs.poll_task(session, turn.task_id, priority=Priority.BACKGROUND if early else Priority.WAITING)
+        except OCSRateLimited:
+            if not early or hold.schedule_at is None:
+                raise
+            # The budget is short: progress goes first; the schedule's own poll comes as planned.
+            at, hold.schedule_at = hold.schedule_at, None
+            hold.keep(replace(turn, next_at=at))
+            return wait_until(at)
         now = self.clock.now()
         elapsed = max(now - turn.sent_at, 0.0)
         # OCS looked at the task about halfway through our request: that is what the bot's
@@ -404,22 +542,31 @@ class TurnEngine:
                 # Only a narrow interval says when the bot finished; a poll made late (a burst,
                 # an adoption) would teach the schedule the gateway's delay, not the bot's.
                 self.schedules.learn(ocs.name, turn.last_poll_s, looked)
-            reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.inbound.event_id)
+            reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.last.event_id)
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self.closer.answer(hold, turn, reply, extra=fingerprints)
             return CONTINUE
         if result.status is TaskStatus.ERROR:
             # OCS's error text is written for the end user (docs/OCS.md §4.3): it is the answer.
-            reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+            reply = Reply(text=result.error or "", kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             await self.closer.answer(hold, turn, reply, last_error=result.error or "")
             return CONTINUE
         if elapsed > ocs.bot.task_timeout_s:
             return await self._too_slow(hold, turn)
-        turn = await self.delivery.show_working(hold, turn)
+        if result.progress:
+            turn, shown = await self.delivery.show_progress(hold, turn, result.progress)
+        else:
+            turn, shown = await self.delivery.show_working(hold, turn), False
         wait = self._schedule(hold).next_delay(elapsed, turn.polls + 1)
         refresh = self.services.adapters[conv.channel].working_refresh_s
         if refresh:
             wait = min(wait, max(refresh - (now - turn.working_at), 0.05))  # keep the indicator alive
+        hold.schedule_at = now + wait
+        if shown and wait > PROGRESS_POLL_S:
+            # While a progress line shows, look again as soon as OCS may have changed it (docs/OCS.md
+            # §4.3: at most every 5 s), not only when the learned schedule would: a long answer
+            # shows its lines as they come. Those polls yield first when the budget is short.
+            wait = PROGRESS_POLL_S
         # Nothing is written for a poll that saw no answer: after a crash the next owner simply
         # polls again. Only this process's memory moves on.
         hold.keep(replace(turn, polls=turn.polls + 1, last_poll_s=looked, next_at=now + wait))
@@ -429,7 +576,7 @@ class TurnEngine:
         """Our own timeout (an unknown task polls as processing forever, docs/OCS.md §0.9): tell the user,
         and let the watch deliver the answer when it lands."""
         channel = self.services.config.channels[hold.conv.channel]
-        reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+        reply = Reply(text=channel.slow_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
         poll_at = self.clock.now() + self.tuning.watch_interval_s
         await self.closer.answer(
             hold, turn, reply, last_error="task timeout",

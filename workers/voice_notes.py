@@ -32,7 +32,7 @@ from gateway.core.errors import (
     SpeechRejected,
     SpeechUnavailable,
 )
-from gateway.core.models import Attachment, Delivery, Inbound, Reply, ReplyKind
+from gateway.core.models import Attachment, Delivery, Inbound, Reply, ReplyKind, Route
 from gateway.speech.audio import AudioUnreadable, for_transcription
 from gateway.speech.client import SpeechClient
 from gateway.store.ledger import Turn
@@ -40,7 +40,7 @@ from workers.context import WorkerServices
 from workers.delivery import Deliverer
 from workers.hold import Hold
 
-__all__ = ["Heard", "VOICE_MARKER", "VoiceNotes", "words_for_ocs"]
+__all__ = ["Heard", "VOICE_MARKER", "VoiceNotes", "heard_lines"]
 
 log = logging.getLogger("ocsgw.turns")
 
@@ -60,6 +60,9 @@ class Heard:
     notices: tuple[str, ...] = ()
     echoes: tuple[str, ...] = ()
     told: int = 0
+    #: For each of ``lines``, the place in the turn's batch of the message whose note it heard
+    #: (``Turn.inbounds``; 0 in records from before bursts).
+    at: tuple[int, ...] = ()
 
     @property
     def messages(self) -> tuple[str, ...]:
@@ -68,7 +71,8 @@ class Heard:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"lines": self.lines, "notices": self.notices, "echoes": self.echoes, "told": self.told}, ensure_ascii=False
+            {"lines": self.lines, "notices": self.notices, "echoes": self.echoes, "told": self.told, "at": self.at},
+            ensure_ascii=False,
         )
 
     @classmethod
@@ -77,17 +81,24 @@ class Heard:
         return cls(
             lines=tuple(data.get("lines", ())), notices=tuple(data.get("notices", ())),
             echoes=tuple(data.get("echoes", ())), told=int(data.get("told", 0)),
+            at=tuple(int(i) for i in data.get("at", ())),
         )
 
 
-def words_for_ocs(inbound: Inbound, turn: Turn) -> str:
-    """The message's own text with the heard voice notes' lines after it (what OCS is sent)."""
-    lines = Heard.from_json(turn.voice).lines if turn.voice else ()
-    return "\n".join(part for part in (inbound.text.strip(), *lines) if part)
+def heard_lines(turn: Turn) -> dict[int, tuple[str, ...]]:
+    """By the message's place in the turn's batch, the lines its voice notes came to (what OCS
+    reads after that message's own text: ``batches.combine``)."""
+    if not turn.voice:
+        return {}
+    heard = Heard.from_json(turn.voice)
+    placed: dict[int, list[str]] = {}
+    for n, line in enumerate(heard.lines):
+        placed.setdefault(heard.at[n] if n < len(heard.at) else 0, []).append(line)
+    return {index: tuple(lines) for index, lines in placed.items()}
 
 
-def _has_more_than_speech(inbound: Inbound) -> bool:
-    return bool(inbound.text.strip()) or any(not a.spoken for a in inbound.attachments)
+def _has_more_than_speech(inbounds: tuple[Inbound, ...]) -> bool:
+    return any(inbound.text.strip() or any(not a.spoken for a in inbound.attachments) for inbound in inbounds)
 
 
 class VoiceNotes:
@@ -103,8 +114,8 @@ class VoiceNotes:
             SpeechUnavailable: the speech service failed; retry the step later.
             RetryLater: the platform's file download, or a notice's send, failed for now.
         """
-        inbound = turn.inbound
-        spoken = [a for a in inbound.attachments if a.spoken]
+        spoken = [(index, attachment) for index, inbound in enumerate(turn.inbounds) for attachment in inbound.attachments
+                  if attachment.spoken]
         if not spoken:
             return turn, None
         if turn.voice:
@@ -114,24 +125,25 @@ class VoiceNotes:
             heard = await self._listen(hold, turn, spoken)
             turn, ops = self.services.ledger.update(hold.conv, turn, voice=heard.to_json())
             await hold.write(ops, turn=turn)
-        if not heard.lines and not _has_more_than_speech(inbound):
+        if not heard.lines and not _has_more_than_speech(turn.inbounds):
             text = "\n\n".join(dict.fromkeys(heard.notices))
-            return turn, Reply(text=text, kind=ReplyKind.NOTICE, in_reply_to=inbound.event_id)
+            return turn, Reply(text=text, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
         return await self._tell(hold, turn, heard), None
 
-    async def _listen(self, hold: Hold, turn: Turn, spoken: list[Attachment]) -> Heard:
+    async def _listen(self, hold: Hold, turn: Turn, spoken: list[tuple[int, Attachment]]) -> Heard:
         channel = self.services.config.channels[hold.conv.channel]
         client = self.services.speech_for(hold.conv.channel)
         lines: list[str] = []
+        at: list[int] = []
         notices: list[str] = []
         echoes: list[str] = []
-        for attachment in spoken:
+        for index, attachment in spoken:
             if client is None:
                 self._count(hold, "unconfigured")
                 notices.append(channel.voice_notice)
                 continue
             try:
-                words = await self._transcribe(hold, turn, attachment, client)
+                words = await self._transcribe(hold, turn, attachment, client, turn.inbounds[index].route)
             except SpeechAuthFailed:
                 self._count(hold, "auth_failed")  # the client logged it, once per pause
                 notices.append(channel.voice_notice)
@@ -140,11 +152,14 @@ class VoiceNotes:
                 notices.append(channel.voice_unheard_notice)
                 continue
             lines.append(f"{VOICE_MARKER} {words}")
+            at.append(index)
             if channel.echo_transcript:
                 echoes.append(channel.echo_template.replace("{transcript}", words))
-        return Heard(tuple(lines), tuple(notices), tuple(echoes))
+        return Heard(tuple(lines), tuple(notices), tuple(echoes), at=tuple(at))
 
-    async def _transcribe(self, hold: Hold, turn: Turn, attachment: Attachment, client: SpeechClient) -> str | None:
+    async def _transcribe(
+        self, hold: Hold, turn: Turn, attachment: Attachment, client: SpeechClient, route: Route
+    ) -> str | None:
         """The note's words, or None when it cannot be heard (counted and logged here).
 
         Raises:
@@ -158,7 +173,7 @@ class VoiceNotes:
             return self._unheard(hold, "too_long", f"{attachment.duration_s:.0f} s, over speech.max_audio_seconds")
         adapter = self.services.adapters[hold.conv.channel]
         try:
-            got = await adapter.download(attachment, turn.inbound.route, max_bytes=limits.max_audio_bytes)
+            got = await adapter.download(attachment, route, max_bytes=limits.max_audio_bytes)
         except AttachmentUnavailable as exc:
             return self._unheard(hold, "unfetched", exc.reason)
         except RetryLater as exc:
@@ -192,7 +207,7 @@ class VoiceNotes:
         adapter = self.services.adapters[hold.conv.channel]
         messages = heard.messages
         for index in range(heard.told, len(messages)):
-            reply = Reply(text=messages[index], kind=ReplyKind.NOTICE, in_reply_to=turn.inbound.event_id)
+            reply = Reply(text=messages[index], kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             for number, part in enumerate(adapter.render(reply)):
                 delivery = Delivery(id=f"{turn.id}.heard{index}.{number}")
                 try:

@@ -50,7 +50,7 @@ _SENTENCE_END = re.compile(r"[.!?…](?=\s)|\n")
 
 def user_spoke(turn: Turn) -> bool:
     """Whether the turn's message was (or held) speech: what ``reciprocal`` answers in voice."""
-    return any(attachment.spoken for attachment in turn.inbound.attachments)
+    return any(attachment.spoken for inbound in turn.inbounds for attachment in inbound.attachments)
 
 
 def voice_reply_parts(services: WorkerServices, conv: ConversationKey, turn: Turn, reply: Reply) -> tuple[Outgoing, ...]:

@@ -26,7 +26,7 @@ from gateway.core.errors import (
 )
 from gateway.core.models import Inbound, InboundKind
 from gateway.ocs.budget import Priority
-from gateway.ocs.messages import MessageRole, OCSMessage
+from gateway.ocs.messages import MessageRole, OCSMessage, SessionStatus
 from gateway.store.clock import RedisClock
 from gateway.store.fingerprints import delivered_ops, was_delivered
 from gateway.store.lease import Op
@@ -76,6 +76,7 @@ class SessionWatcher:
         ocs = s.ocs_for(conv.channel)
         cursor = record.cursor
         fresh: list[OCSMessage] = []
+        ended = False
         try:
             for _ in range(_MAX_PAGES):
                 hold.lease.check()
@@ -87,6 +88,7 @@ class SessionWatcher:
                     if not await was_delivered(s.redis, s.keys.fingerprints(conv), message):
                         fresh.append(message)
                 if not page.has_more:
+                    ended = page.session_status is SessionStatus.ENDED
                     break
         except SessionExpired:
             forgotten, forget = s.conversations.forget_session(conv, record)
@@ -116,7 +118,14 @@ class SessionWatcher:
             ops.extend(delivered_ops(s.keys.fingerprints(conv), message, now=now))
         polled, polled_ops = s.conversations.polled(conv, record, cursor=cursor, now=now)
         ops.extend(polled_ops)
-        ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
+        if ended:
+            # OCS finished the session (docs/OCS.md §6.1): it takes no more messages and writes none. Its
+            # last words are queued above; the next message starts a new session.
+            polled, forget = s.conversations.forget_session(conv, polled)
+            ops.extend(forget)
+            log.info("session %s was finished by OCS: forgotten", record.session.session_id)
+        else:
+            ops.append(Op("ZADD", s.keys.watch, (now + interval, member)))
         if fresh:
             ops.append(Op("ZADD", s.keys.active, (now, member)))
             # NX: a user's message admitted meanwhile is older and stays the head's time.

@@ -11,6 +11,7 @@ This class only wires the concepts together; each lives in its own module:
   across processes) and the bot's identity; ``threads``: threads the bot is in
 - ``api``: the slack_sdk client on the process's shared aiohttp session, and its errors
 - ``socket_mode``: events over Slack's WebSocket instead of HTTP (``socket_mode: true``)
+- ``status``: the thread's status while OCS works; ``assistant``: assistant threads' prompts and titles
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from starlette.routing import BaseRoute
 
 from adapters.slack.api import SlackApi
+from adapters.slack.assistant import AssistantThreads
 from adapters.slack.config import SlackChannelConfig
 from adapters.slack.files import download_file
 from adapters.slack.identity import BotIdentity
@@ -56,8 +58,9 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
 
     kind: ClassVar[str] = "slack"
     inbound_path: ClassVar[str] = "/slack/{channel}/events"
-    #: One reaction stays on the message until the answer is out; nothing to refresh.
-    working_refresh_s: ClassVar[float | None] = None
+    #: Slack drops a thread's status two minutes after it was set: refresh it before (a
+    #: reaction stays on the message until the answer is out and is not added again).
+    working_refresh_s: ClassVar[float | None] = 60.0
     #: A spoken answer is an MP3 file in the thread, which Slack's player plays on every client.
     voice_format: ClassVar[str | None] = "mp3"
 
@@ -83,12 +86,17 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
             name=name, config=config, public_url=services.config.public_url, api=self._api, store=store,
             state_store=RedisOAuthStateStore(services.redis, services.keys, name, expiration_seconds=STATE_TTL_S),
         )  # fmt: skip
-        self._parser = EventParser(
-            name=name, config=config, workspaces=self._workspaces, threads=threads, on_revoked=self._installer.forget
+        self._assistant = AssistantThreads(
+            name=name, config=config.assistant, api=self._api, workspaces=self._workspaces, threads=threads
         )
+        self._parser = EventParser(
+            name=name, config=config, workspaces=self._workspaces, threads=threads, on_revoked=self._installer.forget,
+            assistant=self._assistant,
+        )  # fmt: skip
         self._sender = SlackSender(
             name=name, api=self._api, workspaces=self._workspaces, threads=threads,
             redis=services.redis, keys=services.keys, fetch_ocs_file=services.fetch_ocs_file,
+            show_progress=config.show_progress,
         )  # fmt: skip
 
     async def startup(self) -> None:
@@ -97,6 +105,7 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
             await self._identity.start()
 
     async def aclose(self) -> None:
+        await self._assistant.aclose()  # its calls use the client: before the client goes
         if self._identity is not None:
             await self._identity.aclose()
         await self._api.aclose()
@@ -148,6 +157,10 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     async def show_working(self, route: Route) -> None:
         await self._sender.show_working(route)
 
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        # One status per thread: turn_id is not needed to tell two turns' lines apart.
+        return await self._sender.show_progress(route, text)
+
     async def clear_working(self, route: Route) -> None:
         await self._sender.clear_working(route)
 
@@ -180,4 +193,5 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     def describe(self) -> Mapping[str, Any]:
         mode = "oauth" if self._installer.enabled else "single-workspace"
         inbound = {"inbound": "socket_mode"} if self.config.socket_mode else {}
-        return {**super().describe(), "mode": mode, "conversations": self.config.channel_conversation, **inbound}
+        assistant = {"assistant": "on"} if self.config.assistant.enabled else {}
+        return {**super().describe(), "mode": mode, "conversations": self.config.channel_conversation, **inbound, **assistant}

@@ -5,11 +5,38 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core.config import ChannelConfig, EnvStr, HttpUrl, SecretRef
 
-__all__ = ["SlackChannelConfig"]
+__all__ = ["SlackAssistantConfig", "SlackChannelConfig", "SlackSuggestedPrompt"]
+
+
+class SlackSuggestedPrompt(BaseModel):
+    """One suggested prompt of an assistant thread: the button's ``title`` and the ``message``
+    it sends (``assistant.threads.setSuggestedPrompts``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=4000)
+
+
+class SlackAssistantConfig(BaseModel):
+    """Slack's AI-app surface, assistant threads (docs/SLACK.md, "Assistant threads")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Declare the assistant view in the manifest and treat each assistant thread as a conversation.
+    enabled: bool = False
+    #: What the assistant view says about the bot (the manifest's ``assistant_description``).
+    description: str = Field(default="An Open Chat Studio chatbot", min_length=1, max_length=300)
+    #: Offered when a user opens a new assistant thread; Slack shows at most four.
+    suggested_prompts: tuple[SlackSuggestedPrompt, ...] = Field(default=(), max_length=4)
+    #: The heading above them (Slack's default when unset).
+    prompts_title: str | None = None
+    #: The thread's title (its name in the app's history) becomes the user's first message.
+    title_from_first_message: bool = True
 
 
 class SlackChannelConfig(ChannelConfig):
@@ -38,6 +65,10 @@ class SlackChannelConfig(ChannelConfig):
     socket_mode: bool = False
     #: The app-level token (``xapp-...``, scope ``connections:write``) that opens the socket.
     app_token: SecretRef | None = None
+    #: OCS's progress lines as the thread's status (docs/SLACK.md, "Progress"); off, the ⏳
+    #: reaction only, as before.
+    show_progress: bool = True
+    assistant: SlackAssistantConfig = SlackAssistantConfig()
 
     @model_validator(mode="after")
     def _token_or_oauth(self) -> SlackChannelConfig:

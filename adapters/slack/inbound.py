@@ -2,7 +2,9 @@
 answer and drop the rest (its own messages, other bots, edits, joins).
 
 What the bot answers (issue #4): direct messages (``message.im``), mentions (``app_mention``), and
-plain replies in threads it is part of (``threads.py``). One user message can arrive twice under
+plain replies in threads it is part of (``threads.py``); with the assistant on, each assistant
+thread of a DM is a conversation of its own, and ``assistant_thread_started`` only offers the
+suggested prompts (``assistant.py``). One user message can arrive twice under
 two event ids (``app_mention`` and ``message.channels``), so each inbound carries the alias
 ``msg:{team}:{channel}:{ts}`` and the edge's dedup makes it one turn (docs/PLATFORMS.md §2.4). Retries
 (``X-Slack-Retry-Num``) keep their ``event_id`` and meet the same dedup, never dropped blindly:
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from adapters.slack.assistant import AssistantThreads, read_thread
 from adapters.slack.config import SlackChannelConfig
 from adapters.slack.format import slack_to_text
 from adapters.slack.threads import ThreadTracker
@@ -77,17 +80,20 @@ def verify_signature(signing_secret: str, request: InboundRequest) -> None:
         raise SignatureInvalid("X-Slack-Signature does not match the body")
 
 
-def conversation_for(*, team: str, channel: str, is_dm: bool, root_ts: str, per_channel: bool) -> str:
-    """The conversation id: one per DM (a DM channel is one user with the bot), one per thread in
-    channels (its root ``ts``), or one per channel with ``channel_conversation: per_channel``.
+def conversation_for(
+    *, team: str, channel: str, is_dm: bool, root_ts: str, per_channel: bool, dm_thread: str = ""
+) -> str:
+    """The conversation id: one per DM (a DM channel is one user with the bot), one per
+    assistant thread of a DM (``dm_thread``, its ``thread_ts``), one per thread in channels (its
+    root ``ts``), or one per channel with ``channel_conversation: per_channel``.
 
     Raises:
         PayloadInvalid: a part holds a newline, which a ``ConversationKey`` may not.
     """
-    if "\n" in team + channel + root_ts:
+    if "\n" in team + channel + root_ts + dm_thread:
         raise PayloadInvalid("team, channel and ts cannot contain a newline")
     if is_dm:
-        return f"T:{team}:D:{channel}"
+        return f"T:{team}:D:{channel}:{dm_thread}" if dm_thread else f"T:{team}:D:{channel}"
     if per_channel:
         return f"T:{team}:C:{channel}"
     return f"T:{team}:C:{channel}:{root_ts}"
@@ -104,12 +110,14 @@ class EventParser:
         workspaces: Workspaces,
         threads: ThreadTracker,
         on_revoked: RevocationHandler,
+        assistant: AssistantThreads | None = None,
     ) -> None:
         self._name = name
         self._config = config
         self._workspaces = workspaces
         self._threads = threads
         self._on_revoked = on_revoked
+        self._assistant = assistant
         self._subtypes = _USER_SUBTYPES if config.ignore_other_bots else _USER_SUBTYPES | {"bot_message"}
 
     async def parse(self, request: InboundRequest) -> ParsedRequest:
@@ -148,10 +156,20 @@ class EventParser:
             # Deleting is idempotent, so doing it at the edge is safe under Slack's retries.
             await self._on_revoked(team, enterprise, _org_wide(envelope), event)
             return ParsedRequest()
+        if event_type == "assistant_thread_started":
+            await self._thread_started(event, team, enterprise)
+            return ParsedRequest()  # no one said anything yet: nothing for OCS
         if event_type not in ("app_mention", "message"):
-            return ParsedRequest()
+            return ParsedRequest()  # assistant_thread_context_changed among them: its context is not used
         inbound = await self._message(event_id, event, team, enterprise, request, _envelope_identity(envelope, team))
         return ParsedRequest(inbounds=(inbound,)) if inbound is not None else ParsedRequest()
+
+    async def _thread_started(self, event: Mapping[str, Any], team: str, enterprise: str) -> None:
+        if self._assistant is None or not self._assistant.enabled:
+            return
+        thread = read_thread(event)
+        if await self._workspaces.serves(team, enterprise):
+            self._assistant.thread_started(team, enterprise, thread)
 
     async def _message(
         self,
@@ -204,10 +222,14 @@ class EventParser:
             route["enterprise"] = enterprise
         if thread_ts or not is_dm:
             route["thread_ts"] = root_ts  # always answer in the thread in channels (docs/PLATFORMS.md §2.5)
+        # With the assistant on, a thread in the DM is an assistant thread: a conversation of its own.
+        assistant_thread = thread_ts if is_dm and self._assistant is not None and self._assistant.enabled else ""
         conversation = conversation_for(
             team=team, channel=channel, is_dm=is_dm, root_ts=root_ts,
-            per_channel=self._config.channel_conversation == "per_channel",
+            per_channel=self._config.channel_conversation == "per_channel", dm_thread=assistant_thread,
         )  # fmt: skip
+        if assistant_thread and kind is InboundKind.MESSAGE and self._assistant is not None:
+            await self._assistant.message(team, enterprise, channel, assistant_thread, text)
         return Inbound(
             key=ConversationKey(self._name, conversation),
             event_id=event_id,

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,7 +44,7 @@ from adapters.slack.config import SlackChannelConfig
 from adapters.slack.installation_store import RedisInstallationStore, RedisOAuthStateStore
 from adapters.slack.manifest import bot_scopes
 
-__all__ = ["OAuthInstaller", "STATE_COOKIE", "STATE_TTL_S", "authorize_url_base"]
+__all__ = ["InstallFailure", "OAuthInstaller", "STATE_COOKIE", "STATE_TTL_S", "authorize_url_base"]
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +52,47 @@ log = logging.getLogger(__name__)
 STATE_TTL_S = 600
 STATE_COOKIE = "ocsgw_slack_state"
 
-#: What the admin reads when Bolt's callback fails, by Bolt's failure reason.
-_FAILURES: dict[str, tuple[str, str]] = {
-    "invalid_state": ("Link expired", "This install link expired or was used already."),
-    "invalid_browser": ("Wrong browser", "Finish the installation in the browser where you started it."),
-    "missing_code": ("Link expired", "Slack sent no authorization code."),
-    "invalid_code": ("Installation refused", "Slack refused the installation (invalid_code)."),
-    "storage_error": ("Installation not saved", "The installation could not be saved. Please try again."),
-    "access_denied": ("Installation cancelled", "Nothing was installed. You can close this tab."),
+
+
+class InstallFailure(StrEnum):
+    """Why an install failed, as logged and shown: a fixed set. The callback's ``error``
+    parameter is whatever the redirect carried (anyone can open the URL), so it is never
+    logged or shown itself: Slack's documented value is named, any other is ``other``."""
+
+    ACCESS_DENIED = "access_denied"  # Slack's: the admin pressed Cancel
+    INVALID_STATE = "invalid_state"  # the rest are Bolt's own reasons
+    INVALID_BROWSER = "invalid_browser"
+    MISSING_CODE = "missing_code"
+    INVALID_CODE = "invalid_code"
+    STORAGE_ERROR = "storage_error"
+    OTHER = "other"
+
+
+#: The ``error`` values Slack documents for its redirect back to us (its OAuth guide).
+_SLACK_ERRORS = frozenset({InstallFailure.ACCESS_DENIED})
+#: Bolt's reasons when the redirect carried no ``error``.
+_BOLT_REASONS = frozenset(InstallFailure) - _SLACK_ERRORS - {InstallFailure.OTHER}
+#: Slack's codes are digits, dots and hex; anything else is refused before Bolt, which logs the
+#: code it failed to exchange verbatim.
+_CODE_SHAPE = re.compile(r"[A-Za-z0-9._-]{1,256}")
+
+#: What the admin reads when the install fails.
+_FAILURES: dict[InstallFailure, tuple[str, str]] = {
+    InstallFailure.INVALID_STATE: ("Link expired", "This install link expired or was used already."),
+    InstallFailure.INVALID_BROWSER: ("Wrong browser", "Finish the installation in the browser where you started it."),
+    InstallFailure.MISSING_CODE: ("Link expired", "Slack sent no authorization code."),
+    InstallFailure.INVALID_CODE: ("Installation refused", "Slack refused the installation (invalid_code)."),
+    InstallFailure.STORAGE_ERROR: ("Installation not saved", "The installation could not be saved. Please try again."),
+    InstallFailure.ACCESS_DENIED: ("Installation cancelled", "Nothing was installed. You can close this tab."),
+    InstallFailure.OTHER: ("Installation failed", "Slack did not complete the installation."),
 }
+
+
+def _install_failure(reason: str, *, from_slack: bool) -> InstallFailure:
+    """The fixed code for a failure Bolt reports: ``from_slack`` when the redirect carried an
+    ``error`` (Bolt passes it on as the reason, unchecked)."""
+    known = _SLACK_ERRORS if from_slack else _BOLT_REASONS
+    return next((code for code in known if code.value == reason), InstallFailure.OTHER)
 
 
 def authorize_url_base(api_base_url: str) -> str:
@@ -178,6 +212,10 @@ class OAuthInstaller:
         return _starlette(await flow.handle_installation(to_async_bolt_request(request, b"")))
 
     async def oauth_redirect(self, request: Request) -> Response:
+        code = request.query_params.get("code")
+        if "error" not in request.query_params and code is not None and not _CODE_SHAPE.fullmatch(code):
+            log.warning("slack channel %s: install failed: %s", self._name, InstallFailure.INVALID_CODE)
+            return _starlette(self._failure_page(InstallFailure.INVALID_CODE, 401))
         flow = self.flow(request)
         try:
             answer = await flow.handle_callback(to_async_bolt_request(request, b""))
@@ -203,12 +241,18 @@ class OAuthInstaller:
         return _page("Installed", body, 200, set_cookie=deletion)
 
     async def _failure(self, args: AsyncFailureArgs) -> BoltResponse:
-        title, text = _FAILURES.get(args.reason, ("Installation failed", f"Slack reported: {args.reason}."))
-        if args.reason != "access_denied":
-            log.warning("slack channel %s: install failed: %s", self._name, args.reason)
+        failure = _install_failure(args.reason, from_slack="error" in args.request.query)
+        if failure is InstallFailure.ACCESS_DENIED:
+            log.info("slack channel %s: install cancelled", self._name)
+        else:
+            log.warning("slack channel %s: install failed: %s", self._name, failure)
+        return self._failure_page(failure, args.suggested_status_code)
+
+    def _failure_page(self, failure: InstallFailure, status: int) -> BoltResponse:
+        title, text = _FAILURES[failure]
         again = f'/slack/{html.escape(self._name)}/install'
         body = f'{html.escape(text)} <a href="{again}">Start again</a>.'
-        return _page(title, body, args.suggested_status_code)
+        return _page(title, body, status)
 
     async def forget(self, team: str, enterprise: str, org_wide: bool, event: Mapping[str, Any]) -> None:
         """Delete on ``app_uninstalled`` (everything) or ``tokens_revoked`` (the revoked user

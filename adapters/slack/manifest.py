@@ -15,7 +15,7 @@ from adapters.slack.config import SlackChannelConfig
 from gateway.core.config import GatewayConfig
 from gateway.core.errors import ConfigError
 
-__all__ = ["BOT_EVENTS", "BOT_SCOPES", "bot_scopes", "manifest"]
+__all__ = ["ASSISTANT_EVENTS", "ASSISTANT_SCOPES", "BOT_EVENTS", "BOT_SCOPES", "bot_events", "bot_scopes", "manifest"]
 
 #: What each scope is for: reading what the bot answers, and writing its replies.
 BOT_SCOPES: tuple[str, ...] = (
@@ -24,8 +24,8 @@ BOT_SCOPES: tuple[str, ...] = (
     "groups:history",  # ... in private channels (message.groups)
     "im:history",  # direct messages (message.im)
     "mpim:history",  # group DMs (message.mpim)
-    "chat:write",  # chat.postMessage
-    "reactions:write",  # the "working" reaction
+    "chat:write",  # chat.postMessage, and the thread status while OCS works (assistant.threads.setStatus)
+    "reactions:write",  # the "working" reaction where there is no thread status
     "files:read",  # the user's files (url_private_download)
     "files:write",  # reply attachments (files.getUploadURLExternal)
 )
@@ -39,12 +39,23 @@ BOT_EVENTS: tuple[str, ...] = (
     "app_uninstalled",
     "tokens_revoked",
 )
+#: With ``assistant: {enabled: true}``: suggested prompts and titles of assistant threads.
+ASSISTANT_SCOPES: tuple[str, ...] = ("assistant:write",)
+#: ... and the events of assistant threads (their messages are ``message.im``); neither needs a scope.
+ASSISTANT_EVENTS: tuple[str, ...] = ("assistant_thread_started", "assistant_thread_context_changed")
 _PLACEHOLDER_URL = "https://YOUR-GATEWAY.example.com"
 
 
 def bot_scopes(config: SlackChannelConfig) -> tuple[str, ...]:
-    """The scopes to request: ``commands`` too when a slash command is configured."""
-    return (*BOT_SCOPES, "commands") if config.slash_command else BOT_SCOPES
+    """The scopes to request: ``commands`` too when a slash command is configured, and
+    ``assistant:write`` when the assistant is on."""
+    scopes = (*BOT_SCOPES, *ASSISTANT_SCOPES) if config.assistant.enabled else BOT_SCOPES
+    return (*scopes, "commands") if config.slash_command else scopes
+
+
+def bot_events(config: SlackChannelConfig) -> tuple[str, ...]:
+    """The bot events to subscribe to: the assistant's too when it is on."""
+    return (*BOT_EVENTS, *ASSISTANT_EVENTS) if config.assistant.enabled else BOT_EVENTS
 
 
 def manifest(config: GatewayConfig, channel: str, *, socket_mode: bool | None = None) -> str:
@@ -65,6 +76,12 @@ def manifest(config: GatewayConfig, channel: str, *, socket_mode: bool | None = 
         "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
         "bot_user": {"display_name": channel[:80], "always_online": True},
     }
+    if slack.assistant.enabled:
+        # The assistant view (Slack's AI-app surface); assistant:write needs it declared.
+        view: dict[str, Any] = {"assistant_description": slack.assistant.description}
+        if slack.assistant.suggested_prompts:
+            view["suggested_prompts"] = [{"title": p.title, "message": p.message} for p in slack.assistant.suggested_prompts]
+        features["assistant_view"] = view
     if slack.slash_command:
         features["slash_commands"] = [
             {
@@ -82,7 +99,7 @@ def manifest(config: GatewayConfig, channel: str, *, socket_mode: bool | None = 
         oauth["redirect_urls"] = [f"{base}/slack/{channel}/oauth_redirect"]
     # Over Socket Mode the events arrive on the socket: no request URL.
     subscriptions: dict[str, Any] = {} if socket else {"request_url": events_url}
-    subscriptions["bot_events"] = list(BOT_EVENTS)
+    subscriptions["bot_events"] = list(bot_events(slack))
     document = {
         "display_information": {
             "name": f"OCS {channel}"[:35],

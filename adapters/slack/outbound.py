@@ -1,6 +1,7 @@
 """``Reply`` → Slack: render to parts (a Block Kit ``markdown`` block with the mrkdwn conversion as
-its ``text`` fallback, ``format.py``), post them in the thread at a pace Slack accepts, and show a
-reaction while OCS works.
+its ``text`` fallback, ``format.py``), post them in the thread at a pace Slack accepts, and show
+that OCS works: the thread's status (``status.py``: "is thinking…", then OCS's progress lines),
+or a ⏳ reaction where there is no thread or Slack refuses the status.
 
 Pacing: ``chat.postMessage`` allows about one message per second per channel (docs/PLATFORMS.md §2.6); every worker
 takes its slot through ``gateway.store.pacing.take_slot`` on a per-channel key. A short wait is booked
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -29,6 +31,7 @@ from adapters.slack.format import (
     split_message,
 )
 from adapters.slack.keys import SlackKeys
+from adapters.slack.status import WORKING_STATUS, ThreadStatus
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
 from gateway.core.channel import VoiceNote
@@ -54,6 +57,8 @@ VOICE_REPLY_TITLE = "Voice reply"
 
 #: The ``Outgoing.hints`` key holding a part's Markdown for its ``markdown`` block.
 MARKDOWN_HINT = "markdown"
+#: User messages whose working state this process remembers (the oldest are forgotten first).
+_REMEMBERED = 4096
 
 FetchOCSFile = Callable[[ReplyAttachment], Awaitable[bytes]]
 
@@ -82,6 +87,7 @@ class SlackSender:
         redis: aioredis.Redis,
         keys: Keys,
         fetch_ocs_file: FetchOCSFile | None,
+        show_progress: bool = True,
     ) -> None:
         self._name = name
         self._api = api
@@ -90,6 +96,12 @@ class SlackSender:
         self._redis = redis
         self._keys = SlackKeys.of(keys)
         self._fetch_ocs_file = fetch_ocs_file
+        #: Off: the ⏳ reaction only and no progress lines, as before issue 16.
+        self._show_progress = show_progress
+        self._status = ThreadStatus(name=name, api=api)
+        #: Per user message: whether this process showed the working state as a status, so
+        #: clear_working removes no reaction that was never added.
+        self._as_status: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         """Post one part; returns its ``ts`` (a message) or file id (an upload).
@@ -107,6 +119,7 @@ class SlackSender:
             part_id = await self._send_attachment(token, route, outgoing.attachment)
         else:
             part_id = await self._post(token, route, outgoing.text, markdown=outgoing.hints.get(MARKDOWN_HINT))
+        self._status.posted(route)  # Slack clears the thread's status when the app posts in it
         thread_ts = route.get("thread_ts")
         if thread_ts and not channel.startswith("D"):
             await self._threads.join(team, channel, thread_ts)  # follow-ups need no mention
@@ -166,24 +179,67 @@ class SlackSender:
     # -- working state ----------------------------------------------------------------------------
 
     async def show_working(self, route: Route) -> None:
-        """React with ⏳ on the user's message. Best effort: a failure never fails the turn."""
-        await self._reaction("reactions_add", route)
+        """"is thinking…" as the thread's status, else ⏳ on the user's message; called again,
+        it keeps the status alive (the progress line it shows, if any). Best effort: a failure
+        never fails the turn."""
+        key = _working_key(route)
+        as_status = await self._set_status(route, self._status.current(route) or WORKING_STATUS)
+        reacted = self._as_status.get(key) is False
+        _remember(self._as_status, key, as_status)
+        if not as_status and not reacted:
+            await self._reaction("reactions_add", route)
+
+    async def show_progress(self, route: Route, text: str) -> bool:
+        """OCS's progress line as the thread's status; False where there is none (no thread,
+        refused, ``show_progress: false``), and the reaction stays. Never raises."""
+        return await self._set_status(route, text)
 
     async def clear_working(self, route: Route) -> None:
-        """Remove the ⏳ reaction. Best effort."""
-        await self._reaction("reactions_remove", route)
+        """Clear a status no answer cleared, and remove the ⏳ reaction unless this process
+        showed a status instead (another process's reaction is removed as before). Best effort."""
+        as_status = self._as_status.pop(_working_key(route), False)
+        try:
+            token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
+        except DeliveryError as exc:
+            log.debug("slack clear_working on %s skipped: %s", self._name, exc)
+            return
+        await self._status.clear(token, route)
+        if not as_status:
+            await self._reaction("reactions_remove", route, token)
 
-    async def _reaction(self, method: str, route: Route) -> None:
+    async def _set_status(self, route: Route, text: str) -> bool:
+        if not self._show_progress or not self._status.usable(route):
+            return False
+        try:
+            token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
+        except DeliveryError as exc:
+            log.debug("slack status on %s skipped: %s", self._name, exc)
+            return False
+        return await self._status.set(token, route, text)
+
+    async def _reaction(self, method: str, route: Route, token: str | None = None) -> None:
         if not route.get("reply_to"):
             return  # slash commands and pushes have no user message to react to
         try:
-            token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
+            if token is None:
+                token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
             with slack_errors(method):
                 call = getattr(self._api.client(), method)
                 await call(token=token, channel=route["channel"], timestamp=route["reply_to"], name=WORKING_REACTION)
         except DeliveryError as exc:
             # already_reacted / no_reaction / missing reactions:write: the answer matters, not this.
             log.debug("slack %s on %s skipped: %s", method, self._name, exc)
+
+
+def _working_key(route: Route) -> tuple[str, str, str]:
+    return route.get("team", ""), route.get("channel", ""), route.get("reply_to") or route.get("thread_ts", "")
+
+
+def _remember(memory: OrderedDict[tuple[str, str, str], bool], key: tuple[str, str, str], value: bool) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _REMEMBERED:
+        memory.popitem(last=False)
 
 
 def _link_text(attachment: ReplyAttachment) -> str:

@@ -22,6 +22,7 @@ from telegram.request import HTTPXRequest
 
 from adapters.telegram import files, outbound
 from adapters.telegram.config import TelegramChannelConfig
+from adapters.telegram.drafts import Drafts
 from adapters.telegram.format import render_markdown
 from adapters.telegram.inbound import (
     BotIdentity,
@@ -112,6 +113,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         self._request: HTTPXRequest | None = None
         self._bot: Bot | None = None
         self._me: BotIdentity | None = None
+        self._drafts = Drafts(
+            channel=name, redis=services.redis, keys=services.keys, bot_interval_s=config.bot_interval_s
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -307,6 +311,15 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     # -- workers --------------------------------------------------------------------------------
 
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """A burst's answer replies to its last message (``reply_parameters``), so the user sees
+        which of their messages it answers; a single message is answered as before (groups reply
+        to it, private chats do not)."""
+        last = routes[-1]
+        if len(routes) > 1 and last.get("message_id") and not last.get("reply_to"):
+            return {**last, "reply_to": last["message_id"]}
+        return last
+
     def render(self, reply: Reply) -> list[Outgoing]:
         parts = [
             Outgoing(text=chunk.html, plain=chunk.plain, hints={"parse_mode": "HTML"})
@@ -387,3 +400,9 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
 
     async def show_working(self, route: Route) -> None:
         await outbound.send_typing(self._client(), route)
+
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        """The line in the turn's message draft, in private chats (adapters/telegram/drafts.py)."""
+        if not self.config.show_progress:
+            return False
+        return await self._drafts.show(self._client(), route, text, turn_id)

@@ -21,6 +21,9 @@ class TelegramChannelConfig(ChannelConfig):
     #: ``webhook``: Telegram POSTs to ``public_url``; ``polling``: the web process asks with
     #: getUpdates (one poller per bot across replicas). Telegram allows one or the other.
     mode: Literal["webhook", "polling"] = "webhook"
+    #: OCS's progress lines as a message draft in private chats (docs/TELEGRAM.md, "Progress");
+    #: off, or in groups, "typing…" only.
+    show_progress: bool = True
     #: Required in webhook mode (Telegram sends it on every POST); unused when polling.
     webhook_secret: SecretRef | None = None
     #: Groups: one conversation per chat, or per speaker inside the chat.

@@ -350,7 +350,8 @@ def _place(
         thread_id=thread if group else None,
         speaker_id=speaker if group and config.group_conversation == "per_speaker" else None,
     )
-    route = {"chat_id": str(chat.id), "chat_type": chat.type}
+    # The message's own id: an answer to a burst replies to its last message (``reply_route``).
+    route = {"chat_id": str(chat.id), "chat_type": chat.type, "message_id": str(message_id)}
     if group and thread is not None:
         route["message_thread_id"] = str(thread)
     if group:

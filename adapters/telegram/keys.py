@@ -6,6 +6,11 @@ key                               type    meaning
 ``tg:pace:{channel}:chat:{id}``   string  next free send slot (ms) for one Telegram chat
                                           (``gateway.store.pacing``); PX TTL
 ``tg:pace:{channel}:bot``         string  next free send slot (ms) for the whole bot; PX TTL
+``tg:pace:{channel}:chat:{id}:last``  string  when the chat's last send was granted (ms, Redis
+                                          time): its spacing holds over grants; PX TTL
+``tg:pace:{channel}:sends``       list    the whole bot's last sends, newest first, as Redis
+                                          times (µs), as many as a second allows
+                                          (``gateway.store.pacing.take_send``); PX TTL
 ``tg:poll:{bot_id}:lease``        string  the replica that long-polls this Telegram bot (an
                                           owner token); PX TTL, renewed while it polls
 ``tg:poll:{bot_id}:offset``       string  getUpdates offset: the last stored update_id + 1
@@ -42,6 +47,9 @@ class TelegramKeys:
 
     def bot_pace(self, channel: str) -> str:
         return self.keys.key("pace", channel, "bot")
+
+    def bot_sends(self, channel: str) -> str:
+        return self.keys.key("pace", channel, "sends")
 
     def poll_lease(self, bot_id: str) -> str:
         return self.keys.key("poll", bot_id, "lease")

@@ -39,7 +39,7 @@ from gateway.core.errors import (
 )
 from gateway.core.keys import Keys
 from gateway.core.models import Outgoing, ReplyAttachment, Route
-from gateway.store.pacing import take_slots
+from gateway.store.pacing import Clearance, take_send
 
 __all__ = [
     "UPLOAD_LIMIT_BYTES",
@@ -63,13 +63,15 @@ _PHOTO_LIMIT_BYTES = 10 * 1024 * 1024
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 #: Flood limits (docs/PLATFORMS.md §1.5): about 1 message/s per private chat, at most ~20 a minute in a
 #: group, ~30/s for the bot. The channel config sets the intervals (``private_interval_s``,
-#: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses.
+#: ``group_interval_s``, ``bot_interval_s``); these are only what a bare ``pace`` call uses. The
+#: bot's 25 (in any sliding second, on Redis's clock) leaves Telegram's ~30 room for what the
+#: grants cannot see: the time from a grant to Telegram's receipt varies per request.
 CHAT_INTERVAL_S = 1.0
 BOT_INTERVAL_S = 1 / 25
 #: Chat types Telegram paces as groups (a channel post is paced like one too).
 _GROUP_CHAT_TYPES = frozenset({"group", "supergroup", "channel"})
-#: A pacing wait up to this is booked and slept; a longer one books nothing and goes back to
-#: the queue (``PacingWait``).
+#: A pacing wait up to this (in all, for one send) is booked and slept; a longer one books
+#: nothing and goes back to the queue (``PacingWait``).
 MAX_PACING_SLEEP_S = 1.5
 #: After a network failure or a timeout, try again this much later.
 NETWORK_RETRY_S = 5.0
@@ -119,26 +121,34 @@ async def pace(
     *,
     chat_interval_s: float = CHAT_INTERVAL_S,
     bot_interval_s: float = BOT_INTERVAL_S,
-) -> None:
-    """Wait for this chat's and this bot's next send slot (shared by every worker).
+) -> int:
+    """Wait for this chat's and this bot's next send slot (shared by every worker), then take
+    the send.
 
     Both slots are booked in one script or neither is: a sender sent back to the queue holds no
-    slot that would delay the others.
+    slot that would delay the others. The send itself is granted only once the slot is due, on
+    Redis's clock, and while the bot's last second allows it: a sender that woke late does not
+    add to a second already full.
+
+    Returns:
+        The grant's time on Redis's clock, in µs.
 
     Raises:
         PacingWait: the wait is long; nothing was booked and the worker should come back then
             rather than hold a thread.
     """
     tg_keys = TelegramKeys.of(keys)
-    slot = await take_slots(
-        redis,
-        [(tg_keys.chat_pace(channel, chat_id), chat_interval_s), (tg_keys.bot_pace(channel), bot_interval_s)],
-        max_wait_s=MAX_PACING_SLEEP_S,
-    )
-    if not slot.granted:
-        raise PacingWait(slot.wait_s, "pacing sends to stay under Telegram's flood limits")
-    if slot.wait_s > 0:
+    chat = (tg_keys.chat_pace(channel, chat_id), chat_interval_s)
+    bot = (tg_keys.bot_pace(channel), tg_keys.bot_sends(channel), bot_interval_s)
+    slot = await take_send(redis, chat=chat, bot=bot, max_wait_s=MAX_PACING_SLEEP_S)
+    slept = 0.0
+    while slot.clearance is not Clearance.SEND:
+        if slot.clearance is Clearance.REFUSED or slept + slot.wait_s > MAX_PACING_SLEEP_S:
+            raise PacingWait(slot.wait_s, "pacing sends to stay under Telegram's flood limits")
         await asyncio.sleep(slot.wait_s)
+        slept += slot.wait_s
+        slot = await take_send(redis, chat=chat, bot=bot, max_wait_s=MAX_PACING_SLEEP_S, holding=True)
+    return slot.at_us
 
 
 def _target(route: Route) -> dict[str, Any]:

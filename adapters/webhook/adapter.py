@@ -3,16 +3,19 @@
 Inbound: ``POST /webhooks/{channel}`` signed with Standard Webhooks; the body is documented in
 ``docs/WEBHOOKS.md``. Outbound: each reply part is POSTed to the channel's callback URL, signed
 the same way with a ``webhook-id`` that stays the same on every retry, so the receiver can drop
-repeats.
+repeats. With ``show_progress: true`` each new progress line OCS reports while it works is one
+signed ``progress`` callback too, sent once (progress is best effort: never retried).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +46,7 @@ from gateway.core.models import (
     Route,
 )
 
-__all__ = ["WebhookAdapter", "WebhookMessage"]
+__all__ = ["PROGRESS_TIMEOUT_S", "WebhookAdapter", "WebhookMessage", "progress_id"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ log = logging.getLogger(__name__)
 MAX_ATTACHMENT_BYTES = 50 * 1024 * 1024
 #: Reply files up to this size travel inside the callback, so the receiver needs no OCS key.
 INLINE_FILE_BYTES = 5 * 1024 * 1024
+#: A progress callback must not hold the turn: the poll that carried the line waits for it.
+PROGRESS_TIMEOUT_S = 5.0
+#: Turns whose last progress line this process remembers (the oldest are forgotten first).
+_REMEMBERED = 4096
 
 
 class _Sender(BaseModel):
@@ -101,6 +108,7 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._key = signing.decode_secret(self.config.secret.reveal())
+        self._progress: OrderedDict[str, str] = OrderedDict()  # turn id → the last line sent
 
     # -- edge -----------------------------------------------------------------------------
 
@@ -144,6 +152,13 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         parts += [Outgoing(attachment=a, hints=hints) for a in reply.attachments]
         return parts
 
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """The answer to a burst names every message it answers (``in_reply_to_all``, oldest
+        first); ``in_reply_to`` stays the last one's webhook-id, as for a single message."""
+        last = routes[-1]
+        ids = [route["in_reply_to"] for route in routes if route.get("in_reply_to")]
+        return {**last, "in_reply_to_all": json.dumps(ids)} if len(ids) > 1 else last
+
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         attachments = [await self._attachment(outgoing)] if outgoing.attachment else []
         return await self._callback(route, outgoing.hints, outgoing.text, attachments, delivery)
@@ -162,10 +177,12 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         if delivery is None:
             delivery = Delivery(id=f"msg_{time.time_ns()}")
         delivery_id = delivery.id
+        in_reply_to = hints.get("in_reply_to") or None
         payload: dict[str, Any] = {
             "type": "message",
             "conversation_id": route["conversation_id"],
-            "in_reply_to": hints.get("in_reply_to") or None,
+            "in_reply_to": in_reply_to,
+            "in_reply_to_all": _replied_ids(route, in_reply_to),
             "kind": hints.get("kind", "answer"),
             "text": text,
             "attachments": attachments,
@@ -182,6 +199,41 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         except httpx.TransportError as exc:
             raise RetryLater(5.0, f"callback unreachable: {type(exc).__name__}") from exc
         return _classify(response, delivery_id)
+
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        """One signed ``progress`` callback per new line, when the channel opted in
+        (``show_progress: true``). A line is sent once, delivered or not: progress is best
+        effort, and a receiver that is down is not asked again at every poll."""
+        line = text.strip()
+        url = self.config.callback_url
+        if not self.config.show_progress or not line or not route.get("conversation_id"):
+            return False
+        if urlsplit(url).hostname not in self.config.callback_allowlist:
+            return False
+        if self._progress.get(turn_id) == line:
+            return True
+        self._progress[turn_id] = line
+        self._progress.move_to_end(turn_id)
+        while len(self._progress) > _REMEMBERED:
+            self._progress.popitem(last=False)
+        payload = {
+            "type": "progress",
+            "kind": "progress",
+            "conversation_id": route["conversation_id"],
+            "in_reply_to": route.get("in_reply_to") or None,
+            "text": line,
+        }
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = signing.signed_headers(self._key, progress_id(turn_id, line), body)
+        try:
+            response = await self.services.http.post(url, content=body, headers=headers, timeout=PROGRESS_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            log.debug("progress callback not delivered: %s", type(exc).__name__)
+            return False
+        if response.status_code >= 300:
+            log.debug("progress callback answered %s", response.status_code)
+            return False
+        return True
 
     async def _attachment(self, outgoing: Outgoing) -> dict[str, Any]:
         att = outgoing.attachment
@@ -209,6 +261,22 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         if content_type == "application/octet-stream" and fetched.content_type:
             content_type = fetched.content_type
         return InboundFile(name=attachment.name, content_type=content_type, data=fetched.data)
+
+
+def _replied_ids(route: Route, in_reply_to: str | None) -> list[str]:
+    """Every webhook-id the answer answers: a burst's, or the one message's (none for a message
+    the bot started)."""
+    stored = route.get("in_reply_to_all")
+    if stored:
+        ids = json.loads(stored)
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return ids
+    return [in_reply_to] if in_reply_to else []
+def progress_id(turn_id: str, line: str) -> str:
+    """The ``webhook-id`` of a progress callback: the same for the same line of the same turn,
+    so a receiver drops a repeat as it drops a repeated reply part."""
+    digest = hashlib.sha256(f"{turn_id}\n{line}".encode()).hexdigest()[:24]
+    return f"progress_{digest}"
 
 
 def _classify(response: httpx.Response, delivery_id: str) -> str:

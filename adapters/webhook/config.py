@@ -21,6 +21,9 @@ class WebhookChannelConfig(ChannelConfig):
     callback_url: HttpUrl
     #: Hosts the callback may go to; defaults to the callback URL's own host.
     callback_allowlist: tuple[str, ...] = ()
+    #: Opt-in: a signed ``progress`` callback for each new progress line OCS reports while it
+    #: works (docs/WEBHOOKS.md, "Progress").
+    show_progress: bool = False
 
     @model_validator(mode="after")
     def _callback_allowed(self) -> WebhookChannelConfig:

@@ -2,16 +2,17 @@
 ``BaseRoute``).
 
 The edge (web process) calls ``verify`` then ``parse``; the workers call ``render`` then
-``send`` for each part, ``download`` for the user's files and ``show_working``/``clear_working``
-around the wait for OCS. Platform SDKs stay private attributes of the adapter, and SDK errors are
-translated into ``gateway.core.errors`` where the SDK meets our code.
+``send`` for each part, ``download`` for the user's files, and ``show_working``/``clear_working``
+around the wait for OCS with ``show_progress`` for OCS's progress lines during it. Platform SDKs
+stay private attributes of the adapter, and SDK errors are translated into ``gateway.core.errors``
+where the SDK meets our code.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -168,6 +169,12 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     def render(self, reply: Reply) -> list[Outgoing]:
         """Turn the bot's Markdown reply into platform messages, split to the platform's limits."""
 
+    def reply_route(self, routes: Sequence[Route]) -> Route:
+        """Where the answer to a turn of ``routes``' messages (oldest first; several when a
+        burst went to OCS as one) goes: by default where the last of them came from. An adapter
+        that threads answers under a message says here which one (the last)."""
+        return routes[-1]
+
     @abstractmethod
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         """Send one part; returns the platform's message id.
@@ -205,8 +212,29 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     async def show_working(self, route: Route) -> None:
         """Show the user that the bot is working (typing indicator, reaction). Best effort."""
 
+    async def show_progress(self, route: Route, text: str, turn_id: str) -> bool:
+        """Show OCS's current progress line for the turn ``turn_id`` where the user looks, and
+        say whether it is shown.
+
+        Telegram: a message draft in a private chat (one draft per turn, replaced by the answer);
+        Slack: the thread's status under the app's name; webhooks: a signed ``progress``
+        callback, only when the channel opted in. False means this platform, chat or channel
+        cannot show it now (the channel's ``show_progress`` is off, a group chat, a refusal the
+        adapter remembers, a transient failure): the engine then keeps ``show_working`` going as
+        before.
+
+        The engine calls it whenever a task poll answers "processing" with a progress line, the
+        same line again included, with one ``turn_id`` for every poll of one turn; the adapter
+        skips repeats itself and re-sends what its platform lets expire (a draft lasts about
+        30 s, a Slack status 2 minutes). ``clear_working`` after the answer clears what is left.
+        Best effort: a platform's refusal or a ``RetryLater``-like failure is logged at debug
+        and answered False, never raised.
+        """
+        return False
+
     async def clear_working(self, route: Route) -> None:
-        """Undo ``show_working`` once the reply is out or the turn failed. Best effort."""
+        """Undo ``show_working`` (and ``show_progress``) once the reply is out or the turn
+        failed. Best effort."""
 
     async def forget_conversation(self, route: Route) -> None:
         """Called when a conversation is reset, for adapters that keep per-conversation state."""

@@ -54,6 +54,7 @@ __all__ = [
     "BudgetLimits",
     "ChannelConfig",
     "ChannelModels",
+    "CoalesceConfig",
     "EnvStr",
     "GatewayConfig",
     "HttpUrl",
@@ -258,14 +259,40 @@ class BotConfig(_Model):
         return self
 
 
+class CoalesceConfig(_Model):
+    """How the messages of a burst become one OCS turn (docs/CONFIG.md, *Bursts*)."""
+
+    #: ``while_busy``: messages that arrive while the conversation's previous turn is with OCS
+    #: are sent together as its next turn; ``off``: one OCS turn per message.
+    mode: Literal["off", "while_busy"] = "while_busy"
+    #: Wait this long after a message before its turn is sent, for the rest of a burst to join
+    #: it. Every reply waits that much longer, so 0 unless measurement says otherwise.
+    quiet_ms: int = Field(default=0, ge=0, le=10_000)
+    #: A turn covers at most this many messages and this many characters of joined text (the
+    #: first message always goes, whatever its size); the rest wait for the next turn.
+    max_messages: int = Field(default=10, ge=1, le=100)
+    max_chars: int = Field(default=8000, ge=1)
+
+    @property
+    def depth(self) -> int:
+        """How many inbox items a turn may cover."""
+        return self.max_messages if self.mode == "while_busy" else 1
+
+
 class ChannelConfig(_Model):
     """What every channel has, whatever its platform. Each adapter extends it with its own
     fields and ``type`` (``adapters/<platform>/config.py``); core knows none of them."""
 
     bot: str
+    #: Bursts: see ``CoalesceConfig``.
+    coalesce: CoalesceConfig = CoalesceConfig()
     #: Text sent when a turn fails for good (it is also parked in the dead-letter store).
     failure_notice: str = "Sorry, something went wrong on our side. Please try again in a moment."
     reset_notice: str = "Conversation reset. Send a message to start again."
+    #: Sent before the answer when a file the user sent could not be attached (too big, a type
+    #: OCS refuses, the platform would not give it); ``{files}`` names them. OCS is told only
+    #: that there was a file.
+    unattached_notice: str = "I couldn't open {files}, so I answered your words without it."
     #: Sent when OCS takes longer than the bot's task_timeout_s; the answer follows later.
     slow_notice: str = "This is taking longer than usual; I'll send the answer as soon as it is ready."
     #: How long a reply keeps being retried while the platform (or callback) is down or

@@ -14,6 +14,7 @@
     │   ├── OCSUnavailable          5xx, timeouts, connection errors: retry with backoff
     │   ├── OCSRateLimited          429: wait ``retry_after_s``
     │   ├── SessionExpired          403 session_expired / session_token_invalid: start again
+    │   │   └── SessionEnded        400 "Session has ended": OCS completed it; start again
     │   ├── OCSAuthFailed           401 on start: refresh the token once, then give up
     │   └── OCSRejected             any other 4xx: permanent, carries status and body
     ├── DeliveryError               sending to a platform
@@ -56,6 +57,7 @@ __all__ = [
     "PayloadTooLarge",
     "RecipientGone",
     "RetryLater",
+    "SessionEnded",
     "SessionExpired",
     "SignatureInvalid",
     "SpeechAuthFailed",
@@ -156,6 +158,15 @@ class SessionExpired(OCSError):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+class SessionEnded(SessionExpired):
+    """Raised when OCS answers 400 ``{"error": "Session has ended"}``: the session was completed
+    (OCS's review form, docs/OCS.md §6.1) and refuses every message from now on. OCS did not accept
+    this one, so sending it in a new session is right, once; the old session is forgotten."""
+
+    def __init__(self) -> None:
+        super().__init__("session_ended")
 
 
 class OCSAuthFailed(OCSError):

@@ -127,6 +127,10 @@ class Metrics:
             "ocsgw_task_polls_per_turn", "Task polls a turn made before OCS had its answer.",
             ["bot"], buckets=_POLL_BUCKETS, registry=r,
         )
+        self.messages_per_turn = Histogram(
+            "ocsgw_messages_per_turn", "User messages one OCS turn carried (a burst goes as one).",
+            ["bot"], buckets=(1, 2, 3, 5, 10, 20), registry=r,
+        )
         self.reply_delay_seconds = Histogram(
             "ocsgw_reply_delay_seconds", "Time from OCS completing a task to the platform accepting the "
             "answer's first part.", ["bot"], buckets=_WAIT_BUCKETS, registry=r,

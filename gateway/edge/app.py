@@ -31,6 +31,7 @@ from gateway.core.logs import bound
 from gateway.core.metrics import Metrics
 from gateway.core.queue import ADVANCE, NAMESPACE, QUEUE
 from gateway.edge.admin import create_admin_app
+from gateway.edge.framing import AmbiguousFraming
 from gateway.edge.inbound_metrics import (
     CLIENT_CLOSED_REQUEST,
     InboundMetrics,
@@ -123,6 +124,8 @@ def create_app(
                 InboundMetrics, paths=Services.inbound_paths(config), metrics=metrics,
                 channels={name: channel.type for name, channel in config.channels.items()},
             ),
+            # Before anything reads a body: a request framed by two headers is refused unread.
+            Middleware(AmbiguousFraming),
             Middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes),
         ],
         exception_handlers=_ERROR_STATUSES,

@@ -34,6 +34,7 @@ from gateway.core.errors import (
     OCSRateLimited,
     OCSRejected,
     OCSUnavailable,
+    SessionEnded,
     SessionExpired,
 )
 from gateway.core.fetching import FetchLimits, fetch_url
@@ -42,9 +43,9 @@ from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
-from gateway.ocs.messages import SessionPage, TaskPoll
+from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll
 
-__all__ = ["OCSClient"]
+__all__ = ["LABEL_SEPARATOR", "OCSClient", "labelled_remote_id"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,15 @@ _SESSION_CODES = {"session_expired", "session_token_invalid", "session_token_req
 #: What OCS answers on a session-bound route when the session no longer exists or its chatbot
 #: was archived (the permission check fails before the view's 404, docs/OCS.md §4.2, §8 rule 2).
 _SESSION_GONE = "Authentication credentials were not provided."
+#: What ``message/`` and ``upload/`` answer (400) once OCS completed the session (docs/OCS.md §4.2, §6.1).
+_SESSION_ENDED = "Session has ended"
+#: Between a start's label and its participant remote id (``start_session``).
+LABEL_SEPARATOR = "#"
+#: How far back the look-up of a labelled session reads the newest sessions, beyond the time
+#: the label was written: OCS's clock and ours may disagree by this much.
+_LOOKUP_SKEW_S = 120.0
+_LOOKUP_PAGE = 100
+_LOOKUP_PAGES = 10
 #: Transport failures after which the request may have reached OCS (it was written, the answer
 #: never came): only these make a state-changing call ambiguous.
 _MAYBE_DELIVERED = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.WriteTimeout)
@@ -182,6 +192,8 @@ class OCSClient:
             raise SessionExpired("session_gone")
         if status == 400 and path.endswith("/poll/") and isinstance(body, dict) and body.get("status") == "error":
             return response
+        if status == 400 and session_id is not None and isinstance(body, dict) and body.get("error") == _SESSION_ENDED:
+            raise SessionEnded()
         raise OCSRejected(status, body)
 
     def _count(self, endpoint: str, status: str) -> None:
@@ -254,14 +266,20 @@ class OCSClient:
 
     # -- chat API ---------------------------------------------------------------------------
 
-    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "") -> OCSSession:
+    async def start_session(self, *, remote_id: str, name: str | None, channel: str = "", label: str = "") -> OCSSession:
         """``POST /api/chat/start/`` (docs/OCS.md §4.1); refreshes the OAuth token once on a 401.
+
+        ``label``: makes this start findable afterwards (``find_labelled_session``): it is
+        appended to the participant's remote id (``telegram:42#k3f9``), the one field of a start
+        that OCS stores for an OAuth caller and shows again (docs/OCS.md §2.6: ``session_data`` is ignored).
 
         Raises:
             OCSAuthFailed: the credentials are refused even with a fresh token.
+            OCSAmbiguous: the request left and no answer came back: OCS may have created the
+                session (its token was only in the lost answer).
             OCSRejected, OCSUnavailable, OCSRateLimited.
         """
-        body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": remote_id[:255]}
+        body: dict[str, Any] = {"chatbot_id": self.bot.chatbot_id, "participant_remote_id": labelled_remote_id(remote_id, label)}
         if name:  # empty strings are a 400 (docs/OCS.md §4.1): omit instead
             body["participant_name"] = name[:320]
         for attempt in (1, 2):
@@ -275,7 +293,7 @@ class OCSClient:
             try:
                 response = await self._call(
                     "POST", "/api/chat/start/", endpoint="start", headers=headers, json=body,
-                    priority=Priority.SEND, start_channel=channel or self.name,
+                    priority=Priority.SEND, start_channel=channel or self.name, changes_state=True,
                 )
             except OCSRejected as exc:
                 if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
@@ -313,11 +331,13 @@ class OCSClient:
         )
         return str(response.json()["task_id"])
 
-    async def poll_task(self, session: OCSSession, task_id: str) -> TaskPoll:
-        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: dropped."""
+    async def poll_task(self, session: OCSSession, task_id: str, *, priority: Priority = Priority.WAITING) -> TaskPoll:
+        """``GET /api/chat/{sid}/{task}/poll/`` (docs/OCS.md §4.3). Progress text is not a reply: it
+        comes apart (``TaskPoll.progress``). ``priority``: a poll made only to show progress
+        yields first when the budget is short (``Priority.BACKGROUND``)."""
         response = await self._call(
             "GET", f"/api/chat/{session.session_id}/{task_id}/poll/", endpoint="task", headers=self._session_headers(session),
-            priority=Priority.WAITING, session_id=session.session_id,
+            priority=priority, session_id=session.session_id,
         )
         data = _body(response)
         if not isinstance(data, dict):
@@ -374,6 +394,68 @@ class OCSClient:
                 raise
             return True
         return False
+
+    @property
+    def can_manage_sessions(self) -> bool:
+        """Whether this bot's credentials reach the sessions API (OAuth, or an API key); the
+        chat-only modes (embed key, keyless) do not."""
+        return self.bot.auth == "oauth" or self.bot.api_key is not None
+
+    async def _management(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call to the management API (``/api/sessions/…``) with the Bearer token or API key,
+        refreshing a stale cached token once."""
+        for attempt in (1, 2):
+            headers = await self._management_headers(refresh=attempt == 2)
+            try:
+                return await self._call(method, path, endpoint="session", headers=headers, priority=Priority.SEND, **kwargs)
+            except OCSRejected as exc:
+                if exc.status == 401 and self.bot.auth == "oauth" and attempt == 1:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def find_labelled_session(self, remote_id: str, label: str, *, created_after: float) -> SessionSummary | None:
+        """The session a start labelled ``label`` created (``start_session``), if OCS has one:
+        ``GET /api/sessions/?experiment=…`` (``sessions:read``), newest first, read back to a
+        little before ``created_after`` (epoch seconds). None when there is none.
+
+        It tells whether a start whose answer was lost created a session; it cannot give that
+        session back for use: its ``session_token`` was only in the lost answer (docs/OCS.md §2.5), and no
+        other call returns it.
+
+        Raises:
+            OCSRejected: these credentials may not list sessions (403 without ``sessions:read``).
+            OCSUnavailable, OCSRateLimited.
+        """
+        wanted = labelled_remote_id(remote_id, label)
+        params: dict[str, Any] = {"experiment": self.bot.chatbot_id, "ordering": "-created_at", "page_size": _LOOKUP_PAGE}
+        for _ in range(_LOOKUP_PAGES):
+            data = _body(await self._management("GET", "/api/sessions/", params=params))
+            if not isinstance(data, dict):
+                raise OCSUnavailable("the session list answered without JSON")
+            page = [SessionSummary.parse(item) for item in data.get("results") or () if isinstance(item, Mapping)]
+            for session in page:
+                if session.remote_id == wanted:
+                    return session
+            older = [s.created_at for s in page if s.created_at is not None]
+            cursor = httpx.URL(str(data["next"])).params.get("cursor") if data.get("next") else None
+            if cursor is None or (older and min(older) < created_after - _LOOKUP_SKEW_S):
+                return None
+            params["cursor"] = cursor
+        return None
+
+    async def tag_session(self, session_id: str, tags: Sequence[str]) -> bool:
+        """``POST /api/sessions/{id}/tags/`` (docs/OCS.md §4.10, ``sessions:write``). False where these
+        credentials may not (no management credentials, 403) or the session is gone (404)."""
+        if not self.can_manage_sessions:
+            return False
+        try:
+            await self._management("POST", f"/api/sessions/{session_id}/tags/", json={"tags": list(tags)})
+        except OCSRejected as exc:
+            if exc.status in (401, 403, 404):
+                return False
+            raise
+        return True
 
     async def download_file(self, content_url: str) -> bytes:
         """A reply attachment's bytes, at most ``bot.max_file_bytes``.
@@ -444,6 +526,15 @@ class OCSClient:
             raise OCSUnavailable(f"GET {where}: the download broke off ({type(exc).__name__})") from exc
         finally:
             await response.aclose()
+
+
+def labelled_remote_id(remote_id: str, label: str) -> str:
+    """The participant remote id a start sends: ``remote_id``, then the start's label if any,
+    within OCS's 255 characters (the label is kept whole; the id gives way)."""
+    if not label:
+        return remote_id[:255]
+    suffix = f"{LABEL_SEPARATOR}{label}"
+    return remote_id[: 255 - len(suffix)] + suffix
 
 
 def _origin(url: httpx.URL) -> _Origin | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -20,9 +21,11 @@ __all__ = [
     "OCSMessage",
     "SessionPage",
     "SessionStatus",
+    "SessionSummary",
     "TaskPoll",
     "TaskStatus",
     "parse_attachment",
+    "parse_timestamp",
 ]
 
 
@@ -84,12 +87,15 @@ class OCSMessage:
 
 @dataclass(frozen=True, slots=True)
 class TaskPoll:
-    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply: dropped."""
+    """What one task poll found (docs/OCS.md §4.3). Progress text while processing is not a reply:
+    it is kept apart (``progress``), for the platform to show while the user waits."""
 
     status: TaskStatus
     message: OCSMessage | None = None
     #: For ``ERROR``: OCS's text, written for the end user.
     error: str | None = None
+    #: For ``PROCESSING``: the bot's current progress line, if OCS gave one (never the answer).
+    progress: str | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, failed: bool) -> TaskPoll:
@@ -99,7 +105,9 @@ class TaskPoll:
         message = data.get("message")
         if data.get("status") == "complete" and isinstance(message, Mapping):
             return cls(TaskStatus.COMPLETE, message=OCSMessage.parse(message))
-        return cls(TaskStatus.PROCESSING)
+        content = message.get("content") if isinstance(message, Mapping) else None
+        line = content.strip() if isinstance(content, str) else ""
+        return cls(TaskStatus.PROCESSING, progress=line or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,42 @@ class SessionPage:
         status = SessionStatus.ENDED if data.get("session_status") == "ended" else SessionStatus.ACTIVE
         messages = tuple(OCSMessage.parse(m) for m in _items(data.get("messages")))
         return cls(messages, bool(data.get("has_more")), status)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One session of the sessions API's list (``ExperimentSession``): what the gateway reads
+    of it. ``status`` is OCS's raw value (``active``, ``pending-review``, ``complete``, …)."""
+
+    session_id: str
+    remote_id: str
+    #: Epoch seconds; None when absent or unreadable.
+    created_at: float | None
+    status: str
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> SessionSummary:
+        participant = data.get("participant")
+        remote_id = participant.get("remote_id") if isinstance(participant, Mapping) else None
+        created_at = data.get("created_at")
+        tags = data.get("tags")
+        return cls(
+            session_id=str(data.get("id") or ""),
+            remote_id=str(remote_id or ""),
+            created_at=parse_timestamp(created_at) if isinstance(created_at, str) else None,
+            status=str(data.get("status") or ""),
+            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+        )
+
+
+def parse_timestamp(value: str) -> float | None:
+    """Epoch seconds of an OCS timestamp (``…SS.ffffffZ`` or ``…SSZ``, docs/OCS.md §6.3); None if unreadable."""
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _role(value: Any) -> MessageRole | None:

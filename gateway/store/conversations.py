@@ -18,6 +18,7 @@ from gateway.store.lease import Op
 __all__ = ["ConversationRecord", "ConversationStore", "parse_record"]
 
 _SESSION_FIELDS = ("session_id", "session_token", "chatbot_id", "started_at")
+_INTENT_FIELDS = ("start_label", "start_at")
 #: Conversations nobody wrote to for this long are forgotten by Redis (their session with them).
 RECORD_TTL_S = 90 * 24 * 3600
 
@@ -34,6 +35,11 @@ class ConversationRecord:
     #: User messages this gateway has put into the current session; None for a session started
     #: before the gateway counted (the history is counted once instead).
     user_messages: int | None = None
+    #: The label of a session start whose answer has not been recorded yet (written before the
+    #: start, cleared with the session it made): while set, OCS may hold a session we never
+    #: heard of. ``start_at`` is when it was written (shared clock).
+    start_label: str = ""
+    start_at: float = 0.0
 
 
 def parse_record(data: dict[Any, Any]) -> ConversationRecord:
@@ -50,6 +56,8 @@ def parse_record(data: dict[Any, Any]) -> ConversationRecord:
         last_active=float(raw.get("last_active") or 0),
         last_polled=float(raw.get("last_polled") or 0),
         user_messages=int(counted) if counted not in (None, "") else None,
+        start_label=raw.get("start_label") or "",
+        start_at=float(raw.get("start_at") or 0),
     )
 
 
@@ -65,15 +73,29 @@ class ConversationStore:
     def save_session(
         self, conv: ConversationKey, record: ConversationRecord, session: OCSSession
     ) -> tuple[ConversationRecord, list[Op]]:
-        """A new session: its cursor and its count of user messages start again."""
+        """A new session: its cursor and its count of user messages start again, and the start's
+        intent (``intend_start``) is done."""
         key = self._keys.conversation(conv)
         fields = (
             "session_id", session.session_id, "session_token", session.session_token,
             "chatbot_id", session.chatbot_id, "started_at", repr(session.started_at),
             "cursor", "", "user_messages", "0",
         )
-        updated = replace(record, session=session, cursor=None, user_messages=0)
-        return updated, [Op("HSET", key, fields), Op("EXPIRE", key, (RECORD_TTL_S,))]
+        updated = replace(record, session=session, cursor=None, user_messages=0, start_label="", start_at=0.0)
+        return updated, [Op("HSET", key, fields), Op("HDEL", key, _INTENT_FIELDS), Op("EXPIRE", key, (RECORD_TTL_S,))]
+
+    def intend_start(
+        self, conv: ConversationKey, record: ConversationRecord, *, label: str, now: float
+    ) -> tuple[ConversationRecord, list[Op]]:
+        """About to start a session labelled ``label``: recorded first, so that whoever finds it
+        still set knows a start's answer was lost and can look for the session it made."""
+        key = self._keys.conversation(conv)
+        updated = replace(record, start_label=label, start_at=now)
+        return updated, [Op("HSET", key, ("start_label", label, "start_at", repr(now))), Op("EXPIRE", key, (RECORD_TTL_S,))]
+
+    def drop_intent(self, conv: ConversationKey, record: ConversationRecord) -> tuple[ConversationRecord, list[Op]]:
+        """The start surely made no session (refused, or it never left): nothing to look for."""
+        return replace(record, start_label="", start_at=0.0), [Op("HDEL", self._keys.conversation(conv), _INTENT_FIELDS)]
 
     def forget_session(self, conv: ConversationKey, record: ConversationRecord) -> tuple[ConversationRecord, list[Op]]:
         """The session is over (reset, expired, forgotten by OCS): the next turn starts another."""

@@ -76,17 +76,18 @@ _BATCH = 200
 
 
 # KEYS: the letter, the dlq index, the conversation's inbox, active, waiting. ARGV: letter id,
-# inbox item, conversation, the item's received_at (0: unknown). Whoever deletes the letter
+# inbox item, conversation, the item's received_at (0: unknown), then the rest of its burst. Whoever deletes the letter
 # queues it: two replays at once (a double click, two operators, two web replicas) queue it
 # once, and the other is told it is gone.
 _REPLAY = LuaScript(NOTE_WAITING_LUA + """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-local length = redis.call('RPUSH', KEYS[3], ARGV[2])
+local length = redis.call('RPUSH', KEYS[3], ARGV[2], unpack(ARGV, 5))
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[4], now, ARGV[3])
-note_waiting(KEYS[5], ARGV[3], length, ARGV[4], now)
+-- The waiting index keeps the first item's time: the inbox's length once it was in.
+note_waiting(KEYS[5], ARGV[3], length - (#ARGV - 4), ARGV[4], now)
 return 1
 """)
 
@@ -103,6 +104,9 @@ class DeadLetter:
     stage: DeadLetterStage = DeadLetterStage.UNKNOWN
     reply: Reply | None = None
     parts: tuple[Outgoing, ...] = ()
+    #: The messages after ``inbound`` that the failed turn covered (a burst sent as one): an OCS
+    #: failure's replay puts them all back, in order.
+    batch: tuple[str, ...] = ()
 
     @property
     def channel(self) -> str:
@@ -115,6 +119,8 @@ class DeadLetter:
             "reply": self.reply.to_dict() if self.reply is not None else None,
             "parts": [part.to_dict() for part in self.parts],
         }
+        if self.batch:
+            data["batch"] = list(self.batch)
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -127,6 +133,7 @@ class DeadLetter:
             stage=DeadLetterStage.read(data.get("stage")),
             reply=Reply.from_dict(reply) if reply else None,
             parts=tuple(Outgoing.from_dict(part) for part in data.get("parts") or ()),
+            batch=tuple(str(item) for item in data.get("batch") or ()),
         )
 
 
@@ -187,12 +194,13 @@ class DeadLetterStore:
         stage: DeadLetterStage = DeadLetterStage.UNKNOWN,
         reply: Reply | None = None,
         parts: Sequence[Outgoing] = (),
+        batch: Sequence[str] = (),
     ) -> DeadLetter:
         """Keep a failed turn, with the ``stage`` it failed at; a delivery failure passes the ``reply`` (and its
         rendered ``parts``) so a replay needs no OCS call."""
         letter = DeadLetter(
             uuid.uuid4().hex[:12], str(conv), inbound_raw, error, ocs, ledger, time.time(),
-            stage=stage, reply=reply, parts=tuple(parts),
+            stage=stage, reply=reply, parts=tuple(parts), batch=tuple(batch),
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._keys.dead_letter(letter.id), letter.to_json(), px=int(self._retention_s * 1000))
@@ -288,9 +296,10 @@ class DeadLetterStore:
         attachments) to the original route: the answer is delivered, OCS is not asked again.
         Its ``context`` also holds the rendered parts that were still undelivered (``parts``),
         for an engine that resumes there rather than sending the whole reply again.
-        Any other letter puts the original inbound back, so the turn starts afresh (a new OCS
-        message). The caller enqueues the returned conversation. Taking the letter and queueing it
-        are one script, so a letter replayed twice at once is queued once (the other gets None).
+        Any other letter puts the original inbound back (with the rest of its burst, when the turn
+        covered several messages), so the turn starts afresh (a new OCS message). The caller
+        enqueues the returned conversation. Taking the letter and queueing it are one script, so a
+        letter replayed twice at once is queued once (the other gets None).
 
         Raises:
             ValueError: the letter's inbound cannot be read (an unreadable item); drop it.
@@ -303,12 +312,12 @@ class DeadLetterStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"dead letter {letter_id} holds no readable message ({exc}); drop it") from None
         conv = original.key
-        item = letter.inbound
+        item, more = letter.inbound, letter.batch
         if letter.stage is DeadLetterStage.DELIVERY and letter.reply is not None:
-            item = _as_push(original, letter, letter.reply).to_json()
+            item, more = _as_push(original, letter, letter.reply).to_json(), ()
         keys = [self._keys.dead_letter(letter_id), self._keys.dlq, self._keys.inbox(conv), self._keys.active, self._keys.waiting]
         received_at = Inbound.from_json(item).received_at
-        if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv), repr(float(received_at))]):
+        if not await _REPLAY(self._redis, keys, [letter_id, item, str(conv), repr(float(received_at)), *more]):
             return None  # replayed (or dropped) by someone else meanwhile
         return conv
 

@@ -11,7 +11,7 @@ recorded.
 What a fenced write guarantees. Redis runs the script with nothing else in between, but it does
 not undo a script's earlier commands when a later one fails. So the script first checks every op
 without writing: the command is one it knows (``DEL``, ``EXPIRE``, ``HSET``, ``HDEL``,
-``HINCRBY``, ``ZADD``, ``ZREM``, ``ZREMRANGEBYSCORE``, ``RPUSH``, ``LREM``, ``LINDEX``), the
+``HINCRBY``, ``ZADD``, ``ZREM``, ``ZREMRANGEBYSCORE``, ``RPUSH``, ``LREM``, ``LINDEX``, ``LRANGE``), the
 arguments are as many and of the kind it needs (integers, scores), each key holds the type the
 command needs as the earlier ops will have left it, and a ``HINCRBY`` field holds an integer. Any
 op that fails a check refuses the whole write (``WriteRefused``): nothing is written and the lease
@@ -156,6 +156,9 @@ local COMMANDS = {
   end},
   LINDEX = {needs = 'list', check = function(a)
     if #a ~= 1 or not integer(a[1]) then return 'takes an index (integer)' end
+  end},
+  LRANGE = {needs = 'list', check = function(a)
+    if #a ~= 2 or not integer(a[1]) or not integer(a[2]) then return 'takes a start and a stop (integers)' end
   end},
 }
 

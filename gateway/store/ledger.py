@@ -16,6 +16,9 @@ between, or a send whose answer never came back, leaves that mark, and the next 
 by counting the user messages in the session's history instead of sending again
 (``workers/turns.py``). Likewise ``sending_part`` is written before each platform send.
 
+A turn may cover several inbox items (a burst sent to OCS as one message): ``batch_raw`` names
+the ones after the head, fixed when the turn begins, and the turn's end removes them all.
+
 Writes are not made here: this module builds them as ``Op`` lists that the owner applies through
 its lease (``gateway.store.lease``), so every write is fenced by the lease token.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -79,20 +83,53 @@ class Turn:
     #: What the message's voice notes said, once heard (JSON, ``workers/voice_notes.py``): a
     #: retried send reuses it, never transcribing again.
     voice: str = ""
+    #: The inbox items after ``inbound_raw`` that this turn also covers (a burst sent to OCS as
+    #: one message, ``workers/batches.py``), in inbox order. Fixed when the turn begins.
+    batch_raw: tuple[str, ...] = ()
+    #: Names of the user's files that could not be attached (the user is told, OCS only that
+    #: there was one): a notice goes before the answer (``workers/closing.py``).
+    unattached: tuple[str, ...] = ()
     #: ``inbound_raw`` parsed, beside the text it came from. ``replace`` hands it on to the new
     #: turn, so a turn's inbound is parsed once however often the turn changes (each parse is tens
     #: of microseconds); a changed ``inbound_raw`` is parsed again. Not stored, not compared.
     _parsed: tuple[str, Inbound] | None = field(default=None, compare=False, repr=False, kw_only=True)
+    #: ``batch_raw`` parsed, handed on as ``_parsed`` is.
+    _parsed_batch: tuple[tuple[str, ...], tuple[Inbound, ...]] | None = field(
+        default=None, compare=False, repr=False, kw_only=True
+    )
 
     def __post_init__(self) -> None:
         if self._parsed is None or self._parsed[0] != self.inbound_raw:
             object.__setattr__(self, "_parsed", (self.inbound_raw, Inbound.from_json(self.inbound_raw)))
+        if self._parsed_batch is None or self._parsed_batch[0] != self.batch_raw:
+            parsed = tuple(Inbound.from_json(raw) for raw in self.batch_raw)
+            object.__setattr__(self, "_parsed_batch", (self.batch_raw, parsed))
 
     @property
     def inbound(self) -> Inbound:
+        """The first message of the turn (the inbox's head when it began)."""
         parsed = self._parsed
         assert parsed is not None  # set by __post_init__
         return parsed[1]
+
+    @property
+    def inbounds(self) -> tuple[Inbound, ...]:
+        """Every message the turn covers, the first one first."""
+        batch = self._parsed_batch
+        assert batch is not None  # set by __post_init__
+        return (self.inbound, *batch[1])
+
+    @property
+    def last(self) -> Inbound:
+        """The newest message the turn covers: the answer replies to it."""
+        batch = self._parsed_batch
+        assert batch is not None
+        return batch[1][-1] if batch[1] else self.inbound
+
+    @property
+    def items(self) -> tuple[str, ...]:
+        """The inbox items the turn covers, as stored."""
+        return (self.inbound_raw, *self.batch_raw)
 
     def ocs_ids(self) -> dict[str, str]:
         return {"session_id": self.session_id, "task_id": self.task_id}
@@ -105,7 +142,7 @@ def _encode(fields: dict[str, Any]) -> list[Any]:
             text = json.dumps(value.to_dict()) if value else ""
         elif name == "parts":
             text = json.dumps([p.to_dict() for p in value])
-        elif name == "platform_ids":
+        elif name in ("platform_ids", "batch_raw", "unattached"):
             text = json.dumps(list(value))
         elif isinstance(value, bool):
             text = "1" if value else ""
@@ -123,7 +160,13 @@ class Snapshot:
 
     turn: Turn | None
     record: ConversationRecord
-    head: str | None
+    #: The inbox's first items (as many as the load asked for), the head first.
+    queue: tuple[str, ...]
+
+    @property
+    def head(self) -> str | None:
+        """The inbox's first item: the next turn's first message."""
+        return self.queue[0] if self.queue else None
 
 
 class TurnLedger:
@@ -131,18 +174,24 @@ class TurnLedger:
         self._redis = redis
         self._keys = keys
 
-    async def load(self, conv: ConversationKey) -> Snapshot:
-        """The turn, the conversation record and the inbox's head, in one round trip."""
+    async def load(self, conv: ConversationKey, *, depth: int = 1) -> Snapshot:
+        """The turn, the conversation record and the inbox's first ``depth`` items, in one round
+        trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._keys.turn(conv))
             pipe.hgetall(self._keys.conversation(conv))
-            pipe.lindex(self._keys.inbox(conv), 0)
-            turn_raw, conv_raw, head = await pipe.execute()
-        return Snapshot(_parse_turn(turn_raw), parse_record(conv_raw), as_text(head) if head is not None else None)
+            pipe.lrange(self._keys.inbox(conv), 0, depth - 1)
+            turn_raw, conv_raw, queue = await pipe.execute()
+        return Snapshot(_parse_turn(turn_raw), parse_record(conv_raw), tuple(as_text(item) for item in queue))
 
-    def begin(self, conv: ConversationKey, inbound_raw: str, *, now: float) -> tuple[Turn, list[Op]]:
-        turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now)
-        fields = {"id": turn.id, "inbound_raw": inbound_raw, "state": turn.state, "next_at": now}
+    def begin(
+        self, conv: ConversationKey, inbound_raw: str, *, batch: Sequence[str] = (), now: float
+    ) -> tuple[Turn, list[Op]]:
+        """A turn for the inbox's head ``inbound_raw`` and the items after it in ``batch``."""
+        turn = Turn(id=uuid.uuid4().hex, inbound_raw=inbound_raw, next_at=now, batch_raw=tuple(batch))
+        fields: dict[str, Any] = {"id": turn.id, "inbound_raw": inbound_raw, "state": turn.state, "next_at": now}
+        if batch:
+            fields["batch_raw"] = turn.batch_raw
         # The head is the authority on the waiting index (gateway/store/waiting.py): overwrite
         # whatever the appends or an earlier turn left there.
         waiting_since = turn.inbound.received_at if turn.inbound.received_at > 0 else now
@@ -157,14 +206,15 @@ class TurnLedger:
         return replace(turn, **changes), [Op("HSET", self._keys.turn(conv), tuple(_encode(changes)))]
 
     def finish(self, conv: ConversationKey, turn: Turn) -> list[Op]:
-        """Drop the turn and its inbox item together, so the next item becomes the head.
+        """Drop the turn and its inbox items together, so the next item becomes the head.
 
         The conversation also leaves the waiting index: the next ``begin`` puts it back with the
         next head's time. A crash in between leaves it out until the sweeper adopts the
         conversation (within ``stall_grace_s``) and begins; no write here could know the next
         head's time without reading its body."""
+        inbox = self._keys.inbox(conv)
         return [
-            Op("LREM", self._keys.inbox(conv), (1, turn.inbound_raw)),
+            *(Op("LREM", inbox, (1, item)) for item in turn.items),
             Op("DEL", self._keys.turn(conv)),
             Op("ZREM", self._keys.waiting, (str(conv),)),
         ]
@@ -198,4 +248,6 @@ def _parse_turn(data: dict[Any, Any]) -> Turn | None:
         sending_part=int(raw.get("sending_part") or -1),
         failing_since=float(raw.get("failing_since") or 0),
         voice=raw.get("voice", ""),
+        batch_raw=tuple(json.loads(raw.get("batch_raw") or "[]")),
+        unattached=tuple(json.loads(raw.get("unattached") or "[]")),
     )

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from adapters.webhook import signing
 from gateway.core.config import Secret
 from gateway.core.errors import PayloadInvalid
 from gateway.core.models import ConversationKey, Inbound, InboundKind
 from gateway.core.safe_json import MAX_DEPTH, loads
 from tests.adapters._telegram import SECRET as TELEGRAM_SECRET
 from tests.adapters._telegram import TOKEN
-from tests.conftest import Stack
+from tests.conftest import WEBHOOK_SECRET, Stack
 from tests.fakes.slack_api import (
     FakeSlack,
     Workspace,
@@ -119,6 +122,65 @@ def test_webhook_context_with_a_non_finite_number_is_refused(edge: Stack, value:
 def test_webhook_control_message_is_still_admitted(edge: Stack) -> None:
     # The same body with a finite number goes in: the refusal above is about the number.
     assert edge.post_webhook(webhook_body('{"n": 1e300}')).status_code == 200
+    assert stored(edge) != []
+
+
+# -- framing (RFC 9112 §6.3) -------------------------------------------------------------------
+
+
+def raw_exchange(stack: Stack, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection, then read until the edge closes it."""
+    address = urlsplit(stack.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            raise AssertionError(f"the edge kept the connection open; it had answered {answer[:200]!r}") from None
+    return answer
+
+
+WEBHOOK_JSON = b'{"conversation_id": "c1", "sender": {"id": "u1"}, "text": "hi"}'
+#: What a proxy framing by Content-Length would pass on as the next request on the connection.
+SMUGGLED = b"POST /webhooks/hooks HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n\r\n"
+
+
+def signed_head(msg_id: str, framing: bytes) -> bytes:
+    """A webhook request's head, signed for ``WEBHOOK_JSON``, with the given framing headers."""
+    headers = signing.signed_headers(signing.decode_secret(WEBHOOK_SECRET), msg_id, WEBHOOK_JSON)
+    return (
+        b"POST /webhooks/hooks HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        + framing
+        + b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items())
+        + b"\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Content-Length bytes of plain body: h11 read it as a chunk size and waited for ever.
+        WEBHOOK_JSON,
+        # A well-formed chunked body followed by a request of its own: admitted before.
+        b"%x\r\n%s\r\n0\r\n\r\n%s" % (len(WEBHOOK_JSON), WEBHOOK_JSON, SMUGGLED),
+    ],
+    ids=["plain", "chunked-then-smuggled"],
+)
+def test_request_with_content_length_and_transfer_encoding_is_400_and_closed(edge: Stack, body: bytes) -> None:
+    framing = b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(WEBHOOK_JSON)
+    answer = raw_exchange(edge, signed_head("msg_framing", framing) + body)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing after the refusal was read as a request
+    assert stored(edge) == []
+
+
+def test_chunked_request_without_content_length_is_still_admitted(edge: Stack) -> None:
+    head = signed_head("msg_chunked", b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(WEBHOOK_JSON), WEBHOOK_JSON)
+    assert raw_exchange(edge, head + body).startswith(b"HTTP/1.1 200 ")
     assert stored(edge) != []
 
 

@@ -88,6 +88,7 @@ async def test_telegram_long_pacing_wait_books_neither_the_chat_nor_the_bot(make
         await env.adapter.send(route, Outgoing(text="later", plain="later", hints={"parse_mode": "HTML"}))
     assert 1.5 < caught.value.retry_after_s <= 3.0
     assert await env.redis.get(chat_key) == booked and await env.redis.get(bot_key) is None
+    assert not await env.redis.exists(TelegramKeys.of(env.keys).bot_sends("tg"))  # and no send was stamped
     assert env.fake.calls("sendMessage") == []
 
 

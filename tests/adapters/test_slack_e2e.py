@@ -202,3 +202,24 @@ def test_oauth_install_for_two_workspaces_then_uninstall(make_stack: MakeStack, 
     assert fake_slack.texts(team_id="TA") == ["Echo #1: hi from TA"]
     assert "still there?" not in [t for s in stack.sim.state.list_sessions() if "DTA" in s.remote_id
                                   for t in stack.sim.state.user_messages(s.id)]
+
+
+def test_ocs_progress_shows_as_the_threads_status_and_the_answer_clears_it(
+    single: tuple[Stack, Workspace], fake_slack: FakeSlack
+) -> None:
+    stack, ws = single
+    lines = ("Reading your question…", "Looking it up…")
+    stack.sim.state.knobs.progress_lines = lines
+    stack.sim.state.knobs.progress_every_s = 0.4
+    stack.sim.state.knobs.reply_latency_s = 600
+    assert deliver(stack, mention(ws, "opening hours?", ts="1700000001.000100", event_id="Ev1")).status_code == 200
+    wait_for(lambda: stack.sim.state.tasks, what="the message at OCS")
+    (task,) = stack.sim.state.tasks.values()
+    wait_for(lambda: [s for _, _, s in fake_slack.status_history][-1:] == [lines[-1]], timeout=30,
+             what="the thread's status following OCS's lines")
+    stack.sim.state.finish_task_now(task.id)
+    assert wait_for(lambda: fake_slack.texts(channel="C100"), what="the answer") == ["Echo #1: opening hours?"]
+    settled(stack.redis)
+    statuses = [s for _, _, s in fake_slack.status_history]
+    assert lines[0] in statuses and lines[1] in statuses
+    assert not any(fake_slack.statuses.values())  # the answer cleared it

@@ -4,6 +4,9 @@ manifest."""
 
 from __future__ import annotations
 
+import html
+import logging
+
 import httpx
 import pytest
 import yaml
@@ -118,6 +121,56 @@ async def test_cancelled_or_refused_install_stores_nothing(make_slack: MakeEnv, 
         refused = await browser.get("/slack/sl/oauth_redirect", params={"code": "made-up", "state": state})
     assert refused.status_code == 401 and "invalid_code" in refused.text  # Bolt's status
     assert fake_slack.calls("oauth.v2.access")[0].error == "invalid_code"
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record, but the test browser's own request lines (httpx logs the URL it was given)."""
+    return "\n".join(
+        f"{record.getMessage()} {record.args!r}" for record in caplog.records
+        if not (record.name == "httpx" and GATEWAY in record.getMessage())
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "<script>alert('forged')</script>",
+        "access_denied\nERROR slack channel sl: forged line",
+        "x\r\nforged: header",
+        "invalid_code forged",  # Bolt's own reason, followed by text of the sender's
+        "forged" * 500,
+    ],
+    ids=["script", "newline", "crlf", "bolt-reason", "long"],
+)
+async def test_oauth_error_parameter_is_logged_and_shown_as_a_fixed_code_only(
+    make_slack: MakeEnv, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture, error: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        start = await browser.get("/slack/sl/install")
+        state = httpx.URL(start.headers["location"]).params["state"]
+        response = await browser.get("/slack/sl/oauth_redirect", params={"error": error, "state": state})
+    assert response.status_code == 200 and "Installation failed" in response.text
+    assert "forged" not in response.text and "forged" not in html.unescape(response.text)
+    assert "forged" not in logged(caplog)
+    assert "install failed: other" in logged(caplog)
+
+
+async def test_oauth_code_that_is_not_slacks_shape_is_refused_unlogged_and_not_exchanged(
+    make_slack: MakeEnv, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _env, browser = await oauth_env(make_slack, fake_slack)
+    async with browser:
+        start = await browser.get("/slack/sl/install")
+        state = httpx.URL(start.headers["location"]).params["state"]
+        code = "made-up\nERROR slack channel sl: forged line <script>"
+        response = await browser.get("/slack/sl/oauth_redirect", params={"code": code, "state": state})
+    assert response.status_code == 401 and "invalid_code" in response.text
+    assert "forged" not in response.text
+    assert "forged" not in logged(caplog) and "install failed: invalid_code" in logged(caplog)
+    assert fake_slack.calls("oauth.v2.access") == []
 
 
 async def test_single_workspace_channel_has_no_install_routes(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:

@@ -181,23 +181,28 @@ async def test_each_workspace_is_answered_with_its_own_token(make_slack: MakeEnv
 # -- working state --------------------------------------------------------------------------------
 
 
+# A DM answered outside a thread: no thread status there, so the reaction shows the work
+# (threads get a status: test_slack_progress.py).
+DM = {"team": "T1", "channel": "D1", "reply_to": "1700000000.000100"}
+
+
 async def test_working_reaction_is_added_then_removed(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, _ = await single(make_slack, fake_slack)
-    key = ("C1", THREAD["reply_to"])
-    await env.adapter.show_working(THREAD)
+    key = ("D1", DM["reply_to"])
+    await env.adapter.show_working(DM)
     assert fake_slack.reactions[key] == [WORKING_REACTION]
-    await env.adapter.show_working(THREAD)  # already_reacted is swallowed
-    await env.adapter.clear_working(THREAD)
+    await env.adapter.show_working(DM)  # already_reacted is swallowed
+    await env.adapter.clear_working(DM)
     assert fake_slack.reactions[key] == []
-    await env.adapter.clear_working(THREAD)  # no_reaction is swallowed
+    await env.adapter.clear_working(DM)  # no_reaction is swallowed
 
 
 async def test_working_state_never_raises(make_slack: MakeEnv, fake_slack: FakeSlack) -> None:
     env, ws = await single(make_slack, fake_slack)
     fake_slack.rate_limit_next("reactions.add", retry_after=3)
-    await env.adapter.show_working(THREAD)
+    await env.adapter.show_working(DM)
     fake_slack.revoke(ws.token)
-    await env.adapter.clear_working(THREAD)
+    await env.adapter.clear_working(DM)
     await env.adapter.show_working({"team": "T1", "channel": "D1"})  # nothing to react to
     assert len(fake_slack.calls("reactions.add")) == 1
 

@@ -71,7 +71,7 @@ def replies(fake: FakeTelegram, count: int, chat_id: int = USER, token: str = TO
 
 
 def session_for(stack: Stack, conversation: str) -> str:
-    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id == f"telegram:{conversation}"]
+    [session] = [s for s in stack.sim.state.list_sessions() if s.remote_id.split("#")[0] == f"telegram:{conversation}"]
     return session.id
 
 
@@ -248,3 +248,61 @@ def test_typing_stays_alive_while_ocs_works_and_stops_with_the_reply(
     refresh = TelegramAdapter.working_refresh_s
     assert refresh is not None and refresh < 5  # Telegram's "typing…" lasts about 5 s
     assert all(later - earlier >= refresh - 0.05 for earlier, later in itertools.pairwise(shown))
+
+def test_a_burst_in_a_private_chat_is_answered_once_replying_to_its_last_message(
+    tg_stack: Stack, fake_telegram: FakeTelegram
+) -> None:
+    tg_stack.sim.state.knobs.reply_latency_s = 600  # the first message stays with OCS meanwhile
+    say(tg_stack, 1, "first")
+    wait_for(lambda: tg_stack.sim.state.tasks, what="the first message at OCS")
+    (task,) = tg_stack.sim.state.tasks.values()
+    tg_stack.sim.state.knobs.reply_latency_s = 0.05
+    say(tg_stack, 2, "are you open")
+    say(tg_stack, 3, "on saturday?")
+    wait_for(lambda: tg_stack.redis.llen(f"ocsgw:inbox:tg/chat:{USER}") == 3, what="two messages queued")
+    tg_stack.sim.state.finish_task_now(task.id)
+    assert replies(fake_telegram, 2) == ["Echo #1: first", "Echo #2: are you open\n\non saturday?"]
+    single, burst = fake_telegram.sent_messages(USER)
+    assert "reply_parameters" not in single.params  # a private chat's lone message: no quote
+    assert burst.params["reply_parameters"]["message_id"] == 3  # the burst's last message
+
+
+LINES = ("Reading your question…", "Looking it up…", "Writing the answer…")
+
+
+def _show_lines(stack: Stack) -> str:
+    """OCS's progress lines change while the test holds the task; returns its id."""
+    stack.sim.state.knobs.progress_lines = LINES
+    stack.sim.state.knobs.progress_every_s = 0.4
+    stack.sim.state.knobs.reply_latency_s = 600
+    wait_for(lambda: stack.sim.state.tasks, what="the message at OCS")
+    (task,) = stack.sim.state.tasks.values()
+    return task.id
+
+
+def test_ocs_progress_shows_as_a_draft_in_a_private_chat_and_the_answer_replaces_it(
+    tg_stack: Stack, fake_telegram: FakeTelegram
+) -> None:
+    say(tg_stack, 1, "what are the opening hours?")
+    task = _show_lines(tg_stack)
+    wait_for(lambda: [t for _, t in fake_telegram.drafts(USER)][-1:] == [LINES[-1]], timeout=30,
+             what="the draft following OCS's lines to the last")
+    tg_stack.sim.state.finish_task_now(task)
+    assert replies(fake_telegram, 1) == ["Echo #1: what are the opening hours?"]
+    drafts = fake_telegram.drafts(USER)
+    assert [t for _, t in drafts if t in LINES] == [line for line in LINES if line in {t for _, t in drafts}]
+    assert len({draft_id for draft_id, _ in drafts}) == 1  # one draft per turn, updated in place
+    # The draft was never the answer: the answer is a message of its own, after every draft.
+    (answer,) = fake_telegram.sent_messages(USER)
+    assert all(c.at <= answer.at for c in fake_telegram.calls("sendMessageDraft"))
+
+
+def test_where_drafts_are_refused_the_typing_action_goes_on(tg_stack: Stack, fake_telegram: FakeTelegram) -> None:
+    fake_telegram.refuse_drafts = True
+    say(tg_stack, 1, "hello?")
+    task = _show_lines(tg_stack)
+    before = len(fake_telegram.calls("sendChatAction"))
+    wait_for(lambda: len(fake_telegram.calls("sendChatAction")) > before, timeout=30, what="typing while OCS works")
+    tg_stack.sim.state.finish_task_now(task)
+    assert replies(fake_telegram, 1) == ["Echo #1: hello?"]
+    assert fake_telegram.drafts(USER) == []

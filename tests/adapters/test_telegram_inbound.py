@@ -77,7 +77,7 @@ SAMPLE_EXPECTATIONS: dict[str, dict[str, Any] | None] = {
     "telegram_private_text.json": {
         "text": "hello there", "conversation": "chat:218485655", "event_id": "892252934",
         "sender_id": "218485655", "sender_name": "Waffle",
-        "route": {"chat_id": "218485655", "chat_type": "private"},
+        "route": {"chat_id": "218485655", "chat_type": "private", "message_id": "6557"},
     },
     "telegram_private_start_deeplink.json": {
         "text": "/start", "conversation": "chat:996202131",
@@ -104,7 +104,7 @@ SAMPLE_EXPECTATIONS: dict[str, dict[str, Any] | None] = {
     "telegram_supergroup_command_reply_in_thread.json": {
         # A reply thread in a supergroup that is not a forum: one conversation for the chat.
         "text": "/report", "conversation": "chat:-1001293752024",
-        "route": {"chat_id": "-1001293752024", "chat_type": "supergroup", "reply_to": "134546"},
+        "route": {"chat_id": "-1001293752024", "chat_type": "supergroup", "message_id": "134546", "reply_to": "134546"},
     },
     "telegram_callback_query.json": {
         "text": "button2_bijoy", "conversation": "chat:996202131", "sender_id": "996202131",
@@ -199,7 +199,7 @@ def test_group_mention_is_answered_without_the_mention() -> None:
     result = inbound(group_update("@clinic_bot what are your hours?"))
     assert result is not None
     assert result.text == "what are your hours?"
-    assert result.route == {"chat_id": str(GROUP), "chat_type": "supergroup", "reply_to": "9001"}
+    assert result.route == {"chat_id": str(GROUP), "chat_type": "supergroup", "message_id": "9001", "reply_to": "9001"}
 
 
 def test_group_text_mention_of_the_bot_is_answered() -> None:

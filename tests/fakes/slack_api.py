@@ -19,8 +19,13 @@ with the client's address (one address: one reused connection)::
         slack.add_workspace("E1", org_wide=True)           # an Enterprise Grid org-wide install
         slack.token_expires_in = 600                       # OAuth installs get rotating tokens
         slack.hang("auth.test")                            # no answer until the fake stops
+        slack.status_refusal = "missing_scope"             # every setStatus answers this error
         ...
         assert [m.text for m in slack.messages(channel="C1")] == [...]
+
+The assistant methods record what they set: ``statuses[(channel, thread_ts)]`` (the thread's status
+now; a post in the thread clears it, as Slack does, and ``status_history`` keeps every one set),
+``suggested_prompts[(channel, thread_ts)]`` and ``titles[(channel, thread_ts)]``.
 
 Point slack_sdk at it with ``base_url=slack.api_url + "/"`` (``api_base_url: slack.api_url``
 in a channel config).
@@ -149,6 +154,14 @@ class FakeSlack(ServedApp):
         self.revoked: set[str] = set()
         self.reactions: dict[tuple[str, str], list[str]] = {}  # (channel, ts) → names
         self.shared_files: list[FileShare] = []
+        #: Assistant threads: the status shown now, every status set, the prompts and the title.
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        self.suggested_prompts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        #: When set, every assistant.threads.setStatus answers this error (a token without the
+        #: scope: ``missing_scope``; a token type Slack does not allow: ``not_allowed_token_type``).
+        self.status_refusal: str | None = None
         #: The team the next /oauth/v2/authorize approves (the admin "picks a workspace").
         self.next_install_team: str | None = None
         #: The Socket Mode server apps.connections.open hands out URLs of (tests/fakes/slack_socket.py).
@@ -389,10 +402,53 @@ class FakeSlack(ServedApp):
         thread_ts = params.get("thread_ts") or None
         with self._lock:
             self._messages.append(Message(channel, ts, str(text or ""), thread_ts, ws.team_id, dict(params)))
+            if thread_ts and self.statuses.get((channel, thread_ts)):
+                self.statuses[(channel, thread_ts)] = ""  # "automatically cleared when the app sends a reply"
         message = {"type": "message", "text": text or "", "user": ws.user_id, "bot_id": ws.bot_id, "ts": ts, "team": ws.team_id}
         if thread_ts:
             message["thread_ts"] = thread_ts
         return {"channel": channel, "ts": ts, "message": message}
+
+    def _assistant_thread(self, params: dict[str, Any]) -> tuple[str, str]:
+        channel, thread_ts = params.get("channel_id"), params.get("thread_ts")
+        if not channel:
+            raise _ApiError("channel_not_found")
+        if not thread_ts:
+            raise _ApiError("invalid_thread_ts")
+        return str(channel), str(thread_ts)
+
+    def _api_assistant_threads_setStatus(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        """The thread's status; "" clears it (§ assistant.threads.setStatus)."""
+        if self.status_refusal:
+            raise _ApiError(self.status_refusal)
+        thread = self._assistant_thread(params)
+        if "status" not in params:
+            raise _ApiError("invalid_arguments")
+        status = str(params["status"])
+        with self._lock:
+            self.statuses[thread] = status
+            self.status_history.append((*thread, status))
+        return {}
+
+    def _api_assistant_threads_setSuggestedPrompts(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(params)
+        prompts = params.get("prompts")
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if (not isinstance(prompts, list) or not 1 <= len(prompts) <= 4
+                or not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts)):
+            raise _ApiError("invalid_arguments")
+        with self._lock:
+            self.suggested_prompts[thread] = {"prompts": prompts, **({"title": params["title"]} if params.get("title") else {})}
+        return {}
+
+    def _api_assistant_threads_setTitle(self, ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+        thread = self._assistant_thread(params)
+        if not params.get("title"):
+            raise _ApiError("invalid_arguments")
+        with self._lock:
+            self.titles[thread] = str(params["title"])
+        return {}
 
     def _api_apps_connections_open(self, token: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """A one-use Socket Mode URL; only the app-level ``xapp-`` token may ask."""

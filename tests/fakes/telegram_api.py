@@ -12,6 +12,7 @@ to inject the failures the gateway must survive::
         tg.rate_limit_next("sendMessage", retry_after=3)     # 429 + Retry-After
         tg.block_chat(42)                                    # 403 bot was blocked
         tg.reject_html_next()                                # 400 can't parse entities
+        tg.refuse_drafts = True                              # 400 for every sendMessageDraft
         tg.push_update("123:abc", message_update(1, chat_id=42, user_id=42, text="hi"))  # for getUpdates
         ...
         assert [c.params["text"] for c in tg.calls("sendMessage")] == [...]
@@ -20,6 +21,10 @@ to inject the failures the gateway must survive::
 with ``offset`` past its id confirms it; with nothing pending the call waits up to ``timeout``
 seconds for one; a webhook set makes it fail with 409, and a second call while one waits
 ends the first with 409 "terminated by other getUpdates request".
+
+``sendMessageDraft`` (Bot API 9.3+) works in private chats only: a group's chat id (negative) is
+answered 400, as is every draft while ``refuse_drafts`` is set (a Bot API server without drafts);
+``drafts(chat_id)`` lists the ``(draft_id, text)`` of those accepted.
 
 HTML sent with ``parse_mode=HTML`` is checked like Telegram does (allowed tags only, balanced,
 ``< > &`` escaped, length ≤ 4096 UTF-16 units after parsing), so a renderer bug fails a test.
@@ -48,13 +53,28 @@ from starlette.routing import Route
 
 from tests.support.servers import ServedApp
 
-__all__ = ["Call", "FakeBot", "FakeTelegram", "Upload", "fake_telegram", "message_update", "telegram_html_text"]
+__all__ = [
+    "Call",
+    "DRAFTS_UNAVAILABLE",
+    "DRAFT_PEER_INVALID",
+    "FakeBot",
+    "FakeTelegram",
+    "Upload",
+    "fake_telegram",
+    "message_update",
+    "telegram_html_text",
+]
 
 #: Fields whose values are text even when they look like JSON ("123" stays a string).
 _TEXT_FIELDS = frozenset({"text", "caption", "url", "secret_token", "file_id", "callback_query_id",
                           "action", "parse_mode", "ip_address", "description", "emoji"})
-_METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "sendVoice", "getFile",
-            "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery", "getUpdates")
+_METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "getFile",
+            "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery", "getUpdates",
+            "sendMessageDraft", "sendVoice")
+#: The fake's wording for a draft outside a private chat (the Bot API names the chat type wrong).
+DRAFT_PEER_INVALID = "Bad Request: TEXTDRAFT_PEER_INVALID"
+#: ... and for a Bot API server that has no drafts (``refuse_drafts``).
+DRAFTS_UNAVAILABLE = "Bad Request: method sendMessageDraft is not available"
 _WEBHOOK_CONFLICT = ("Conflict: can't use getUpdates method while webhook is active; "
                      "use deleteWebhook to delete the webhook first")
 _POLL_CONFLICT = ("Conflict: terminated by other getUpdates request; "
@@ -136,6 +156,8 @@ class FakeTelegram(ServedApp):
         self._reject_html = 0
         #: Chats whose user does not take voice messages from bots (400 VOICE_MESSAGES_FORBIDDEN).
         self.voice_forbidden: set[int] = set()
+        #: Answer every sendMessageDraft with 400 (a Bot API server without drafts).
+        self.refuse_drafts = False
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
         self.url = ""
@@ -213,6 +235,11 @@ class FakeTelegram(ServedApp):
     def sent_voices(self, chat_id: int | None = None, *, token: str | None = None) -> list[Call]:
         """The sendVoice calls that succeeded, in order (the audio is ``files["voice"]``)."""
         return [c for c in self.calls("sendVoice", token=token)
+                if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
+
+    def drafts(self, chat_id: int | None = None, *, token: str | None = None) -> list[tuple[int, str]]:
+        """``(draft_id, text)`` of the sendMessageDraft calls that succeeded, in order."""
+        return [(int(c.params["draft_id"]), str(c.params.get("text") or "")) for c in self.calls("sendMessageDraft", token=token)
                 if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
     def sent_texts(self, chat_id: int | None = None, *, token: str | None = None) -> list[str]:
@@ -327,6 +354,22 @@ class FakeTelegram(ServedApp):
         if len(shown.encode("utf-16-le")) // 2 > 4096:
             raise ApiError(400, "Bad Request: message is too long")
         return self._message(bot, params, text=shown)
+
+    def _api_sendMessageDraft(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
+        """Bot API 9.3+: a draft in a private chat; ``draft_id`` non-zero, text ≤ 4096."""
+        chat_id = self._chat(params)
+        if self.refuse_drafts:
+            raise ApiError(400, DRAFTS_UNAVAILABLE)
+        if chat_id < 0:
+            raise ApiError(400, DRAFT_PEER_INVALID)
+        draft_id = params.get("draft_id")
+        if not isinstance(draft_id, int) or isinstance(draft_id, bool) or draft_id == 0:
+            raise ApiError(400, "Bad Request: invalid draft_id")
+        text = str(params.get("text") or "")
+        shown = telegram_html_text(text) if str(params.get("parse_mode", "")).upper() == "HTML" else text
+        if len(shown.encode("utf-16-le")) // 2 > 4096:
+            raise ApiError(400, "Bad Request: text is too long")
+        return True
 
     def _api_sendChatAction(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
         if params.get("action") not in _CHAT_ACTIONS:

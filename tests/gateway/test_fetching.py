@@ -27,6 +27,7 @@ from gateway.core.fetching import AddressPolicy, FetchLimits, SafeFetcher
 from gateway.core.version import USER_AGENT
 from tests.conftest import Stack, wait_for
 from tests.support.servers import UvicornThread, free_port
+from workers.turns import UNATTACHED_MARKER
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -303,12 +304,13 @@ def test_attachment_pointing_at_redis_is_refused_and_the_text_still_answered(sta
     url = f"http://127.0.0.1:{redis_port}/dump.rdb"
     response = stack.say("ssrf", "here is my file", extra={"attachments": [{"url": url}]})
     assert response.status_code == 200
-    (reply,) = wait_for(lambda: stack.receiver.texts("ssrf"), what="the reply to the text")
-    assert reply.startswith("Echo #1: here is my file")
+    notice, reply = wait_for(lambda: len(t := stack.receiver.texts("ssrf")) == 2 and t, what="the notice and the reply")
+    assert "dump.rdb" in notice and reply.startswith("Echo #1: here is my file")
     (session,) = stack.sim.state.list_sessions()
     (sent,) = stack.sim.state.user_messages(session.id)
-    assert "dump.rdb could not be attached" in sent and "may not fetch" in sent
-    assert str(redis_port) not in sent
+    # The bot hears of a file and nothing more: not why, not where it pointed.
+    assert sent == f"here is my file\n{UNATTACHED_MARKER}"
+    assert str(redis_port) not in notice
     assert stack.sim.state.uploaded_files() == []
 
 

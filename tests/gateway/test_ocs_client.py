@@ -3,6 +3,7 @@ translated (docs/OCS.md §2, §4, §7)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,16 +13,18 @@ import redis.asyncio as aioredis
 from gateway.core.config import BotConfig, Secret
 from gateway.core.errors import (
     LimitScope,
+    OCSAmbiguous,
     OCSAuthFailed,
     OCSRateLimited,
     OCSRejected,
     OCSUnavailable,
+    SessionEnded,
     SessionExpired,
 )
 from gateway.core.keys import Keys
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import RequestBudget
-from gateway.ocs.client import OCSClient
+from gateway.ocs.client import _LOOKUP_PAGE, OCSClient, labelled_remote_id
 from gateway.ocs.messages import MessageRole, SessionStatus, TaskStatus
 from gateway.ocs.simulator import (
     DEMO_CHATBOT_ID,
@@ -30,6 +33,7 @@ from gateway.ocs.simulator import (
     SimulatorState,
     create_simulator_app,
 )
+from tests.conftest import SimServer
 
 BASE = "http://ocs.test"
 
@@ -247,3 +251,76 @@ async def test_a_throttled_start_blocks_new_sessions_on_that_channel_but_not_ope
     finally:
         await http.aclose()
         await redis.aclose()
+
+
+async def test_a_message_or_upload_to_a_finished_session_raises_session_ended(wire, state: SimulatorState) -> None:
+    # OCS answers 400 "Session has ended" once its review form completed the session (docs/OCS.md §6.1): a
+    # "session gone" OCS did not accept the message in, not a rejection of the message.
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    state.complete_session(session.session_id)
+    with pytest.raises(SessionEnded) as caught:
+        await client.send_message(session, "hi")
+    assert isinstance(caught.value, SessionExpired) and caught.value.code == "session_ended"
+    with pytest.raises(SessionEnded):
+        await client.upload(session, [("a.txt", b"abc", "text/plain")])
+    assert state.user_messages(session.session_id) == []
+    page = await client.session_messages(session, since=None)
+    assert page.session_status is SessionStatus.ENDED
+
+
+async def test_other_400s_of_a_message_stay_rejections(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    session = await client.start_session(remote_id="x:1", name=None)
+    with pytest.raises(OCSRejected) as caught:
+        await client.send_message(session, "hi", attachment_ids=[12345])
+    assert caught.value.body == {"error": "One or more file IDs are invalid"}
+
+
+async def test_a_labelled_start_carries_its_label_in_the_remote_id_and_is_found_by_it(wire, state: SimulatorState) -> None:
+    client, _ = wire
+    began = time.time()
+    other = await client.start_session(remote_id="webhook:c1", name=None, label="aaaa")
+    mine = await client.start_session(remote_id="webhook:c1", name=None, label="bbbb")
+    assert state.sessions[mine.session_id].remote_id == "webhook:c1#bbbb"
+    found = await client.find_labelled_session("webhook:c1", "bbbb", created_after=began)
+    assert found is not None and found.session_id == mine.session_id and found.status == "active"
+    assert (await client.find_labelled_session("webhook:c1", "cccc", created_after=began)) is None
+    assert other.session_id != mine.session_id
+    assert await client.tag_session(mine.session_id, ["gateway-orphan"]) is True
+    assert state.sessions[mine.session_id].tags == ["gateway-orphan"]
+
+
+async def test_the_look_up_pages_back_only_to_a_little_before_the_label_was_written(wire, state: SimulatorState) -> None:
+    client, sent = wire
+    label_written = time.time() + 3600  # every session in the list is older than that, by far
+    for n in range(_LOOKUP_PAGE + 5):
+        state.create_session(state.chatbots[DEMO_CHATBOT_ID], f"webhook:c{n}", None, "embedded_widget")
+    assert await client.find_labelled_session("webhook:c1", "zzzz", created_after=label_written) is None
+    assert len([r for r in sent if r.url.path == "/api/sessions/"]) == 1  # one page, not all
+    found = await client.find_labelled_session("webhook:c0", "", created_after=0.0)  # on the second page
+    assert found is not None and found.remote_id == "webhook:c0"
+
+
+def test_a_long_remote_id_gives_way_to_the_label() -> None:
+    labelled = labelled_remote_id("slack:" + "T" * 300, "k3f9")
+    assert len(labelled) == 255 and labelled.endswith("#k3f9")
+    assert labelled_remote_id("telegram:42", "") == "telegram:42"
+
+
+async def test_a_start_whose_answer_was_lost_is_ambiguous_and_one_never_seen_creates_nothing(
+    sim: SimServer, redis_url: str
+) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    bot = BotConfig(base_url=sim.url, chatbot_id=DEMO_CHATBOT_ID, client_id="demo-client", client_secret=Secret("demo-secret"))
+    async with httpx.AsyncClient() as http:
+        client = OCSClient(name="demo", bot=bot, http=http, redis=redis, keys=Keys())
+        sim.state.drop_after_accept("start")
+        with pytest.raises(OCSAmbiguous):
+            await client.start_session(remote_id="x:1", name=None, label="lost")
+        assert [s.remote_id for s in sim.state.list_sessions()] == ["x:1#lost"]
+        sim.state.drop_before_accept("start")
+        with pytest.raises(OCSAmbiguous):
+            await client.start_session(remote_id="x:2", name=None, label="never")
+        assert len(sim.state.list_sessions()) == 1
+    await redis.aclose()

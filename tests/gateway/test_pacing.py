@@ -1,7 +1,8 @@
 """Pacing books a slot only for a sender that uses it (issue 8, item 4): concurrent senders on
 one key never push each other's slots out, and Telegram's chat and bot keys are booked together
 or not at all. Intervals are long (a minute) so that no assertion depends on how fast the
-machine is."""
+machine is. A Telegram send is granted only when due and while the bot's last second allows it
+(issue 19), however many senders come back to their slots at once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store.pacing import Slot, reserve_slot, take_slot, take_slots
+from gateway.store.pacing import Clearance, Slot, reserve_slot, take_send, take_slot, take_slots
 
 MINUTE = 60.0
 
@@ -88,3 +89,50 @@ async def test_concurrent_telegram_takers_book_one_send_on_both_keys(redis: aior
 async def test_taking_no_key_is_a_mistake(redis: aioredis.Redis) -> None:
     with pytest.raises(ValueError):
         await take_slots(redis, [], max_wait_s=1.0)
+
+
+# -- Telegram: the send is granted when due, within the bot's rate -----------------------------
+
+BOT = ("tg:pace:bot", "tg:pace:sends", 1 / 25)
+
+
+async def test_a_free_telegram_chat_and_bot_send_at_once_and_the_send_is_stamped(redis: aioredis.Redis) -> None:
+    slot = await take_send(redis, chat=("tg:pace:chat:1", 1.0), bot=BOT, max_wait_s=0)
+    assert slot.clearance is Clearance.SEND and slot.wait_s == 0.0
+    sec, micro = await redis.time()
+    assert 0 <= sec * 1_000_000 + micro - slot.at_us < MINUTE * 1_000_000
+    assert await redis.lrange("tg:pace:sends", 0, -1) == [str(slot.at_us).encode()]
+
+
+async def test_senders_back_at_their_slots_at_once_are_granted_no_more_than_a_second_allows(
+    redis: aioredis.Redis,
+) -> None:
+    # Thirty senders whose slots came while their process was busy all ask at the same moment.
+    slots = await asyncio.gather(
+        *(take_send(redis, chat=(f"tg:pace:chat:{n}", 1.0), bot=BOT, max_wait_s=0, holding=True) for n in range(30))
+    )
+    sent = [slot for slot in slots if slot.clearance is Clearance.SEND]
+    assert len(sent) == 25
+    # The other five keep their slots and are told when the oldest of the 25 leaves the second.
+    waiting = [slot for slot in slots if slot.clearance is Clearance.WAIT]
+    assert len(waiting) == 5 and all(0 < slot.wait_s <= 1.0 for slot in waiting)
+    assert await redis.llen("tg:pace:sends") == 25
+
+
+async def test_a_telegram_sender_is_booked_one_bot_interval_after_the_last(redis: aioredis.Redis) -> None:
+    first = await take_send(redis, chat=("tg:pace:chat:1", 1.0), bot=("tg:pace:bot", "tg:pace:sends", MINUTE),
+                            max_wait_s=math.inf)
+    second = await take_send(redis, chat=("tg:pace:chat:2", 1.0), bot=("tg:pace:bot", "tg:pace:sends", MINUTE),
+                             max_wait_s=math.inf)
+    assert first.clearance is Clearance.SEND
+    # Booked, not sent: it sleeps until its slot and comes back as its holder.
+    assert second.clearance is Clearance.WAIT and MINUTE - 1.0 < second.wait_s <= MINUTE
+    assert await redis.llen("tg:pace:sends") == 1
+
+
+async def test_stamps_from_redis_future_are_forgotten_rather_than_holding_the_bot(redis: aioredis.Redis) -> None:
+    # Redis's clock went back an hour: the stamps it wrote before would fill "the last second" for an hour.
+    sec, _ = await redis.time()
+    await redis.lpush("tg:pace:sends", *[f"{sec + 3600}000000"] * 25)
+    slot = await take_send(redis, chat=("tg:pace:chat:1", 1.0), bot=BOT, max_wait_s=0)
+    assert slot.clearance is Clearance.SEND

@@ -419,6 +419,38 @@ async def test_message_to_complete_session_is_400_session_ended(client: httpx.As
     assert response.status_code == 400 and response.json() == {"error": "Session has ended"}
 
 
+async def test_a_session_finished_as_the_review_form_does_refuses_messages_and_uploads_and_polls_ended(
+        client: httpx.AsyncClient, state: SimulatorState, clock: ManualClock) -> None:
+    session = await start(client)
+    task_id = await send(client, session, "before the end")
+    state.complete_session(session["session_id"])
+    refused = await client.post(f"/api/chat/{session['session_id']}/message/", json={"message": "hi"},
+                                headers=auth(session))
+    assert refused.status_code == 400 and refused.json() == {"error": "Session has ended"}
+    files = await upload(client, session, [("note.txt", b"hello", "text/plain")])
+    assert files.status_code == 400 and files.json() == {"error": "Session has ended"}
+    clock.advance(3)
+    polled = await poll_session(client, session)
+    assert polled["session_status"] == "ended"
+    # A task accepted before the end still runs (the worker does not look at the status).
+    assert [m["content"] for m in polled["messages"]] == ["before the end", "Echo #1: before the end"]
+    assert (await poll_task(client, session, task_id)).json()["status"] == "complete"
+    assert state.user_messages(session["session_id"]) == ["before the end"]
+
+
+async def test_a_completed_session_is_not_made_active_again_by_ending_it_through_the_api(
+        client: httpx.AsyncClient, state: SimulatorState) -> None:
+    session = await start(client)
+    state.complete_session(session["session_id"])
+    assert state.sessions[session["session_id"]].status == "complete"
+    ended = await client.post(f"/api/sessions/{session['session_id']}/end_experiment_session/",
+                              headers={"Authorization": f"Bearer {await get_token(client)}"})
+    assert ended.status_code == 200
+    # end_experiment_session moves any session to pending-review (docs/OCS.md §4.8), which polls "active":
+    # only the review form's "complete" says ended.
+    assert (await poll_session(client, session))["session_status"] == "active"
+
+
 # ---------------------------------------------------------------- task poll §4.3
 async def test_unknown_task_polls_processing_forever(client: httpx.AsyncClient, clock: ManualClock) -> None:
     session = await start(client)
@@ -586,6 +618,55 @@ async def test_get_session_reports_raw_status(client: httpx.AsyncClient) -> None
     body = response.json()
     assert response.status_code == 200 and body["status"] == "active"
     assert body["participant"]["remote_id"] == "slack:U1" and body["id"] == session["session_id"]
+
+
+async def test_session_list_is_newest_first_filtered_by_chatbot_and_paged_by_cursor(
+        client: httpx.AsyncClient, state: SimulatorState, clock: ManualClock) -> None:
+    bearer = {"Authorization": f"Bearer {await get_token(client)}"}
+    ids = []
+    for n in range(3):
+        ids.append((await start(client, participant_remote_id=f"webhook:c{n}"))["session_id"])
+        clock.advance(1)
+    other = SimChatbot(id="55555555-5555-4555-8555-555555555555", credential_mode="oauth")
+    state.add_chatbot(other)
+    state.create_session(other, "elsewhere", None, "embedded_widget")
+    first = await client.get("/api/sessions/", params={"experiment": BOT_ID, "page_size": 2}, headers=bearer)
+    assert first.status_code == 200
+    body = first.json()
+    assert [s["id"] for s in body["results"]] == [ids[2], ids[1]] and body["count"] == 3
+    assert body["results"][0]["participant"]["remote_id"] == "webhook:c2"
+    assert body["results"][0]["created_at"].endswith("Z") and "messages" not in body["results"][0]
+    second = (await client.get(body["next"], headers=bearer)).json()
+    assert [s["id"] for s in second["results"]] == [ids[0]] and second["next"] is None and "count" not in second
+    oldest = await client.get("/api/sessions/", params={"experiment": BOT_ID, "ordering": "created_at"}, headers=bearer)
+    assert [s["id"] for s in oldest.json()["results"]] == ids
+
+
+async def test_session_list_needs_sessions_read(client: httpx.AsyncClient) -> None:
+    await start(client)
+    token = await get_token(client, scope="chat:start")
+    assert (await client.get("/api/sessions/", headers={"Authorization": f"Bearer {token}"})).status_code == 403
+    assert (await client.get("/api/sessions/")).status_code == 401
+
+
+async def test_tags_are_added_to_a_session_and_filter_the_session_list(client: httpx.AsyncClient) -> None:
+    bearer = {"Authorization": f"Bearer {await get_token(client)}"}
+    tagged, plain = await start(client), await start(client)
+    response = await client.post(f"/api/sessions/{tagged['session_id']}/tags/", json={"tags": ["orphan", "x"]},
+                                 headers=bearer)
+    assert response.status_code == 200 and response.json() == {"tags": ["orphan", "x"]}
+    again = await client.post(f"/api/sessions/{tagged['session_id']}/tags/", json={"tags": ["orphan"]}, headers=bearer)
+    assert again.json() == {"tags": ["orphan", "x"]}
+    listed = await client.get("/api/sessions/", params={"tags": "orphan"}, headers=bearer)
+    assert [s["id"] for s in listed.json()["results"]] == [tagged["session_id"]]
+    assert plain["session_id"] not in [s["id"] for s in listed.json()["results"]]
+    for bad, error in (({}, "Missing 'tags' in request"), ({"tags": "x"}, "'tags' must be a list"),
+                       ({"tags": [""]}, "'tags' must be a list of non-empty strings")):
+        refused = await client.post(f"/api/sessions/{plain['session_id']}/tags/", json=bad, headers=bearer)
+        assert refused.status_code == 400 and refused.json() == {"error": error}
+    unknown = "44444444-4444-4444-8444-444444444444"
+    missing = await client.post(f"/api/sessions/{unknown}/tags/", json={"tags": ["x"]}, headers=bearer)
+    assert missing.status_code == 404 and missing.json() == {"error": f"Session not found: {unknown}"}
 
 
 # ------------------------------------------------------------------ upload §4.5

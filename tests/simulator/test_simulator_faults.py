@@ -255,6 +255,30 @@ async def test_drop_without_a_reachable_connection_raises_to_an_asgi_caller(
 def test_drop_for_an_unknown_route_is_refused(state: SimulatorState) -> None:
     with pytest.raises(ValueError):
         state.drop_after_accept("mesage")
+    with pytest.raises(ValueError):
+        state.drop_before_accept("mesage")
+
+
+# --------------------------------------------------------- drop before accept
+async def test_a_message_dropped_before_ocs_saw_it_is_a_transport_error_and_never_arrives(
+        sim: SimServer, http: httpx.AsyncClient) -> None:
+    session = await start(http, await token(http))
+    sim.state.drop_before_accept("message")
+    with pytest.raises(CUT):
+        await post_message(http, session, "lost on the way")
+    assert sim.state.user_messages(session["session_id"]) == []
+    assert sim.state.request_counts()["message"] == 1  # what the client sent
+    assert (await post_message(http, session, "again")).status_code == 202  # one drop, used up
+    assert sim.state.user_messages(session["session_id"]) == ["again"]
+
+
+async def test_a_start_dropped_before_ocs_saw_it_creates_no_session(sim: SimServer, http: httpx.AsyncClient) -> None:
+    bearer = await token(http)
+    sim.state.drop_before_accept("start")
+    with pytest.raises(CUT):
+        await http.post("/api/chat/start/", json={"chatbot_id": DEMO_CHATBOT_ID},
+                        headers={"Authorization": f"Bearer {bearer}"})
+    assert sim.state.list_sessions() == []
 
 
 # ------------------------------------------------------------------ WAF docs/OCS.md §3.2
@@ -333,8 +357,8 @@ async def test_request_counts_count_every_route_by_name(sim: SimServer, http: ht
                             headers={"Authorization": f"Bearer {bearer}"})
     assert ended.status_code == 200
     assert sim.state.request_counts() == {
-        "end": 1, "files": 1, "message": 1, "session_get": 0, "session_poll": 1, "start": 1,
-        "task_poll": task_polls, "token": 1, "upload": 1}
+        "end": 1, "files": 1, "message": 1, "session_get": 0, "session_list": 0, "session_poll": 1, "start": 1,
+        "tags": 0, "task_poll": task_polls, "token": 1, "upload": 1}
     assert set(sim.state.request_counts()) == set(ROUTE_NAMES)
 
 
@@ -386,6 +410,13 @@ async def test_control_routes_set_knobs_and_read_counters_over_http(
     assert (await http.post("/_simulator/drop_after_accept", json={"route": "message"})).status_code == 200
     with pytest.raises(CUT):
         await post_message(http, session, "lost answer")
+    assert (await http.post("/_simulator/drop_before_accept", json={"route": "message"})).status_code == 200
+    with pytest.raises(CUT):
+        await post_message(http, session, "never seen")
+    assert "never seen" not in sim.state.user_messages(session["session_id"])
+    assert (await http.post("/_simulator/complete_session", json={"session_id": session["session_id"]})).status_code == 200
+    assert (await post_message(http, session, "x")).json() == {"error": "Session has ended"}
+    assert (await http.post("/_simulator/complete_session", json={"session_id": "nope"})).status_code == 404
     assert (await http.post("/_simulator/forget_sessions")).status_code == 200
     assert (await post_message(http, session, "x")).json() == NOT_PROVIDED
 

@@ -1,5 +1,6 @@
 """A callback receiver for webhook channels: verifies each Standard Webhooks signature and
-records the body, like a customer's app would."""
+records the body, like a customer's app would: reply parts (``texts``) and, for a channel with
+``show_progress: true``, progress callbacks (``progress``)."""
 
 from __future__ import annotations
 
@@ -58,5 +59,13 @@ class CallbackReceiver:
         return Starlette(routes=[Route("/callback", receive, methods=["POST"])])
 
     def texts(self, conversation_id: str | None = None) -> list[str]:
+        """The texts of the reply parts received (progress callbacks are not replies)."""
         with self._lock:
-            return [m["text"] for m in self.received if conversation_id in (None, m["conversation_id"]) and m["text"]]
+            return [m["text"] for m in self.received if conversation_id in (None, m["conversation_id"]) and m["text"]
+                    and m.get("type") != "progress"]
+
+    def progress(self, conversation_id: str | None = None) -> list[str]:
+        """The lines of the ``progress`` callbacks received, in order (repeats dropped by id)."""
+        with self._lock:
+            return [m["text"] for m in self.received if conversation_id in (None, m["conversation_id"])
+                    and m.get("type") == "progress"]

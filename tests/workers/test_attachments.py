@@ -13,6 +13,7 @@ from starlette.routing import Route
 from gateway.core.keys import Keys
 from tests.conftest import Stack, settled, wait_for
 from tests.support.servers import UvicornThread
+from workers.turns import UNATTACHED_MARKER
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -24,7 +25,12 @@ def _file_server() -> UvicornThread:
     async def missing(request: object) -> Response:
         return Response("gone", status_code=404)
 
-    return UvicornThread(Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing)]))
+    async def voice(request: object) -> Response:
+        return Response(b"OggS" + b"\x00" * 64, media_type="audio/ogg")
+
+    return UvicornThread(
+        Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing), Route("/voice.ogg", voice)])
+    )
 
 
 def test_attachment_by_url_is_uploaded_to_ocs_with_the_message(make_stack: Callable[..., Stack]) -> None:
@@ -39,14 +45,31 @@ def test_attachment_by_url_is_uploaded_to_ocs_with_the_message(make_stack: Calla
     assert "photo.png" in stack.receiver.texts("c1")[0]
 
 
-def test_unfetchable_attachment_does_not_sink_the_text(stack: Stack) -> None:
+def test_unfetchable_attachment_does_not_sink_the_text_and_the_user_hears_why(make_stack: Callable[..., Stack]) -> None:
     with _file_server() as files:
+        stack = make_stack(fetch_allowlist=(files.removeprefix("http://"),))
         stack.say("c1", "and this", extra={"attachments": [{"url": f"{files}/missing.pdf"}]})
-        wait_for(lambda: stack.receiver.texts("c1"), what="a reply")
+        wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the notice and the reply")
     assert stack.sim.state.uploaded_files() == []
     (session,) = stack.sim.state.list_sessions()
     (sent,) = stack.sim.state.user_messages(session.id)
-    assert sent.startswith("and this") and "missing.pdf could not be attached" in sent
+    assert sent == f"and this\n{UNATTACHED_MARKER}"  # the user's words and a neutral marker only
+    notice, answer = stack.receiver.received
+    assert notice["kind"] == "notice" and notice["text"] == "I couldn't open missing.pdf, so I answered your words without it."
+    assert answer["kind"] == "answer" and answer["text"] == f"Echo #1: and this\n{UNATTACHED_MARKER}"
+
+
+def test_a_file_type_ocs_refuses_reaches_the_bot_as_a_marker_not_as_the_error_body(make_stack: Callable[..., Stack]) -> None:
+    """What a Telegram voice note did before: OCS refuses '.ogg' (docs/OCS.md §3.3) and its error
+    body reached the bot as if the user had typed it."""
+    with _file_server() as files:
+        stack = make_stack(fetch_allowlist=(files.removeprefix("http://"),))
+        stack.say("c1", "", extra={"attachments": [{"url": f"{files}/voice.ogg", "content_type": "audio/ogg"}]})
+        wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the notice and the reply")
+    (session,) = stack.sim.state.list_sessions()
+    assert stack.sim.state.user_messages(session.id) == [UNATTACHED_MARKER]
+    notice, _ = stack.receiver.texts("c1")
+    assert "voice.ogg" in notice and "supported" not in notice and "Allowed types" not in notice
 
 
 def test_reply_attachment_reaches_the_callback_inline(stack: Stack) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.core.keys import Keys
 from gateway.core.models import ConversationKey
+from gateway.ocs.client import LABEL_SEPARATOR
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
 from tests.support.worker_procs import WorkerFleet, WorkerProc, worker_config_like
 
@@ -139,7 +140,7 @@ def test_workers_with_skewed_clocks_adopt_each_others_turns_without_a_stall(
     )
     expected_ocs = [f"r{n}" for n in range(1, 5)]
     expected_replies = [f"Echo #{n}: r{n}" for n in range(1, 5)]
-    sessions = {s.remote_id: s for s in stack.sim.state.list_sessions()}
+    sessions = {s.remote_id.split(LABEL_SEPARATOR)[0]: s for s in stack.sim.state.list_sessions()}
     for conversation in _conversations():
         session = sessions[f"webhook:{conversation}"]
         assert stack.sim.state.user_messages(session.id) == expected_ocs, conversation

@@ -156,6 +156,9 @@ class _Routes:
 
         async def endpoint(request: Request) -> Response:
             self.state.count_request(name)
+            if self.state.take_drop_before(name):
+                mark_for_drop(request.scope)  # cut before OCS saw it: nothing happens here
+                return Response(b"", status_code=204)
             client_ip = request.client.host if request.client else "unknown"
             if not self.state.waf_admits(client_ip):  # §3.2 per-IP rate rule, all routes
                 return Response(WAF_BLOCK, status_code=403, media_type="text/html")
@@ -417,7 +420,12 @@ class _Routes:
         if task.session_id != session.id:
             return JSONResponse({"detail": "Not found."}, status_code=404)
         if not task.finished:
-            progress = self.state.knobs.progress_text
+            knobs = self.state.knobs
+            progress = knobs.progress_text
+            if knobs.progress_lines:
+                running_s = (self.state.clock() - task.accepted_at).total_seconds()
+                step = int(max(running_s, 0.0) // max(knobs.progress_every_s, 0.001))
+                progress = knobs.progress_lines[min(step, len(knobs.progress_lines) - 1)]
             message = None if progress is None else {
                 "created_at": format_timestamp(self.state.clock()), "role": "assistant",
                 "content": progress, "metadata": {}, "tags": [], "attachments": []}
@@ -491,15 +499,11 @@ class _Routes:
         self.state.end_session(session)
         return Response(b"", status_code=200)  # §4.8: empty body, not JSON
 
-    async def get_session(self, request: Request) -> Response:
-        team = self._management_team(request, "sessions:read")
-        session = self.state.sessions.get(request.path_params["session_id"])
-        if session is None or session.team != team:
-            _reject(404, {"detail": "Not found."})
-        self.state.advance(session)
+    def _session_json(self, session: SimSession) -> dict[str, Any]:
+        """The ``ExperimentSession`` shape (schema ``ExperimentSession``, docs/OCS.md §4.11 without messages)."""
         chatbot = self.state.chatbots[session.chatbot_id]
         base = self.state.base_url
-        return JSONResponse({
+        return {
             "url": f"{base}/api/sessions/{session.id}/", "id": session.id,
             "team": {"name": session.team, "slug": session.team},
             "experiment": {"id": chatbot.id, "name": chatbot.name, "description": "",
@@ -508,10 +512,70 @@ class _Routes:
             "participant": {"identifier": session.identifier, "remote_id": session.remote_id},
             "created_at": format_timestamp(session.created_at),
             "updated_at": format_timestamp(session.updated_at or session.created_at),
-            "status": session.status, "platform": session.platform,
-            "messages": [self.state.message_json(m) for m in session.messages],
-            "usage": {"total_cost": 0, "by_model": []}, "tags": list(session.tags),
-            "state": dict(session.state)})
+            "status": session.status, "platform": session.platform, "tags": list(session.tags),
+            "state": dict(session.state)}
+
+    async def get_session(self, request: Request) -> Response:
+        team = self._management_team(request, "sessions:read")
+        session = self.state.sessions.get(request.path_params["session_id"])
+        if session is None or session.team != team:
+            _reject(404, {"detail": "Not found."})
+        self.state.advance(session)
+        return JSONResponse({**self._session_json(session),
+                             "messages": [self.state.message_json(m) for m in session.messages],
+                             "usage": {"total_cost": 0, "by_model": []}})
+
+    async def list_sessions(self, request: Request) -> Response:
+        """``GET /api/sessions/`` (schema ``session_list``): the team's sessions, newest first
+        unless ``ordering=created_at``, filtered by ``experiment`` (the chatbot's id) and
+        ``tags`` (comma separated, all must match), cursor-paginated; ``count`` only on the
+        first page."""
+        team = self._management_team(request, "sessions:read")
+        query = request.query_params
+        ordering = query.get("ordering", "-created_at")
+        if ordering not in ("-created_at", "created_at"):
+            _reject(400, {"ordering": [f"Select a valid choice. {ordering} is not one of the available choices."]})
+        try:
+            size = max(1, min(int(query.get("page_size", "100")), 1500))
+            offset = int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            _reject(404, {"detail": "Invalid cursor"})
+        sessions = [s for s in self.state.list_sessions() if s.team == team]
+        if "experiment" in query:
+            sessions = [s for s in sessions if s.chatbot_id == query["experiment"]]
+        wanted = {t.strip() for t in query.get("tags", "").split(",") if t.strip()}
+        sessions = [s for s in sessions if wanted <= set(s.tags)]
+        sessions.sort(key=lambda s: s.created_at, reverse=ordering == "-created_at")
+        page = sessions[offset:offset + size]
+        more = offset + size < len(sessions)
+        body: dict[str, Any] = {"previous": None, "results": [self._session_json(s) for s in page]}
+        if more:
+            cursor = base64.urlsafe_b64encode(str(offset + size).encode()).decode()
+            body["next"] = str(request.url.include_query_params(cursor=cursor))
+        else:
+            body["next"] = None
+        if "cursor" not in query:
+            body["count"] = len(sessions)
+        return JSONResponse(body)
+
+    async def add_tags(self, request: Request) -> Response:
+        """``POST /api/sessions/{id}/tags/`` (docs/OCS.md §4.10): adds the tags, answers all of them."""
+        team = self._management_team(request, "sessions:write")
+        session = self.state.sessions.get(request.path_params["session_id"])
+        if session is None or session.team != team:
+            _reject(404, {"error": f"Session not found: {request.path_params['session_id']}"})
+        body = await self._json_body(request)
+        if "tags" not in body:
+            _reject(400, {"error": "Missing 'tags' in request"})
+        tags = body["tags"]
+        if not isinstance(tags, list):
+            _reject(400, {"error": "'tags' must be a list"})
+        if not tags or not all(isinstance(t, str) and t.strip() for t in tags):
+            _reject(400, {"error": "'tags' must be a list of non-empty strings"})
+        for tag in tags:
+            if tag.strip() not in session.tags:
+                session.tags.append(tag.strip())
+        return JSONResponse({"tags": list(session.tags)})
 
     # ------------------------------------------------------------ files §4.14
     async def file_content(self, request: Request) -> Response:
@@ -535,6 +599,8 @@ class _Routes:
                   methods=["GET"]),
             Route(f"{prefix}/sessions/{{session_id}}/end_experiment_session/",
                   self.wrap("end", self.end_session), methods=["POST"]),
+            Route(f"{prefix}/sessions/", self.wrap("session_list", self.list_sessions), methods=["GET"]),
+            Route(f"{prefix}/sessions/{{session_id}}/tags/", self.wrap("tags", self.add_tags), methods=["POST"]),
             Route(f"{prefix}/sessions/{{session_id}}/", self.wrap("session_get", self.get_session),
                   methods=["GET"]),
             Route(f"{prefix}/files/{{file_id:int}}/content", self.wrap("files", self.file_content),

@@ -7,6 +7,8 @@ in-process ``SimulatorState``. Not part of OCS: these are not counted, rate-limi
 - ``POST /_simulator/knobs`` ``{"rtt_s": 0.05, "reply_latency": {"kind": "lognormal", "median_s": 3,
   "p95_s": 12}, ...}`` -> the knobs after the change (400 on an unknown knob or a wrong type)
 - ``POST /_simulator/drop_after_accept`` ``{"route": "message", "count": 1}``
+- ``POST /_simulator/drop_before_accept`` ``{"route": "message", "count": 1}``
+- ``POST /_simulator/complete_session`` ``{"session_id": "..."}`` (404 for an unknown session)
 - ``POST /_simulator/forget_sessions``
 """
 
@@ -89,6 +91,25 @@ def control_routes(state: SimulatorState) -> list[Route]:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({})
 
+    async def drop_before_accept(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+            state.drop_before_accept(str(body.get("route", "message")), int(body.get("count", 1)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({})
+
+    async def complete_session(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+            session_id = str(body["session_id"])
+        except (ValueError, TypeError, KeyError) as exc:
+            return JSONResponse({"error": f"a JSON object with session_id: {exc}"}, status_code=400)
+        if session_id not in state.sessions:
+            return JSONResponse({"error": f"no session {session_id}"}, status_code=404)
+        state.complete_session(session_id)
+        return JSONResponse({})
+
     async def forget_sessions(request: Request) -> Response:
         state.forget_sessions()
         return JSONResponse({})
@@ -98,5 +119,7 @@ def control_routes(state: SimulatorState) -> list[Route]:
         Route("/_simulator/tasks", tasks, methods=["GET"]),
         Route("/_simulator/knobs", knobs, methods=["POST"]),
         Route("/_simulator/drop_after_accept", drop_after_accept, methods=["POST"]),
+        Route("/_simulator/drop_before_accept", drop_before_accept, methods=["POST"]),
+        Route("/_simulator/complete_session", complete_session, methods=["POST"]),
         Route("/_simulator/forget_sessions", forget_sessions, methods=["POST"]),
     ]

@@ -59,8 +59,8 @@ ONE_DAY = timedelta(days=1)  # §4.3 task binding / result expiry, §3.3 unused-
 MICROSECOND = timedelta(microseconds=1)
 DEMO_CHATBOT_ID = "6f1c2a9e-3b7d-4c1e-9a52-0d4e8b7f1a23"
 #: Route names used by ``request_counts``, ``fail_next`` and ``drop_after_accept``.
-ROUTE_NAMES = ("end", "files", "message", "session_get", "session_poll", "start", "task_poll", "token",
-               "upload")
+ROUTE_NAMES = ("end", "files", "message", "session_get", "session_list", "session_poll", "start", "tags",
+               "task_poll", "token", "upload")
 
 
 def utc_now() -> datetime:
@@ -84,6 +84,10 @@ class SimulatorKnobs:
     token_lifetime_s: int = 36000  # §2.3 DOT default
     require_user_agent: bool = True  # §1/§3.2 WAF NoUserAgent_HEADER on /api/
     progress_text: str | None = None  # §4.3 progress line while a task runs
+    # §4.3 progress lines that follow one another while a task runs, one every progress_every_s
+    # from its acceptance (the last one stays); OCS changes a task's line at most every 5 s.
+    progress_lines: tuple[str, ...] = ()
+    progress_every_s: float = 5.0
     reply_attachments: bool = False  # attach a generated file to every reply (§4.3 example)
     enforce_rate_limit: bool = False  # §3.1 RATE_LIMIT_ENFORCE is off by default
     chat_rate_limit: int = 300  # §3.1 chat_api scope
@@ -244,6 +248,7 @@ class SimulatorState:
         self._waf_hits: dict[str, deque[float]] = {}
         self._waf_blocked = 0
         self._drops: Counter[str] = Counter()
+        self._drops_before: Counter[str] = Counter()
         self._finish_times: dict[str, datetime] = {}  # task id -> reply available (outlives a restart)
         self._latency_seed = self.knobs.latency_seed
         self._latency_rng = random.Random(self._latency_seed)
@@ -343,6 +348,18 @@ class SimulatorState:
         """§4.8: the API only moves the session to ``pending-review``."""
         self.advance(session)
         session.status, session.ended_at, session.updated_at = "pending-review", self.clock(), self.clock()
+
+    def complete_session(self, session_id: str) -> None:
+        """Finish the session as OCS's web-chat review form does, the one way to status
+        ``complete`` (docs/OCS.md §6.1; no API reaches it): ``message/`` and ``upload/`` then answer 400
+        ``{"error": "Session has ended"}`` and the session poll says ``session_status: "ended"``.
+        Tasks already accepted still run."""
+        with self._lock:
+            session = self.sessions[session_id]
+            self.advance(session)
+            now = self.clock()
+            session.status, session.updated_at = "complete", now
+            session.ended_at = session.ended_at or now
 
     def push_bot_message(self, session_id: str, text: str,
                          metadata: dict[str, Any] | None = None) -> SimMessage:
@@ -532,6 +549,24 @@ class SimulatorState:
             raise ValueError(f"unknown route {route!r}; one of {ROUTE_NAMES}")
         with self._lock:
             self._drops[route] += count
+
+    def drop_before_accept(self, route: str = "message", count: int = 1) -> None:
+        """The next ``count`` calls of ``route`` are cut before OCS processes them: the request
+        left the client whole, the connection closes with no response and nothing happened on
+        this side (counted in ``request_counts``, as what the client sent; no rate bucket, no
+        state). The client cannot tell this from ``drop_after_accept``."""
+        if route not in ROUTE_NAMES:
+            raise ValueError(f"unknown route {route!r}; one of {ROUTE_NAMES}")
+        with self._lock:
+            self._drops_before[route] += count
+
+    def take_drop_before(self, route: str) -> bool:
+        """Consume one pending ``drop_before_accept`` for ``route`` (called before the route runs)."""
+        with self._lock:
+            if self._drops_before[route] <= 0:
+                return False
+            self._drops_before[route] -= 1
+            return True
 
     def take_drop(self, route: str) -> bool:
         """Consume one pending drop for ``route`` (called once the route has accepted)."""
