@@ -1,6 +1,7 @@
 """The long-lived objects one process needs, built once on its event loop: Redis, the pooled
-HTTP client, one OCS client per bot and one adapter per channel. The web app and the worker
-runtime both hold one ``Services``; nothing else keeps state between requests."""
+HTTP client, one OCS client (and speech client, where it has one) per bot and one adapter per
+channel. The web app and the worker runtime both hold one ``Services``; nothing else keeps state
+between requests."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
+from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
@@ -48,6 +50,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     #: slack_sdk's clients of every Slack channel share it: one connection pool per process.
     aiohttp_session: aiohttp.ClientSession | None = None
+    #: The speech service of each bot that has a ``speech`` block (docs/VOICE.md).
+    speech: dict[str, SpeechClient] = field(default_factory=dict)
 
     @classmethod
     async def open(
@@ -99,6 +103,11 @@ class Services:
                 )
                 for name, bot in config.bots.items()
             }
+            speech = {
+                name: SpeechClient(name=name, config=bot.speech, http=http, metrics=metrics)
+                for name, bot in config.bots.items()
+                if bot.speech is not None
+            }
             session: aiohttp.ClientSession | None = None
             if any(c.type == "slack" for c in config.channels.values()):
                 from adapters.slack.api import new_session  # here: it loads slack_sdk
@@ -116,7 +125,7 @@ class Services:
                 config, redis, http, keys, ocs, adapters,
                 ConversationStore(keys), TurnLedger(redis, keys),
                 DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
-                aiohttp_session=session,
+                aiohttp_session=session, speech=speech,
             )
             for adapter in adapters.values():
                 # Before its start-up: one that fails half-way is closed too.
@@ -139,6 +148,9 @@ class Services:
 
     def ocs_for(self, channel: str) -> OCSClient:
         return self.ocs[self.config.channels[channel].bot]
+
+    def speech_for(self, channel: str) -> SpeechClient | None:
+        return self.speech.get(self.config.channels[channel].bot)
 
     async def aclose(self) -> None:
         """Close the adapters, the aiohttp session, the HTTP client and Redis, in that order;

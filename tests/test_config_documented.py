@@ -24,6 +24,7 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (config.GatewayConfig, ("CONFIG.md",)),
     (config.BotConfig, ("CONFIG.md",)),
     (config.BudgetLimits, ("CONFIG.md",)),
+    (config.SpeechConfig, ("CONFIG.md",)),
     (config.WorkerTuning, ("CONFIG.md",)),
     (config.CoalesceConfig, ("CONFIG.md",)),
     (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
@@ -35,6 +36,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     config.GatewayConfig: "Top level",
     config.BotConfig: "`bots.<name>`",
     config.BudgetLimits: "`bots.<name>.budget`",
+    config.SpeechConfig: "`bots.<name>.speech`",
     config.WorkerTuning: "`worker`",
     config.CoalesceConfig: "`channels.<name>.coalesce`",
 }

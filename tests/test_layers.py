@@ -6,6 +6,7 @@ nothing is imported), so a new arrow against the grain fails here, not in review
     gateway.store         what lives in Redis
       ↑
     gateway.ocs           the OCS client, its request budget, the simulator
+    gateway.speech        beside it: the speech service's client and audio (core, store only)
       ↑
     gateway.observe       health, readiness, metrics and gauges, for every process
       ↑
@@ -38,12 +39,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "gateway.core": ("gateway.core",),
     "gateway.store": ("gateway.core", "gateway.store"),
     "gateway.ocs": ("gateway.core", "gateway.store", "gateway.ocs"),
+    "gateway.speech": ("gateway.core", "gateway.store", "gateway.speech"),
     "gateway.observe": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe"),
     "adapters": ("gateway.core", "gateway.store", "adapters"),
-    "workers": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "workers"),
+    "workers": ("gateway.core", "gateway.store", "gateway.ocs", "gateway.speech", "gateway.observe", "workers"),
     "gateway.config_loading": ("gateway.core", "adapters"),
     "gateway.services": (
-        "gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "gateway.services", "adapters", "workers",
+        "gateway.core", "gateway.store", "gateway.ocs", "gateway.speech", "gateway.observe", "gateway.services",
+        "adapters", "workers",
     ),
     "gateway.edge": (
         "gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "gateway.edge", "gateway.services",
@@ -53,7 +56,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 PROJECT = ("gateway", "adapters", "workers")
 
 #: Packages that serve every channel alike: their code names no platform (the adapters do).
-PLATFORM_FREE = ("gateway.core", "gateway.store", "gateway.ocs", "gateway.observe", "workers")
+PLATFORM_FREE = ("gateway.core", "gateway.store", "gateway.ocs", "gateway.speech", "gateway.observe", "workers")
 PLATFORM_NAMES = re.compile(r"telegram|slack|whatsapp", re.IGNORECASE)
 #: Mentions that stay, each for its reason; any other fails. Logging is set up before the
 #: configuration (and so the adapters) is known, and guards every process's lines:

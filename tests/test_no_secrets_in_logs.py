@@ -22,16 +22,19 @@ from gateway.core.logs import make_handler
 from gateway.core.redaction import RedactionFilter, install_redaction, secret_values
 from gateway.observe.health import ServicesProbe, health_routes
 from tests.conftest import WEBHOOK_SECRET, SimServer, Stack, stack_config, wait_for
+from tests.fakes.openai_audio import FakeOpenAIAudio, fake_speech
 from tests.fakes.slack_api import FakeSlack, event_envelope, fake_slack, signed_headers
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update
+from tests.support.audio import voice_note
 from tests.support.servers import free_port
 
-__all__ = ["fake_slack", "fake_telegram"]
+__all__ = ["fake_slack", "fake_speech", "fake_telegram"]
 
 TELEGRAM_TOKEN = "5550001234:AAH-telegram-token_for-the-log-grep"
 TELEGRAM_SECRET = "tg-webhook-secret-42"
 SLACK_SIGNING = "slack-signing-secret-for-the-grep"
 SLACK_CLIENT_SECRET = "slack-client-secret-for-the-grep"
+SPEECH_KEY = "sk-speech-api-key-for-the-log-grep"
 USER = 4242
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -86,11 +89,14 @@ def uvicorn_through_root() -> None:
 
 @pytest.fixture
 def everything(
-    capture: Capture, fake_telegram: FakeTelegram, fake_slack: FakeSlack, sim: SimServer, make_stack: Callable[..., Stack]
+    capture: Capture, fake_telegram: FakeTelegram, fake_slack: FakeSlack, fake_speech: FakeOpenAIAudio, sim: SimServer,
+    make_stack: Callable[..., Stack],
 ) -> Stack:
     """One gateway with every channel kind: webhook ``hooks``, Telegram ``tg``, Slack ``sl``
-    (one workspace, bot token) and Slack ``slo`` (OAuth install), logging from its first line."""
+    (one workspace, bot token) and Slack ``slo`` (OAuth install), and a speech service that
+    speaks every answer, logging from its first line."""
     fake_telegram.add_bot(TELEGRAM_TOKEN, username="clinic_bot")
+    fake_speech.api_keys = {SPEECH_KEY}
     fake_slack.client_secret = SLACK_CLIENT_SECRET
     workspace = fake_slack.add_workspace("T100")
     slack = {"type": "slack", "bot": "demo", "signing_secret": Secret(SLACK_SIGNING), "api_base_url": fake_slack.api_url}
@@ -102,12 +108,13 @@ def everything(
     }  # fmt: skip
     # As the CLI: the filter goes on once logging is set up and the config is loaded, before
     # anything starts (PTB logs the token while the adapter starts). Same secrets as the stack's.
-    install_redaction(stack_config(sim.url, "http://127.0.0.1:9", channels=channels))
-    return make_stack(channels=channels)
+    bots = {"demo": {"speech": {"base_url": fake_speech.base_url, "api_key": Secret(SPEECH_KEY), "voice_replies": "always"}}}
+    install_redaction(stack_config(sim.url, "http://127.0.0.1:9", channels=channels, bots=bots))
+    return make_stack(channels=channels, bots=bots)
 
 
 def test_debug_logs_of_every_channel_carry_no_secret(
-    capture: Capture, everything: Stack, fake_telegram: FakeTelegram, fake_slack: FakeSlack
+    capture: Capture, everything: Stack, fake_telegram: FakeTelegram, fake_slack: FakeSlack, fake_speech: FakeOpenAIAudio
 ) -> None:
     stack = everything
     uvicorn_through_root()
@@ -124,6 +131,17 @@ def test_debug_logs_of_every_channel_carry_no_secret(
     )  # fmt: skip
     assert response.status_code == 200
     wait_for(lambda: fake_telegram.sent_texts(USER, token=TELEGRAM_TOKEN), what="the Telegram reply")
+
+    # A voice note: transcribed and answered in voice through the speech service and its key.
+    fake_telegram.add_file("VOICE1", voice_note(0.5, title="hello by voice"), file_path="voice/file_1.oga")
+    voice = {"file_id": "VOICE1", "file_unique_id": "uV1", "duration": 1, "mime_type": "audio/ogg", "file_size": 100}
+    response = stack.http.post(
+        f"{stack.url}/telegram/tg", content=json.dumps(message_update(2, chat_id=USER, user_id=USER, voice=voice)),
+        headers={"content-type": "application/json", "X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+    )  # fmt: skip
+    assert response.status_code == 200
+    wait_for(lambda: len(fake_telegram.sent_voices(USER, token=TELEGRAM_TOKEN)) == 2, what="two voice replies")
+    assert [c.auth for c in fake_speech.calls()] and all(c.auth == SPEECH_KEY for c in fake_speech.calls())
 
     # Slack event in, reply out through the fake Web API.
     event = {"type": "message", "channel": "D100", "channel_type": "im", "user": "UHUMAN", "text": "hello slack",
@@ -156,7 +174,7 @@ def test_debug_logs_of_every_channel_carry_no_secret(
     secrets = {
         *secret_values(stack.config),
         WEBHOOK_SECRET, TELEGRAM_TOKEN, TELEGRAM_SECRET, SLACK_SIGNING, SLACK_CLIENT_SECRET, "demo-secret",
-        code, state, *slack_tokens,
+        SPEECH_KEY, code, state, *slack_tokens,
         *stack.sim.state.tokens,  # OCS OAuth access tokens the simulator issued
     }  # fmt: skip
     leaks = {secret: line for secret in secrets for line in lines if secret in line}
@@ -220,7 +238,7 @@ def test_json_logs_of_webhook_and_telegram_flows_carry_no_secret_text_or_user_id
     assert any(r["logger"] == "uvicorn.access" for r in records)
     secrets = {
         *secret_values(stack.config), WEBHOOK_SECRET, TELEGRAM_TOKEN, TELEGRAM_SECRET, SLACK_SIGNING,
-        SLACK_CLIENT_SECRET, "demo-secret", *stack.sim.state.tokens,
+        SLACK_CLIENT_SECRET, SPEECH_KEY, "demo-secret", *stack.sim.state.tokens,
     }  # fmt: skip
     leaks = {secret: line for secret in secrets for line in lines if secret in line}
     assert not leaks, f"secrets in the JSON log: {leaks}"

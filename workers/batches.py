@@ -9,7 +9,7 @@ at the end. ``combine`` says what OCS is sent for a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.core.config import CoalesceConfig
@@ -73,13 +73,16 @@ class Combined:
     attachments: tuple[tuple[Attachment, Inbound], ...]
 
 
-def combine(inbounds: Sequence[Inbound]) -> Combined:
+def combine(inbounds: Sequence[Inbound], *, heard: Mapping[int, Sequence[str]] | None = None) -> Combined:
     """The batch's texts joined with a blank line, in order, each named by its sender when the
-    batch has several senders (a group), and every attachment with the message it came with."""
+    batch has several senders (a group), and every attachment with the message it came with.
+    ``heard``: by the message's place in the batch, the lines its voice notes came to, after its
+    own text (``workers/voice_notes.py``)."""
     several = len({inbound.sender_id for inbound in inbounds}) > 1
     texts: list[str] = []
-    for inbound in inbounds:
-        text = inbound.text.strip()
+    for index, inbound in enumerate(inbounds):
+        lines = heard.get(index, ()) if heard else ()
+        text = "\n".join(part for part in (inbound.text.strip(), *lines) if part)
         if text:
             texts.append(f"{inbound.sender_name or inbound.sender_id}: {text}" if several else text)
     attachments = tuple((attachment, inbound) for inbound in inbounds for attachment in inbound.attachments)

@@ -19,6 +19,7 @@ from gateway.store.lease import Op
 from gateway.store.ledger import Turn, TurnState
 from workers.context import WorkerServices
 from workers.hold import Hold
+from workers.voice_replies import voice_reply_parts
 
 __all__ = ["TurnCloser", "bot_of", "inbox_depth", "turn_outcome"]
 
@@ -81,6 +82,7 @@ class TurnCloser:
                 notice = Reply(text=template.replace("{files}", ", ".join(turn.unattached)), kind=ReplyKind.NOTICE,
                                in_reply_to=reply.in_reply_to)
                 parts = (*adapter.render(notice), *parts)
+            parts += voice_reply_parts(self.services, hold.conv, turn, reply)  # after the words, never instead
         changes: dict[str, Any] = {
             "state": TurnState.DELIVERING, "reply": reply, "parts": parts, "delivered": 0, "sending_part": -1,
             "attempts": 0, "failing_since": 0.0, "next_at": 0.0,

@@ -1,6 +1,6 @@
 """What the workers need from their process, said as a protocol: the assembly
 (``gateway/services.py``) provides it, so the workers depend on the foundation, the stores and
-the OCS client, never on the adapters' packages nor on how the process was put together."""
+the OCS and speech clients, never on the adapters' packages nor on how the process was put together."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.ocs.client import OCSClient
+from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
@@ -43,5 +44,9 @@ class WorkerServices(Protocol):
     def metrics(self) -> Metrics: ...
 
     def ocs_for(self, channel: str) -> OCSClient: ...
+
+    def speech_for(self, channel: str) -> SpeechClient | None:
+        """The speech service of the channel's bot; None when it has no ``speech`` block."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -1,14 +1,16 @@
 """Delivery: a recorded answer's parts handed to the platform one by one, each marked before
-it is sent, so a crash repeats at most the one part that was on its way; and the "working"
-indicator the platform shows while OCS thinks."""
+it is sent, so a crash repeats at most the one part that was on its way (a voice reply is one of
+them, spoken when its turn comes: ``workers/voice_replies.py``); and the "working" indicator the
+platform shows while OCS thinks."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from gateway.core.channel import ChannelAdapter
+from gateway.core.channel import ChannelAdapter, VoiceNote
 from gateway.core.errors import DeliveryRejected, PacingWait, RecipientGone, RetryLater
 from gateway.core.models import Delivery, InboundKind, Outgoing, Route
 from gateway.store.clock import RedisClock
@@ -19,6 +21,7 @@ from gateway.store.reply_delays import delay_ops
 from workers.closing import TurnCloser, bot_of
 from workers.context import WorkerServices
 from workers.hold import CONTINUE, Hold, Outcome
+from workers.voice_replies import VOICE_HINT, VoiceReplies
 
 __all__ = ["Deliverer", "numbering"]
 
@@ -40,6 +43,7 @@ class Deliverer:
         self.services = services
         self.clock = clock
         self.closer = closer
+        self.voice = VoiceReplies(services)
 
     async def deliver(self, hold: Hold, turn: Turn) -> Outcome:
         conv = hold.conv
@@ -55,7 +59,12 @@ class Deliverer:
                 await hold.write(ops, turn=turn)
             hold.lease.check()
             delivery = Delivery.of_part(reply_id, first + index, total)
-            platform_id = await self._send_part(hold, adapter, route, turn.parts[index], delivery)
+            part = turn.parts[index]
+            if part.hints.get(VOICE_HINT):
+                post = self._voice_poster(hold, adapter, route, delivery)
+                platform_id = await self.voice.send(hold.conv, turn, part, delivery, post)
+            else:
+                platform_id = await self._send_part(hold, adapter, route, part, delivery)
             following = index + 1 if index + 1 < len(turn.parts) else -1
             turn, ops = ledger.update(
                 conv, turn, delivered=index + 1, sending_part=following,
@@ -72,6 +81,13 @@ class Deliverer:
         await self.closer.finish(hold, turn)
         log.info("turn done (%d parts)", len(turn.parts))
         return CONTINUE
+
+    async def send_aside(self, hold: Hold, turn: Turn, part: Outgoing, delivery: Delivery) -> str:
+        """One message before the answer, outside its parts (what a voice note was heard as, or
+        why it was not: ``workers/voice_notes.py``); errors as ``ChannelAdapter.send``."""
+        adapter = self.services.adapters[hold.conv.channel]
+        hold.lease.check()
+        return await self._send_part(hold, adapter, dict(turn.inbound.route or hold.record.route), part, delivery)
 
     async def show_working(self, hold: Hold, turn: Turn) -> Turn:
         """Show (or keep alive) the platform's indicator that the bot is working on it."""
@@ -128,14 +144,25 @@ class Deliverer:
             samples["wait"] = max(now - turn.inbound.received_at, 0.0)
         return delay_ops(self.services.keys, samples, now=now)
 
+    def _voice_poster(
+        self, hold: Hold, adapter: ChannelAdapter[Any], route: Route, delivery: Delivery
+    ) -> Callable[[VoiceNote], Awaitable[str]]:
+        async def post(note: VoiceNote) -> str:
+            return await self._counted(hold, adapter.send_voice(route, note, delivery))
+
+        return post
+
     async def _send_part(
         self, hold: Hold, adapter: ChannelAdapter[Any], route: Route, part: Outgoing, delivery: Delivery
     ) -> str:
-        """``adapter.send``, counted by outcome where the engine meets the adapter's errors (the
+        return await self._counted(hold, adapter.send(route, part, delivery))
+
+    async def _counted(self, hold: Hold, sending: Awaitable[str]) -> str:
+        """A platform send, counted by outcome where the engine meets the adapter's errors (the
         adapters stay unaware of metrics)."""
         metrics, channel = self.services.metrics, hold.conv.channel
         try:
-            platform_id: str = await adapter.send(route, part, delivery)
+            platform_id: str = await sending
         except PacingWait:
             metrics.pacing_waits.labels(channel).inc()
             raise

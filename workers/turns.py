@@ -47,6 +47,7 @@ from gateway.core.errors import (
     RetryLater,
     SessionEnded,
     SessionExpired,
+    SpeechUnavailable,
 )
 from gateway.core.logs import bound
 from gateway.core.models import (
@@ -77,6 +78,7 @@ from workers.failures import FailurePolicy
 from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
+from workers.voice_notes import VoiceNotes, heard_lines
 
 __all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "TurnEngine", "UNATTACHED_MARKER", "next_history_read", "reply_from_ocs"]
 
@@ -137,6 +139,7 @@ class TurnEngine:
         self.closer = TurnCloser(services, tuning, clock)
         self.delivery = Deliverer(services, clock, self.closer)
         self.failures = FailurePolicy(services, tuning, clock, self.closer)
+        self.voice = VoiceNotes(services, self.delivery)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -185,7 +188,7 @@ class TurnEngine:
             outcome = failures.pause(hold, exc.retry_after_s)
         except RetryLater as exc:
             outcome = await failures.retry_delivery(hold, hold.turn or turn, exc)
-        except OCSUnavailable as exc:
+        except (OCSUnavailable, SpeechUnavailable) as exc:
             outcome = await failures.retry(hold, hold.turn or turn, exc)
         except SessionExpired as exc:
             outcome = await failures.session_gone(hold, hold.turn or turn, exc)
@@ -233,6 +236,10 @@ class TurnEngine:
             await self._reset(hold, turn)
             reply = Reply(text=channel.reset_notice, kind=ReplyKind.NOTICE, in_reply_to=turn.last.event_id)
             await self.closer.answer(hold, turn, reply)
+            return CONTINUE
+        turn, unheard = await self.voice.hear(hold, turn)  # voice notes become words first
+        if unheard is not None:  # a voice note alone that could not be heard: nothing for OCS
+            await self.closer.answer(hold, turn, unheard)
             return CONTINUE
         session = await self._ensure_session(hold, turn)
         turn = await self.delivery.show_working(hold, turn)
@@ -327,6 +334,7 @@ class TurnEngine:
                 inbound, combined = turn.last, batches.combine(turn.inbounds)
                 # OCS gets the user's words, and of a file it could not get only that there was one:
                 # why it failed is the user's business (a notice before the answer), not the bot's.
+                combined = batches.combine(turn.inbounds, heard=heard_lines(turn))
                 text = combined.text or ("[attachment]" if ids else "" if unattached else "(empty message)")
                 if unattached:
                     text = "\n".join(part for part in (text, UNATTACHED_MARKER) if part)
@@ -402,6 +410,8 @@ class TurnEngine:
         files: list[tuple[str, bytes, str]] = []
         unattached: list[str] = []
         for attachment, inbound in attachments:
+            if attachment.spoken:
+                continue  # heard, not uploaded (workers/voice_notes.py)
             try:
                 got = await adapter.download(attachment, inbound.route)
             except AttachmentUnavailable as exc:

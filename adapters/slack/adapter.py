@@ -44,6 +44,7 @@ from gateway.core.channel import (
     ChannelAdapter,
     InboundFile,
     InboundRequest,
+    VoiceNote,
 )
 from gateway.core.config import BotConfig
 from gateway.core.errors import AttachmentUnavailable, RecipientGone, UnknownChannel
@@ -60,6 +61,8 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     #: Slack drops a thread's status two minutes after it was set: refresh it before (a
     #: reaction stays on the message until the answer is out and is not added again).
     working_refresh_s: ClassVar[float | None] = 60.0
+    #: A spoken answer is an MP3 file in the thread, which Slack's player plays on every client.
+    voice_format: ClassVar[str | None] = "mp3"
 
     def __init__(self, name: str, config: SlackChannelConfig, bot: BotConfig, services: AdapterServices) -> None:
         super().__init__(name, config, bot, services)
@@ -139,12 +142,17 @@ class SlackAdapter(ChannelAdapter[SlackChannelConfig]):
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
         return await self._sender.send(route, outgoing, delivery)
 
-    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
+    async def send_voice(self, route: Route, note: VoiceNote, delivery: Delivery | None = None) -> str:
+        return await self._sender.send_voice(route, note)
+
+    async def download(self, attachment: Attachment, route: Route, *, max_bytes: int | None = None) -> InboundFile:
         try:
             token = await self._workspaces.token_for(route["team"], route.get("enterprise", ""))
         except RecipientGone as exc:
             raise AttachmentUnavailable(f"no token for the workspace: {exc.reason}") from exc
-        return await download_file(self.services.http, attachment, token=token, api_base_url=self.config.api_base_url)
+        return await download_file(
+            self.services.http, attachment, token=token, api_base_url=self.config.api_base_url, max_bytes=max_bytes
+        )
 
     async def show_working(self, route: Route) -> None:
         await self._sender.show_working(route)

@@ -23,7 +23,7 @@ from gateway.core.channel import InboundFile
 from gateway.core.errors import AttachmentUnavailable, RetryLater
 from gateway.core.models import Attachment, ReplyAttachment, Route
 
-__all__ = ["MAX_DOWNLOAD_BYTES", "MAX_UPLOAD_BYTES", "download_file", "upload_file"]
+__all__ = ["MAX_DOWNLOAD_BYTES", "MAX_UPLOAD_BYTES", "download_file", "upload_bytes", "upload_file"]
 
 #: A user's file larger than this is not fetched (OCS would refuse it anyway).
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
@@ -42,9 +42,10 @@ def _allowed(url: str, api_base_url: str) -> bool:
 
 
 async def download_file(
-    http: httpx.AsyncClient, attachment: Attachment, *, token: str, api_base_url: str
+    http: httpx.AsyncClient, attachment: Attachment, *, token: str, api_base_url: str, max_bytes: int | None = None
 ) -> InboundFile:
-    """Fetch a user's file with the bot token.
+    """Fetch a user's file with the bot token: at most ``MAX_DOWNLOAD_BYTES``, or ``max_bytes``
+    if lower (refused by the event's size before any byte moves, else cut off while it streams).
 
     Raises:
         AttachmentUnavailable: too large, gone, refused, not on Slack's host, or a sign-in page.
@@ -52,8 +53,9 @@ async def download_file(
     """
     if not _allowed(attachment.ref, api_base_url):
         raise AttachmentUnavailable("the file URL is not on Slack's file host; the bot token stays home")
-    if attachment.size is not None and attachment.size > MAX_DOWNLOAD_BYTES:
-        raise AttachmentUnavailable(f"the file is larger than {MAX_DOWNLOAD_BYTES} bytes")
+    limit = MAX_DOWNLOAD_BYTES if max_bytes is None else min(max_bytes, MAX_DOWNLOAD_BYTES)
+    if attachment.size is not None and attachment.size > limit:
+        raise AttachmentUnavailable(f"the file is larger than {limit} bytes")
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with http.stream("GET", attachment.ref, headers=headers, follow_redirects=True) as response:
@@ -69,8 +71,8 @@ async def download_file(
             data = bytearray()
             async for chunk in response.aiter_bytes():
                 data.extend(chunk)
-                if len(data) > MAX_DOWNLOAD_BYTES:
-                    raise AttachmentUnavailable(f"the file is larger than {MAX_DOWNLOAD_BYTES} bytes")
+                if len(data) > limit:
+                    raise AttachmentUnavailable(f"the file is larger than {limit} bytes")
     except httpx.HTTPError as exc:
         raise RetryLater(5.0, f"file download: {type(exc).__name__}") from exc
     return InboundFile(name=attachment.name, content_type=attachment.content_type, data=bytes(data))
@@ -82,13 +84,22 @@ async def upload_file(client: AsyncWebClient, *, token: str, route: Route, attac
     Raises:
         RetryLater / RecipientGone / DeliveryRejected: as ``slack_errors`` maps them.
     """
+    return await upload_bytes(client, token=token, route=route, filename=attachment.name, title=attachment.name, data=data)
+
+
+async def upload_bytes(client: AsyncWebClient, *, token: str, route: Route, filename: str, title: str, data: bytes) -> str:
+    """Upload ``data`` as ``filename`` into the conversation's thread; returns the Slack file id.
+
+    Raises:
+        RetryLater / RecipientGone / DeliveryRejected: as ``slack_errors`` maps them.
+    """
     with slack_errors("files_upload_v2"):
         response = await client.files_upload_v2(
             token=token,
             channel=route["channel"],
             thread_ts=route.get("thread_ts") or None,
-            filename=attachment.name,
-            title=attachment.name,
+            filename=filename,
+            title=title,
             content=data,
         )
     file = response.get("file") or {}

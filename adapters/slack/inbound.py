@@ -348,12 +348,16 @@ def _attachments(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
         if not url or item.get("mode") in ("tombstone", "hidden_by_limit") or item.get("is_external"):
             continue  # deleted, over the free-plan limit, or a link to Drive/Dropbox
         size = item.get("size")
+        duration_ms = item.get("duration_ms")
         found.append(
             Attachment(
                 ref=str(url),
                 name=str(item.get("name") or item.get("title") or "file"),
                 content_type=str(item.get("mimetype") or "application/octet-stream"),
                 size=size if isinstance(size, int) else None,
+                # A recorded audio clip may come as video/mp4 or audio/webm (docs/PLATFORMS.md §2.5).
+                voice=item.get("subtype") == "slack_audio" or item.get("media_display_type") == "audio",
+                duration_s=duration_ms / 1000 if isinstance(duration_ms, int) and duration_ms > 0 else None,
             )
         )
     return tuple(found)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 
 from adapters.slack.api import SlackApi, slack_errors
-from adapters.slack.files import MAX_UPLOAD_BYTES, upload_file
+from adapters.slack.files import MAX_UPLOAD_BYTES, upload_bytes, upload_file
 from adapters.slack.format import (
     MAX_MARKDOWN_CHARS,
     escape,
@@ -34,12 +34,13 @@ from adapters.slack.keys import SlackKeys
 from adapters.slack.status import WORKING_STATUS, ThreadStatus
 from adapters.slack.threads import ThreadTracker
 from adapters.slack.workspaces import Workspaces
+from gateway.core.channel import VoiceNote
 from gateway.core.errors import AttachmentUnavailable, DeliveryError, PacingWait
 from gateway.core.keys import Keys
 from gateway.core.models import Delivery, Outgoing, Reply, ReplyAttachment, Route
 from gateway.store.pacing import take_slot
 
-__all__ = ["MARKDOWN_HINT", "PACE_INTERVAL_S", "SlackSender", "WORKING_REACTION", "render"]
+__all__ = ["MARKDOWN_HINT", "PACE_INTERVAL_S", "SlackSender", "VOICE_REPLY_TITLE", "WORKING_REACTION", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ PACE_INTERVAL_S = 1.0
 MAX_INLINE_WAIT_S = 1.5
 #: The reaction put on the user's message while OCS works, removed when the answer is out.
 WORKING_REACTION = "hourglass_flowing_sand"
+
+#: The title of a spoken answer's audio file in the thread.
+VOICE_REPLY_TITLE = "Voice reply"
 
 #: The ``Outgoing.hints`` key holding a part's Markdown for its ``markdown`` block.
 MARKDOWN_HINT = "markdown"
@@ -120,6 +124,19 @@ class SlackSender:
         if thread_ts and not channel.startswith("D"):
             await self._threads.join(team, channel, thread_ts)  # follow-ups need no mention
         return part_id
+
+    async def send_voice(self, route: Route, note: VoiceNote) -> str:
+        """A spoken answer as an audio file in the thread (its words were posted before it).
+
+        Raises:
+            as ``send``.
+        """
+        team, channel = route["team"], route["channel"]
+        token = await self._workspaces.token_for(team, route.get("enterprise", ""))
+        await self._pace(team, channel)
+        return await upload_bytes(
+            self._api.client(), token=token, route=route, filename=note.name, title=VOICE_REPLY_TITLE, data=note.data
+        )
 
     async def _post(self, token: str, route: Route, text: str, *, markdown: str | None = None) -> str:
         # With blocks, ``text`` is the fallback shown in notifications; parts rendered before

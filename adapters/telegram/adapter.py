@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from telegram import Bot, CallbackQuery, Update
@@ -49,6 +49,7 @@ from gateway.core.channel import (
     ChannelAdapter,
     InboundFile,
     InboundRequest,
+    VoiceNote,
 )
 from gateway.core.config import BotConfig
 from gateway.core.errors import (
@@ -102,6 +103,8 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
     inbound_path = "/telegram/{channel}"
     #: "typing…" lasts about 5 s (docs/PLATFORMS.md §1.5): refresh a little sooner.
     working_refresh_s = 4.0
+    #: sendVoice plays OGG/Opus as a voice note (docs/PLATFORMS.md §1.5).
+    voice_format = "ogg"
 
     def __init__(
         self, name: str, config: TelegramChannelConfig, bot: BotConfig, services: AdapterServices
@@ -326,6 +329,13 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
         return parts
 
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
+        return await self._to_chat(route, lambda to: self._paced_send(to, outgoing))
+
+    async def send_voice(self, route: Route, note: VoiceNote, delivery: Delivery | None = None) -> str:
+        return await self._to_chat(route, lambda to: self._paced_voice(to, note))
+
+    async def _to_chat(self, route: Route, post: Callable[[Route], Awaitable[str]]) -> str:
+        """``post`` to the route's chat, or to the supergroup it became (PTB errors translated)."""
         if not route.get("chat_id"):
             raise DeliveryRejected("the route has no Telegram chat_id")
         if route.get("chat_type") == "group":  # only basic groups migrate
@@ -333,7 +343,7 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
             if moved != route["chat_id"]:
                 route = {**route, "chat_id": moved, "chat_type": "supergroup"}
         try:
-            return await self._paced_send(route, outgoing)
+            return await post(route)
         except ChatMigrated as exc:
             # A reply in flight when the group migrated: follow it, and remember for the rest.
             new_chat_id = int(exc.new_chat_id)
@@ -343,14 +353,14 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
                 log.warning("telegram %s: could not record a migration; sending on anyway", self.name)
             route = {**route, "chat_id": str(new_chat_id), "chat_type": "supergroup"}
             try:
-                return await self._paced_send(route, outgoing)
+                return await post(route)
             except TelegramError as again:
                 raise outbound.translate(again) from again
         except TelegramError as exc:
             raise outbound.translate(exc) from exc
 
-    async def _paced_send(self, route: Route, outgoing: Outgoing) -> str:
-        """Wait for the chat's and the bot's slots, then send (PTB errors pass through)."""
+    async def _pace(self, route: Route) -> None:
+        """Wait for the chat's and the bot's send slots."""
         interval = outbound.chat_interval(
             route.get("chat_type"), private_s=self.config.private_interval_s, group_s=self.config.group_interval_s
         )
@@ -358,6 +368,14 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
             self.services.redis, self.services.keys, self.name, route["chat_id"],
             chat_interval_s=interval, bot_interval_s=self.config.bot_interval_s,
         )
+
+    async def _paced_voice(self, route: Route, note: VoiceNote) -> str:
+        await self._pace(route)
+        return await outbound.send_voice(self._client(), route, note)
+
+    async def _paced_send(self, route: Route, outgoing: Outgoing) -> str:
+        """Wait for the chat's and the bot's slots, then send (PTB errors pass through)."""
+        await self._pace(route)
         bot = self._client()
         if outgoing.attachment is None:
             return await outbound.send_text(bot, route, outgoing)
@@ -377,8 +395,8 @@ class TelegramAdapter(ChannelAdapter[TelegramChannelConfig]):
             return await outbound.send_link(bot, route, attachment)
         return await outbound.send_file(bot, route, attachment, data)
 
-    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
-        return await files.download(self._client(), attachment)
+    async def download(self, attachment: Attachment, route: Route, *, max_bytes: int | None = None) -> InboundFile:
+        return await files.download(self._client(), attachment, max_bytes=max_bytes)
 
     async def show_working(self, route: Route) -> None:
         await outbound.send_typing(self._client(), route)

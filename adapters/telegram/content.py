@@ -1,16 +1,20 @@
 """What a Telegram message says, as text plus files: the media half of parsing.
 
-OCS takes text and files, so every message kind becomes one of those: a photo, document, voice
-note, audio or video is a file (downloaded later by ``files.py``) with its caption as the text;
+OCS takes text and files, so every message kind becomes one of those: a photo, document or video
+is a file (downloaded later by ``files.py``) with its caption as the text; a voice note, an audio
+file or a round video note is speech (``Attachment.voice``: the engine transcribes it, docs/VOICE.md),
+with only its caption as text;
 stickers, locations, contacts and polls, which OCS cannot take as files, become a short readable
 line like ``[location: 51.5, -0.12]`` so the bot can still answer something sensible.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
-from telegram import Message
+from telegram import Audio, Message, VideoNote, Voice
 
 from gateway.core.models import Attachment
 
@@ -30,7 +34,8 @@ class Content:
 
 
 def message_content(message: Message) -> Content:
-    """Text (or caption) and files of ``message``; a placeholder stands in for captionless media."""
+    """Text (or caption) and files of ``message``; a placeholder stands in for captionless media
+    other than speech, whose words will be its text."""
     attachment, placeholder = _media(message)
     text = message.text or message.caption or ""
     if attachment is not None:
@@ -55,12 +60,13 @@ def _media(message: Message) -> tuple[Attachment | None, str]:
     if message.voice:
         voice = message.voice
         mime = voice.mime_type or "audio/ogg"
-        return Attachment(voice.file_id, f"voice_{voice.file_unique_id}.ogg", mime, voice.file_size), "[voice message]"
+        name = f"voice_{voice.file_unique_id}.ogg"
+        return Attachment(voice.file_id, name, mime, voice.file_size, voice=True, duration_s=_seconds(voice)), ""
     if message.audio:
         audio = message.audio
         name = audio.file_name or f"audio_{audio.file_unique_id}"
         mime = audio.mime_type or "audio/mpeg"
-        return Attachment(audio.file_id, name, mime, audio.file_size), f"[audio: {name}]"
+        return Attachment(audio.file_id, name, mime, audio.file_size, voice=True, duration_s=_seconds(audio)), ""
     if message.video:
         video = message.video
         name = video.file_name or f"video_{video.file_unique_id}.mp4"
@@ -69,8 +75,20 @@ def _media(message: Message) -> tuple[Attachment | None, str]:
     if message.video_note:
         note = message.video_note
         name = f"video_note_{note.file_unique_id}.mp4"
-        return Attachment(note.file_id, name, "video/mp4", note.file_size), "[video note]"
+        # Its sound is what the user said: heard like a voice note, the picture left out.
+        return Attachment(note.file_id, name, "video/mp4", note.file_size, voice=True, duration_s=_seconds(note)), ""
     return None, _placeholder(message)
+
+
+def _seconds(media: Voice | Audio | VideoNote) -> float | None:
+    """The recording's length as Telegram gave it (whole seconds; 0 when it did not say), or None."""
+    # PTB 22 returns an int or a timedelta depending on PTB_TIMEDELTA and warns about the change.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        duration: object = media.duration
+    if isinstance(duration, timedelta):
+        return duration.total_seconds() or None
+    return float(duration) if isinstance(duration, (int, float)) and duration > 0 else None
 
 
 def _placeholder(message: Message) -> str:

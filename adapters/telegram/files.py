@@ -21,17 +21,19 @@ __all__ = ["DOWNLOAD_LIMIT_BYTES", "download"]
 DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
 
 
-async def download(bot: Bot, attachment: Attachment) -> InboundFile:
-    """Download the file behind ``attachment.ref`` (a Telegram file_id).
+async def download(bot: Bot, attachment: Attachment, *, max_bytes: int | None = None) -> InboundFile:
+    """Download the file behind ``attachment.ref`` (a Telegram file_id), at most 20 MiB or
+    ``max_bytes`` if lower (checked against the sizes Telegram states, before any byte moves).
 
     Raises:
-        AttachmentUnavailable: over 20 MiB, or Telegram does not know the file.
+        AttachmentUnavailable: too large, or Telegram does not know the file.
         RetryLater: Telegram is unreachable or rate limiting.
     """
-    _check_size(attachment.size, attachment.name)
+    limit = DOWNLOAD_LIMIT_BYTES if max_bytes is None else min(max_bytes, DOWNLOAD_LIMIT_BYTES)
+    _check_size(attachment.size, attachment.name, limit)
     try:
         file = await bot.get_file(attachment.ref)
-        _check_size(file.file_size, attachment.name)
+        _check_size(file.file_size, attachment.name, limit)
         data = bytes(await file.download_as_bytearray())
     except BadRequest as exc:
         raise AttachmentUnavailable(f"telegram: {exc.message}") from exc
@@ -40,12 +42,11 @@ async def download(bot: Bot, attachment: Attachment) -> InboundFile:
         if isinstance(error, RetryLater):
             raise error from exc
         raise AttachmentUnavailable(f"telegram: {exc.message}") from exc
-    _check_size(len(data), attachment.name)
+    _check_size(len(data), attachment.name, limit)
     return InboundFile(name=attachment.name, content_type=attachment.content_type, data=data)
 
 
-def _check_size(size: int | None, name: str) -> None:
-    if size is not None and size > DOWNLOAD_LIMIT_BYTES:
-        raise AttachmentUnavailable(
-            f"{name} is {size / (1024 * 1024):.1f} MiB; Telegram bots can download at most 20 MiB"
-        )
+def _check_size(size: int | None, name: str, limit: int) -> None:
+    if size is not None and size > limit:
+        why = "Telegram bots can download at most 20 MiB" if limit == DOWNLOAD_LIMIT_BYTES else f"the limit is {limit} bytes"
+        raise AttachmentUnavailable(f"{name} is {size / (1024 * 1024):.1f} MiB; {why}")

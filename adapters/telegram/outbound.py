@@ -29,6 +29,7 @@ from telegram.error import (
 )
 
 from adapters.telegram.keys import TelegramKeys
+from gateway.core.channel import VoiceNote
 from gateway.core.errors import (
     DeliveryError,
     DeliveryRejected,
@@ -49,6 +50,7 @@ __all__ = [
     "send_link",
     "send_text",
     "send_typing",
+    "send_voice",
     "translate",
 ]
 
@@ -198,6 +200,14 @@ async def send_file(bot: Bot, route: Route, attachment: ReplyAttachment, data: b
         message = await bot.send_photo(photo=upload, **target)
     else:
         message = await bot.send_document(document=upload, **target)
+    return str(message.message_id)
+
+
+async def send_voice(bot: Bot, route: Route, note: VoiceNote) -> str:
+    """A spoken answer as a voice note (sendVoice: OGG/Opus, docs/PLATFORMS.md §1.5), without a
+    caption: its words went before it as text."""
+    duration = round(note.duration_s) if note.duration_s else None
+    message = await bot.send_voice(voice=InputFile(note.data, filename=note.name), duration=duration, **_target(route))
     return str(message.message_id)
 
 

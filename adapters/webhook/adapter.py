@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adapters.webhook import signing
 from adapters.webhook.config import WebhookChannelConfig
 from gateway.core import safe_json
-from gateway.core.channel import ChannelAdapter, InboundFile, InboundRequest
+from gateway.core.channel import ChannelAdapter, InboundFile, InboundRequest, VoiceNote
 from gateway.core.errors import (
     AttachmentUnavailable,
     DeliveryRejected,
@@ -102,6 +102,8 @@ class WebhookMessage(BaseModel):
 class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
     kind = "webhook"
     inbound_path = "/webhooks/{channel}"
+    #: A spoken answer is an ``audio/ogg`` (Opus) attachment with ``voice: true`` (docs/WEBHOOKS.md).
+    voice_format = "ogg"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -158,18 +160,32 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
         return {**last, "in_reply_to_all": json.dumps(ids)} if len(ids) > 1 else last
 
     async def send(self, route: Route, outgoing: Outgoing, delivery: Delivery | None = None) -> str:
+        attachments = [await self._attachment(outgoing)] if outgoing.attachment else []
+        return await self._callback(route, outgoing.hints, outgoing.text, attachments, delivery)
+
+    async def send_voice(self, route: Route, note: VoiceNote, delivery: Delivery | None = None) -> str:
+        """The spoken answer as one callback: an audio attachment, bytes inline, ``voice: true``."""
+        audio: dict[str, Any] = {
+            "name": note.name, "content_type": note.content_type, "size": len(note.data), "voice": True,
+            "duration_s": note.duration_s, "content_base64": base64.b64encode(note.data).decode(),
+        }
+        return await self._callback(route, {"kind": "answer", "in_reply_to": note.in_reply_to or ""}, "", [audio], delivery)
+
+    async def _callback(
+        self, route: Route, hints: Mapping[str, str], text: str, attachments: list[dict[str, Any]], delivery: Delivery | None
+    ) -> str:
         if delivery is None:
             delivery = Delivery(id=f"msg_{time.time_ns()}")
         delivery_id = delivery.id
-        in_reply_to = outgoing.hints.get("in_reply_to") or None
+        in_reply_to = hints.get("in_reply_to") or None
         payload: dict[str, Any] = {
             "type": "message",
             "conversation_id": route["conversation_id"],
             "in_reply_to": in_reply_to,
             "in_reply_to_all": _replied_ids(route, in_reply_to),
-            "kind": outgoing.hints.get("kind", "answer"),
-            "text": outgoing.text,
-            "attachments": [await self._attachment(outgoing)] if outgoing.attachment else [],
+            "kind": hints.get("kind", "answer"),
+            "text": text,
+            "attachments": attachments,
             "part": delivery.index + 1,
             "parts": delivery.total,
         }
@@ -231,16 +247,16 @@ class WebhookAdapter(ChannelAdapter[WebhookChannelConfig]):
                 log.warning("reply attachment %s not inlined: %s", att.name, exc.reason)
         return item
 
-    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
-        """Fetch a user's file by the URL the sender gave, through the SSRF checks.
+    async def download(self, attachment: Attachment, route: Route, *, max_bytes: int | None = None) -> InboundFile:
+        """Fetch a user's file by the URL the sender gave, through the SSRF checks, at most 50 MB
+        or ``max_bytes`` if lower (cut off while it streams).
 
         Raises:
             AttachmentUnavailable: any failure (refused address, host down, timeout, too big,
                 an HTTP error): the text goes on with a note, a file never holds up a turn.
         """
-        fetched = await fetch_url(
-            attachment.ref, allowlist=self.services.config.fetch_allowlist, max_bytes=MAX_ATTACHMENT_BYTES
-        )
+        limit = MAX_ATTACHMENT_BYTES if max_bytes is None else min(max_bytes, MAX_ATTACHMENT_BYTES)
+        fetched = await fetch_url(attachment.ref, allowlist=self.services.config.fetch_allowlist, max_bytes=limit)
         content_type = attachment.content_type
         if content_type == "application/octet-stream" and fetched.content_type:
             content_type = fetched.content_type

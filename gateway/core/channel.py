@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from gateway.core.config import BotConfig, GatewayConfig
     from gateway.core.keys import Keys
 
-__all__ = ["AdapterServices", "Admit", "ChannelAdapter", "InboundFile", "InboundRequest"]
+__all__ = ["AdapterServices", "Admit", "ChannelAdapter", "InboundFile", "InboundRequest", "VoiceNote"]
 
 #: Stores one inbound event (claim, inbox append, wake-up) and returns True, or False for a
 #: duplicate; raises ``StoreUnavailable`` when Redis did not take it. A listener acknowledges an
@@ -70,6 +70,19 @@ class InboundFile:
     name: str
     content_type: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceNote:
+    """A spoken answer for ``ChannelAdapter.send_voice``, in the adapter's ``voice_format``."""
+
+    data: bytes
+    #: ``audio/ogg`` (OGG/Opus) or ``audio/mpeg``.
+    content_type: str
+    name: str
+    duration_s: float | None = None
+    #: The event id of the user message the answer replies to (``Reply.in_reply_to``).
+    in_reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,9 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     inbound_path: ClassVar[str]
     #: How often ``show_working`` is repeated while OCS works; None means once.
     working_refresh_s: ClassVar[float | None] = None
+    #: The audio the platform plays as a voice note, for ``send_voice``: ``ogg`` (OGG/Opus) or
+    #: ``mp3``; None: the channel takes no voice replies.
+    voice_format: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: ConfigT, bot: BotConfig, services: AdapterServices) -> None:
         self.name = name
@@ -173,8 +189,10 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
             DeliveryRejected: this message cannot be delivered, ever.
         """
 
-    async def download(self, attachment: Attachment, route: Route) -> InboundFile:
-        """Fetch a user's file from the platform.
+    async def download(self, attachment: Attachment, route: Route, *, max_bytes: int | None = None) -> InboundFile:
+        """Fetch a user's file from the platform; ``max_bytes`` lowers the adapter's own limit
+        (the speech service's, for a voice note): a larger file is refused, by its stated size
+        before any byte is fetched, or cut off while it streams.
 
         Raises:
             AttachmentUnavailable: too large, gone, or not a file.
@@ -183,6 +201,13 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
         from gateway.core.errors import AttachmentUnavailable
 
         raise AttachmentUnavailable(f"{self.kind} channels do not take files")
+
+    async def send_voice(self, route: Route, note: VoiceNote, delivery: Delivery | None = None) -> str:
+        """Send a spoken answer as the platform's voice note (its words went as text before it);
+        returns the platform's message id. Errors as ``send``."""
+        from gateway.core.errors import DeliveryRejected
+
+        raise DeliveryRejected(f"{self.kind} channels take no voice notes")
 
     async def show_working(self, route: Route) -> None:
         """Show the user that the bot is working (typing indicator, reaction). Best effort."""

@@ -60,6 +60,7 @@ __all__ = [
     "HttpUrl",
     "Secret",
     "SecretRef",
+    "SpeechConfig",
     "WorkerTuning",
     "read_config",
 ]
@@ -177,6 +178,42 @@ class BudgetLimits(_Model):
         return self
 
 
+class SpeechConfig(_Model):
+    """A bot's speech service: any OpenAI-compatible audio API (OpenAI, Azure OpenAI, Groq, a
+    self-hosted whisper server) turns voice notes into words and answers into voice notes
+    (docs/VOICE.md). Without it a voice note gets the channel's ``voice_notice`` and nothing
+    reaches OCS."""
+
+    #: Where ``/audio/transcriptions`` and ``/audio/speech`` live (e.g. https://api.groq.com/openai/v1).
+    base_url: HttpUrl = "https://api.openai.com/v1"
+    #: Sent as ``Authorization: Bearer`` (or in ``api_key_header``); none for a server without auth.
+    api_key: SecretRef | None = None
+    #: ``Authorization`` (Bearer, OpenAI and Groq) or ``api-key`` (Azure OpenAI's key header).
+    api_key_header: Literal["Authorization", "api-key"] = "Authorization"
+    #: Azure OpenAI's ``api-version`` query parameter, sent with every call when set.
+    api_version: str | None = None
+    transcription_model: str = "whisper-1"
+    #: The speakers' language (ISO-639-1, e.g. ``sw``): better and faster transcripts; unset: detected.
+    language: str | None = Field(default=None, min_length=2, max_length=12)
+    #: Words the transcriber should expect (names, jargon), sent as ``prompt``.
+    prompt: str | None = None
+    #: off: text answers only; reciprocal: a voice note too when the user spoke; always: every answer.
+    voice_replies: Literal["off", "reciprocal", "always"] = "off"
+    speech_model: str = "tts-1"
+    voice: str = "alloy"
+    #: One call's bound (transcription or speech), the answer's last byte included.
+    timeout_s: float = Field(default=60.0, gt=0)
+    #: The largest audio file downloaded and sent (OpenAI's and Groq's upload limit is 25 MB);
+    #: a larger one is refused with ``voice_unheard_notice``, before its download when the
+    #: platform says its size.
+    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    #: The longest voice note transcribed (gpt-4o-transcribe takes at most 1,500 s).
+    max_audio_seconds: float = Field(default=1500.0, gt=0)
+    #: Answers are spoken up to this many characters (``/audio/speech`` takes at most 4,096); the
+    #: written answer always carries all of it.
+    max_speech_chars: int = Field(default=4096, ge=1, le=4096)
+
+
 class BotConfig(_Model):
     """One OCS chatbot and how the gateway is admitted to it (docs/OCS.md §2.4)."""
 
@@ -202,6 +239,8 @@ class BotConfig(_Model):
     max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     #: This bot's share of OCS's request limits (per base URL, session, start channel).
     budget: BudgetLimits = BudgetLimits()
+    #: Voice notes in as words, answers back as voice (docs/VOICE.md); None: no speech service.
+    speech: SpeechConfig | None = None
 
     @field_validator("chatbot_id")
     @classmethod
@@ -259,6 +298,14 @@ class ChannelConfig(_Model):
     #: How long a reply keeps being retried while the platform (or callback) is down or
     #: throttling, backing off exponentially, before it is parked in the dead-letter store.
     delivery_retry_budget_s: float = Field(default=3600.0, gt=0)
+    #: Sent for a voice note when the bot has no ``speech`` service (or it refuses our key);
+    #: nothing reaches OCS from a message that was only a voice note.
+    voice_notice: str = "I can't listen to voice messages here yet — please type your question."
+    #: Sent for a voice note that cannot be heard: too long or too large, unreadable, silent.
+    voice_unheard_notice: str = "I couldn't make out that voice message. Please try again, or type your question."
+    #: Show the user what was heard before the answer comes (``echo_template``, ``{transcript}``).
+    echo_transcript: bool = False
+    echo_template: str = "🎤 “{transcript}”"
     #: Which adapter serves the channel; an adapter's model narrows it to its own ``Literal``.
     type: str
 

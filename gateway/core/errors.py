@@ -22,7 +22,11 @@
     │   │   └── PacingWait          our own pacing: not a failure, never counted as an attempt
     │   ├── RecipientGone           blocked, kicked, uninstalled: stop sending to them
     │   └── DeliveryRejected        a request that cannot succeed: dead letter
-    └── AttachmentUnavailable       a file cannot be fetched (too large, login page, refused)
+    ├── AttachmentUnavailable       a file cannot be fetched (too large, login page, refused)
+    └── SpeechError                 the speech service (transcription, voice replies)
+        ├── SpeechUnavailable       5xx, 429, timeouts, connection errors: retry after ``retry_after_s``
+        ├── SpeechAuthFailed        401/403: the bot's ``speech`` key is refused; no retries
+        └── SpeechRejected          any other 4xx (a format or model it refuses): permanent
 
 Transient and permanent failures are siblings, never parent and child, so that retrying one
 family never retries the other by accident (in python-telegram-bot, ``BadRequest`` subclasses
@@ -56,6 +60,10 @@ __all__ = [
     "SessionEnded",
     "SessionExpired",
     "SignatureInvalid",
+    "SpeechAuthFailed",
+    "SpeechError",
+    "SpeechRejected",
+    "SpeechUnavailable",
     "StoreUnavailable",
     "UnknownChannel",
 ]
@@ -235,3 +243,36 @@ class AttachmentUnavailable(GatewayError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SpeechError(GatewayError):
+    """Raised when the speech service (``gateway.speech``) cannot transcribe or speak."""
+
+
+class SpeechUnavailable(SpeechError):
+    """Raised on a 5xx, a 429, a timeout or a connection error: try again after ``retry_after_s``
+    (the service's ``Retry-After`` when it sent one)."""
+
+    def __init__(self, retry_after_s: float, reason: str, *, rate_limited: bool = False) -> None:
+        super().__init__(f"{reason} (retry after {retry_after_s:g} s)")
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+        self.rate_limited = rate_limited
+
+
+class SpeechAuthFailed(SpeechError):
+    """Raised when the speech service refuses the bot's key (401/403): retrying cannot help."""
+
+    def __init__(self, bot: str, status: int) -> None:
+        super().__init__(f"the speech service refused the key of bots.{bot}.speech (HTTP {status})")
+        self.bot = bot
+        self.status = status
+
+
+class SpeechRejected(SpeechError):
+    """Raised on any other 4xx: the service will not take this audio or text (its message says why)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the speech service refused the request: HTTP {status} {message}")
+        self.status = status
+        self.message = message

@@ -54,6 +54,9 @@ key                              type    meaning
                                          TTL 62 min
 ``admin:failures:{address}``     string  wrong console tokens from one client address in the
                                          current window (``gateway.edge.admin.auth``)
+``voice:{part}``                 string  a voice reply's audio, spoken once for the part with
+                                         that delivery id and kept for its retries until it
+                                         is posted (``workers/voice_replies.py``); TTL 2 h
 ===============================  ======  ===================================================
 """
 
@@ -69,7 +72,7 @@ __all__ = ["AdapterKeys", "CORE_PREFIXES", "Keys", "as_text"]
 #: adapter may take one as its prefix.
 CORE_PREFIXES = frozenset({
     "seen", "inbox", "turn", "conv", "lease", "active", "waiting", "watch", "fp", "dlq", "oauth", "demo",
-    "latency", "budget", "workers", "traffic", "reply_delay", "admin", "ready",
+    "latency", "budget", "workers", "traffic", "reply_delay", "admin", "ready", "voice",
 })
 
 
@@ -183,6 +186,10 @@ class Keys:
     def admin_failures(self, address: str) -> str:
         """String: wrong /admin tokens offered from ``address`` (an IP, or an IPv6 /64) lately."""
         return self._k("admin", "failures", address)
+
+    def voice_audio(self, delivery_id: str) -> str:
+        """String: the spoken audio of the voice-reply part with ``delivery_id`` (``reply.index``)."""
+        return self._k("voice", delivery_id)
 
     def reply_delay(self, minute: int) -> str:
         """Hash: every worker's reply delay bins in one minute (``minute`` = Unix seconds // 60)."""

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = [
-    "HOUSEKEEPING_TASKS", "INBOUND_OUTCOMES", "Metrics", "OCS_ENDPOINTS", "OCS_STATUSES", "SEND_OUTCOMES",
-    "ocs_status_label",
+    "AUDIO_DIRECTIONS", "HOUSEKEEPING_TASKS", "INBOUND_OUTCOMES", "Metrics", "OCS_ENDPOINTS", "OCS_STATUSES",
+    "SEND_OUTCOMES", "SPEECH_CALLS", "TRANSCRIPTION_OUTCOMES", "VOICE_REPLY_OUTCOMES", "ocs_status_label",
 ]
 
 #: ``ocsgw_inbound_requests_total{outcome}``: what the edge (or a listener) did with a request.
@@ -43,6 +43,22 @@ OCS_STATUSES = frozenset({200, 201, 202, 204, 400, 401, 403, 404, 409, 410, 413,
 SEND_OUTCOMES = ("ok", "rate_limited", "gone", "rejected", "error")
 #: ``ocsgw_housekeeping_*_total{task}``: the worker runner's background loops.
 HOUSEKEEPING_TASKS = ("sweep", "renew", "watch", "heartbeat")
+#: ``ocsgw_transcriptions_total{outcome}``: what became of one voice note (docs/VOICE.md). ``ok``:
+#: words reached OCS; ``unavailable``/``rate_limited``: the service failed this try (the turn
+#: retries); ``auth_failed``: it refused the key; ``rejected``: it refused the audio; ``too_large``,
+#: ``too_long``, ``unreadable``, ``empty``: not heard; ``unfetched``: the platform would not give
+#: the file; ``unconfigured``: the bot has no speech service.
+TRANSCRIPTION_OUTCOMES = (
+    "ok", "unavailable", "rate_limited", "auth_failed", "rejected", "too_large", "too_long", "unreadable", "empty",
+    "unfetched", "unconfigured",
+)
+#: ``ocsgw_voice_replies_total{outcome}``: ``ok`` posted; ``unavailable``/``rate_limited``: this try
+#: failed (retried, then skipped); ``auth_failed``, ``rejected``: the speech service refused;
+#: ``undeliverable``: the platform refused the voice note. The written answer went out in every case.
+VOICE_REPLY_OUTCOMES = ("ok", "unavailable", "rate_limited", "auth_failed", "rejected", "undeliverable")
+#: ``ocsgw_speech_api_seconds{call}`` and ``ocsgw_audio_seconds_total{direction}``.
+SPEECH_CALLS = ("transcribe", "synthesize")
+AUDIO_DIRECTIONS = ("in", "out")
 
 
 
@@ -59,6 +75,9 @@ _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 # What a user waits for: from tens of milliseconds (the gateway's own delay) to OCS's slowest
 # answers (task_timeout_s defaults to minutes).
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
+# A speech call: a short note transcribes in well under a second, a long one or a long answer's
+# speech takes tens of seconds (the per-call bound, ``speech.timeout_s``, defaults to 60).
+_SPEECH_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
 # Task polls per turn: one or two when the schedule fits the bot, dozens when it does not.
 _POLL_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
 
@@ -125,6 +144,23 @@ class Metrics:
         )
         self.pacing_waits = Counter(
             "ocsgw_pacing_waits", "Sends that waited for their pacing slot.", ["channel"], registry=r,
+        )
+        # -- speech (docs/VOICE.md) ------------------------------------------------------
+        self.transcriptions = Counter(
+            "ocsgw_transcriptions", "Voice notes from users, by what became of them (one count per try).",
+            ["bot", "outcome"], registry=r,
+        )
+        self.voice_replies = Counter(
+            "ocsgw_voice_replies", "Answers spoken as voice notes, by outcome (one count per try).",
+            ["bot", "outcome"], registry=r,
+        )
+        self.audio_seconds = Counter(
+            "ocsgw_audio_seconds", "Seconds of audio transcribed ('in') and spoken ('out').",
+            ["bot", "direction"], registry=r,
+        )
+        self.speech_api_seconds = Histogram(
+            "ocsgw_speech_api_seconds", "Time one call to the speech service took, failures included.",
+            ["bot", "call"], buckets=_SPEECH_BUCKETS, registry=r,
         )
         # -- read from Redis at scrape time ---------------------------------------------
         self.turns_in_flight = Gauge(

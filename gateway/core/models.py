@@ -63,6 +63,35 @@ class Attachment:
     name: str
     content_type: str = "application/octet-stream"
     size: int | None = None
+    #: The adapter says the user spoke it (a voice note, an audio clip, a video note's sound): it
+    #: is transcribed, never uploaded (``spoken``; docs/VOICE.md). Audio types count without it.
+    voice: bool = False
+    #: How long the recording is, when the platform says (checked before the download).
+    duration_s: float | None = None
+
+    @property
+    def spoken(self) -> bool:
+        """Whether this is speech to transcribe: flagged by the adapter, or any ``audio/*`` file."""
+        return self.voice or self.content_type.lower().startswith("audio/")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form; the voice fields only when set, so items without them read as before."""
+        data: dict[str, Any] = {"ref": self.ref, "name": self.name, "content_type": self.content_type, "size": self.size}
+        if self.voice:
+            data["voice"] = True
+        if self.duration_s is not None:
+            data["duration_s"] = self.duration_s
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attachment:
+        """Reads what ``to_dict`` wrote, and ignores keys a later version may add."""
+        duration = data.get("duration_s")
+        return cls(
+            ref=data["ref"], name=data["name"], content_type=data.get("content_type", "application/octet-stream"),
+            size=data.get("size"), voice=bool(data.get("voice", False)),
+            duration_s=float(duration) if isinstance(duration, (int, float)) else None,
+        )
 
 
 class InboundKind(StrEnum):
@@ -108,9 +137,7 @@ class Inbound:
             "sender_id": self.sender_id,
             "text": self.text,
             "sender_name": self.sender_name,
-            "attachments": [
-                {"ref": a.ref, "name": a.name, "content_type": a.content_type, "size": a.size} for a in self.attachments
-            ],
+            "attachments": [a.to_dict() for a in self.attachments],
             "context": dict(self.context),
             "route": dict(self.route),
             "alias_ids": list(self.alias_ids),
@@ -128,7 +155,7 @@ class Inbound:
             sender_id=data["sender_id"],
             text=data.get("text", ""),
             sender_name=data.get("sender_name"),
-            attachments=tuple(Attachment(**a) for a in data.get("attachments", ())),
+            attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments", ())),
             context=data.get("context") or {},
             route=data.get("route") or {},
             alias_ids=tuple(data.get("alias_ids", ())),

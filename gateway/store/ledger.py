@@ -80,6 +80,9 @@ class Turn:
     sending_part: int = -1
     #: When delivery first failed in a row (platform or callback down): the retry budget's start.
     failing_since: float = 0.0
+    #: What the message's voice notes said, once heard (JSON, ``workers/voice_notes.py``): a
+    #: retried send reuses it, never transcribing again.
+    voice: str = ""
     #: The inbox items after ``inbound_raw`` that this turn also covers (a burst sent to OCS as
     #: one message, ``workers/batches.py``), in inbox order. Fixed when the turn begins.
     batch_raw: tuple[str, ...] = ()
@@ -244,6 +247,7 @@ def _parse_turn(data: dict[Any, Any]) -> Turn | None:
         last_poll_s=float(raw.get("last_poll_s") or 0),
         sending_part=int(raw.get("sending_part") or -1),
         failing_since=float(raw.get("failing_since") or 0),
+        voice=raw.get("voice", ""),
         batch_raw=tuple(json.loads(raw.get("batch_raw") or "[]")),
         unattached=tuple(json.loads(raw.get("unattached") or "[]")),
     )

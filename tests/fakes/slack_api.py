@@ -273,8 +273,10 @@ class FakeSlack(ServedApp):
         with self._lock:
             self._codes[code] = (team_id, redirect_uri, user_scope)
 
-    def add_file(self, team_id: str, name: str, data: bytes, *, mimetype: str = "application/octet-stream") -> dict[str, Any]:
-        """A file a user shared; returns the ``files[]`` item of a ``file_share`` message."""
+    def add_file(self, team_id: str, name: str, data: bytes, *, mimetype: str = "application/octet-stream",
+                 **fields: Any) -> dict[str, Any]:
+        """A file a user shared; returns the ``files[]`` item of a ``file_share`` message (with
+        ``fields`` on it: an audio clip's ``subtype: slack_audio``, ``duration_ms``…)."""
         file_id = f"F{next(self._ids):06d}"
         path = f"/files-pri/{team_id}-{file_id}/download/{name}"
         with self._lock:
@@ -289,6 +291,7 @@ class FakeSlack(ServedApp):
             "is_external": False,
             "url_private": f"{self.url}/files-pri/{team_id}-{file_id}/{name}",
             "url_private_download": f"{self.url}{path}",
+            **fields,
         }
 
     # -- what happened --------------------------------------------------------------------------

@@ -70,7 +70,7 @@ _TEXT_FIELDS = frozenset({"text", "caption", "url", "secret_token", "file_id", "
                           "action", "parse_mode", "ip_address", "description", "emoji"})
 _METHODS = ("getMe", "sendMessage", "sendChatAction", "sendPhoto", "sendDocument", "getFile",
             "setWebhook", "deleteWebhook", "getWebhookInfo", "answerCallbackQuery", "getUpdates",
-            "sendMessageDraft")
+            "sendMessageDraft", "sendVoice")
 #: The fake's wording for a draft outside a private chat (the Bot API names the chat type wrong).
 DRAFT_PEER_INVALID = "Bad Request: TEXTDRAFT_PEER_INVALID"
 #: ... and for a Bot API server that has no drafts (``refuse_drafts``).
@@ -154,6 +154,8 @@ class FakeTelegram(ServedApp):
         self._calls: list[Call] = []
         self._failures: list[_Failure] = []
         self._reject_html = 0
+        #: Chats whose user does not take voice messages from bots (400 VOICE_MESSAGES_FORBIDDEN).
+        self.voice_forbidden: set[int] = set()
         #: Answer every sendMessageDraft with 400 (a Bot API server without drafts).
         self.refuse_drafts = False
         self._ids = itertools.count(1000)
@@ -228,6 +230,11 @@ class FakeTelegram(ServedApp):
     def sent_messages(self, chat_id: int | None = None, *, token: str | None = None) -> list[Call]:
         """The sendMessage calls that succeeded, in order."""
         return [c for c in self.calls("sendMessage", token=token)
+                if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
+
+    def sent_voices(self, chat_id: int | None = None, *, token: str | None = None) -> list[Call]:
+        """The sendVoice calls that succeeded, in order (the audio is ``files["voice"]``)."""
+        return [c for c in self.calls("sendVoice", token=token)
                 if c.status == 200 and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
     def drafts(self, chat_id: int | None = None, *, token: str | None = None) -> list[tuple[int, str]]:
@@ -381,6 +388,17 @@ class FakeTelegram(ServedApp):
         doc = {"file_id": f"doc-{next(self._ids)}", "file_unique_id": "u", "file_name": upload.filename,
                "mime_type": upload.content_type, "file_size": len(upload.data)}
         return self._message(bot, params, document=doc)
+
+    def _api_sendVoice(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
+        upload = _upload(files, params, "voice")
+        chat_id = self._chat(params)
+        if chat_id in self.voice_forbidden:
+            raise ApiError(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN")
+        if len(upload.data) > 50 * 1024 * 1024:
+            raise ApiError(400, "Bad Request: file is too big")
+        voice = {"file_id": f"voice-{next(self._ids)}", "file_unique_id": "u", "mime_type": "audio/ogg",
+                 "duration": int(params.get("duration") or 0), "file_size": len(upload.data)}
+        return self._message(bot, params, voice=voice)
 
     def _api_getFile(self, bot: FakeBot, params: dict[str, Any], files: dict[str, Upload]) -> Any:
         file_id = str(params.get("file_id", ""))

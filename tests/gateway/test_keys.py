@@ -22,6 +22,7 @@ def test_the_shared_keys_are_the_deployed_strings() -> None:
     assert KEYS.lease(CONV) == "ocsgw:lease:hooks/c-1"
     assert KEYS.active == "ocsgw:active"
     assert KEYS.dead_letter("d-1") == "ocsgw:dlq:d-1"
+    assert KEYS.voice_audio("9f2c.3") == "ocsgw:voice:9f2c.3"
 
 
 def test_the_telegram_keys_are_the_deployed_strings() -> None:
