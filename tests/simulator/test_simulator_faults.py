@@ -438,3 +438,27 @@ async def test_control_routes_can_be_left_out(state: SimulatorState) -> None:
     app = create_simulator_app(state, control=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
         assert (await client.get("/_simulator/stats")).status_code == 404
+
+
+async def test_progress_lines_are_set_over_http_and_follow_one_another_while_a_task_runs(
+        sim: SimServer, http: httpx.AsyncClient) -> None:
+    changed = await http.post("/_simulator/knobs", json={
+        "progress_lines": ["Reading", "Thinking"], "progress_every_s": 0.05, "reply_latency_s": 600})
+    assert changed.status_code == 200, changed.text
+    assert sim.state.knobs.progress_lines == ("Reading", "Thinking")
+    refused = await http.post("/_simulator/knobs", json={"progress_lines": [1, 2]})
+    assert refused.status_code == 400 and sim.state.knobs.progress_lines == ("Reading", "Thinking")
+    session = await start(http, await token(http))
+    task_id = (await post_message(http, session, "hi")).json()["task_id"]
+    headers = {"X-Session-Token": session["session_token"]}
+    seen: list[str] = []
+    for _ in range(400):  # bounded: the lines change every 0.05 s; stop once both were seen
+        body = (await http.get(f"/api/chat/{session['session_id']}/{task_id}/poll/", headers=headers)).json()
+        assert body["status"] == "processing"
+        line = body["message"]["content"]
+        if not seen or seen[-1] != line:
+            seen.append(line)
+        if seen == ["Reading", "Thinking"]:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == ["Reading", "Thinking"]

@@ -49,6 +49,10 @@ def _coerce(annotation: str, value: Any) -> Any:
         if kind == "lognormal":
             return LatencyModel.lognormal(median, float(value["p95_s"]))
         raise ValueError("reply_latency kind is fixed or lognormal")
+    if base == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
     kinds = _JSON_KINDS[base]
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ValueError(f"expected {annotation}, got {value!r}")
