@@ -25,11 +25,11 @@ def _file_server() -> UvicornThread:
     async def missing(request: object) -> Response:
         return Response("gone", status_code=404)
 
-    async def voice(request: object) -> Response:
-        return Response(b"OggS" + b"\x00" * 64, media_type="audio/ogg")
+    async def program(request: object) -> Response:
+        return Response(b"MZ" + b"\x00" * 64, media_type="application/octet-stream")
 
     return UvicornThread(
-        Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing), Route("/voice.ogg", voice)])
+        Starlette(routes=[Route("/photo.png", photo), Route("/missing.pdf", missing), Route("/setup.exe", program)])
     )
 
 
@@ -60,16 +60,17 @@ def test_unfetchable_attachment_does_not_sink_the_text_and_the_user_hears_why(ma
 
 
 def test_a_file_type_ocs_refuses_reaches_the_bot_as_a_marker_not_as_the_error_body(make_stack: Callable[..., Stack]) -> None:
-    """What a Telegram voice note did before: OCS refuses '.ogg' (docs/OCS.md §3.3) and its error
-    body reached the bot as if the user had typed it."""
+    """What a Telegram voice note did before voice was heard: OCS refuses a type it does not take
+    (docs/OCS.md §3.3: '.ogg' then, '.exe' now) and its error body reached the bot as if the user
+    had typed it."""
     with _file_server() as files:
         stack = make_stack(fetch_allowlist=(files.removeprefix("http://"),))
-        stack.say("c1", "", extra={"attachments": [{"url": f"{files}/voice.ogg", "content_type": "audio/ogg"}]})
+        stack.say("c1", "", extra={"attachments": [{"url": f"{files}/setup.exe", "content_type": "application/octet-stream"}]})
         wait_for(lambda: len(stack.receiver.texts("c1")) == 2, what="the notice and the reply")
     (session,) = stack.sim.state.list_sessions()
     assert stack.sim.state.user_messages(session.id) == [UNATTACHED_MARKER]
     notice, _ = stack.receiver.texts("c1")
-    assert "voice.ogg" in notice and "supported" not in notice and "Allowed types" not in notice
+    assert "setup.exe" in notice and "supported" not in notice and "Allowed types" not in notice
 
 
 def test_reply_attachment_reaches_the_callback_inline(stack: Stack) -> None:
