@@ -1,5 +1,6 @@
 """Delivery: a recorded answer's parts handed to the platform one by one, each marked before
-it is sent, so a crash repeats at most the one part that was on its way (a voice reply is one of
+it is sent, so a crash repeats at most the one part that was on its way, and remembered once
+posted, so a lost Redis connection repeats none (a voice reply is one of
 them, spoken when its turn comes: ``workers/voice_replies.py``); and the "working" indicator the
 platform shows while OCS thinks."""
 
@@ -20,7 +21,7 @@ from gateway.store.ledger import Turn
 from gateway.store.reply_delays import delay_ops
 from workers.closing import TurnCloser, bot_of
 from workers.context import WorkerServices
-from workers.hold import CONTINUE, Hold, Outcome
+from workers.hold import CONTINUE, Hold, Outcome, PostedPart
 from workers.voice_replies import VOICE_HINT, VoiceReplies
 
 __all__ = ["Deliverer", "numbering"]
@@ -53,18 +54,10 @@ class Deliverer:
         reply_id, first = numbering(turn)
         total = first + len(turn.parts)
         for index in range(turn.delivered, len(turn.parts)):
-            if turn.sending_part != index:
-                # Written before the call: after a crash, at most this one part can repeat.
-                turn, ops = ledger.update(conv, turn, sending_part=index)
-                await hold.write(ops, turn=turn)
-            hold.lease.check()
-            delivery = Delivery.of_part(reply_id, first + index, total)
-            part = turn.parts[index]
-            if part.hints.get(VOICE_HINT):
-                post = self._voice_poster(hold, adapter, route, delivery)
-                platform_id = await self.voice.send(hold.conv, turn, part, delivery, post)
-            else:
-                platform_id = await self._send_part(hold, adapter, route, part, delivery)
+            # Posted by this process already, its mark lost with a Redis connection: not again.
+            platform_id = hold.posted_id(turn.id, index)
+            if platform_id is None:
+                turn, platform_id = await self._post(hold, adapter, route, turn, index, Delivery.of_part(reply_id, first + index, total))
             following = index + 1 if index + 1 < len(turn.parts) else -1
             turn, ops = ledger.update(
                 conv, turn, delivered=index + 1, sending_part=following,
@@ -73,6 +66,7 @@ class Deliverer:
             if index == 0:
                 ops += self._first_part_ops(hold, turn)
             await hold.write(ops, turn=turn)
+            hold.posted = None
         if turn.working_at:
             try:
                 await adapter.clear_working(route)
@@ -81,6 +75,26 @@ class Deliverer:
         await self.closer.finish(hold, turn)
         log.info("turn done (%d parts)", len(turn.parts))
         return CONTINUE
+
+    async def _post(
+        self, hold: Hold, adapter: ChannelAdapter[Any], route: Route, turn: Turn, index: int, delivery: Delivery
+    ) -> tuple[Turn, str]:
+        """Mark part ``index`` as on its way, post it, and remember that it was posted until its
+        delivery mark is written: after a crash at most this one part repeats, and after a lost
+        Redis connection none does."""
+        if turn.sending_part != index:
+            # Written before the call: after a crash, at most this one part can repeat.
+            turn, ops = self.services.ledger.update(hold.conv, turn, sending_part=index)
+            await hold.write(ops, turn=turn)
+        hold.lease.check()
+        part = turn.parts[index]
+        if part.hints.get(VOICE_HINT):
+            post = self._voice_poster(hold, adapter, route, delivery)
+            platform_id = await self.voice.send(hold.conv, turn, part, delivery, post)
+        else:
+            platform_id = await self._send_part(hold, adapter, route, part, delivery)
+        hold.posted = PostedPart(turn.id, index, platform_id)
+        return turn, platform_id
 
     async def send_aside(self, hold: Hold, turn: Turn, part: Outgoing, delivery: Delivery) -> str:
         """One message before the answer, outside its parts (what a voice note was heard as, or

@@ -17,7 +17,7 @@ from gateway.store.conversations import ConversationRecord
 from gateway.store.lease import Lease, LeaseLost, Op
 from gateway.store.ledger import Turn, TurnLedger
 
-__all__ = ["CONTINUE", "Hold", "IDLE", "Outcome", "wait_until"]
+__all__ = ["CONTINUE", "Hold", "IDLE", "Outcome", "PostedPart", "wait_until"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,17 @@ def wait_until(at: float) -> Outcome:
     return Outcome("wait", at)
 
 
+@dataclass(frozen=True, slots=True)
+class PostedPart:
+    """A reply part the platform took whose delivery mark may not be in Redis yet: a fact, so it
+    stays true whatever Redis says afterwards (the mark's write was lost with its connection, the
+    lease lapsed meanwhile). Delivery consults it instead of posting the part again."""
+
+    turn_id: str
+    index: int
+    platform_id: str
+
+
 class _Keep:
     """The default of ``Hold.write``'s ``turn`` and ``record``: leave that memory as it is."""
 
@@ -52,7 +63,9 @@ class Hold:
     ``write``, ``end_turn`` and ``keep``; ``stale`` is set by ``invalidate`` (the runner, when new inbox items
     arrive between turns; a write whose outcome is unknown) and cleared by ``refresh``;
     ``failures`` belongs to the failure policy (``workers/failures.py``); ``ready_at`` is set by
-    the engine when it finds the answer and taken once by delivery (``workers/delivery.py``).
+    the engine when it finds the answer and taken once by delivery (``workers/delivery.py``);
+    ``posted`` is delivery's too (set once the platform took a part, cleared once its mark is
+    written), and the runner carries it over to the next hold of the conversation in this process.
     """
 
     conv: ConversationKey
@@ -72,6 +85,8 @@ class Hold:
     #: before then is made only to show OCS's progress, and yields first to the request budget.
     #: The engine's; memory only (a new owner polls on the schedule).
     schedule_at: float | None = None
+    #: The part posted whose mark was not yet written (``PostedPart``), else None.
+    posted: PostedPart | None = None
 
     @property
     def turn(self) -> Turn | None:
@@ -140,6 +155,14 @@ class Hold:
         items in the same round trip (the next turn begins from them without another read)."""
         result = await self.write([*ops, Op("LRANGE", inbox, (0, depth - 1))], turn=None)
         self._queue = tuple(item.decode() if isinstance(item, bytes) else str(item) for item in result[-1] or ())
+
+    def posted_id(self, turn_id: str, index: int) -> str | None:
+        """The platform's id of part ``index`` of turn ``turn_id`` if this process posted it and
+        its mark may be missing; None when it must still be sent."""
+        posted = self.posted
+        if posted is not None and posted.turn_id == turn_id and posted.index == index:
+            return posted.platform_id
+        return None
 
     def keep(self, turn: Turn) -> None:
         """Move the turn on in this process's memory only: a new owner after a crash starts from

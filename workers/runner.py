@@ -33,7 +33,9 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -54,11 +56,11 @@ from gateway.store.lease import Lease, LeaseLost, renew_leases
 from gateway.store.ledger import TurnState
 from gateway.store.lua import LuaScript
 from workers.context import WorkerServices
-from workers.hold import Hold
+from workers.hold import Hold, PostedPart
 from workers.turns import TurnEngine
 from workers.watch import SessionWatcher
 
-__all__ = ["StepGate", "TurnRunner"]
+__all__ = ["StepGate", "TurnRunner", "fair_share"]
 
 log = logging.getLogger("ocsgw.runner")
 
@@ -68,13 +70,16 @@ _RENEW_BATCH = 1000
 _REDIS_RETRY_S = 1.0
 #: Conversations adopted per sweep, at most.
 _ADOPT_PER_SWEEP = 500
+#: How long a posted part whose mark may be missing is remembered once its hold ended.
+_POSTED_KEEP_S = 600.0
 #: ``offer`` waits this much longer than its own timeout for the loop to answer at all.
 _OFFER_GRACE_S = 5.0
 
 _SWEEP = LuaScript("""
 local overdue = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local polls = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])
-return {overdue, polls}
+local total = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+return {overdue, polls, total}
 """)
 
 
@@ -162,6 +167,17 @@ class TurnRunner:
         self.renewed_mono: float | None = None
         #: Why the runner stopped on its own (a housekeeping loop ended), None otherwise.
         self.failure: str | None = None
+        #: Live workers (this one included) as the last heartbeat read them: the sweep's divisor.
+        self._peers = 1
+        #: Parts this process posted whose delivery mark Redis may lack, by conversation, kept
+        #: between two holds of it (a Redis outage outlasting the lease ends a hold), with when
+        #: they were posted (``time.monotonic()``): the next hold here does not post them again.
+        self._posted: dict[str, tuple[PostedPart, float]] = {}
+        #: After a Redis outage this process saw, the sweep adopts only the conversations it has
+        #: parts of in ``_posted`` until then (monotonic): every process's leases lapsed together,
+        #: and the one that posted a part must be the one to adopt it, or another posts it again.
+        self._sweep_failed = False
+        self._defer_until = 0.0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -345,7 +361,8 @@ class TurnRunner:
                 )
             if lease is None:
                 return  # another process owns it and will see anything new before it lets go
-            hold = Hold(conv, lease)
+            carried = self._posted.pop(conv_text, None)
+            hold = Hold(conv, lease, posted=carried[0] if carried else None)
             self._holds[conv_text] = hold
             if watch:
                 async with self._steps.step(StepGate.NEW):
@@ -362,6 +379,8 @@ class TurnRunner:
         except Exception:  # a driver must never die silently
             log.exception("conversation driver failed")
         finally:
+            if hold is not None and hold.posted is not None:
+                self._posted[conv_text] = (hold.posted, time.monotonic())
             self._holds.pop(conv_text, None)
             self._pokes.pop(conv_text, None)
             self._room_freed()
@@ -461,6 +480,9 @@ class TurnRunner:
 
     async def _renew(self) -> None:
         held = [(hold.lease, key) for key, hold in list(self._holds.items())]
+        if not held:
+            self.renewed_mono = time.monotonic()  # nothing to renew: an idle worker asks Redis nothing
+            return
         await self.clock.maybe_resync()
         for start in range(0, len(held), _RENEW_BATCH):
             await renew_leases(
@@ -475,7 +497,12 @@ class TurnRunner:
                     poke.set()  # its driver finds the lease lost at its next write or call
 
     async def _sweep_tick(self) -> None:
-        await self.sweep()
+        try:
+            await self.clock.maybe_resync()
+            await self.sweep()
+        except (RedisError, OSError):
+            self._sweep_failed = True
+            raise
         self.housekeeping_at = self.clock.now()
         self.swept_mono = time.monotonic()
 
@@ -488,6 +515,9 @@ class TurnRunner:
             sweep_interval_s=self.tuning.sweep_interval_s,
         )
         await heartbeats.beat(self.services.redis, self.services.keys, heartbeat)
+        now = self.clock.now()
+        beats = await heartbeats.alive(self.services.redis, self.services.keys, now=now)
+        self._peers = max(1, sum(1 for b in beats if b.state(now) == "alive"))
         return heartbeat
 
     async def _forget(self) -> None:
@@ -497,22 +527,47 @@ class TurnRunner:
         except (RedisError, OSError) as exc:
             log.warning("could not remove this worker's heartbeat: %s", exc)
 
+    def _forget_old_posts(self) -> None:
+        """A carried part nobody here adopted within ``_POSTED_KEEP_S`` was taken on elsewhere."""
+        horizon = time.monotonic() - _POSTED_KEEP_S
+        for conv, (_, at) in list(self._posted.items()):
+            if at < horizon:
+                del self._posted[conv]
+
     async def sweep(self) -> tuple[int, int]:
         """Adopt overdue ownerless conversations and start due watches (one round
         trip); returns how many of each were taken."""
         room = self.tuning.max_in_flight - len(self._pokes)
         if room <= 0:
             return 0, 0
+        if self._sweep_failed:
+            # Redis is back after an outage: the first sweep to get through starts the deferral.
+            self._sweep_failed = False
+            self._defer_until = time.monotonic() + self.tuning.lease_ttl_s + self.tuning.stall_grace_s
+        self._forget_old_posts()
+        if time.monotonic() < self._defer_until:
+            adopted = 0
+            for conv in list(self._posted):
+                if conv not in self._pokes and await self.claim(conv):
+                    adopted += 1
+            return adopted, 0
         now = self.clock.now()
         keys = self.services.keys
-        overdue, polls = await _SWEEP(
+        overdue, polls, total = await _SWEEP(
             self.services.redis,
             [keys.active, keys.watch],
-            [now - self.tuning.stall_grace_s, now, min(room, _ADOPT_PER_SWEEP), self.tuning.watch_per_sweep],
+            [now - self.tuning.stall_grace_s, now, _ADOPT_PER_SWEEP, self.tuning.watch_per_sweep],
         )
+        # A fair share each: a dead worker's conversations are spread over the live ones, not
+        # all taken by whichever sweeper came first while the others sit idle. The candidates are
+        # shuffled so that sweepers racing for the same backlog mostly try different ones.
+        share = min(room, fair_share(int(total), self._peers))
+        candidates = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in overdue]
+        random.shuffle(candidates)
         adopted = 0
-        for raw in overdue:
-            conv = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for conv in candidates:
+            if adopted >= share:
+                break
             if conv not in self._pokes and await self.claim(conv):
                 adopted += 1
         started = 0
@@ -532,6 +587,12 @@ class TurnRunner:
         if started:
             log.debug("started %d watch(es)", started)
         return adopted, started
+
+
+def fair_share(overdue: int, workers: int) -> int:
+    """How many of ``overdue`` conversations one of ``workers`` live sweepers adopts per sweep: an
+    even split, rounded up so that together they take the whole backlog in one sweep."""
+    return max(1, math.ceil(overdue / max(workers, 1))) if overdue > 0 else 0
 
 
 def _priority(hold: Hold) -> int:

@@ -19,13 +19,17 @@ import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
 
-__all__ = ["Heartbeat", "WorkerState", "alive", "beat", "forget"]
+__all__ = ["LIVENESS_FLOOR_S", "Heartbeat", "WorkerState", "alive", "beat", "forget"]
 
 #: A worker not heard from for this many of its own beat intervals is reported dead.
 STALE_BEATS = 3
 #: A worker whose last completed sweep is older than this many of its sweep intervals beats but
 #: does not do its housekeeping (adoption, watches): reported ``stale``, not alive.
 STALE_SWEEPS = 3
+#: Neither judgement is made on less than this many seconds. A live process on a starved host
+#: (two cores, the event loop behind by a few seconds) is late by seconds, not by intervals:
+#: with a 0.25 s sweep, three intervals are 0.75 s, and a healthy worker looked dead under load.
+LIVENESS_FLOOR_S = 10.0
 #: A dead worker's last beat is kept this long for the console, then dropped.
 FORGET_AFTER_S = 24 * 3600.0
 
@@ -56,15 +60,21 @@ class Heartbeat:
 
     def is_alive(self, now: float | None = None) -> bool:
         """The worker beats (says nothing about its housekeeping: see ``state``)."""
-        return self.age_s(now) <= self.interval_s * STALE_BEATS
+        return self.age_s(now) <= max(self.interval_s * STALE_BEATS, LIVENESS_FLOOR_S)
 
     def housekeeping_stale(self, now: float | None = None) -> bool:
-        """Its last sweep (or, before the first, its start) is older than ``STALE_SWEEPS`` sweep
-        intervals: it takes wake-ups, but adopts nothing and starts no watch."""
+        """At its last beat, its last sweep (or, before the first, its start) was older than
+        ``STALE_SWEEPS`` sweep intervals: it takes wake-ups, but adopts nothing and starts no watch.
+
+        Judged at the beat, not at ``now``: a beat is up to ``interval_s`` old when read, and the
+        sweep it reports older still, so measuring the sweep against the reader's clock called a
+        worker stale between two beats whenever its beats were sparser than three sweeps (the
+        defaults: a 10 s beat, a 3 s sweep). Whether the beat itself is recent is ``is_alive``'s
+        question. ``now`` is accepted for symmetry with ``state``."""
         if self.sweep_interval_s <= 0:
             return False
         last = self.started_at if self.housekeeping_at is None else self.housekeeping_at
-        return (time.time() if now is None else now) - last > self.sweep_interval_s * STALE_SWEEPS
+        return self.beat_at - last > max(self.sweep_interval_s * STALE_SWEEPS, LIVENESS_FLOOR_S)
 
     def state(self, now: float | None = None) -> WorkerState:
         if not self.is_alive(now):

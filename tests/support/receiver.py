@@ -4,8 +4,10 @@ records the body, like a customer's app would: reply parts (``texts``) and, for 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,9 @@ class CallbackReceiver:
     #: The webhook-id of every delivery attempt, refused ones included.
     attempt_ids: list[str] = field(default_factory=list)
     webhook_ids: list[str] = field(default_factory=list)
+    #: Called (in a thread) with each delivery's body before it is answered: a test's hook to
+    #: inject a fault at the moment the platform has the part (cut the worker's Redis, say).
+    on_delivery: Callable[[dict[str, Any]], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> Starlette:
@@ -42,6 +47,8 @@ class CallbackReceiver:
             body = await request.body()
             headers = {k.lower(): v for k, v in request.headers.items()}
             signing.verify(key, headers, body)  # raises: a bad signature fails the test loudly
+            if self.on_delivery is not None:
+                await asyncio.to_thread(self.on_delivery, json.loads(body))
             with self._lock:
                 self.attempts += 1
                 self.attempt_ids.append(headers["webhook-id"])
