@@ -23,6 +23,7 @@ from gateway.core.models import ReplyAttachment
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
+from gateway.ocs.reachability import Reachability
 from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
@@ -52,6 +53,8 @@ class Services:
     aiohttp_session: aiohttp.ClientSession | None = None
     #: The speech service of each bot that has a ``speech`` block (docs/VOICE.md).
     speech: dict[str, SpeechClient] = field(default_factory=dict)
+    #: Whether each OCS origin answers, and the turns waiting for it to (gateway/ocs/reachability.py).
+    reachability: Reachability = field(default_factory=Reachability)
 
     @classmethod
     async def open(
@@ -96,10 +99,11 @@ class Services:
             # One OCS request budget for every process (docs/OCS.md §3): the clients ask it first.
             metrics = metrics if metrics is not None else Metrics()
             budget = RequestBudget(redis, keys, lambda bot: config.bots[bot].budget, metrics)
+            reachability = Reachability(probe_interval_s=config.worker.ocs_probe_interval_s)
             ocs = {
                 name: OCSClient(
                     name=name, bot=bot, http=http, redis=redis, keys=keys, budget=budget, metrics=metrics,
-                    fetch_allowlist=config.fetch_allowlist,
+                    fetch_allowlist=config.fetch_allowlist, reachability=reachability,
                 )
                 for name, bot in config.bots.items()
             }
@@ -125,7 +129,7 @@ class Services:
                 config, redis, http, keys, ocs, adapters,
                 ConversationStore(keys), TurnLedger(redis, keys),
                 DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
-                aiohttp_session=session, speech=speech,
+                aiohttp_session=session, speech=speech, reachability=reachability,
             )
             for adapter in adapters.values():
                 # Before its start-up: one that fails half-way is closed too.

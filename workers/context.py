@@ -14,6 +14,7 @@ from gateway.core.config import GatewayConfig
 from gateway.core.keys import Keys
 from gateway.core.metrics import Metrics
 from gateway.ocs.client import OCSClient
+from gateway.ocs.reachability import Reachability
 from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
@@ -42,6 +43,8 @@ class WorkerServices(Protocol):
     def dead_letters(self) -> DeadLetterStore: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def reachability(self) -> Reachability: ...
 
     def ocs_for(self, channel: str) -> OCSClient: ...
 

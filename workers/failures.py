@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from gateway.core.config import WorkerTuning
-from gateway.core.errors import OCSRateLimited, RetryLater, SessionExpired
+from gateway.core.errors import OCSRateLimited, OCSUnavailable, RetryLater, SessionExpired
 from gateway.core.logs import bound
 from gateway.core.models import ConversationKey, InboundKind, Reply, ReplyKind
 from gateway.store.clock import RedisClock
@@ -85,6 +85,9 @@ class FailurePolicy:
             hold.conv, turn, attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:500], next_at=next_at
         )
         await hold.write(ops, turn=turn)
+        if isinstance(exc, OCSUnavailable):
+            # Woken as soon as OCS answers again, not when the backoff says (gateway/ocs/reachability.py).
+            self.services.reachability.wait(self.services.ocs_for(hold.conv.channel).origin, str(hold.conv))
         return wait_until(next_at)
 
     async def retry_delivery(self, hold: Hold, turn: Turn, exc: RetryLater) -> Outcome:

@@ -87,6 +87,9 @@ class Hold:
     schedule_at: float | None = None
     #: The part posted whose mark was not yet written (``PostedPart``), else None.
     posted: PostedPart | None = None
+    #: Set by the runner when OCS answers again while this turn backs off from it: the next step
+    #: goes at once instead of waiting out the backoff. The engine takes it (``take_wake``).
+    woken: bool = False
 
     @property
     def turn(self) -> Turn | None:
@@ -163,6 +166,11 @@ class Hold:
         if posted is not None and posted.turn_id == turn_id and posted.index == index:
             return posted.platform_id
         return None
+
+    def take_wake(self) -> bool:
+        """Whether the runner woke the turn early (and forget it: one early step per wake)."""
+        woken, self.woken = self.woken, False
+        return woken
 
     def keep(self, turn: Turn) -> None:
         """Move the turn on in this process's memory only: a new owner after a crash starts from

@@ -145,8 +145,8 @@ class RunnerMiddleware(Middleware):
             runner = TurnRunner(services, self._tuning)
             self.runner = runner
             serving = asyncio.create_task(runner.serve(self._stop), name="ocsgw-serve")
-            while runner.loop is None and not serving.done():  # noqa: ASYNC110 - no event to wait on
-                await asyncio.sleep(0)  # serve's first step records its loop; no event to wait on
+            while not runner.serving and not serving.done():  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.01)  # serve's first steps: the clock's sync, the housekeeping loops
             self._ready.set()
             await serving
         finally:

@@ -39,7 +39,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -167,6 +167,8 @@ class TurnRunner:
         self.renewed_mono: float | None = None
         #: Why the runner stopped on its own (a housekeeping loop ended), None otherwise.
         self.failure: str | None = None
+        #: Set once the housekeeping loops run (``serve``'s first steps done).
+        self.serving = False
         #: Live workers (this one included) as the last heartbeat read them: the sweep's divisor.
         self._peers = 1
         #: Parts this process posted whose delivery mark Redis may lack, by conversation, kept
@@ -178,6 +180,7 @@ class TurnRunner:
         #: and the one that posted a part must be the one to adopt it, or another posts it again.
         self._sweep_failed = False
         self._defer_until = 0.0
+        services.reachability.on_answer(self._wake)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -196,12 +199,16 @@ class TurnRunner:
             asyncio.create_task(self._housekeeping("renew", self.tuning.lease_ttl_s / 3, self._renew), name="ocsgw-renew"),
             asyncio.create_task(self._housekeeping("sweep", self.tuning.sweep_interval_s, self._sweep_tick), name="ocsgw-sweep"),
             asyncio.create_task(
+                self._housekeeping("probe", min(self.tuning.ocs_probe_interval_s, 1.0), self._probe_tick), name="ocsgw-probe"
+            ),
+            asyncio.create_task(
                 self._housekeeping("heartbeat", self.tuning.heartbeat_interval_s, self.beat, at_once=True),
                 name="ocsgw-heartbeat",
             ),
         ]
         for task in loops:
             task.add_done_callback(lambda done: self._loop_ended(done, stop))
+        self.serving = True
         try:
             await stop.wait()
         finally:
@@ -379,6 +386,7 @@ class TurnRunner:
         except Exception:  # a driver must never die silently
             log.exception("conversation driver failed")
         finally:
+            self.services.reachability.forget(conv_text)
             if hold is not None and hold.posted is not None:
                 self._posted[conv_text] = (hold.posted, time.monotonic())
             self._holds.pop(conv_text, None)
@@ -452,6 +460,11 @@ class TurnRunner:
             await asyncio.sleep(interval)
         while True:
             await self._tick(task, tick)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # The stop cancelled this loop inside a Redis call that swallowed it (redis-py
+                # may, while it drops the connection): end now, not one interval later.
+                raise asyncio.CancelledError
             await asyncio.sleep(interval)
 
     async def _tick(self, task: str, tick: Callable[[], Awaitable[Any]]) -> bool:
@@ -480,10 +493,10 @@ class TurnRunner:
 
     async def _renew(self) -> None:
         held = [(hold.lease, key) for key, hold in list(self._holds.items())]
+        await self.clock.maybe_resync()  # a round trip only once per resync period
         if not held:
             self.renewed_mono = time.monotonic()  # nothing to renew: an idle worker asks Redis nothing
             return
-        await self.clock.maybe_resync()
         for start in range(0, len(held), _RENEW_BATCH):
             await renew_leases(
                 self.services.redis, self.services.keys.active, held[start:start + _RENEW_BATCH],
@@ -496,9 +509,27 @@ class TurnRunner:
                 if poke is not None:
                     poke.set()  # its driver finds the lease lost at its next write or call
 
+    def _wake(self, conversations: Iterable[str]) -> None:
+        """OCS answers again: the turns held here that back off from it step now."""
+        woken = 0
+        for conv in conversations:
+            hold, poke = self._holds.get(conv), self._pokes.get(conv)
+            if hold is not None and poke is not None:
+                hold.woken = True
+                poke.set()
+                woken += 1
+        if woken:
+            log.info("OCS answers again: woke %d waiting turn(s)", woken)
+
+    async def _probe_tick(self) -> None:
+        """Probe each OCS origin that turns here wait for (``Reachability.due_probes``)."""
+        for conv in self.services.reachability.due_probes().values():
+            channel = ConversationKey.parse(conv).channel
+            if channel in self.services.config.channels:
+                await self.services.ocs_for(channel).probe()
+
     async def _sweep_tick(self) -> None:
         try:
-            await self.clock.maybe_resync()
             await self.sweep()
         except (RedisError, OSError):
             self._sweep_failed = True
@@ -513,6 +544,7 @@ class TurnRunner:
             started_at=self.started_at, beat_at=self.clock.now(), interval_s=self.tuning.heartbeat_interval_s,
             housekeeping_at=self.housekeeping_at, conversations=len(self._holds), version=VERSION,
             sweep_interval_s=self.tuning.sweep_interval_s,
+            housekeeping_age_s=time.monotonic() - (self.started_mono if self.swept_mono is None else self.swept_mono),
         )
         await heartbeats.beat(self.services.redis, self.services.keys, heartbeat)
         now = self.clock.now()

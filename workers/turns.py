@@ -170,7 +170,8 @@ class TurnEngine:
 
     async def _step_turn(self, hold: Hold, turn: Turn) -> Outcome:
         now = self.clock.now()
-        if turn.next_at > now + 0.005:
+        woken = hold.take_wake()  # OCS answers again: its backoff is over
+        if turn.next_at > now + 0.005 and not woken:
             return wait_until(turn.next_at)  # woken early: wait again, nothing lost
         conv = hold.conv
         failures = self.failures

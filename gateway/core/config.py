@@ -349,6 +349,9 @@ class WorkerTuning(_Model):
     #: A send whose outcome is unknown is sent again only if the session's history still lacks
     #: it after this long (OCS records the message when its worker picks the task up).
     reconcile_grace_s: float = 30.0
+    #: While turns wait for an OCS that does not answer, it is probed this often (one cheap
+    #: request, in the budget); the first answer wakes them, whatever their backoff said.
+    ocs_probe_interval_s: float = Field(default=2.0, gt=0)
     #: Attempts of one step (OCS 5xx, platform errors) before the turn is dead-lettered.
     max_attempts: int = 8
     backoff_base_s: float = 2.0

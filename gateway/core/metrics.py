@@ -33,7 +33,7 @@ INBOUND_OUTCOMES = (
     "unknown_channel", "unavailable", "error", "client_disconnected",
 )
 #: ``ocsgw_ocs_requests_total{endpoint}``: the OCS API calls the client makes.
-OCS_ENDPOINTS = ("token", "start", "send", "task", "messages", "session", "end", "upload", "file")
+OCS_ENDPOINTS = ("token", "start", "send", "task", "messages", "session", "end", "upload", "file", "probe")
 #: ``ocsgw_ocs_requests_total{status}``: the HTTP statuses counted as themselves. Any other code
 #: counts under its class ("4xx", "5xx": a misbehaving proxy may answer any three digits, and
 #: each would be a new series per bot and endpoint), still matched by ``status=~"5.."``; a code
@@ -42,7 +42,7 @@ OCS_STATUSES = frozenset({200, 201, 202, 204, 400, 401, 403, 404, 409, 410, 413,
 #: ``ocsgw_platform_sends_total{outcome}``.
 SEND_OUTCOMES = ("ok", "rate_limited", "gone", "rejected", "error")
 #: ``ocsgw_housekeeping_*_total{task}``: the worker runner's background loops.
-HOUSEKEEPING_TASKS = ("sweep", "renew", "watch", "heartbeat")
+HOUSEKEEPING_TASKS = ("sweep", "renew", "watch", "heartbeat", "probe")
 #: ``ocsgw_transcriptions_total{outcome}``: what became of one voice note (docs/VOICE.md). ``ok``:
 #: words reached OCS; ``unavailable``/``rate_limited``: the service failed this try (the turn
 #: retries); ``auth_failed``: it refused the key; ``rejected``: it refused the audio; ``too_large``,

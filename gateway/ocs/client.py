@@ -44,6 +44,7 @@ from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
 from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll
+from gateway.ocs.reachability import Reachability
 
 __all__ = ["LABEL_SEPARATOR", "OCSClient", "labelled_remote_id"]
 
@@ -99,6 +100,7 @@ class OCSClient:
         budget: RequestBudget | None = None,
         metrics: Metrics | None = None,
         fetch_allowlist: Sequence[str] = (),
+        reachability: Reachability | None = None,
     ) -> None:
         self.name = name
         self.bot = bot
@@ -112,6 +114,9 @@ class OCSClient:
         if origin is None:
             raise ConfigError(f"bots.{name}.base_url {bot.base_url!r} is not an http(s) URL with a host")
         self._origin: _Origin = origin
+        #: The origin as ``Reachability`` names it (scheme://host:port).
+        self.origin = f"{origin[0]}://{origin[1]}:{origin[2]}"
+        self._reachability = reachability
         self._token: tuple[str, float] | None = None  # (token, expires_at) memo of the Redis copy
         # Concurrent turns that find no token wait for one fetch instead of each minting one.
         self._token_lock = asyncio.Lock()
@@ -147,7 +152,11 @@ class OCSClient:
         url = f"{self.bot.base_url}{path}"
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         try:
-            response = await self._http.request(method, url, headers=all_headers, **kwargs)
+            try:
+                response = await self._http.request(method, url, headers=all_headers, **kwargs)
+            except httpx.TransportError:
+                self._reached(False)
+                raise
         except _MAYBE_DELIVERED as exc:
             self._count(endpoint, "error")
             if changes_state:
@@ -160,6 +169,7 @@ class OCSClient:
             self._count(endpoint, "error")
             raise OCSUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         status = response.status_code
+        self._reached(status < 500)
         if status < 400:
             self._count(endpoint, str(status))
             return response
@@ -195,6 +205,23 @@ class OCSClient:
         if status == 400 and session_id is not None and isinstance(body, dict) and body.get("error") == _SESSION_ENDED:
             raise SessionEnded()
         raise OCSRejected(status, body)
+
+    def _reached(self, answered: bool) -> None:
+        """Tell ``Reachability`` whether OCS answered (any status below 500 is OCS speaking)."""
+        if self._reachability is not None:
+            if answered:
+                self._reachability.answered(self.origin)
+            else:
+                self._reachability.failed(self.origin)
+
+    async def probe(self) -> None:
+        """One cheap request that proves OCS answers, sent while turns wait for it
+        (``Reachability``): ``GET /api/chat/start/``, a POST-only route, answers 405 and creates
+        nothing; it needs no credentials, and goes through the budget like any request."""
+        try:
+            await self._call("GET", "/api/chat/start/", endpoint="probe", priority=Priority.BACKGROUND)
+        except (OCSRejected, OCSUnavailable, OCSRateLimited, SessionExpired, SessionEnded):
+            pass  # the answer (or none) is what Reachability heard; nothing else to do
 
     def _count(self, endpoint: str, status: str) -> None:
         if self.metrics is not None:

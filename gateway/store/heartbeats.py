@@ -54,6 +54,9 @@ class Heartbeat:
     version: str = ""
     #: The worker's ``sweep_interval_s``; 0 (a beat from before it was published) never goes stale.
     sweep_interval_s: float = 0.0
+    #: Seconds from its last completed sweep (or its start) to this beat, on the worker's
+    #: monotonic clock: immune to a wall-clock step between the two. None in older beats.
+    housekeeping_age_s: float | None = None
 
     def age_s(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.beat_at)
@@ -73,8 +76,11 @@ class Heartbeat:
         question. ``now`` is accepted for symmetry with ``state``."""
         if self.sweep_interval_s <= 0:
             return False
-        last = self.started_at if self.housekeeping_at is None else self.housekeeping_at
-        return self.beat_at - last > max(self.sweep_interval_s * STALE_SWEEPS, LIVENESS_FLOOR_S)
+        if self.housekeeping_age_s is not None:
+            age = self.housekeeping_age_s
+        else:
+            age = self.beat_at - (self.started_at if self.housekeeping_at is None else self.housekeeping_at)
+        return age > max(self.sweep_interval_s * STALE_SWEEPS, LIVENESS_FLOOR_S)
 
     def state(self, now: float | None = None) -> WorkerState:
         if not self.is_alive(now):

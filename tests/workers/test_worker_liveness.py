@@ -26,7 +26,7 @@ from gateway.core.metrics import Metrics
 from gateway.observe.gauges import GaugeRefresher
 from gateway.services import worker_process
 from gateway.store import clock as clock_module
-from gateway.store.heartbeats import FORGET_AFTER_S, Heartbeat, alive
+from gateway.store.heartbeats import FORGET_AFTER_S, LIVENESS_FLOOR_S, Heartbeat, alive
 from tests.conftest import SimServer, Stack, stack_config, wait_for
 from workers import http as worker_http
 from workers import runner as runner_module
@@ -87,6 +87,33 @@ def test_a_newer_workers_beat_is_read_and_an_unreadable_one_is_skipped_not_delet
     # Unreadable beats stay for whoever can read them; beats past FORGET_AFTER_S by their own
     # beat_at go, readable or not.
     assert kept == {"w-new", "w-odd", "w-junk"}
+
+
+def test_a_beat_read_just_before_the_next_one_is_alive_with_the_default_intervals() -> None:
+    # A 10 s beat that reports a sweep 2.9 s old, read 9.5 s later: the sweep is 12.4 s old by
+    # the reader's clock, past three 3 s sweeps, but it was fresh when the worker beat.
+    now = 1_000_000.0
+    beat = _beat("w-ok", now - 9.5, housekeeping_at=now - 9.5 - 2.9)
+    assert beat.state(now) == "alive"
+
+
+def test_a_worker_whose_loop_lags_seconds_behind_a_fast_sweep_is_still_alive() -> None:
+    # A starved host: sweeps every 0.25 s, the last one 4 s before the beat. Late by intervals,
+    # not by the seconds that mean a stopped worker (LIVENESS_FLOOR_S).
+    now = 1_000_000.0
+    lagging = _beat("w-lag", now - 4.0, interval_s=0.2, sweep_interval_s=0.25, housekeeping_age_s=4.0)
+    assert lagging.state(now) == "alive"
+    stopped = _beat("w-stopped", now, interval_s=0.2, sweep_interval_s=0.25, housekeeping_age_s=LIVENESS_FLOOR_S + 1)
+    assert stopped.state(now) == "stale"
+    silent = _beat("w-silent", now - LIVENESS_FLOOR_S - 1, interval_s=0.2, sweep_interval_s=0.25, housekeeping_age_s=0.0)
+    assert silent.state(now) == "dead"
+
+
+def test_the_sweeps_age_is_judged_on_the_workers_monotonic_clock_not_its_stamps() -> None:
+    # The wall clock stepped 40 s between the sweep's stamp and the beat's: the age says 0.3 s.
+    now = 1_000_000.0
+    beat = _beat("w-step", now, housekeeping_at=now - 40.0, housekeeping_age_s=0.3)
+    assert beat.state(now) == "alive"
 
 
 def test_a_worker_that_beats_but_no_longer_sweeps_is_stale_and_not_counted_alive(
