@@ -337,12 +337,12 @@ class WorkerTuning(_Model):
     #: A process's hold on a conversation it owns, renewed (all of them in one round trip) every
     #: third of it; a killed process's conversations are adopted by another once it lapses. It is
     #: also how long a stopped (SIGSTOP, a frozen VM) process may go unheard before it loses them:
-    #: 5 s with the grace and sweep below adopts a killed worker's conversations within about 9 s.
-    lease_ttl_s: float = Field(default=5.0, gt=0)
+    #: 4 s with the grace and sweep below adopts a killed worker's conversations within about 7 s.
+    lease_ttl_s: float = Field(default=4.0, gt=0)
     #: A conversation whose next step is this late, with no owner, is adopted by the sweeper. The
     #: grace spares the sweepers a conversation whose wake-up is still on its way in the queue.
-    stall_grace_s: float = Field(default=2.0, ge=0)
-    sweep_interval_s: float = Field(default=2.0, gt=0)
+    stall_grace_s: float = Field(default=1.5, ge=0)
+    sweep_interval_s: float = Field(default=1.5, gt=0)
     #: Conversations one process owns at once (waiting turns included) and steps it runs at once.
     max_in_flight: int = Field(default=10_000, ge=1)
     max_concurrent_steps: int = Field(default=256, ge=1)
