@@ -18,6 +18,7 @@ from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
+from gateway.store.replication import Durability
 
 __all__ = ["WorkerServices"]
 
@@ -42,6 +43,10 @@ class WorkerServices(Protocol):
     def dead_letters(self) -> DeadLetterStore: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def durability(self) -> Durability:
+        """What the fenced writes wait for (``durable_replicas``, gateway/store/replication.py)."""
+        ...
 
     def ocs_for(self, channel: str) -> OCSClient: ...
 
