@@ -4,12 +4,14 @@ processes); the replica is paused with SIGSTOP to make it lag as far as it can."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from adapters.webhook import signing
 from gateway.core.errors import StoreUnavailable
@@ -19,7 +21,7 @@ from gateway.edge.app import create_app
 from gateway.store.inbox import Admitter
 from gateway.store.lease import Lease, Op
 from gateway.store.replication import Durability, NotReplicated
-from tests.conftest import WEBHOOK_SECRET, stack_config
+from tests.conftest import WEBHOOK_SECRET, stack_config, wait_for
 from tests.support.redis_group import RedisGroup, paused
 from tests.support.servers import UvicornThread
 
@@ -112,3 +114,28 @@ async def test_a_fenced_write_waits_for_the_replica_and_fails_retryably_when_it_
                 await lease.run([Op("HSET", "turn:c1", ("step", "delivered"))])
     finally:
         await primary.aclose()
+
+
+async def test_a_demoted_primary_refuses_writes_retryably_and_nothing_is_stored(group: RedisGroup) -> None:
+    # A client still pointed at a server that is now a replica (a primary demoted after a
+    # failover, seen without Sentinel): READONLY, a RedisError — the 503 and step-retry path.
+    replica = _replica(group)
+    demoted = aioredis.Redis.from_url(replica.url)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"(?i)read only replica"):
+            await Admitter(demoted, Keys(), dedup_ttl_s=60, wake=None)(_inbound("e1"))
+        primary = aioredis.Redis.from_url(group.first_primary.url)
+        try:
+            lease = await Lease.acquire(primary, "lease:c1", ttl_s=30)
+            assert lease is not None
+        finally:
+            await primary.aclose()
+        with group.client(replica.port) as sync_replica:
+            wait_for(lambda: sync_replica.get(lease.key) == lease.token.encode(), timeout=30, what="the lease replicated")
+        on_replica = Lease(demoted, lease.key, lease.token, lease.ttl_ms, time.monotonic())
+        with pytest.raises(RedisError, match=r"(?i)read only replica") as raised:
+            await on_replica.run([Op("HSET", "turn:c1", ("step", "sent"))])
+        assert not isinstance(raised.value, NotReplicated)
+        assert await demoted.llen(Keys().inbox(KEY)) == 0 and not await demoted.exists("turn:c1")
+    finally:
+        await demoted.aclose()
