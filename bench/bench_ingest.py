@@ -15,6 +15,10 @@ that throughput, open loop.
     python -m bench.bench_ingest                    # about 2 minutes
     python -m bench.bench_ingest --duration 5 --connections 32
     python -m bench.bench_ingest --duration 12 --rounds 6 --compare-tree ../baseline   # before/after
+    python -m bench.bench_ingest --phases replicas --targets webhook   # durable_replicas 1 vs 0
+
+The ``replicas`` phase runs a primary and one replica and two edges on it, one with
+``durable_replicas: 0`` and one with 1 (``WAIT`` before each 200), taking turns in every round.
 
 With ``--compare-tree`` every target is also served by the edge of that checkout (its own code:
 its directory leads the server's ``PYTHONPATH``), each taking its turn right after this tree's in
@@ -93,8 +97,10 @@ def bare_app() -> Starlette:
     return Starlette(routes=[Route("/webhooks/{channel}", _bare_handler, methods=["POST"])])
 
 
-def edge_config(telegram_api: str, slack_api: str) -> GatewayConfig:
+def edge_config(telegram_api: str, slack_api: str, durable_replicas: int = 0) -> GatewayConfig:
     return GatewayConfig.from_mapping({
+        # A generous WAIT: a timeout would count as a failed request, not a cheaper one.
+        "durable_replicas": durable_replicas, "durable_timeout_ms": 4000,
         "bots": {"demo": {"chatbot_id": DEMO_CHATBOT_ID, "auth": "keyless", "base_url": "http://127.0.0.1:9"}},
         "channels": {
             "hooks": {"type": "webhook", "bot": "demo", "secret": Secret(WEBHOOK_SECRET),
@@ -114,13 +120,14 @@ def _serve(argv: list[str]) -> None:
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--telegram-api", default="")
     parser.add_argument("--slack-api", default="")
+    parser.add_argument("--durable-replicas", type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind == "bare":
         app = bare_app()
     else:
         from gateway.edge.app import create_app
 
-        app = create_app(edge_config(args.telegram_api, args.slack_api), args.redis_url)
+        app = create_app(edge_config(args.telegram_api, args.slack_api, args.durable_replicas), args.redis_url)
     uvicorn.run(app, port=args.port, **UVICORN_OPTIONS)
 
 
@@ -364,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="the duration is split into this many turns per target")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--targets", default="webhook,telegram,slack")
+    parser.add_argument("--phases", default="fsync,replicas",
+                        help="fsync: always vs everysec on one server; replicas: a primary and a replica, "
+                             "durable_replicas 1 vs 0 (webhook only)")
     parser.add_argument("--compare-tree", type=Path, default=None,
                         help="also measure every target on the edge of this checkout (its bench/ must hold this "
                              "file's serve command; copy it there if not)")
@@ -383,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             bare, bare_port = _spawn("bare")
             spawned.append(bare)
-            for fsync in ("always", "everysec"):
+            for fsync in ("always", "everysec") if "fsync" in args.phases.split(",") else ():
                 with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
                     edge, edge_port = _spawn("edge", "--redis-url", redis_url, *apis)
                     spawned.append(edge)
@@ -415,11 +425,50 @@ def main(argv: list[str] | None = None) -> None:
                         process.terminate()
                         process.wait(timeout=30)
                     del spawned[1:]
+            if "replicas" in args.phases.split(","):
+                results += _replicated_phase(Path(tmp), bare_port, apis, duration=duration, rounds=args.rounds,
+                                             connections=args.connections)
         finally:
             for process in spawned:
                 process.terminate()
                 process.wait(timeout=30)
     print(json.dumps(_summary(results, args.compare_tree.name if args.compare_tree else None), indent=2))
+
+
+def _replicated_phase(tmp: Path, bare_port: int, apis: tuple[str, ...], *, duration: float, rounds: int,
+                      connections: int) -> list[Measured]:
+    """A primary (AOF, fsync everysec: in this topology the replicas carry the guarantee) and
+    one replica; an edge with durable_replicas 0 and one with 1 (its own database) take turns."""
+    results: list[Measured] = []
+    with EmbeddedRedis(tmp / "primary", fsync="everysec") as primary_url:
+        primary_port = primary_url.rsplit(":", 1)[1].split("/")[0]
+        with EmbeddedRedis(tmp / "replica", fsync="everysec",
+                           extra_args=("--replicaof", "127.0.0.1", primary_port, "--repl-diskless-sync-delay", "0")):
+            client = redis.Redis.from_url(primary_url)
+            deadline = time.monotonic() + 30
+            while int(client.info("replication").get("connected_slaves", 0)) < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not connect")
+                time.sleep(0.1)
+            client.close()
+            plain, plain_port = _spawn("edge", "--redis-url", primary_url, *apis)
+            waiting, waiting_port = _spawn("edge", "--redis-url", primary_url.rsplit("/", 1)[0] + "/1", *apis,
+                                           "--durable-replicas", "1")
+            try:
+                servers = [_Server("bare", "bare", bare_port), _Server("webhook", "webhook", plain_port),
+                           _Server("webhook", "webhook+WAIT", waiting_port)]
+                measured = measure_round_robin(servers, "everysec+replica", duration_s=duration, rounds=rounds,
+                                               connections=connections)
+                for m in measured:
+                    _report(m)
+                results += measured[1:]  # the bare handler was measured in the fsync phase
+                if not any(m.target == "bare" for m in results):
+                    results.insert(0, measured[0])
+            finally:
+                for process in (plain, waiting):
+                    process.terminate()
+                    process.wait(timeout=30)
+    return results
 
 
 def _report(m: Measured) -> None:
@@ -441,6 +490,16 @@ def _summary(results: list[Measured], compared: str | None = None) -> dict[str, 
     cost = {t: round(by[(t, "always")] / by[(t, "everysec")], 3) for t in ("webhook", "telegram", "slack")
             if (t, "always") in by and (t, "everysec") in by}
     summary: dict[str, Any] = {"results": [asdict(m) for m in results], "edge_over_bare": ratios, "always_over_everysec": cost}
+    replicated = {m.target: m for m in results if m.fsync == "everysec+replica"}
+    if "webhook" in replicated and "webhook+WAIT" in replicated:
+        mine, theirs = replicated["webhook+WAIT"].rounds, replicated["webhook"].rounds
+        each = [a / b for a, b in zip(mine, theirs, strict=True) if b]
+        summary["durable_replicas_1_over_0"] = {
+            "median_rate": round(replicated["webhook+WAIT"].requests_per_s / replicated["webhook"].requests_per_s, 3),
+            "per_round_min": round(min(each), 3), "per_round_max": round(max(each), 3),
+            "p50_ms": [replicated["webhook"].p50_ms_at_half_rate, replicated["webhook+WAIT"].p50_ms_at_half_rate],
+            "p99_ms": [replicated["webhook"].p99_ms_at_half_rate, replicated["webhook+WAIT"].p99_ms_at_half_rate],
+        }
     if compared:
         rounds = {(m.target, m.fsync): m.rounds for m in results}
         versus: dict[str, dict[str, float]] = {}

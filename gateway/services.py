@@ -25,14 +25,21 @@ from gateway.ocs.budget import RequestBudget
 from gateway.ocs.client import OCSClient
 from gateway.ocs.reachability import Reachability
 from gateway.speech.client import SpeechClient
+from gateway.store.connect import async_redis
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
 from gateway.store.redis_check import check_redis
+from gateway.store.replication import NO_WAIT, Durability
 from workers.http import RunnerProbe, WorkerHttp
 from workers.process import WorkerProcess
 
-__all__ = ["Services", "worker_process"]
+__all__ = ["Services", "durability_of", "worker_process"]
+
+
+def durability_of(config: GatewayConfig) -> Durability:
+    """What the config asks acknowledged writes to wait for."""
+    return Durability(config.durable_replicas, config.durable_timeout_ms, config.durable_on_disk)
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Services:
     speech: dict[str, SpeechClient] = field(default_factory=dict)
     #: Whether each OCS origin answers, and the turns waiting for it to (gateway/ocs/reachability.py).
     reachability: Reachability = field(default_factory=Reachability)
+    #: What acknowledged writes wait for (``durable_replicas``): the admitter's and the leases'.
+    durability: Durability = NO_WAIT
 
     @classmethod
     async def open(
@@ -75,16 +84,16 @@ class Services:
         async with contextlib.AsyncExitStack() as opened:
             # A blocking pool: past its size a caller waits for a connection instead of failing at
             # once (redis-py's default pool raises), so a burst of adopted conversations queues.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                redis_url, max_connections=config.worker.max_concurrent_steps + 64, timeout=20,
+            # Plain or Sentinel-managed (gateway/store/connect.py), the one factory every client comes from.
+            redis = async_redis(
+                config, redis_url, blocking=True, max_connections=config.worker.max_concurrent_steps + 64, timeout=20,
                 socket_timeout=5, socket_connect_timeout=5, health_check_interval=30,
             )
-            # from_pool: closing the client disconnects the pool (a client given a pool otherwise leaves it open).
-            redis = aioredis.Redis.from_pool(pool)
             opened.push_async_callback(redis.aclose)
+            durability = durability_of(config)
             if checked:
                 # First: no adapter calls its platform (getMe, a socket) for a process that will not start.
-                await check_redis(redis, require_durable=config.require_durable_redis)
+                await check_redis(redis, require_durable=config.require_durable_redis, durability=durability)
             # One pool for OCS, platforms and callbacks; waiting turns hold no connection, so a
             # modest pool serves thousands of conversations.
             http = httpx.AsyncClient(
@@ -129,7 +138,7 @@ class Services:
                 config, redis, http, keys, ocs, adapters,
                 ConversationStore(keys), TurnLedger(redis, keys),
                 DeadLetterStore(redis, keys, retention_days=config.dead_letter_retention_days), budget, metrics,
-                aiohttp_session=session, speech=speech, reachability=reachability,
+                aiohttp_session=session, speech=speech, reachability=reachability, durability=durability,
             )
             for adapter in adapters.values():
                 # Before its start-up: one that fails half-way is closed too.

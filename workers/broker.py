@@ -17,18 +17,20 @@ worker from polling the delay queues their declaration adds.
 
 from __future__ import annotations
 
-import redis
 from dramatiq import Broker, Message
 from dramatiq.brokers.redis import RedisBroker
 
+from gateway.core.config import GatewayConfig
 from gateway.core.queue import ADVANCE, NAMESPACE, POLL_SESSION, QUEUE
+from gateway.store.connect import sync_redis
 
 __all__ = ["ADVANCE", "NAMESPACE", "POLL_SESSION", "QUEUE", "consume_no_delay_queue", "enqueue", "make_broker"]
 
 
-def make_broker(redis_url: str) -> RedisBroker:
-    """Dramatiq's Redis broker, with its default middleware, under the gateway's namespace."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+def make_broker(config: GatewayConfig, redis_url: str | None) -> RedisBroker:
+    """Dramatiq's Redis broker, with its default middleware, under the gateway's namespace, on
+    the configured Redis (a Sentinel master followed across failovers, gateway/store/connect.py)."""
+    client = sync_redis(config, redis_url, socket_timeout=5, socket_connect_timeout=5)
     return RedisBroker(client=client, namespace=NAMESPACE)  # type: ignore[no-untyped-call]  # dramatiq is untyped
 
 

@@ -19,6 +19,7 @@ from gateway.speech.client import SpeechClient
 from gateway.store.conversations import ConversationStore
 from gateway.store.dead_letters import DeadLetterStore
 from gateway.store.ledger import TurnLedger
+from gateway.store.replication import Durability
 
 __all__ = ["WorkerServices"]
 
@@ -45,6 +46,10 @@ class WorkerServices(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def reachability(self) -> Reachability: ...
+    @property
+    def durability(self) -> Durability:
+        """What the fenced writes wait for (``durable_replicas``, gateway/store/replication.py)."""
+        ...
 
     def ocs_for(self, channel: str) -> OCSClient: ...
 

@@ -42,7 +42,7 @@ class WorkerProcess:
         # The edge writes the queue's messages in Dramatiq's layout; this worker reads them.
         require_tested_dramatiq()
         self.config = config
-        self.broker = make_broker(redis_url)
+        self.broker = make_broker(config, redis_url)
         self.life = RunnerMiddleware(open_services, config.worker)
         self.broker.add_middleware(self.life)
         declare_actors(self.broker, self.life)

@@ -365,6 +365,7 @@ class TurnRunner:
                 lease = await Lease.acquire(
                     self.services.redis, keys.lease(conv), ttl_s=self.tuning.lease_ttl_s,
                     active=keys.active, member=conv_text, hold_until=self._hold_until(),
+                    durability=self.services.durability,
                 )
             if lease is None:
                 return  # another process owns it and will see anything new before it lets go

@@ -23,12 +23,11 @@ def _budget(args: argparse.Namespace) -> int:
 
 
 async def _budget_async(config: GatewayConfig) -> int:
-    import redis.asyncio as aioredis
-
     from gateway.core.keys import Keys
     from gateway.ocs.budget import RequestBudget, format_usage
+    from gateway.store.connect import async_redis
 
-    redis = aioredis.Redis.from_url(redis_url_of(config))
+    redis = async_redis(config, redis_url_of(config))
     try:
         budget = RequestBudget(redis, Keys(), lambda bot: config.bots[bot].budget)
         print(format_usage(await budget.usage()))

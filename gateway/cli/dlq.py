@@ -38,9 +38,8 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
-    import redis.asyncio as aioredis
-
     from gateway.core.keys import Keys
+    from gateway.store.connect import async_redis
     from gateway.store.dead_letters import DeadLetterStore, since_from_text
     from workers.broker import ADVANCE, enqueue, make_broker
 
@@ -52,7 +51,7 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.limit < 1:
         print("--limit must be at least 1", file=sys.stderr)
         return 2
-    redis = aioredis.Redis.from_url(redis_url_of(config))
+    redis = async_redis(config, redis_url_of(config))
     store = DeadLetterStore(redis, Keys(), retention_days=config.dead_letter_retention_days)
     try:
         if args.action == "list":
@@ -83,7 +82,7 @@ async def _dlq_async(args: argparse.Namespace, config: GatewayConfig) -> int:
         if conv is None:
             print(f"no dead letter {args.id}", file=sys.stderr)
             return 1
-        broker = make_broker(redis_url_of(config))
+        broker = make_broker(config, redis_url_of(config))
         enqueue(broker, ADVANCE, str(conv))
         print(f"replayed {args.id} into {conv}")
         return 0

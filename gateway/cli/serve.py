@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     config = load_config(args.config)
     embedded: EmbeddedRedis | None = None
-    redis_url = (config.redis_url if config else None) or os.environ.get("REDIS_URL")
+    redis_url = (config.redis_url if config else None) or os.environ.get("REDIS_URL") or ""
     data = data_dir()
-    if not redis_url:
+    # With redis_sentinel the sentinels name the server (gateway/store/connect.py): no URL needed.
+    if not redis_url and (config is None or config.redis_sentinel is None):
         embedded = EmbeddedRedis(data / "redis")
         redis_url = embedded.start()
         log.info("started an embedded Redis at %s (data in %s)", redis_url, embedded.data_dir)

@@ -62,7 +62,10 @@ def _quickstart_config() -> GatewayConfig:
 
 
 def redis_url_of(config: GatewayConfig) -> str:
+    """The Redis URL the processes are given; with ``redis_sentinel`` the sentinels name the
+    server instead (gateway/store/connect.py ignores the URL), so any URL set is passed along
+    unused and none is needed."""
     url = config.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise ConfigError("no Redis: set REDIS_URL (or redis_url in the config)")
-    return url
+    if not url and config.redis_sentinel is None:
+        raise ConfigError("no Redis: set REDIS_URL (or redis_url, or redis_sentinel, in the config)")
+    return url or ""

@@ -58,6 +58,8 @@ __all__ = [
     "EnvStr",
     "GatewayConfig",
     "HttpUrl",
+    "RedisSentinelConfig",
+    "RedisTls",
     "Secret",
     "SecretRef",
     "SpeechConfig",
@@ -381,6 +383,56 @@ class WorkerTuning(_Model):
         return int(override) if override else value
 
 
+class RedisTls(_Model):
+    """TLS to Redis (a ``rediss://`` URL, or Sentinel with ``tls: true``): the CA that signs
+    the server's certificate and, where the server asks for one, this client's certificate."""
+
+    #: PEM bundle of the CA(s) to trust; None: the system's.
+    ca_file: EnvStr | None = None
+    #: This client's certificate and key (PEM), for a server that verifies clients.
+    cert_file: EnvStr | None = None
+    key_file: EnvStr | None = None
+    #: Check that the certificate names the host connected to (off only for IP-addressed servers
+    #: whose certificate names something else).
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> RedisTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("redis_tls: cert_file and key_file go together (the client certificate and its key)")
+        return self
+
+
+class RedisSentinelConfig(_Model):
+    """A primary found through Redis Sentinel (gateway/store/connect.py): every process asks the
+    sentinels which server is the master of ``master_name`` and asks again after a failover."""
+
+    master_name: EnvStr
+    #: ``host:port`` of each sentinel (three or more in production: a majority must agree).
+    sentinels: tuple[EnvStr, ...] = Field(min_length=1)
+    #: The ACL user and password of the data servers (primary and replicas).
+    username: EnvStr | None = None
+    password: SecretRef | None = None
+    #: The sentinels' own user and password (``requirepass`` in sentinel.conf), when they have one.
+    sentinel_username: EnvStr | None = None
+    sentinel_password: SecretRef | None = None
+    #: TLS to the sentinels and the data servers (with ``redis_tls``'s files).
+    tls: bool = False
+    db: int = Field(default=0, ge=0)
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"sentinel {entry!r}: write host:port, like 10.0.0.1:26379")
+        return value
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(host.strip("[]"), int(port)) for host, _, port in (entry.rpartition(":") for entry in self.sentinels)]
+
+
 class GatewayConfig(_Model):
     """The whole configuration. Which channel types exist is the adapters' business: this model
     knows none (``channel_models`` is empty), and the assembly's subclass,
@@ -395,8 +447,20 @@ class GatewayConfig(_Model):
     max_body_bytes: int = 1_048_576
     #: Dead letters older than this are dropped (gateway/store/dead_letters.py).
     dead_letter_retention_days: float = Field(default=14.0, gt=0)
-    #: Refuse to start unless Redis fsyncs before replying (appendonly yes + appendfsync always).
+    #: Refuse to start unless Redis fsyncs before replying (appendonly yes + appendfsync always),
+    #: or ``durable_replicas`` makes acknowledgements wait for replicas.
     require_durable_redis: bool = False
+    #: TLS files for ``rediss://`` and Sentinel with ``tls: true``.
+    redis_tls: RedisTls | None = None
+    #: Find the primary through Sentinel (``redis_url`` is then not used).
+    redis_sentinel: RedisSentinelConfig | None = None
+    #: Acknowledge (edge 200, ledger steps before an OCS send, delivery marks) only once this many
+    #: replicas hold the write: ``WAIT`` after it (gateway/store/replication.py).
+    durable_replicas: int = Field(default=0, ge=0)
+    #: How long one ``WAIT`` may take; past it the write counts as not replicated (503, retried).
+    durable_timeout_ms: int = Field(default=1000, gt=0)
+    #: Wait for the write to be on disk too (``WAITAOF 1 durable_replicas``, Redis 7.2+).
+    durable_on_disk: bool = False
     #: Private hosts/CIDRs (optionally ``:port``) that downloads by URL (a webhook user's file, a
     #: reply file outside OCS's origin) may reach (gateway/core/fetching.py).
     fetch_allowlist: tuple[str, ...] = ()

@@ -73,7 +73,8 @@ def create_app(
         wake = WakeQueue.new(namespace=NAMESPACE, queue=QUEUE, actor=ADVANCE)
         app.state.services = services
         app.state.admitter = Admitter(
-            services.redis, services.keys, dedup_ttl_s=config.worker.dedup_ttl_s, wake=wake
+            services.redis, services.keys, dedup_ttl_s=config.worker.dedup_ttl_s, wake=wake,
+            durability=services.durability,
         )
         # Per-channel request counts for /admin and `ocs-gateway status`, flushed every few seconds.
         app.state.traffic = TrafficRecorder(services.redis, services.keys, config.channels)

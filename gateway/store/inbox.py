@@ -11,6 +11,8 @@ a synchronous Redis call on the edge's event loop (issue 7; measured in
 
 Whether the 200 means "on disk" is the Redis server's business: with ``appendfsync always`` it
 fsyncs the append-only file before it replies (``gateway/store/redis_check.py`` checks at start-up).
+With ``durable_replicas`` the 200 waits until that many replicas hold the admission
+(``gateway/store/replication.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gateway.core.keys import Keys
 from gateway.core.models import Inbound
 from gateway.store.dramatiq_queue import ENQUEUE_LUA, WakeQueue
 from gateway.store.lua import LuaScript
+from gateway.store.replication import NO_WAIT, Durability
 from gateway.store.waiting import NOTE_WAITING_LUA
 
 __all__ = ["Admitter", "WakeQueue", "admit"]
@@ -30,11 +33,17 @@ __all__ = ["Admitter", "WakeQueue", "admit"]
 # KEYS: inbox, active, waiting, seen-1 … seen-n, then (when waking) WakeQueue.keys.
 # ARGV: n, dedup ttl (s), payload, conversation key, the event's received_at (0: unknown), then
 # (when waking) WakeQueue.args.
-# Returns 1 when stored, 0 when any id was seen before (nothing written then).
+# The last ARGV is '1' when the caller WAITs for replicas (durable_replicas).
+# Returns 1 when stored, 0 when any id was seen before (nothing written then, but with WAIT one
+# write that keeps the claim's expiry: a retry of an event whose first admission was not
+# confirmed waits for that admission too, since replicas apply the stream in order).
 _ADMIT = LuaScript(NOTE_WAITING_LUA + ENQUEUE_LUA + """
 local n = tonumber(ARGV[1])
 for i = 4, 3 + n do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if ARGV[#ARGV] == '1' then redis.call('SET', KEYS[i], '1', 'KEEPTTL') end
+    return 0
+  end
 end
 for i = 4, 3 + n do
   redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
@@ -65,7 +74,11 @@ class Admitter:
             store only (benchmarks that enqueue themselves).
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, dedup_ttl_s: int, wake: WakeQueue | None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, *, dedup_ttl_s: int, wake: WakeQueue | None,
+        durability: Durability = NO_WAIT,
+    ) -> None:
+        self._durability = durability
         self._keys = keys
         self._dedup_ttl_s = dedup_ttl_s
         self._wake = wake
@@ -87,8 +100,9 @@ class Admitter:
         if self._wake is not None:
             keys += self._wake.keys
             args += self._wake.args(conversation)
+        args.append("1" if self._durability.waits else "0")
         try:
-            stored = await _ADMIT(self._redis, keys, args)
+            stored = await self._durability.run(_ADMIT, self._redis, keys, args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis refused the message: {exc}") from exc
         return bool(stored)

@@ -44,6 +44,7 @@ from redis.exceptions import ResponseError
 
 from gateway.core.errors import GatewayError
 from gateway.store.lua import LuaScript
+from gateway.store.replication import NO_WAIT, Durability
 
 __all__ = ["KeyLease", "Lease", "LeaseLost", "Op", "WriteRefused", "renew_leases"]
 
@@ -297,8 +298,12 @@ class Lease:
     the last successful renewal's start plus the TTL. Past it the owner stops calling out.
     """
 
-    def __init__(self, redis: aioredis.Redis, key: str, token: str, ttl_ms: int, valid_from: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, key: str, token: str, ttl_ms: int, valid_from: float, durability: Durability = NO_WAIT
+    ) -> None:
         self._redis = redis
+        #: How durable a fenced write must be before ``run`` returns (gateway/store/replication.py).
+        self.durability = durability
         self.key = key
         self.token = token
         self.ttl_ms = ttl_ms
@@ -315,9 +320,11 @@ class Lease:
         active: str | None = None,
         member: str = "",
         hold_until: float = 0.0,
+        durability: Durability = NO_WAIT,
     ) -> Lease | None:
         """Take the lease, or None when another owner holds it. With ``active``, the
-        conversation's sweeper score (if it has one) moves to ``hold_until`` in the same step."""
+        conversation's sweeper score (if it has one) moves to ``hold_until`` in the same step.
+        ``durability``: what every fenced write of this lease waits for (``durable_replicas``)."""
         token = secrets.token_hex(8)
         ttl_ms = max(int(ttl_s * 1000), 1)
         started = time.monotonic()
@@ -326,7 +333,7 @@ class Lease:
         else:
             taken = await _ACQUIRE(redis, (key, active), (token, ttl_ms, member, hold_until))
         if taken:
-            return cls(redis, key, token, ttl_ms, started)
+            return cls(redis, key, token, ttl_ms, started, durability)
         return None
 
     def check(self) -> None:
@@ -342,9 +349,15 @@ class Lease:
     async def run(self, ops: Sequence[Op]) -> list[Any]:
         """Apply all of ``ops`` if we still hold the lease (and extend it); their replies.
 
+        With ``durability`` asking for replicas, it returns only once they hold the write: the
+        ledger step before an OCS send and the delivery marks are these writes, and a failover
+        must not undo one the worker has acted on.
+
         Raises:
             LeaseLost: the token no longer matches; nothing was written.
             WriteRefused: an op would fail; nothing was written.
+            NotReplicated: written on the primary, not confirmed by the replicas in time (a
+                ``RedisError``: the step is retried, as after a crash right after the write).
         """
         keys: list[str] = [self.key]
         index: dict[str, int] = {}
@@ -356,7 +369,7 @@ class Lease:
             argv.extend((op.command, index[op.key], len(op.args), *op.args))
         started = time.monotonic()
         try:
-            result = await _FENCED(self._redis, keys, argv)
+            result = await self.durability.run(_FENCED, self._redis, keys, argv)
         except ResponseError as exc:
             if _REFUSED in str(exc):
                 raise WriteRefused(str(exc)) from exc
