@@ -17,12 +17,18 @@ first), so a record is one script call and never rewrites the other buckets.
 dynamic programming over a time grid. It minimises expected reply delay + c * expected polls, with
 the learnt distribution mixed with a broad prior (so a bot that is slower than ever before is
 still polled on a gentle ramp); c is the smallest price whose plan makes no more polls, on the
-learnt distribution, than OCS's own widget (a fixed 1 s poller) would. The plan is therefore
-dense where a reply is likely and sparse where it is not. With no history the same rule runs on
-the prior alone: a first poll after a few hundred ms, then a ramp.
+learnt distribution (stretched by 1/n: n completions seen understate the slowest), than OCS's own
+widget (a fixed 1 s poller) would. The plan is therefore dense where a reply is likely and sparse
+where it is not. With no history the same rule runs on the prior alone, its k-th poll no sooner
+than the widget's (k s): a new bot's first turns never poll more than the widget would.
 
-Build one ``PollSchedule`` per histogram refresh and share it between turns: planning costs ~5-10 ms
-of CPU (14 dynamic programmes of a few thousand steps); ``next_delay`` is a bisection.
+Where OCS stamps its replies, the plan is built from those stamps instead (``Stamped``, read
+through the clock offset by ``workers/server_clock.py``): completion times nearly exact, not
+intervals that confirm the plan that made them.
+
+Build one ``PollSchedule`` per histogram refresh and share it between turns: planning costs ~13 ms
+of CPU (14 dynamic programmes of a few thousand steps; ``workers/schedules.py`` runs it in a
+thread, and only on a material change); ``next_delay`` is a bisection.
 """
 
 from __future__ import annotations
