@@ -46,6 +46,7 @@ __all__ = ["PROFILES", "PollerTurn", "main", "run_fixed_poller", "run_profile"]
 
 #: name -> (bot name, the simulator's reply_latency knob)
 PROFILES: dict[str, tuple[str, dict[str, Any]]] = {
+    "fast_0.25": ("f025", {"kind": "lognormal", "median_s": 0.25, "p95_s": 0.3}),
     "fixed_0.5": ("f05", {"kind": "fixed", "median_s": 0.5, "p95_s": 0.5}),
     "fixed_2": ("f2", {"kind": "fixed", "median_s": 2.0, "p95_s": 2.0}),
     "fixed_7": ("f7", {"kind": "fixed", "median_s": 7.0, "p95_s": 7.0}),

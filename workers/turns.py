@@ -64,6 +64,7 @@ from gateway.ocs.messages import (
     SessionStatus,
     TaskStatus,
     parse_attachment,
+    parse_timestamp,
 )
 from gateway.store.clock import RedisClock
 from gateway.store.dead_letters import DeadLetterStage, ReplayedParts
@@ -78,6 +79,7 @@ from workers.failures import FailurePolicy
 from workers.hold import CONTINUE, IDLE, Hold, Outcome, wait_until
 from workers.poll_schedule import PollSchedule
 from workers.schedules import ScheduleCache
+from workers.server_clock import completion_interval
 from workers.voice_notes import VoiceNotes, heard_lines
 
 __all__ = ["ORPHAN_TAG", "PROGRESS_POLL_S", "TurnEngine", "UNATTACHED_MARKER", "next_history_read", "reply_from_ocs"]
@@ -533,16 +535,32 @@ class TurnEngine:
         elapsed = max(now - turn.sent_at, 0.0)
         # OCS looked at the task about halfway through our request: that is what the bot's
         # completion-time histogram learns from, not when the answer reached us.
-        looked = max((asked + now) / 2 - turn.sent_at, 0.0)
+        looked_at = (asked + now) / 2
+        looked = max(looked_at - turn.sent_at, 0.0)
+        server_clock = self.schedules.server_clock(ocs.name)
+        self.schedules.saw_round_trip(ocs.name, now - asked)
+        if result.served_at is not None:
+            server_clock.saw_date(result.served_at, looked_at)
         if result.status in (TaskStatus.COMPLETE, TaskStatus.ERROR):
             self.services.metrics.task_polls_per_turn.labels(ocs.name).observe(turn.polls + 1)
         if result.status is TaskStatus.COMPLETE and result.message is not None:
-            # OCS finished somewhere between the last poll that saw it working and this one.
-            hold.ready_at = turn.sent_at + (turn.last_poll_s + looked) / 2
-            if looked - turn.last_poll_s <= self.tuning.poll_max_s:
+            # OCS finished somewhere between the last poll that saw it working and this one; its
+            # own stamp on the reply, read through its clock's offset, says where.
+            stamp = parse_timestamp(result.message.created_at) if result.message.created_at else None
+            if stamp is not None and not server_clock.saw_completion(
+                stamp, sending_at=turn.sending_at or turn.sent_at, looked_at=looked_at
+            ):
+                stamp = None  # contradicts OCS's own Date: not believed
+            low, high = completion_interval(
+                turn.last_poll_s, looked, created_at_s=stamp, sent_at=turn.sent_at, window=server_clock.window()
+            )
+            hold.ready_at = turn.sent_at + (low + high) / 2
+            if high - low <= self.tuning.poll_max_s:
                 # Only a narrow interval says when the bot finished; a poll made late (a burst,
-                # an adoption) would teach the schedule the gateway's delay, not the bot's.
-                self.schedules.learn(ocs.name, turn.last_poll_s, looked)
+                # an adoption) would teach the schedule the gateway's delay, not the bot's,
+                # unless OCS's stamp narrowed it.
+                stamped = None if stamp is None else (stamp - turn.sent_at, turn.last_poll_s, looked)
+                self.schedules.learn(ocs.name, low, high, stamped=stamped)
             reply = reply_from_ocs(result.message, kind=ReplyKind.ANSWER, in_reply_to=turn.last.event_id)
             fingerprints = delivered_ops(self.services.keys.fingerprints(conv), result.message, now=now)
             await self.closer.answer(hold, turn, reply, extra=fingerprints)

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -43,7 +44,7 @@ from gateway.core.metrics import Metrics, ocs_status_label
 from gateway.core.models import OCSSession
 from gateway.core.version import USER_AGENT
 from gateway.ocs.budget import Priority, RequestBudget
-from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll
+from gateway.ocs.messages import SessionPage, SessionSummary, TaskPoll, parse_http_date
 from gateway.ocs.reachability import Reachability
 
 __all__ = ["LABEL_SEPARATOR", "OCSClient", "labelled_remote_id"]
@@ -369,7 +370,8 @@ class OCSClient:
         data = _body(response)
         if not isinstance(data, dict):
             raise OCSUnavailable(f"task poll answered {response.status_code} without JSON")
-        return TaskPoll.parse(data, failed=response.status_code >= 400)
+        poll = TaskPoll.parse(data, failed=response.status_code >= 400)
+        return replace(poll, served_at=parse_http_date(response.headers.get_list("date")))
 
     async def session_messages(
         self, session: OCSSession, *, since: str | None, limit: int = 50, priority: Priority = Priority.WAITING

@@ -8,9 +8,10 @@ entries that are not objects are skipped, so a new shape of answer never sinks a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "TaskPoll",
     "TaskStatus",
     "parse_attachment",
+    "parse_http_date",
     "parse_timestamp",
 ]
 
@@ -96,6 +98,9 @@ class TaskPoll:
     error: str | None = None
     #: For ``PROCESSING``: the bot's current progress line, if OCS gave one (never the answer).
     progress: str | None = None
+    #: OCS's clock when it answered (the HTTP ``Date``, epoch s, whole seconds); None without one.
+    #: With the reply's ``created_at`` it tells when the bot finished (``workers/server_clock.py``).
+    served_at: float | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, failed: bool) -> TaskPoll:
@@ -150,6 +155,18 @@ class SessionSummary:
             status=str(data.get("status") or ""),
             tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
         )
+
+
+def parse_http_date(values: Sequence[str]) -> float | None:
+    """Epoch seconds of an HTTP ``Date`` (RFC 9110 section 5.6.7); the last one when a server in front
+    added its own before the application's; None if absent or unreadable."""
+    if not values:
+        return None
+    try:
+        parsed = parsedate_to_datetime(values[-1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def parse_timestamp(value: str) -> float | None:

@@ -34,27 +34,31 @@ def test_learnt_schedule_sees_fixed_latency_replies_within_targets_on_fewer_poll
 
 def test_learnt_schedule_on_lognormal_latency_stays_within_1s_poller_polls_at_the_reached_delay() -> None:
     # The targets (p50 <= 250 ms, p95 <= 1 s) cannot both hold here at the widget's poll count:
-    # ~4.8 polls spread over a 1-12 s window leave gaps near 1 s. Reached (seed 7, 500 turns):
-    # 4.67 polls vs 4.84, p50 0.51 s vs 0.52 s, p95 1.10 s vs 0.96 s. Asserted with a margin.
+    # ~4.8 polls spread over a 1-12 s window leave gaps near 1 s. Reached (seed 7, 500 turns, the
+    # polls counted as if the bot could be 1/n slower than its n completions seen): 4.51 polls vs
+    # 4.84, p50 0.51 s vs 0.45 s, p95 1.40 s vs 0.92 s. Asserted with a margin.
     result = compare(LatencyProfile.lognormal(3.0, 12.0), learn_turns=300, measure_turns=500, rtt_s=RTT_S, seed=7)
 
     assert result.learnt.polls_per_turn <= result.fixed_1s.polls_per_turn
     assert result.learnt.delay_p50_s <= 0.55
-    assert result.learnt.delay_p95_s <= 1.2
+    assert result.learnt.delay_p95_s <= 1.6
 
 
 def test_cold_start_sees_replies_of_2_to_20_s_bots_sooner_than_todays_schedule() -> None:
+    # The cold plan polls no sooner than the widget (its k-th poll at >= k s): it cannot beat the
+    # widget's delay, but beats today's ramp (1, 2.5, 4.75 ... s) by 3x.
     result = cold_start(turns=500, rtt_s=RTT_S, seed=3)
 
     assert result.today.delay_mean_s > 2.0  # the measurement: ~2.3 s
-    assert result.cold.delay_mean_s < result.today.delay_mean_s / 4
-    assert result.cold.delay_p95_s <= 1.0
+    assert result.cold.delay_mean_s < result.today.delay_mean_s / 3
+    assert result.cold.delay_p95_s <= 1.5
 
 
-def test_cold_start_first_poll_comes_well_before_one_second() -> None:
+def test_cold_start_first_poll_comes_when_the_widgets_does() -> None:
+    # No sooner (a new bot's first turns never poll more than the widget would), no later.
     schedule = PollSchedule(CompletionHistogram.empty())
 
-    assert 0.1 <= schedule.next_delay(0.0, 0) <= 0.6
+    assert schedule.next_delay(0.0, 0) == pytest.approx(1.0)
 
 
 def test_histogram_follows_a_bot_whose_latency_changes() -> None:

@@ -15,7 +15,9 @@ LINES = ("Reading your question…", "Looking it up…", "Writing the answer…"
 
 def _hold_with_lines(stack: Stack, text: str = "hello") -> str:
     stack.sim.state.knobs.progress_lines = LINES
-    stack.sim.state.knobs.progress_every_s = 0.4
+    # A new bot is polled no sooner than the widget (at 1, 2, 3 ... s): lines 1.5 s apart are
+    # each seen by one of those polls with half a second to spare.
+    stack.sim.state.knobs.progress_every_s = 1.5
     stack.sim.state.knobs.reply_latency_s = 600
     stack.say("c1", text, msg_id="msg_1")
     wait_for(lambda: stack.sim.state.tasks, what="the message at OCS")

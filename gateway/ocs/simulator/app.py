@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus, urlsplit
 
@@ -23,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.ocs.simulator.control import control_routes
 from gateway.ocs.simulator.edge import mark_for_drop, through_edge
@@ -620,7 +621,22 @@ class _SimulatorApp(Starlette):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        await through_edge(super().__call__, self.sim.knobs.rtt_s, scope, receive, send)
+        await through_edge(self._dated, self.sim.knobs.rtt_s, scope, receive, send)
+
+    async def _dated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every answer carries an HTTP ``Date`` from the simulator's own clock, stamped as the
+        response is made (before the network's return half), as an origin server's is (RFC 9110
+        section 6.6.1): on a skewed simulator clock it agrees with ``created_at``, as on a real OCS host.
+        uvicorn adds its own first (from the host clock, refreshed once a second); clients read
+        the last one."""
+
+        async def dated_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                stamp = formatdate(self.sim.clock().timestamp(), usegmt=True).encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"date", stamp)]}
+            await send(message)
+
+        await super().__call__(scope, receive, dated_send)
 
 
 def create_simulator_app(state: SimulatorState, *, control: bool = True) -> Starlette:
