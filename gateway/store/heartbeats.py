@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.keys import Keys, as_text
 
-__all__ = ["LIVENESS_FLOOR_S", "Heartbeat", "WorkerState", "alive", "beat", "forget"]
+__all__ = ["Heartbeat", "LIVENESS_FLOOR_S", "WorkerState", "alive", "beat", "forget"]
 
 #: A worker not heard from for this many of its own beat intervals is reported dead.
 STALE_BEATS = 3

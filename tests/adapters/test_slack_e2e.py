@@ -210,7 +210,9 @@ def test_ocs_progress_shows_as_the_threads_status_and_the_answer_clears_it(
     stack, ws = single
     lines = ("Reading your question…", "Looking it up…")
     stack.sim.state.knobs.progress_lines = lines
-    stack.sim.state.knobs.progress_every_s = 0.4
+    # A new bot is polled no sooner than the widget (at 1, 2, 3 ... s): lines 1.5 s apart are
+    # each seen by one of those polls.
+    stack.sim.state.knobs.progress_every_s = 1.5
     stack.sim.state.knobs.reply_latency_s = 600
     assert deliver(stack, mention(ws, "opening hours?", ts="1700000001.000100", event_id="Ev1")).status_code == 200
     wait_for(lambda: stack.sim.state.tasks, what="the message at OCS")

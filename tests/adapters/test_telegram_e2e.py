@@ -273,7 +273,9 @@ LINES = ("Reading your question…", "Looking it up…", "Writing the answer…"
 def _show_lines(stack: Stack) -> str:
     """OCS's progress lines change while the test holds the task; returns its id."""
     stack.sim.state.knobs.progress_lines = LINES
-    stack.sim.state.knobs.progress_every_s = 0.4
+    # A new bot is polled no sooner than the widget (at 1, 2, 3 ... s): lines 1.5 s apart are
+    # each seen by one of those polls.
+    stack.sim.state.knobs.progress_every_s = 1.5
     stack.sim.state.knobs.reply_latency_s = 600
     wait_for(lambda: stack.sim.state.tasks, what="the message at OCS")
     (task,) = stack.sim.state.tasks.values()
