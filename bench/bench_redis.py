@@ -41,12 +41,12 @@ __all__ = ["main"]
 
 BOOK = "return {1, 0, ''}"
 FENCED = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1"
-TURN = {
+TURN: dict[Any, Any] = {
     "id": "9f" * 16, "inbound_raw": json.dumps({"text": "hello " * 20, "user": "u1", "event_id": "e" * 24}),
     "state": "sent", "session_id": "s" * 36, "task_id": "t" * 36, "sending_at": "1733350000.123", "sent_at": "1733350000.2",
     "next_at": "1733350001.5", "polls": "1", "attempts": "0", "expect_count": "1", "last_poll_s": "0.9",
 }
-RECORD = {"session_id": "s" * 36, "session_token": "k" * 40, "started_at": "1733350000.1", "bot": "demo", "turns": "12"}
+RECORD: dict[Any, Any] = {"session_id": "s" * 36, "session_token": "k" * 40, "started_at": "1733350000.1", "bot": "demo", "turns": "12"}
 
 
 async def _run(url: str, parser: type[Any], calls: int, concurrency: int) -> float:
