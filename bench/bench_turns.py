@@ -686,7 +686,7 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
     monitor = _Monitor(s.redis_url)
     monitor.start()
     monitor.ready.wait(10)
-    base = s.reply_count()
+    base, base_sim = s.reply_count(), s.sim_counts()
     items = [("bench", f"mon-{n}", f"hello from mon-{n}", f"mon-{n}") for n in range(turns)]
     asyncio.run(inject(s.redis_url, items))
     got = s.wait_replies(base + turns, 600) - base
@@ -697,6 +697,7 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
     s.stop_workers()
     calls = dict(monitor.by_client)
     calls["evalsha"] = calls.get("evalsha", 0) - turns
+    sim_delta = {k: v - base_sim.get(k, 0) for k, v in s.sim_counts().items() if v - base_sim.get(k, 0)}
     return {
         "turns": turns, "delivered": got,
         "client_commands_per_turn": round(sum(calls.values()) / turns, 1),
@@ -704,6 +705,8 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
         "commands_inside_scripts_per_turn": round(monitor.in_scripts / turns, 1),
         "client_commands_by_name_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in calls.items() if v),
                                                         key=lambda kv: -kv[1])),
+        # Each OCS request is booked first (budget._ACQUIRE): these are what the bookings are for.
+        "ocs_requests_per_turn": {k: round(v / turns, 2) for k, v in sim_delta.items()},
         # The admissions' own EVALSHA is in ``inbox._ADMIT``: subtract one per turn to read the worker's.
         "scripts_by_name_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in monitor.by_script.items()),
                                                 key=lambda kv: -kv[1])),
