@@ -298,7 +298,11 @@ async def test_acquire_is_one_evalsha_round_trip_even_after_a_script_flush(aredi
     for _ in range(10):
         await budget.acquire(bot="b", base_url=OCS, priority=Priority.SEND, session_id="s-1", start_channel="c")
     stats = await aredis.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
+    # Redis 6.2+ counts subcommands apart ("config|resetstat"): the command is what is checked.
+    calls: dict[str, int] = {}
+    for name, row in stats.items():
+        command = name.removeprefix("cmdstat_").split("|", 1)[0]
+        calls[command] = calls.get(command, 0) + row["calls"]
     # Redis counts the commands a script runs too; the client itself sent only EVALSHA.
     assert calls.pop("evalsha") == 10
     allowed = {"time", "pttl", "hget", "hincrby", "hset", "pexpireat", "zincrby", "sadd", "info", "config"}
