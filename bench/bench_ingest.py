@@ -393,11 +393,23 @@ def main(argv: list[str] | None = None) -> None:
         try:
             bare, bare_port = _spawn("bare")
             spawned.append(bare)
+<<<<<<< HEAD
             for fsync in ("always", "everysec") if "fsync" in args.phases.split(",") else ():
+=======
+            bare_other_port = 0
+            if args.compare_tree:
+                # The other tree's bare handler too: its edge's share is of a handler under its own
+                # server (another uvicorn, another HTTP parser or loop, when that is what differs).
+                bare_other, bare_other_port = _spawn("bare", tree=args.compare_tree)
+                spawned.append(bare_other)
+            for fsync in ("always", "everysec"):
+>>>>>>> perf21
                 with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
                     edge, edge_port = _spawn("edge", "--redis-url", redis_url, *apis)
                     spawned.append(edge)
                     servers = [_Server("bare", "bare", bare_port)]
+                    if bare_other_port:
+                        servers.append(_Server("bare", f"bare@{args.compare_tree.name}", bare_other_port))
                     other_port = 0
                     if args.compare_tree:
                         # Its own database, so ids claimed by one edge are not duplicates for the other.
@@ -421,13 +433,18 @@ def main(argv: list[str] | None = None) -> None:
                         _report(m)
                     print(f"fsync={fsync}: {acked} acknowledged by the edge, {queued} wake-ups queued", flush=True)
                     results += measured
-                    for process in spawned[1:]:
+                    keep = 2 if bare_other_port else 1  # the bare handlers serve both fsync settings
+                    for process in spawned[keep:]:
                         process.terminate()
                         process.wait(timeout=30)
+<<<<<<< HEAD
                     del spawned[1:]
             if "replicas" in args.phases.split(","):
                 results += _replicated_phase(Path(tmp), bare_port, apis, duration=duration, rounds=args.rounds,
                                              connections=args.connections)
+=======
+                    del spawned[keep:]
+>>>>>>> perf21
         finally:
             for process in spawned:
                 process.terminate()
@@ -480,12 +497,16 @@ def _summary(results: list[Measured], compared: str | None = None) -> dict[str, 
     """Every figure, plus each edge route's median rate as a share of the bare handler's, from
     the same rounds; with a compared tree, each target's rate over that tree's, round by round."""
     ratios: dict[str, float] = {}
-    bare_rate = 0.0
+    bares: dict[str, float] = {}  # the latest measured of each bare handler: the same rounds as what follows it
     for m in results:
-        if m.target == "bare":
-            bare_rate = m.requests_per_s
-        elif bare_rate:
-            ratios[f"{m.target}/bare (fsync {m.fsync})"] = round(m.requests_per_s / bare_rate, 3)
+        if m.target.split("@")[0] == "bare":
+            bares[m.target] = m.requests_per_s
+            continue
+        tree = m.target.partition("@")[2]
+        bare_name = f"bare@{tree}" if f"bare@{tree}" in bares else "bare"
+        bare_rate = bares.get(bare_name, 0.0)
+        if bare_rate:
+            ratios[f"{m.target}/{bare_name} (fsync {m.fsync})"] = round(m.requests_per_s / bare_rate, 3)
     by = {(m.target, m.fsync): m.requests_per_s for m in results}
     cost = {t: round(by[(t, "always")] / by[(t, "everysec")], 3) for t in ("webhook", "telegram", "slack")
             if (t, "always") in by and (t, "everysec") in by}

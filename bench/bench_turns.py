@@ -611,6 +611,34 @@ def _idle(s: Stack, seconds: float) -> dict[str, Any]:
     }
 
 
+def _script_names() -> dict[str, str]:
+    """SHA → ``module.NAME`` of every ``LuaScript`` the gateway declares (for MONITOR's counts)."""
+    import importlib
+    import pkgutil
+
+    import adapters
+    import gateway
+    import workers
+    from gateway.store.lua import LuaScript
+
+    names: dict[str, str] = {}
+    for package in (gateway, workers, adapters):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if "simulator" in info.name or ".cli" in info.name or ".admin" in info.name:
+                continue
+            try:
+                module = importlib.import_module(info.name)
+            except ImportError:
+                continue
+            for attr, value in vars(module).items():
+                if isinstance(value, LuaScript):
+                    names[value.sha] = f"{info.name.rsplit('.', 1)[-1]}.{attr}"
+    return names
+
+
+_SCRIPT_NAMES: dict[str, str] = {}
+
+
 class _Monitor(threading.Thread):
     """Counts the commands Redis receives (``MONITOR``): from clients, by command, apart from
     those run inside scripts (``[0 lua]``), which ``INFO commandstats`` cannot tell apart."""
@@ -619,6 +647,8 @@ class _Monitor(threading.Thread):
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(redis_url)
         self.by_client: dict[str, int] = {}
+        #: EVALSHA calls by the script's name (``_script_names``; Dramatiq's own and unknown ones by SHA).
+        self.by_script: dict[str, int] = {}
         self.in_scripts = 0
         self.done = threading.Event()
         self.ready = threading.Event()
@@ -637,6 +667,10 @@ class _Monitor(threading.Thread):
             command = text.split("] ", 1)[1].split(" ", 1)[0].strip('"').lower() if "] " in text else "?"
             if command != "info":
                 self.by_client[command] = self.by_client.get(command, 0) + 1
+            if command == "evalsha":
+                sha = text.split("] ", 1)[1].split(" ", 2)[1].strip('"')
+                name = _SCRIPT_NAMES.get(sha, sha[:12])
+                self.by_script[name] = self.by_script.get(name, 0) + 1
         conn.disconnect()
 
 
@@ -647,10 +681,12 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
     s.knobs(reply_latency_s=latency_s, reply_latency=None)
     s.start_worker(_capacity_config(s, "monitor-config", latency_s))
     _warm_up(s, "mon")
+    if not _SCRIPT_NAMES:
+        _SCRIPT_NAMES.update(_script_names())
     monitor = _Monitor(s.redis_url)
     monitor.start()
     monitor.ready.wait(10)
-    base = s.reply_count()
+    base, base_sim = s.reply_count(), s.sim_counts()
     items = [("bench", f"mon-{n}", f"hello from mon-{n}", f"mon-{n}") for n in range(turns)]
     asyncio.run(inject(s.redis_url, items))
     got = s.wait_replies(base + turns, 600) - base
@@ -661,6 +697,7 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
     s.stop_workers()
     calls = dict(monitor.by_client)
     calls["evalsha"] = calls.get("evalsha", 0) - turns
+    sim_delta = {k: v - base_sim.get(k, 0) for k, v in s.sim_counts().items() if v - base_sim.get(k, 0)}
     return {
         "turns": turns, "delivered": got,
         "client_commands_per_turn": round(sum(calls.values()) / turns, 1),
@@ -668,6 +705,11 @@ def run_monitor(s: Stack, turns: int, latency_s: float) -> dict[str, Any]:
         "commands_inside_scripts_per_turn": round(monitor.in_scripts / turns, 1),
         "client_commands_by_name_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in calls.items() if v),
                                                         key=lambda kv: -kv[1])),
+        # Each OCS request is booked first (budget._ACQUIRE): these are what the bookings are for.
+        "ocs_requests_per_turn": {k: round(v / turns, 2) for k, v in sim_delta.items()},
+        # The admissions' own EVALSHA is in ``inbox._ADMIT``: subtract one per turn to read the worker's.
+        "scripts_by_name_per_turn": dict(sorted(((k, round(v / turns, 2)) for k, v in monitor.by_script.items()),
+                                                key=lambda kv: -kv[1])),
     }
 
 
