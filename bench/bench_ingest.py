@@ -393,17 +393,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             bare, bare_port = _spawn("bare")
             spawned.append(bare)
-<<<<<<< HEAD
-            for fsync in ("always", "everysec") if "fsync" in args.phases.split(",") else ():
-=======
             bare_other_port = 0
             if args.compare_tree:
                 # The other tree's bare handler too: its edge's share is of a handler under its own
                 # server (another uvicorn, another HTTP parser or loop, when that is what differs).
                 bare_other, bare_other_port = _spawn("bare", tree=args.compare_tree)
                 spawned.append(bare_other)
-            for fsync in ("always", "everysec"):
->>>>>>> perf21
+            for fsync in ("always", "everysec") if "fsync" in args.phases.split(",") else ():
                 with EmbeddedRedis(Path(tmp) / fsync, fsync=fsync) as redis_url:  # type: ignore[arg-type]
                     edge, edge_port = _spawn("edge", "--redis-url", redis_url, *apis)
                     spawned.append(edge)
@@ -437,14 +433,10 @@ def main(argv: list[str] | None = None) -> None:
                     for process in spawned[keep:]:
                         process.terminate()
                         process.wait(timeout=30)
-<<<<<<< HEAD
-                    del spawned[1:]
+                    del spawned[keep:]
             if "replicas" in args.phases.split(","):
                 results += _replicated_phase(Path(tmp), bare_port, apis, duration=duration, rounds=args.rounds,
                                              connections=args.connections)
-=======
-                    del spawned[keep:]
->>>>>>> perf21
         finally:
             for process in spawned:
                 process.terminate()
