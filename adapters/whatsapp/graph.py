@@ -111,6 +111,7 @@ def translate(error: GraphError, retry_after: str | None = None) -> DeliveryErro
     """The gateway error for a Graph API error answer (raise it ``from`` nothing: the answer
     is the cause, and its code and details are in the reason)."""
     code, reason = error.code, error.describe()
+    retry_after = retry_after if retry_after is not None else error.retry_after
     if code in _RETRY:
         return RetryLater(_RETRY[code], reason, rate_limited=code in _RATE_LIMITS)
     if code in _GONE:
