@@ -41,6 +41,7 @@ from gateway.core.errors import (
     AttachmentUnavailable,
     DeliveryError,
     DeliveryRejected,
+    PacingWait,
     RetryLater,
     SignatureInvalid,
     StoreUnavailable,
@@ -56,9 +57,15 @@ from gateway.core.models import (
     Route,
 )
 
-__all__ = ["WhatsAppAdapter"]
+__all__ = ["CLAIM_TTL_S", "SEND_TIMEOUT_S", "WhatsAppAdapter"]
 
 log = logging.getLogger(__name__)
+
+#: How long one message POST may take; a slower answer is retried (the claim decides).
+SEND_TIMEOUT_S = 10.0
+#: How long a part stays claimed by a sender that never learnt Meta's answer: Meta's ``sent``
+#: status comes within seconds and settles it; past this the part is sent again.
+CLAIM_TTL_S = 15.0
 
 
 class WhatsAppAdapter(ChannelAdapter[WhatsAppChannelConfig]):
@@ -185,7 +192,12 @@ class WhatsAppAdapter(ChannelAdapter[WhatsAppChannelConfig]):
             raise DeliveryRejected(str(exc)) from None
 
     async def _post(self, wa_id: str, body: Mapping[str, Any], delivery: Delivery) -> str:
-        """Pace, POST one message, record its delivery; returns its wamid.
+        """Claim the part, pace, POST it, record its delivery; returns its wamid.
+
+        Meta has no idempotency key, so the part is claimed by its delivery id first
+        (``receipts.claim_part``): a part Meta already took returns its wamid unsent, and one
+        whose sender is (or died) mid-request waits until Meta's status settles it or the claim
+        lapses. The message carries the delivery id as ``biz_opaque_callback_data`` for that.
 
         Raises:
             _Reengage: Meta says the window is closed (131047).
@@ -196,8 +208,24 @@ class WhatsAppAdapter(ChannelAdapter[WhatsAppChannelConfig]):
             redis, keys, self.name, wa_id,
             pair_interval_s=self.config.pair_interval_s, per_second=self.config.messages_per_second,
         )
-        answer = await self._graph.attempt("POST", f"{self.config.phone_number_id}/messages", json=body)
+        try:
+            claim = await receipts.claim_part(redis, keys, self.name, delivery.id, ttl_s=CLAIM_TTL_S)
+        except (RedisError, OSError) as exc:
+            raise RetryLater(2.0, f"delivery claim failed: {type(exc).__name__}") from exc
+        if claim.wamid is not None:
+            return claim.wamid
+        if claim.marker is None:
+            raise PacingWait(max(claim.wait_s, 0.5), "another worker is sending this part, or died sending it")
+        body = {**body, "biz_opaque_callback_data": delivery.id}
+        try:
+            answer = await self._graph.attempt(
+                "POST", f"{self.config.phone_number_id}/messages", json=body, timeout_s=SEND_TIMEOUT_S
+            )
+        except RetryLater:
+            # The request may have left: keep the claim, so the status (or its lapse) decides.
+            raise
         if isinstance(answer, GraphError):
+            await self._release(delivery, claim.marker)
             raise await self._failure(wa_id, answer)
         messages = answer.get("messages")
         wamid = messages[0].get("id") if isinstance(messages, list) and messages and isinstance(messages[0], dict) else None
@@ -208,9 +236,15 @@ class WhatsAppAdapter(ChannelAdapter[WhatsAppChannelConfig]):
                 redis, keys, self.name, wamid, delivery_id=delivery.id, conversation=wa_id, at=time.time()
             )
         except (RedisError, OSError):
-            # The message is out: a missing record only means its statuses are not kept.
+            # The message is out: its claim lapses, and Meta's status settles the part.
             log.warning("whatsapp %s: delivery record of a sent message not written", self.name)
         return wamid
+
+    async def _release(self, delivery: Delivery, marker: str) -> None:
+        try:
+            await receipts.release_part(self.services.redis, self._keys, self.name, delivery.id, marker)
+        except (RedisError, OSError):
+            log.warning("whatsapp %s: a refused part's claim not released; it lapses", self.name)
 
     async def _failure(self, wa_id: str, error: GraphError) -> Exception:
         """The exception for Meta's error answer, after holding the key a rate limit names."""

@@ -46,6 +46,8 @@ class StatusUpdate:
     timestamp: int
     error_code: int | None = None
     error_title: str = ""
+    #: ``biz_opaque_callback_data`` as we sent it: the delivery id of the reply part.
+    callback_data: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,4 +252,5 @@ def _status(status: Mapping[str, Any]) -> StatusUpdate:
         timestamp=int(stamp) if isinstance(stamp, str) and stamp.isdigit() and len(stamp) <= 12 else 0,
         error_code=code,
         error_title=title,
+        callback_data=_text(status.get("biz_opaque_callback_data"), "status.biz_opaque_callback_data", required=False)[:512],
     )

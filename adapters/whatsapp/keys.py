@@ -16,6 +16,10 @@ key                                       type    meaning
                                                   ``delivery`` id, ``conversation``, ``status``
                                                   (accepted, sent, delivered, read, failed),
                                                   ``at``, ``error``; TTL 30 days
+``wa:part:{channel}:{delivery}``          string  the wamid Meta gave the reply part with that
+                                                  delivery id: a retry of a part already sent
+                                                  (its worker killed before the ledger knew)
+                                                  returns it instead of sending again; TTL 7 days
 ========================================  ======  ==============================================
 """
 
@@ -55,3 +59,6 @@ class WhatsAppKeys:
 
     def sent(self, channel: str, wamid: str) -> str:
         return self.keys.key("sent", channel, wamid)
+
+    def part(self, channel: str, delivery_id: str) -> str:
+        return self.keys.key("part", channel, delivery_id)

@@ -4,6 +4,7 @@ read receipts with typing, the 24-hour window (template or park), pacing and Met
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -73,7 +74,7 @@ async def test_a_text_goes_to_the_messages_endpoint_with_the_token(make_whatsapp
     (sent,) = env.fake.sent()
     assert sent.wamid == wamid and sent.authorization == "Bearer EAAJB-test-token"
     assert sent.body == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": USER, "type": "text",
-                         "text": {"body": "*Hi* there", "preview_url": False}}
+                         "text": {"body": "*Hi* there", "preview_url": False}, "biz_opaque_callback_data": "r1.0"}
     assert (await env.redis.hget(env.keys.sent("wa", wamid), "delivery")) == b"r1.0"
 
 
@@ -155,7 +156,7 @@ async def test_a_long_push_is_split_to_fit_a_template_parameter(make_whatsapp: M
 
 async def test_without_a_template_a_message_outside_the_window_is_parked_with_the_reason(make_whatsapp: MakeEnv) -> None:
     env = await make_whatsapp()
-    with pytest.raises(DeliveryRejected, match="24-hour window.*template_name"):
+    with pytest.raises(DeliveryRejected, match=r"24-hour window.*template_name"):
         await env.adapter.send({"wa_id": USER}, text("reminder"))
     assert env.fake.sent() == []
 
@@ -185,7 +186,7 @@ async def test_messages_to_one_user_are_spaced_by_the_pair_interval(make_whatsap
     for i in range(3):
         await env.adapter.send(ROUTE, text(f"part {i}"), Delivery(f"r.{i}", i, 3))
     times = [s.at for s in env.fake.sent()]
-    assert all(b - a >= 0.35 for a, b in zip(times, times[1:]))
+    assert all(b - a >= 0.35 for a, b in itertools.pairwise(times))
 
 
 async def test_a_long_pacing_wait_goes_back_to_the_queue(make_whatsapp: MakeEnv) -> None:
@@ -279,3 +280,43 @@ async def test_an_unreachable_graph_api_is_retried_later(make_whatsapp: MakeEnv)
     with pytest.raises(RetryLater):
         await env.adapter.send(ROUTE, text("x"))
     assert time.monotonic() - started < 30
+
+
+async def test_a_part_meta_already_took_is_not_sent_again(make_whatsapp: MakeEnv) -> None:
+    """A worker killed between Meta's answer and the turn's ledger: the next owner sends the
+    same delivery id again, and gets the first wamid back without a second message."""
+    env = await make_whatsapp()
+    await env.open_window(USER)
+    first = await env.adapter.send(ROUTE, text("once"), Delivery("turn-7.0"))
+    again = await env.adapter.send(ROUTE, text("once"), Delivery("turn-7.0"))
+    assert again == first and len(env.fake.sent()) == 1
+
+
+async def test_a_part_whose_sender_died_mid_request_is_settled_by_metas_status(make_whatsapp: MakeEnv) -> None:
+    """The claim of a sender that never learnt Meta's answer holds the part; Meta's ``sent``
+    status, naming the part, settles it: the next sender returns that wamid unsent."""
+    from adapters.whatsapp import receipts
+    from tests.fakes.whatsapp_api import status_webhook
+
+    env = await make_whatsapp()
+    await env.open_window(USER)
+    claim = await receipts.claim_part(env.redis, env.keys, "wa", "turn-9.0", ttl_s=15)  # the dead sender's
+    assert claim.marker is not None
+    with pytest.raises(PacingWait):
+        await env.adapter.send(ROUTE, text("once"), Delivery("turn-9.0"))
+    status = status_webhook("wamid.FROM.META", "sent", wa_id=USER)
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = "turn-9.0"
+    await env.adapter.parse(env.request(status))
+    assert await env.adapter.send(ROUTE, text("once"), Delivery("turn-9.0")) == "wamid.FROM.META"
+    assert env.fake.sent() == []
+
+
+async def test_a_refused_part_can_be_sent_again_at_once(make_whatsapp: MakeEnv) -> None:
+    env = await make_whatsapp()
+    await env.open_window(USER)
+    env.fake.fail_next(131000)
+    with pytest.raises(RetryLater):
+        await env.adapter.send(ROUTE, text("x"), Delivery("turn-3.0"))
+    await env.adapter.send(ROUTE, text("x"), Delivery("turn-3.0"))
+    assert len(env.fake.sent()) == 1
+    assert env.fake.sent()[0].body["biz_opaque_callback_data"] == "turn-3.0"

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -130,6 +131,10 @@ class FakeWhatsApp(ServedApp):
     pair_window_s: float = 6.0
     #: Where ``GET /{media_id}`` says the bytes are; None: this fake's own ``/media/{id}``.
     media_url_base: str | None = None
+    #: Where to POST the ``sent`` status of each accepted message, signed with ``app_secret``,
+    #: as Meta does (None: no statuses); it echoes the message's ``biz_opaque_callback_data``.
+    status_url: str | None = None
+    app_secret: str = ""
     _sent: list[Sent] = field(default_factory=list)
     _reads: list[dict[str, Any]] = field(default_factory=list)
     _media: dict[str, _Media] = field(default_factory=dict)
@@ -257,7 +262,24 @@ class FakeWhatsApp(ServedApp):
                                   "messages": [{"id": wamid}]}
         if kind == "template":
             answer["messages"][0]["message_status"] = "accepted"
+        if self.status_url:
+            status = status_webhook(wamid, "sent", wa_id=to, phone_number_id=self.phone_number_id)
+            callback = body.get("biz_opaque_callback_data")
+            if callback:
+                status["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = callback
+            threading.Thread(target=self._post_status, args=(encode(status),), daemon=True).start()
         return JSONResponse(answer)
+
+    def _post_status(self, body: bytes) -> None:
+        assert self.status_url is not None
+        for _ in range(5):  # Meta retries a webhook that is not answered 200
+            try:
+                if httpx.post(self.status_url, content=body, headers=signed_headers(body, self.app_secret),
+                              timeout=10).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
 
     async def _upload(self, request: Request) -> Response:
         if not self._authorized(request):
