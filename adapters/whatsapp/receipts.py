@@ -23,7 +23,7 @@ from adapters.whatsapp.inbound import StatusUpdate
 from adapters.whatsapp.keys import WhatsAppKeys
 from gateway.store.lua import LuaScript
 
-__all__ = ["PART_TTL_S", "RECORD_TTL_S", "STATUSES", "Claim", "apply_statuses", "claim_part", "record_sent", "release_part"]
+__all__ = ["Claim", "PART_TTL_S", "RECORD_TTL_S", "STATUSES", "apply_statuses", "claim_part", "record_sent", "release_part"]
 
 #: The statuses Meta sends, in the order a message goes through them.
 STATUSES = ("accepted", "sent", "delivered", "read", "failed")

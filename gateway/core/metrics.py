@@ -143,7 +143,7 @@ class Metrics:
             "ocsgw_platform_sends", "Message parts handed to a platform, by outcome.", ["channel", "outcome"], registry=r,
         )
         self.delivery_receipts = Counter(
-            "ocsgw_delivery_receipts", "Delivery statuses a platform reported for messages sent (WhatsApp: "
+            "ocsgw_delivery_receipts", "Delivery statuses a platform reported for messages sent ("
             "sent, delivered, read, failed; 'other' for any other word); a repeated webhook counts again.",
             ["channel", "status"], registry=r,
         )
