@@ -17,6 +17,7 @@ from typing import Any
 from adapters.slack.config import SlackChannelConfig
 from adapters.telegram.config import TelegramChannelConfig
 from adapters.webhook.config import WebhookChannelConfig
+from adapters.whatsapp.config import WhatsAppChannelConfig
 from gateway.core.channel import (
     AdapterServices,
     ChannelAdapter,
@@ -40,12 +41,14 @@ ADAPTER_PATHS: dict[str, str] = {
     "webhook": "adapters.webhook.adapter:WebhookAdapter",
     "telegram": "adapters.telegram.adapter:TelegramAdapter",
     "slack": "adapters.slack.adapter:SlackAdapter",
+    "whatsapp": "adapters.whatsapp.adapter:WhatsAppAdapter",
 }
 #: Channel ``type`` → the model of its settings (the config loader validates ``channels:`` by it).
 CHANNEL_MODELS: Mapping[str, type[ChannelConfig]] = MappingProxyType({
     "webhook": WebhookChannelConfig,
     "telegram": TelegramChannelConfig,
     "slack": SlackChannelConfig,
+    "whatsapp": WhatsAppChannelConfig,
 })
 
 

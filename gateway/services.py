@@ -132,7 +132,8 @@ class Services:
             for name, channel in config.channels.items():
                 client = ocs[channel.bot]
                 lent = AdapterServices(
-                    config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client), aiohttp_session=session
+                    config=config, http=http, redis=redis, keys=keys, fetch_ocs_file=_fetcher(client), aiohttp_session=session,
+                    metrics=metrics,
                 )
                 adapters[name] = adapter_class(channel.type)(name, channel, config.bots[channel.bot], lent)
             services = cls(

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from gateway.core.config import BotConfig, GatewayConfig
     from gateway.core.keys import Keys
+    from gateway.core.metrics import Metrics
 
 __all__ = ["AdapterServices", "Admit", "ChannelAdapter", "InboundFile", "InboundRequest", "VoiceNote"]
 
@@ -100,6 +101,9 @@ class AdapterServices:
     #: One aiohttp session per process for SDKs built on aiohttp (slack_sdk's AsyncWebClient), so
     #: every channel's Web API calls share a connection pool; None: the adapter opens its own.
     aiohttp_session: aiohttp.ClientSession | None = None
+    #: The process's metrics, for what only the adapter sees (delivery receipts a platform
+    #: reports on the edge); sends are counted by the engine, never by the adapter.
+    metrics: Metrics | None = None
 
 
 ConfigT = TypeVar("ConfigT")

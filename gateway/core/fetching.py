@@ -25,7 +25,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -36,6 +36,7 @@ from gateway.core.version import USER_AGENT
 __all__ = [
     "AddressPolicy",
     "AllowEntry",
+    "Credentials",
     "DEFAULT_MAX_BYTES",
     "FetchLimits",
     "FetchedFile",
@@ -162,6 +163,28 @@ class FetchLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class Credentials:
+    """Headers (a platform's token) that go with a fetch only to the given origins, each
+    ``(scheme, host, port)``: a redirect or a URL elsewhere is fetched without them, so a URL a
+    payload names can never collect the token."""
+
+    headers: Mapping[str, str] = field(repr=False)
+    origins: frozenset[tuple[str, str, int]]
+
+    @classmethod
+    def for_origins(cls, headers: Mapping[str, str], urls: Iterable[str]) -> Credentials:
+        """``urls``: the origins as URLs (``https://lookaside.fbsbx.com``, a base URL with a path)."""
+        origins: set[tuple[str, str, int]] = set()
+        for url in urls:
+            parsed = httpx.URL(url)
+            origins.add((parsed.scheme, parsed.host.lower(), parsed.port or (443 if parsed.scheme == "https" else 80)))
+        return cls(dict(headers), frozenset(origins))
+
+    def allows(self, scheme: str, hostname: str, port: int) -> bool:
+        return (scheme, hostname, port) in self.origins
+
+
+@dataclass(frozen=True, slots=True)
 class FetchedFile:
     """What a fetch returns: the bytes, the type the server gave (or None) and the final URL."""
 
@@ -180,8 +203,9 @@ class SafeFetcher:
         self._policy = policy
         self._limits = limits
 
-    async def fetch(self, url: str, *, max_bytes: int | None = None) -> FetchedFile:
-        """Fetch ``url``; ``max_bytes`` lowers the configured cap for this call.
+    async def fetch(self, url: str, *, max_bytes: int | None = None, credentials: Credentials | None = None) -> FetchedFile:
+        """Fetch ``url``; ``max_bytes`` lowers the configured cap for this call; ``credentials``
+        go with each hop to one of their origins, and with no other.
 
         Raises:
             AttachmentUnavailable: refused address or scheme, unreachable, timed out, too big,
@@ -190,15 +214,15 @@ class SafeFetcher:
         cap = min(max_bytes or self._limits.max_bytes, self._limits.max_bytes)
         try:
             async with asyncio.timeout(self._limits.timeout_s):
-                return await self._follow(url, cap)
+                return await self._follow(url, cap, credentials)
         except TimeoutError:
             log.info("attachment fetch timed out after %gs: %s", self._limits.timeout_s, _loggable(url))
             raise AttachmentUnavailable("the file took too long to download") from None
 
-    async def _follow(self, url: str, cap: int) -> FetchedFile:
+    async def _follow(self, url: str, cap: int, credentials: Credentials | None) -> FetchedFile:
         current = _parse(url)
         for hop in range(self._limits.max_redirects + 1):
-            status, location, fetched = await self._get(current, cap)
+            status, location, fetched = await self._get(current, cap, credentials)
             if fetched is not None:
                 return fetched
             if location is None:
@@ -211,7 +235,9 @@ class SafeFetcher:
                 raise AttachmentUnavailable("the file URL redirected to an invalid address") from None
         raise AttachmentUnavailable(f"the file URL redirected more than {self._limits.max_redirects} times")
 
-    async def _get(self, url: httpx.URL, cap: int) -> tuple[int, str | None, FetchedFile | None]:
+    async def _get(
+        self, url: httpx.URL, cap: int, credentials: Credentials | None = None
+    ) -> tuple[int, str | None, FetchedFile | None]:
         """One hop: (status, Location, None) for a redirect, else (status, None, the file)."""
         # The ASCII (punycode) form: what DNS, the Host header and the allowlist all compare.
         hostname = url.raw_host.decode("ascii").lower().rstrip(".")
@@ -226,6 +252,8 @@ class SafeFetcher:
         last_error: Exception | None = None
         for address in addresses:
             request = self._pinned_request(url, address, hostname, port)
+            if credentials is not None and credentials.allows(url.scheme, hostname, port):
+                request.headers.update(credentials.headers)
             try:
                 response = await self._http.send(request, stream=True, follow_redirects=False)
             except httpx.ConnectError as exc:
@@ -300,7 +328,12 @@ class SafeFetcher:
 
 
 async def fetch_url(
-    url: str, *, allowlist: Iterable[str] = (), limits: FetchLimits = FetchLimits(), max_bytes: int | None = None
+    url: str,
+    *,
+    allowlist: Iterable[str] = (),
+    limits: FetchLimits = FetchLimits(),
+    max_bytes: int | None = None,
+    credentials: Credentials | None = None,
 ) -> FetchedFile:
     """Fetch ``url`` on a client of its own, so a stranger's server shares neither cookies nor
     pooled connections with OCS and platform calls, and no proxy from the environment can
@@ -317,7 +350,7 @@ async def fetch_url(
     async with httpx.AsyncClient(
         timeout=timeout, trust_env=False, headers={"User-Agent": USER_AGENT}, verify=_tls_context()
     ) as http:
-        return await SafeFetcher(http, policy=policy, limits=limits).fetch(url, max_bytes=max_bytes)
+        return await SafeFetcher(http, policy=policy, limits=limits).fetch(url, max_bytes=max_bytes, credentials=credentials)
 
 
 @functools.cache

@@ -142,6 +142,11 @@ class Metrics:
         self.platform_sends = Counter(
             "ocsgw_platform_sends", "Message parts handed to a platform, by outcome.", ["channel", "outcome"], registry=r,
         )
+        self.delivery_receipts = Counter(
+            "ocsgw_delivery_receipts", "Delivery statuses a platform reported for messages sent ("
+            "sent, delivered, read, failed; 'other' for any other word); a repeated webhook counts again.",
+            ["channel", "status"], registry=r,
+        )
         self.pacing_waits = Counter(
             "ocsgw_pacing_waits", "Sends that waited for their pacing slot.", ["channel"], registry=r,
         )

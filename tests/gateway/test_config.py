@@ -56,8 +56,8 @@ def test_secret_written_in_the_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_channel_type_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown channel type: use one of webhook, telegram, slack"):
-        _load(tmp_path, BOT + CHANNEL.replace("type: webhook", "type: whatsapp"))
+    with pytest.raises(ConfigError, match="unknown channel type: use one of webhook, telegram, slack, whatsapp"):
+        _load(tmp_path, BOT + CHANNEL.replace("type: webhook", "type: signal"))
 
 
 def test_bad_url_is_named_with_the_fix(tmp_path: Path) -> None:

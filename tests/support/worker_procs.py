@@ -70,11 +70,14 @@ def write_worker_config(
     client_secret: str = "demo-secret",
     task_timeout_s: float = 20.0,
     bot: Mapping[str, Any] | None = None,
+    channels: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> WorkerConfig:
     """Write ``gateway.yaml`` in ``directory``: bot ``demo`` on the simulator and webhook channel
     ``hooks`` calling back ``callback_url``, the same shape as ``tests.conftest.stack_config``.
-    ``bot`` adds or replaces fields of the bot (``budget``, say). Secrets go in as ``${ENV}``
-    references, their values in the returned ``env``."""
+    ``bot`` adds or replaces fields of the bot (``budget``, say); ``channels`` adds channels
+    (their secrets as ``${ENV}`` references whose values ``env`` holds). Secrets go in as
+    ``${ENV}`` references, their values in the returned ``env``."""
     data: dict[str, Any] = {
         "redis_url": redis_url,
         "bots": {
@@ -94,13 +97,14 @@ def write_worker_config(
                 "bot": "demo",
                 "secret": f"${{{_WEBHOOK_SECRET_ENV}}}",
                 "callback_url": callback_url,
-            }
+            },
+            **(channels or {}),
         },
         "worker": dict(tuning),
     }
     path = directory / "gateway.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return WorkerConfig(path, {_CLIENT_SECRET_ENV: client_secret, _WEBHOOK_SECRET_ENV: webhook_secret})
+    return WorkerConfig(path, {_CLIENT_SECRET_ENV: client_secret, _WEBHOOK_SECRET_ENV: webhook_secret, **(env or {})})
 
 
 def worker_config_like(
@@ -110,6 +114,8 @@ def worker_config_like(
     redis_url: str,
     webhook_secret: str,
     bot: Mapping[str, Any] | None = None,
+    channels: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> WorkerConfig:
     """``write_worker_config`` for the stack whose config is ``config`` (a ``make_stack``
     config): the same simulator, callback URL and worker tuning."""
@@ -124,6 +130,8 @@ def worker_config_like(
         webhook_secret=webhook_secret,
         tuning=config.worker.model_dump(),
         bot=bot,
+        channels=channels,
+        env=env,
     )
 
 
