@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from adapters.slack.config import SlackChannelConfig
 from adapters.telegram.config import TelegramChannelConfig
 from adapters.webhook.config import WebhookChannelConfig
+from adapters.whatsapp.config import WhatsAppChannelConfig
 from gateway.core import config
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -32,6 +33,7 @@ WHERE: list[tuple[type[BaseModel], tuple[str, ...]]] = [
     (WebhookChannelConfig, ("CONFIG.md", "WEBHOOKS.md")),
     (TelegramChannelConfig, ("CONFIG.md", "TELEGRAM.md")),
     (SlackChannelConfig, ("CONFIG.md", "SLACK.md")),
+    (WhatsAppChannelConfig, ("CONFIG.md", "WHATSAPP.md")),
 ]
 #: The CONFIG.md heading whose table lists a model's fields, all of them and nothing else.
 SECTIONS: dict[type[BaseModel], str] = {

@@ -34,11 +34,15 @@ from hypothesis import strategies as st
 from gateway.core.config import Secret
 from tests.adapters._telegram import SECRET as TELEGRAM_SECRET
 from tests.adapters._telegram import TOKEN
+from tests.adapters._whatsapp import APP_SECRET as WHATSAPP_SECRET
+from tests.adapters._whatsapp import channel_settings as whatsapp_channel
 from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
 from tests.fakes.slack_api import FakeSlack, event_envelope, fake_slack, signed_headers
 from tests.fakes.telegram_api import FakeTelegram, fake_telegram, message_update
+from tests.fakes.whatsapp_api import FakeWhatsApp, fake_whatsapp, message_webhook, status_webhook
+from tests.fakes.whatsapp_api import signed_headers as whatsapp_signed
 
-__all__ = ["fake_slack", "fake_telegram"]
+__all__ = ["fake_slack", "fake_telegram", "fake_whatsapp"]
 
 # The gateway's threads (uvicorn, the worker's backoff jitter) use ``random`` while Hypothesis
 # draws, which it takes for a strategy using ``random``; the draws here do not.
@@ -250,6 +254,49 @@ def test_telegram_endpoint_never_answers_5xx_and_never_sticks(
         headers = {"content-type": "application/json",
                    "X-Telegram-Bot-Api-Secret-Token": "wrong" if kind == "wrong_secret" else TELEGRAM_SECRET}  # fmt: skip
         response = stack.http.post(f"{stack.url}/telegram/tg", content=body, headers=headers)
+        assert response.status_code < 500, (response.status_code, response.text, body[:300])
+        if kind == "wrong_secret":
+            assert response.status_code == 401, body[:300]
+        if response.status_code == 200:
+            accepted.append(n)
+
+    one()
+    assert accepted
+    assert_not_stuck(stack, len(accepted))
+
+
+# -- WhatsApp -----------------------------------------------------------------------------------------
+
+
+def whatsapp_template(n: int, shape: str) -> dict[str, Any]:
+    wa_id = f"1650555{1000 + n % CONVERSATIONS}"
+    if shape == "status":
+        return status_webhook(f"wamid.out.{n}", "delivered", wa_id=wa_id)
+    if shape == "button":
+        message = {"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": f"b{n}", "title": f"pick {n}"}}}
+    elif shape == "location":
+        message = {"type": "location", "location": {"latitude": 51.5, "longitude": -0.12, "name": "Clinic"}}
+    else:
+        message = {"type": "text", "text": {"body": f"hello {n}"}}
+    return message_webhook(wa_id, message, wamid=f"wamid.in.fuzz.{n}")
+
+
+def test_whatsapp_endpoint_never_answers_5xx_and_never_sticks(fake_whatsapp: FakeWhatsApp, make_stack: MakeStack) -> None:
+    stack = make_stack(channels={"wa": whatsapp_channel(fake_whatsapp)})
+    ids = itertools.count(1)
+    accepted: list[int] = []
+
+    @FUZZ
+    @given(
+        data=st.data(),
+        kind=st.sampled_from(["near_valid"] * 4 + ["garbage", "wrong_secret"]),
+        shape=st.sampled_from(["message", "message", "button", "location", "status"]),
+    )
+    def one(data: st.DataObject, kind: str, shape: str) -> None:
+        n = next(ids)
+        body = data.draw(GARBAGE if kind == "garbage" else mutated(whatsapp_template(n, shape)))
+        headers = whatsapp_signed(body, "wrong-secret" if kind == "wrong_secret" else WHATSAPP_SECRET)
+        response = stack.http.post(f"{stack.url}/whatsapp/wa", content=body, headers=headers)
         assert response.status_code < 500, (response.status_code, response.text, body[:300])
         if kind == "wrong_secret":
             assert response.status_code == 401, body[:300]
