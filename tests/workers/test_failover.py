@@ -218,6 +218,8 @@ def test_sigkill_of_the_primary_under_load_loses_no_acknowledged_message(
               + f"; the edge's reasons: {sorted(set(reasons))[:8]}")
         with redis.Redis(port=new_port) as promoted:
             assert promoted.execute_command("ROLE")[0] == b"master"
+        # While its Redis still runs: a stop requeues the messages the worker prefetched.
+        stack.stop_worker()
     assert len(traffic.acknowledged) == CONVERSATIONS * MESSAGES
     assert figures["lost"] == [], f"acknowledged messages lost in the failover: {figures}"
     assert figures["sent to OCS twice"] == [], f"messages sent to OCS twice: {figures}"
@@ -255,5 +257,6 @@ def test_a_network_cut_between_the_gateway_and_redis_is_503_then_everything_is_a
         _wait_while_progressing(answered, len(traffic.acknowledged), stall_s=20, what="replies after the cut")
         figures = _verdict(stack, traffic, conversations)
         print(f"\nnetwork cut: {figures}")
+        stack.stop_worker()  # through the proxy, while it still runs
     assert len(traffic.acknowledged) == CONVERSATIONS * MESSAGES
     assert figures["lost"] == [] and figures["sent to OCS twice"] == [] and figures["out of order"] == [], figures
