@@ -176,6 +176,21 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def wait_while_progressing(count: Callable[[], int], target: int, *, stall_s: float, interval: float = 0.25) -> int:
+    """Wait until ``count()`` reaches ``target``, or until it has not grown for ``stall_s``: a run
+    that stopped making progress ends in ``stall_s``, not at some total deadline however long.
+    Returns the last count (below ``target`` when it stalled: the caller judges)."""
+    best, moved = count(), time.monotonic()
+    while best < target:
+        time.sleep(interval)
+        now = count()
+        if now > best:
+            best, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall_s:
+            return best
+    return best
+
+
 def settled(redis_client: redis.Redis, *, timeout: float = 15.0) -> None:
     """Wait until no conversation has work left (the sweeper's ``active`` set is empty and no
     turn is open): the positive signal that whatever could still happen has happened."""

@@ -203,13 +203,17 @@ async def test_a_body_that_breaks_off_is_a_remote_protocol_error() -> None:
 
 
 async def test_waiting_for_a_pooled_connection_past_the_pool_timeout_is_a_timeout() -> None:
+    held = asyncio.Event()
+
     async def script(raw: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await raw.read_request(reader)
-        await asyncio.sleep(30)
+        held.set()
+        await asyncio.sleep(30)  # the server's side: it never answers /hold
 
     async with serving(script) as (_, url), _client(max_connections=1) as http:
         holder = asyncio.create_task(http.get(f"{url}/hold"))
-        await asyncio.sleep(0)  # it takes the one connection first
+        # The one connection is taken once the server has /hold: a positive signal, not a yield.
+        await asyncio.wait_for(held.wait(), timeout=30)
         with pytest.raises(httpx.TimeoutException):
             await http.get(f"{url}/wait", timeout=httpx.Timeout(5.0, pool=0.3))
         holder.cancel()

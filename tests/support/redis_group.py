@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import redis
 
 from gateway.store.embedded_redis import EmbeddedRedis, find_redis_server
+from tests.conftest import wait_for
 from tests.support.servers import free_port
 
 __all__ = ["MASTER_NAME", "RedisGroup", "TcpProxy", "paused"]
@@ -81,7 +81,7 @@ class RedisGroup:
         for port in self.sentinel_ports:
             self.start_sentinel(port)
         for port in self.sentinel_ports:
-            self._wait(lambda p=port: self._sentinel_knows_all(p), "the sentinels to find each other and the replicas")
+            wait_for(lambda p=port: self._sentinel_knows_all(p), timeout=30, what="the sentinels to find each other and the replicas")
         return self
 
     def start_sentinel(self, port: int) -> None:
@@ -147,7 +147,7 @@ class RedisGroup:
                       and v.get("state") == "online"]
             return len(online) >= count
 
-        self._wait(ready, f"{count} replica(s) online", timeout=timeout)
+        wait_for(ready, timeout=timeout, what=f"{count} replica(s) online")
 
     def wait_failover(self, old_port: int, *, timeout: float = 30) -> int:
         """Wait until the sentinels name another master than ``old_port`` and it takes writes."""
@@ -162,18 +162,7 @@ class RedisGroup:
                 return None
             return port if role in (b"master", "master") else None
 
-        return int(self._wait(promoted, "Sentinel to promote a replica", timeout=timeout))
-
-    @staticmethod
-    def _wait(predicate, what: str, *, timeout: float = 30):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.05)
+        return int(wait_for(promoted, timeout=timeout, what="Sentinel to promote a replica"))
 
     def stop(self) -> None:
         for port in list(self._sentinels):

@@ -35,7 +35,7 @@ import redis
 
 from adapters.webhook import signing
 from gateway.ocs.client import LABEL_SEPARATOR
-from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
+from tests.conftest import WEBHOOK_SECRET, Stack, wait_for, wait_while_progressing
 from tests.support.redis_group import RedisGroup, TcpProxy
 
 CONVERSATIONS = 12
@@ -100,20 +100,6 @@ async def _send(edge_url: str, traffic: Traffic, *, gap_s: float, deadline_s: fl
 
     async with httpx.AsyncClient(timeout=30) as client:
         await asyncio.gather(*(one(client, i) for i in range(CONVERSATIONS)))
-
-
-def _wait_while_progressing(count: Callable[[], int], target: int, *, stall_s: float, what: str) -> int:
-    """Wait until ``count()`` reaches ``target``; give up once it has not grown for ``stall_s``.
-    Returns the last count."""
-    best, moved = count(), time.monotonic()
-    while best < target:
-        time.sleep(0.25)
-        now = count()
-        if now > best:
-            best, moved = now, time.monotonic()
-        elif time.monotonic() - moved > stall_s:
-            return best
-    return best
 
 
 def _covered(texts: list[str]) -> list[str]:
@@ -210,7 +196,7 @@ def test_sigkill_of_the_primary_under_load_loses_no_acknowledged_message(
         def answered() -> int:
             return sum(len(set(_covered(stack.receiver.texts(c))) & set(_EXPECTED)) for c in conversations)
 
-        _wait_while_progressing(answered, len(traffic.acknowledged), stall_s=20, what="replies after the failover")
+        wait_while_progressing(answered, len(traffic.acknowledged), stall_s=20)  # what is missing, the verdict says
         stages["answered"] = time.monotonic() - began
         figures = _verdict(stack, traffic, conversations)
         print(f"\nfailover with durable_replicas {DURABLE_REPLICAS}: primary {old.port} -> {new_port}; {figures}; "
@@ -254,7 +240,7 @@ def test_a_network_cut_between_the_gateway_and_redis_is_503_then_everything_is_a
         def answered() -> int:
             return sum(len(set(_covered(stack.receiver.texts(c))) & set(_EXPECTED)) for c in conversations)
 
-        _wait_while_progressing(answered, len(traffic.acknowledged), stall_s=20, what="replies after the cut")
+        wait_while_progressing(answered, len(traffic.acknowledged), stall_s=20)
         figures = _verdict(stack, traffic, conversations)
         print(f"\nnetwork cut: {figures}")
         stack.stop_worker()  # through the proxy, while it still runs

@@ -28,7 +28,7 @@ from gateway.core.keys import Keys, as_text
 from gateway.core.models import ConversationKey
 from gateway.ocs.client import LABEL_SEPARATOR
 from gateway.ocs.simulator import LatencyModel
-from tests.conftest import WEBHOOK_SECRET, Stack, wait_for
+from tests.conftest import WEBHOOK_SECRET, Stack, wait_for, wait_while_progressing
 from tests.support.worker_procs import WorkerFleet, worker_config_like
 from workers.turns import ORPHAN_TAG
 
@@ -133,16 +133,11 @@ def _killer(fleet: WorkerFleet, stop: threading.Event, rng: random.Random, error
 
 
 def _wait_while_progressing(count: Callable[[], int], target: int, *, stall_s: float, what: str) -> None:
-    """Wait until ``count()`` reaches ``target``; fail once it has not grown for ``stall_s``
-    (a storm that stopped answering fails in a minute, not at some total deadline)."""
-    best, moved = count(), time.monotonic()
-    while best < target:
-        time.sleep(0.5)
-        now = count()
-        if now > best:
-            best, moved = now, time.monotonic()
-        elif time.monotonic() - moved > stall_s:
-            raise AssertionError(f"{what}: stuck at {best} of {target} for {stall_s:.0f}s")
+    """Fail once ``count()`` has not grown for ``stall_s`` short of ``target`` (a storm that
+    stopped answering fails in a minute, not at some total deadline)."""
+    best = wait_while_progressing(count, target, stall_s=stall_s, interval=0.5)
+    if best < target:
+        raise AssertionError(f"{what}: stuck at {best} of {target} for {stall_s:.0f}s")
 
 
 def _where_they_stand(stack: Stack, conversations: list[str], *, show: int = 5) -> str:
